@@ -1,0 +1,1 @@
+"""Built-in rrtool oracles, registered under the ``rrtool.oracles`` entry-point group."""

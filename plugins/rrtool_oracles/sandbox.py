@@ -1,0 +1,406 @@
+"""Run untrusted Python (model-written code) in a throw-away, isolated interpreter.
+
+Each call starts a fresh ``python -I -S -B`` with a scrubbed environment in its own session, under
+rlimits, and, when the kernel allows it, inside new network, PID and mount namespaces:
+
+* ``unshare-net-pid`` (running as root) / ``unshare-user-net-pid`` (unprivileged): no network (a
+  fresh namespace whose loopback is down), a private PID namespace (killing its init kills every
+  process the child forked, even ones that called ``setsid()``), every inherited mount remounted
+  read-only, fresh size-capped tmpfs on /tmp, /var/tmp and /dev/shm, home directories hidden, and
+  no capabilities (``setpriv``).  As root the child also runs under a dedicated throw-away uid, so
+  RLIMIT_NPROC caps fork bombs and it can touch nothing it does not own.
+* ``bwrap``: the same through bubblewrap, when ``unshare`` is unusable (no NPROC cap; untested on
+  the development machines, which lack bwrap).
+* ``rlimits-only``: rlimits, scrubbed environment, process-group kill.  No network or filesystem
+  isolation and a child that ``setsid()``s escapes the group kill -- logged as a warning.
+
+The level is probed once per process and reported in every ``ExecutionResult.isolation``.
+
+Verdict: the parent sends a random nonce on stdin (never argv/env); the bootstrap reads it, then runs
+the program and, only if it returns normally, writes the nonce as the last line and exits 0 at
+once.  Early ``os._exit(0)``/``sys.exit(0)`` or printed text cannot pass.  This is not proof
+against code that inspects the bootstrap's own frames or heap; the sandbox bounds the damage
+untrusted code can do, the nonce stops accidental and lazy forgeries.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import secrets
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Status = Literal["passed", "failed", "timeout", "error"]
+
+_SCRUBBED_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+_SETUP_FAILED = 97  # inner setup script's exit code when the sandbox itself could not be built
+_TAIL_BYTES = 4096  # stdout tail kept past the cap so the nonce line is never cut off
+
+# Reads "<nonce>\n<program>" from stdin, closes stdin, runs the program in fresh globals and, only
+# if it returns, flushes and writes the nonce on a dup of fd 1 and leaves without running atexit
+# hooks or waiting for threads -- so nothing the program scheduled can print after the nonce.
+_BOOTSTRAP = """\
+import os, sys
+def _rrtool_boot():
+    data = sys.stdin.buffer.read()
+    nonce, _, src = data.partition(b"\\n")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    out = os.dup(1)
+    code = compile(src, "<sandbox>", "exec")
+    del data, src
+    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.write(out, b"\\n" + nonce + b"\\n")
+    os._exit(0)
+_rrtool_boot()
+"""
+
+# Runs as PID 1 of the new namespaces (root there) and builds the filesystem view before dropping
+# to the target uid without capabilities.  Python runs as a child (not exec'd) so it gets normal
+# signal semantics; PID 1 ignores signals without handlers.  Args: wd uid tmpfs_mb keep py boot
+# masks...; ``keep`` (the interpreter's prefix) stays visible even under a masked home directory.
+_INNER_SH = r"""
+wd=$1 uid=$2 tmpfs_mb=$3 keep=$4 py=$5 boot=$6; shift 6
+while read -r _ _ _ _ mp _; do mount -n -o remount,bind,ro "$mp" 2>/dev/null; done \
+    </proc/self/mountinfo
+for d in /tmp /var/tmp /dev/shm; do
+  [ -d "$d" ] || continue
+  mount -n -t tmpfs -o "size=${tmpfs_mb}m,mode=1777,nosuid,nodev" tmpfs "$d" || exit 97
+done
+for m in "$@"; do
+  case "$keep/" in
+    "$m"/*) mkdir /tmp/.rrtool-keep && mount -n --bind "$keep" /tmp/.rrtool-keep &&
+            mount -n -t tmpfs -o size=1m,mode=0755 tmpfs "$m" && mkdir -p "$keep" &&
+            mount -n --move /tmp/.rrtool-keep "$keep" && rmdir /tmp/.rrtool-keep &&
+            mount -n -o remount,bind,ro "$keep" || exit 97 ;;
+    *) mount -n -t tmpfs -o size=1m,mode=0755 tmpfs "$m" || exit 97 ;;
+  esac
+done
+mkdir -p "$wd" && cd "$wd" || exit 97
+if [ -n "$uid" ]; then
+  chown "$uid:$uid" . || exit 97
+  set -- --reuid="$uid" --regid="$uid" --clear-groups
+else
+  set --
+fi
+setpriv "$@" --no-new-privs --bounding-set=-all --inh-caps=-all -- "$py" -I -S -B -c "$boot"
+exit $?
+"""
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """Outcome of one sandboxed run; ``passed`` only with exit 0 and the nonce as last line."""
+
+    passed: bool
+    status: Status
+    stdout: str
+    stderr: str
+    duration_s: float
+    isolation: str
+    returncode: int | None = None
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource caps for one run."""
+
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+    max_procs: int = 32
+    max_file_mb: int = 16
+    max_open_files: int = 64
+    tmpfs_mb: int = 64
+    max_stdout: int = 64 * 1024
+    max_stderr: int = 16 * 1024
+
+
+def _interpreter() -> tuple[str, str]:
+    """The real interpreter binary and the directory it needs (binary + stdlib).
+
+    A venv's ``sys.executable`` is a symlink; with ``-I -S`` the venv adds nothing, and the real
+    path is what must stay reachable once home directories are masked."""
+    exe = os.path.realpath(sys.executable)
+    keep = os.path.commonpath([os.path.realpath(sys.base_prefix), os.path.dirname(exe)])
+    return exe, keep
+
+
+def _world_reachable(path: str) -> bool:
+    """Whether an arbitrary uid can reach ``path`` (every ancestor o+x)."""
+    p = Path(path)
+    return all(os.stat(d).st_mode & stat.S_IXOTH for d in [p, *p.parents])
+
+
+class _UidPool:
+    """Throw-away uids, one per concurrent run, so RLIMIT_NPROC counts only that run's processes
+    and concurrent runs cannot signal each other.  The base mixes in our pid to keep two rrtool
+    processes on one machine apart; these uids own nothing on the host."""
+
+    def __init__(self) -> None:
+        self._base = 0x20000000 + (os.getpid() % 0x10000) * 0x400
+        self._free = list(range(0x400))
+        self._lock = threading.Lock()
+
+    def acquire(self) -> int:
+        with self._lock:
+            return self._base + self._free.pop()
+
+    def release(self, uid: int) -> None:
+        with self._lock:
+            self._free.append(uid - self._base)
+
+
+_UIDS = _UidPool()
+_probe_lock = threading.Lock()
+_probed: str | None = None
+
+
+def _command(level: str, workdir: Path, uid: int | None, limits: SandboxLimits) -> list[str]:
+    """The argv that starts the bootstrap under ``level``."""
+    exe, keep = _interpreter()
+    # Mask home directories (secrets), unless the interpreter prefix contains one.
+    masks = [m for m in ("/root", "/home")
+             if os.path.isdir(m) and not (m + "/").startswith(keep.rstrip("/") + "/")]  # fmt: skip
+    if level.startswith("unshare"):
+        userns = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
+        inner = ["/bin/sh", "-c", _INNER_SH, "sh", f"/tmp/{workdir.name}",
+                 "" if uid is None else str(uid), str(limits.tmpfs_mb), keep, exe, _BOOTSTRAP,
+                 *masks]  # fmt: skip
+        return ["unshare", *userns, "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
+                *inner]  # fmt: skip
+    if level == "bwrap":
+        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
+               "--dev", "/dev", "--proc", "/proc"]  # fmt: skip
+        for d in ("/tmp", "/var/tmp", "/dev/shm", *masks):
+            cmd += ["--tmpfs", d]
+        cmd += ["--ro-bind", keep, keep, "--dir", f"/tmp/{workdir.name}",
+                "--chdir", f"/tmp/{workdir.name}", "--cap-drop", "ALL"]  # fmt: skip
+        return [*cmd, "--", exe, "-I", "-S", "-B", "-c", _BOOTSTRAP]
+    return [exe, "-I", "-S", "-B", "-c", _BOOTSTRAP]
+
+
+def _preexec(limits: SandboxLimits, nproc: bool) -> None:
+    """Runs in the forked child before exec: rlimits are inherited by everything it starts."""
+    mem = limits.memory_mb * 2**20
+    cpu = math.ceil(limits.timeout_s) + 1
+    caps = [
+        (resource.RLIMIT_AS, mem),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_FSIZE, limits.max_file_mb * 2**20),
+        (resource.RLIMIT_NOFILE, limits.max_open_files),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    if nproc:  # only meaningful for a dedicated uid: it counts every process of the real uid
+        caps.append((resource.RLIMIT_NPROC, limits.max_procs))
+    for res, soft in caps:
+        hard = soft + 1 if res == resource.RLIMIT_CPU else soft  # SIGXCPU first, then SIGKILL
+        resource.setrlimit(res, (soft, hard))
+
+
+class _Capped:
+    """Keeps the first ``cap`` bytes and the last ``_TAIL_BYTES`` of a stream."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.head, self.tail, self.total = cap, bytearray(), bytearray(), 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.cap - len(self.head)
+        self.head += data[:room]
+        if len(data) > room:
+            self.tail = (self.tail + data[max(room, 0):])[-_TAIL_BYTES:]
+
+    def text(self) -> str:
+        if self.total <= self.cap:
+            return self.head.decode("utf-8", "replace")
+        dropped = self.total - len(self.head) - len(self.tail)
+        mid = f"\n...[{dropped} bytes truncated]...\n" if dropped > 0 else ""
+        return (bytes(self.head).decode("utf-8", "replace") + mid
+                + bytes(self.tail).decode("utf-8", "replace"))  # fmt: skip
+
+    def last_bytes(self, n: int) -> bytes:
+        return bytes(self.head + self.tail)[-n:] if self.total > self.cap else bytes(self.head)[-n:]
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _run(source: str, limits: SandboxLimits, level: str) -> ExecutionResult:
+    """One run under a given isolation level (no probing)."""
+    start = time.monotonic()
+    nonce = secrets.token_hex(16).encode()
+    exe, keep = _interpreter()
+    root = os.geteuid() == 0
+    # A dedicated uid needs the interpreter reachable: the namespace levels re-expose it
+    # themselves; rlimits-only can only drop privileges when it already is.
+    drop = root and (level.startswith("unshare") or _world_reachable(exe))
+    uid = _UIDS.acquire() if drop else None
+    workdir = Path(tempfile.mkdtemp(prefix="rrtool-sbx-", dir="/tmp"))
+    out, err = _Capped(limits.max_stdout), _Capped(limits.max_stderr)
+    timed_out = False
+    try:
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        as_user = {} if uid is None or level.startswith("unshare") else (
+            {"user": uid, "group": uid, "extra_groups": []})  # fmt: skip
+        try:
+            proc = subprocess.Popen(
+                _command(level, workdir, uid, limits), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir, env=_SCRUBBED_ENV,
+                start_new_session=True, close_fds=True, **as_user,
+                preexec_fn=lambda: _preexec(limits, nproc=uid is not None),
+            )  # fmt: skip
+        except OSError as exc:
+            return ExecutionResult(False, "error", "", f"sandbox start failed: {exc}",
+                                   time.monotonic() - start, level)  # fmt: skip
+        timed_out = _pump(proc, nonce + b"\n" + source.encode(), out, err, limits.timeout_s)
+        rc = proc.wait()
+    finally:
+        if uid is not None:
+            _UIDS.release(uid)
+        shutil.rmtree(workdir, ignore_errors=True)
+    duration = time.monotonic() - start
+    marker = b"\n" + nonce + b"\n"
+    nonce_last = out.last_bytes(len(marker)) == marker
+    stdout = out.text()
+    if nonce_last:  # the marker is ours, not the program's output
+        stdout = stdout[: -len(marker)]
+    xcpu = {-signal.SIGXCPU, 128 + signal.SIGXCPU}
+    status: Status
+    if timed_out or rc in xcpu:
+        status = "timeout"
+    elif rc == 0 and nonce_last:
+        status = "passed"
+    elif rc == _SETUP_FAILED and level.startswith("unshare"):
+        status = "error"
+    else:
+        status = "failed"
+    return ExecutionResult(status == "passed", status, stdout, err.text(), duration, level, rc)
+
+
+def _pump(proc: subprocess.Popen[bytes], stdin: bytes, out: _Capped, err: _Capped,
+          timeout_s: float) -> bool:  # fmt: skip
+    """Feed stdin, drain stdout/stderr until the child exits or times out, then kill its whole
+    group (also after a normal exit, so forked grandchildren die).  Returns True on timeout."""
+    assert proc.stdin and proc.stdout and proc.stderr
+    deadline = time.monotonic() + timeout_s
+    sel = selectors.DefaultSelector()
+    pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
+    if pidfd is not None:  # readable once the child exits; no polling latency
+        sel.register(pidfd, selectors.EVENT_READ, None)
+    sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    for fd in sinks:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ, None)
+    stdin_fd = proc.stdin.fileno()
+    os.set_blocking(stdin_fd, False)
+    sel.register(stdin_fd, selectors.EVENT_WRITE, None)
+    pending, timed_out = memoryview(stdin), False
+
+    def exited() -> bool:
+        # WNOWAIT: the zombie keeps its pid (and so the group id) reserved until killpg is done.
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return info is not None
+
+    def service(timeout: float) -> None:
+        nonlocal pending
+        for key, _ in sel.select(timeout):
+            fd = key.fd
+            if fd in sinks:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if chunk:
+                    sinks[fd].add(chunk)
+                else:
+                    sel.unregister(fd)
+                    del sinks[fd]
+            elif fd == stdin_fd:
+                try:
+                    pending = pending[os.write(fd, pending):]
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:  # the program stopped reading; its loss
+                    pending = pending[:0]
+                if not pending:
+                    sel.unregister(fd)
+                    proc.stdin.close()
+
+    try:
+        while not exited():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            service(min(remaining, 0.5 if pidfd is not None else 0.02))
+        _kill_group(proc.pid)
+        if pidfd is not None:
+            sel.unregister(pidfd)
+        # Namespaced children are gone now; with rlimits-only an escaped grandchild may hold the
+        # pipes open, so drain briefly rather than until EOF.
+        grace = time.monotonic() + 0.5
+        while sinks and time.monotonic() < grace:
+            service(0.05)
+    finally:
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+    return timed_out
+
+
+def isolation_level() -> str:
+    """The strongest level that works here; probed once per process and cached."""
+    global _probed
+    with _probe_lock:
+        if _probed is None:
+            candidates = []
+            if shutil.which("unshare") and shutil.which("setpriv"):
+                candidates.append("unshare-net-pid" if os.geteuid() == 0 else
+                                  "unshare-user-net-pid")  # fmt: skip
+            if shutil.which("bwrap"):
+                candidates.append("bwrap")
+            _probed = "rlimits-only"
+            for level in candidates:
+                res = _run("print('rrtool-probe')", SandboxLimits(timeout_s=20), level)
+                if res.passed and res.stdout.strip() == "rrtool-probe":
+                    _probed = level
+                    break
+                log.debug("sandbox level %s unusable: %s %s", level, res.status, res.stderr[-500:])
+            if _probed == "rlimits-only":
+                log.warning("sandbox: no namespace isolation available (unshare/bwrap failed); "
+                            "running untrusted code with rlimits only")  # fmt: skip
+        return _probed
+
+
+def run_python(source: str, limits: SandboxLimits | None = None, *,
+               isolation: str | None = None) -> ExecutionResult:  # fmt: skip
+    """Run ``source`` as a script in a fresh sandbox; pass = it ran to completion with exit 0.
+
+    ``isolation`` forces a level (tests use it to exercise the fallback); default is the probed
+    best level."""
+    return _run(source, limits or SandboxLimits(), isolation or isolation_level())

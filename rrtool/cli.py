@@ -1,0 +1,138 @@
+"""The ``rrtool`` command line: thin click commands over the library.
+
+Only click is imported at module level so ``rrtool --help`` stays fast; every
+command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from rrtool import __version__
+from rrtool.errors import UserError
+
+SET_HELP = "Override a spec key, typed like the field: --set release.iterations=5 (repeatable)."
+
+
+def _print_errors(messages: list[str]) -> None:
+    for message in messages:
+        click.secho(f"error: {message}", fg="red", err=True)
+
+
+class _Group(click.Group):
+    """Turns ``UserError`` into its message and exit code 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            _print_errors(exc.messages)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="yellow", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rrtool")
+def cli() -> None:
+    """Make a language model forget a target without a curated forget set.
+
+    Write one YAML spec, check it with `rrtool plan SPEC`, run it with
+    `rrtool run SPEC`. See `rrtool spec reference` for every key.
+    """
+
+
+def _spec_argument(func: Any) -> Any:
+    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(
+        func
+    )
+    return click.argument("spec_path", metavar="SPEC")(func)
+
+
+@cli.command()
+@_spec_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (a `phases` list).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (overrides the spec).")
+def plan(
+    spec_path: str, overrides: tuple[str, ...], as_json: bool, tracking_uri: str | None
+) -> None:
+    """Validate SPEC, check its inputs, and show the phases it will run."""
+    from rrtool.plan import build_plan
+    from rrtool.spec_loader import load_spec
+
+    result = build_plan(load_spec(spec_path, overrides), tracking_uri)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        from rrtool.console import print_plan
+
+        print_plan(result)
+
+
+@cli.command()
+@_spec_argument
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (overrides the spec).")
+def run(spec_path: str, overrides: tuple[str, ...], tracking_uri: str | None) -> None:
+    """Run SPEC: plan, then Reveal, Release and Audit, all recorded in MLflow."""
+    from rrtool.runner import run_spec
+    from rrtool.spec_loader import load_spec
+
+    run_spec(load_spec(spec_path, overrides), tracking_uri)
+
+
+@cli.group(cls=_Group)
+def spec() -> None:
+    """The spec format: JSON Schema and reference."""
+
+
+@spec.command()
+def schema() -> None:
+    """Print the spec's JSON Schema."""
+    import json
+
+    from rrtool.spec import Spec
+
+    click.echo(json.dumps(Spec.model_json_schema(), indent=2))
+
+
+@spec.command()
+def reference() -> None:
+    """Print the spec reference (Markdown), as in the README."""
+    from rrtool.spec_docs import spec_reference
+
+    click.echo(spec_reference(), nl=False)
+
+
+@cli.group(cls=_Group)
+def oracles() -> None:
+    """Relevance oracles: plugins that score how much of the target a text shows."""
+
+
+@oracles.command("list")
+def oracles_list() -> None:
+    """List installed oracle plugins (name, distribution, description)."""
+    import warnings
+
+    from rrtool.console import print_oracles
+    from rrtool.oracles.registry import PluginWarning, list_oracles
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        infos = list_oracles()
+    for warning in caught:
+        click.secho(f"warning: {warning.message}", fg="yellow", err=True)
+    print_oracles(infos)
+
+
+def main() -> None:
+    cli.main(prog_name="rrtool")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

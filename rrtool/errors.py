@@ -1,0 +1,21 @@
+"""Errors a user can act on.
+
+Anything raised as ``UserError`` is printed as-is (no traceback) and exits
+with code 2; its messages already say file, line, key and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: a spec, a flag, a data file. Exit code 2, no traceback."""
+
+    exit_code = 2
+
+    def __init__(self, *messages: str) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = list(messages)
+
+
+class SpecError(UserError):
+    """The spec file (or an override of it) is not valid."""

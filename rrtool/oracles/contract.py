@@ -1,0 +1,75 @@
+"""The oracle plugin contract.
+
+An oracle tells rrtool how much of the target behaviour a completion shows:
+Reveal uses it to score generations, Release to pick merge weights, Audit to
+measure forgetting. Third parties implement it in their own distribution and
+register a factory under the ``rrtool.oracles`` entry-point group; the built-in
+oracles (``plugins/rrtool_oracles``) register the same way.
+
+Forward compatibility: every method takes keyword-only arguments and must
+accept (and ignore) ``**kwargs`` it does not know, so rrtool can pass new
+context later without breaking old plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+ENTRY_POINT_GROUP = "rrtool.oracles"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generation to score; the JSON-lines format shared by all oracles:
+    ``{"id": ..., "prompt": "...", "completion": "...", "reference": {...}}``."""
+
+    id: str
+    prompt: str
+    completion: str
+    reference: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Score:
+    """Per-sample verdict: ``score`` in [0, 1], higher = more of the target."""
+
+    score: float
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What an oracle needs, so the planner can check it before any compute."""
+
+    reference: bool = False
+    """Samples must carry a ``reference`` (gold entities, tests, ...)."""
+    network: bool = False
+    """The oracle calls a remote service."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key, if one is needed."""
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """What an entry point's factory must return.
+
+    The factory itself is called with the spec's ``oracle.options`` as keyword
+    arguments and should raise ``TypeError``/``ValueError`` on options it
+    rejects; rrtool turns those into a user-facing error.
+    """
+
+    name: str
+    description: str
+    requires: Requirements
+
+    def score(self, samples: Sequence[Sample], **kwargs: Any) -> list[Score]:
+        """Score a batch; returns one ``Score`` per sample, in order."""
+        ...
+
+    def aggregate(
+        self, samples: Sequence[Sample], scores: Sequence[Score], **kwargs: Any
+    ) -> dict[str, float]:
+        """Summarise a scored batch into named metrics (e.g. ``person/f1``)."""
+        ...

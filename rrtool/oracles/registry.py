@@ -1,0 +1,111 @@
+"""Oracle discovery through the ``rrtool.oracles`` entry-point group.
+
+Nothing is registered at import time: callers ask for what is installed when
+they need it. Listing names never imports a plugin; creating one imports only
+that plugin. A plugin that fails to import is reported as a warning and the
+others keep working. ``RRTOOL_LOAD_PLUGINS`` (comma-separated names) restricts
+which plugins load, for reproducible runs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from rrtool.errors import UserError
+from rrtool.oracles.contract import ENTRY_POINT_GROUP, Oracle
+
+ALLOW_ENV = "RRTOOL_LOAD_PLUGINS"
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded; the others still work."""
+
+
+@dataclass(frozen=True)
+class OracleInfo:
+    name: str
+    distribution: str
+    target: str  # "module:attr" the entry point names
+    description: str = ""
+    error: str | None = None
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def entry_points() -> dict[str, metadata.EntryPoint]:
+    """Installed oracle entry points by name (no plugin is imported)."""
+    allowed = _allowed()
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        found.setdefault(ep.name, ep)  # first wins, as pip's install order does
+    return dict(sorted(found.items()))
+
+
+def _distribution(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else "?"
+
+
+def unknown_oracle_message(name: str) -> str:
+    installed = ", ".join(entry_points()) or "none"
+    return f"no oracle plugin named `{name}` is installed (installed: {installed})"
+
+
+def load_factory(name: str) -> Any:
+    eps = entry_points()
+    if name not in eps:
+        raise UserError(unknown_oracle_message(name))
+    try:
+        return eps[name].load()
+    except Exception as exc:  # a broken plugin must not take rrtool down
+        raise UserError(
+            f"oracle plugin `{name}` ({eps[name].value}) failed to import: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
+def create_oracle(name: str, options: Mapping[str, Any] | None = None) -> Oracle:
+    """Instantiate an oracle with the spec's options; bad options become a UserError."""
+    factory = load_factory(name)
+    try:
+        oracle = factory(**dict(options or {}))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"oracle `{name}` rejected its options: {exc}") from None
+    missing = [attr for attr in ("score", "aggregate", "requires") if not hasattr(oracle, attr)]
+    if missing:
+        raise UserError(
+            f"oracle plugin `{name}` does not implement the contract "
+            f"(missing: {', '.join(missing)})"
+        )
+    return oracle
+
+
+def list_oracles() -> list[OracleInfo]:
+    """Every installed oracle with its description; import failures become warnings."""
+    infos = []
+    for name, ep in entry_points().items():
+        try:
+            factory = ep.load()
+            description = getattr(factory, "description", "") or (factory.__doc__ or "")
+            infos.append(
+                OracleInfo(name, _distribution(ep), ep.value, description.strip().split("\n")[0])
+            )
+        except Exception as exc:
+            message = (
+                f"oracle plugin `{name}` ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+            )
+            warnings.warn(message, PluginWarning, stacklevel=2)
+            infos.append(OracleInfo(name, _distribution(ep), ep.value, error=message))
+    return infos

@@ -1,0 +1,361 @@
+"""Spec -> Plan: ordered phases with concrete steps, cost estimates and pre-flight checks.
+
+The planner checks everything that can be checked before compute (oracle
+plugin installed and happy with its options, data files present and parsable,
+model resolvable without loading weights, tracking store writable) and reports
+all failures at once, each located in the spec.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rrtool.data import load_records
+from rrtool.errors import SpecError, UserError
+from rrtool.models import resolve_model
+from rrtool.oracles.registry import create_oracle, entry_points, unknown_oracle_message
+from rrtool.spec import DataSource, Spec
+from rrtool.spec_loader import LoadedSpec
+from rrtool.tracking import check_store, resolve_store
+
+# Scorers that are evaluators shipped in rrtool itself rather than oracle plugins.
+BUILTIN_EVALUATORS = {
+    "perplexity": "word/byte perplexity on raw text (lower is better)",
+    "gsm8k_accuracy": "GSM8K exact-match accuracy, strict and flexible extraction",
+}
+
+
+@dataclass
+class Step:
+    name: str
+    detail: str
+    estimate: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Phase:
+    name: str
+    summary: str
+    steps: list[Step]
+
+    def total(self, key: str) -> int:
+        return sum(step.estimate.get(key, 0) for step in self.steps)
+
+
+@dataclass
+class Check:
+    name: str
+    detail: str
+
+
+@dataclass
+class Plan:
+    spec_name: str
+    model: str
+    target: str
+    phases: list[Phase]
+    checks: list[Check]
+    tracking_uri: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["totals"] = {
+            key: sum(p.total(key) for p in self.phases)
+            for key in ("generations", "generated_tokens", "training_steps", "evaluations")
+        }
+        return data
+
+
+# ---------------------------------------------------------------- pre-flight checks
+@dataclass
+class _Inputs:
+    """What the checks found out, used for the estimates."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    passages: int = 0
+
+
+def _check_data(
+    loaded: LoadedSpec,
+    key: tuple[str, ...],
+    source: DataSource | None,
+    inputs: _Inputs,
+    checks: list[Check],
+    errors: list[str],
+) -> None:
+    if source is None:
+        return
+    try:
+        records = load_records(source)
+    except UserError as exc:
+        errors.extend(f"{loaded.locate(*key, 'path')}: {m}" for m in exc.messages)
+        return
+    inputs.counts[".".join(key)] = len(records)
+    if source.format == "universalner":
+        inputs.passages = max(inputs.passages, len({r["text"] for r in records}))
+    checks.append(
+        Check(".".join(key), f"{len(records)} {source.format} records from {source.path}")
+    )
+
+
+def _check_scorer(
+    loaded: LoadedSpec,
+    key: tuple[str, ...],
+    name: str,
+    options: dict[str, Any],
+    checks: list[Check],
+    errors: list[str],
+    warnings: list[str],
+) -> None:
+    if name in BUILTIN_EVALUATORS:
+        checks.append(Check(".".join(key), f"{name}: built-in evaluator"))
+        return
+    if name not in entry_points():
+        errors.append(f"{loaded.locate(*key, 'name')}: {unknown_oracle_message(name)}")
+        return
+    try:
+        oracle = create_oracle(name, options)
+    except UserError as exc:
+        errors.extend(f"{loaded.locate(*key, 'options')}: {m}" for m in exc.messages)
+        return
+    requires = oracle.requires
+    if requires.api_key_env and not _env_set(requires.api_key_env):
+        errors.append(
+            f"{loaded.locate(*key, 'name')}: oracle `{name}` needs an API key in the "
+            f"environment variable {requires.api_key_env} (expected it to be set)"
+        )
+    if requires.network:
+        warnings.append(f"oracle `{name}` calls a remote service: runs depend on the network")
+    checks.append(Check(".".join(key), f"{name}: {oracle.description}"))
+
+
+def _env_set(name: str) -> bool:
+    import os
+
+    return bool(os.environ.get(name))
+
+
+def preflight(
+    loaded: LoadedSpec, tracking_flag: str | None = None
+) -> tuple[list[Check], _Inputs, list[str], str]:
+    spec = loaded.spec
+    checks: list[Check] = []
+    errors: list[str] = []
+    warnings: list[str] = []
+    inputs = _Inputs()
+    try:
+        resolved = resolve_model(spec.model)
+        checks.append(
+            Check(
+                "model.id",
+                f"{resolved.kind}: {resolved.source}"
+                + (f" ({resolved.note})" if resolved.note else ""),
+            )
+        )
+    except UserError as exc:
+        errors.extend(f"{loaded.locate('model', 'id')}: {m}" for m in exc.messages)
+    _check_scorer(
+        loaded, ("oracle",), spec.oracle.name, spec.oracle.options, checks, errors, warnings
+    )
+    utility = spec.retain.utility
+    if utility is not None:
+        _check_scorer(
+            loaded, ("retain", "utility"), utility.name, utility.options, checks, errors, warnings
+        )
+    for key, source in (
+        (("reveal", "contexts"), spec.reveal.contexts),
+        (("retain", "data"), spec.retain.data),
+        (("audit", "forget_eval"), spec.audit.forget_eval),
+        (("audit", "retain_eval"), spec.audit.retain_eval),
+    ):
+        _check_data(loaded, key, source, inputs, checks, errors)
+    store = resolve_store(tracking_flag, spec.tracking.uri)
+    try:
+        checks.append(Check("tracking", f"{check_store(store)} [{store.origin}]"))
+    except UserError as exc:
+        where = loaded.locate("tracking", "uri") if store.origin == "spec" else f"{store.origin}"
+        errors.extend(f"{where}: {m}" for m in exc.messages)
+    if errors:
+        raise SpecError(*errors)
+    return checks, inputs, warnings, store.uri
+
+
+# ------------------------------------------------------------------------ estimates
+def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
+    """Returns the phase and the expected forget / self-generated retain example counts."""
+    reveal, gen = spec.reveal, spec.reveal.generation
+    contexts = inputs.counts.get("reveal.contexts", 0)
+    steps: list[Step] = []
+    if spec.target.kind == "ner":
+        passages = inputs.passages or contexts
+        forget = passages * len(spec.target.forget_types) * gen.num_samples
+        retain = (
+            passages * len(spec.target.retain_types) * gen.num_samples
+            if spec.retain.self_generated
+            else 0
+        )
+        steps.append(
+            Step(
+                "extract",
+                f"{reveal.strategy}: query {passages} passages for "
+                f"{', '.join(spec.target.forget_types)} (forget)"
+                + (f" and {', '.join(spec.target.retain_types)} (retain)" if retain else ""),
+                {
+                    "generations": forget + retain,
+                    "generated_tokens": (forget + retain) * gen.max_new_tokens,
+                },
+            )
+        )
+        if reveal.strategy == "direct":
+            return (
+                Phase("reveal", "model's own answers become forget/retain data", steps),
+                forget,
+                retain,
+            )
+    if reveal.strategy == "direct":
+        generations = contexts * gen.num_samples
+        steps.append(
+            Step(
+                "generate",
+                f"direct: one fixed instruction over {contexts} contexts x {gen.num_samples} samples, "
+                f"<= {gen.max_new_tokens} tokens each",
+                {"generations": generations, "generated_tokens": generations * gen.max_new_tokens},
+            )
+        )
+        return Phase("reveal", "self-generated forget data", steps), generations, 0
+    search = reveal.search
+    trials = search.initial_evaluations + reveal.outer_iterations * reveal.inner_iterations
+    per_trial = reveal.contexts_per_trial * gen.num_samples
+    steps += [
+        Step(
+            "features",
+            f"precompute last-token features for a pool of {search.pool_size} soft prompts",
+            {"forward_passes": search.pool_size},
+        ),
+        Step(
+            "search",
+            f"{reveal.outer_iterations} outer x {reveal.inner_iterations} inner instruction trials "
+            f"(+{search.initial_evaluations} random initial), each {reveal.contexts_per_trial} contexts x "
+            f"{gen.num_samples} samples of <= {gen.max_new_tokens} tokens; top-{reveal.top_k} re-scored "
+            f"per outer loop (cached generations); alpha={reveal.alpha}",
+            {
+                "generations": trials * (per_trial + 1),
+                "generated_tokens": trials
+                * (per_trial * gen.max_new_tokens + search.max_instruction_tokens),
+            },
+        ),
+        Step(
+            "collect",
+            f"best instruction of each outer loop over all {contexts} contexts -> forget data",
+            {
+                "generations": reveal.outer_iterations * contexts * gen.num_samples,
+                "generated_tokens": reveal.outer_iterations
+                * contexts
+                * gen.num_samples
+                * gen.max_new_tokens,
+            },
+        ),
+    ]
+    forget = reveal.outer_iterations * contexts * gen.num_samples
+    return Phase("reveal", "NeuralUCB instruction search + Vendi diversity", steps), forget, 0
+
+
+def _steps_for(examples: int, spec: Spec) -> int:
+    lora = spec.release.lora
+    return (
+        math.ceil(examples / (lora.batch_size * lora.gradient_accumulation)) * lora.epochs
+        if examples
+        else 0
+    )
+
+
+def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int) -> Phase:
+    release, lora, search = spec.release, spec.release.lora, spec.release.search
+    iterations = spec.effective_iterations
+    retain_n = inputs.counts.get("retain.data", 0) + retain_self
+    forget_steps, retain_steps = _steps_for(forget_n, spec), _steps_for(retain_n, spec)
+    weights = release.weights
+
+    def how(given: float | None) -> str:
+        return f"{given:g} (given)" if given is not None else f"searched, budget {search.budget}"
+
+    searched = (weights.mu0 is None) + iterations * (
+        (weights.lambdas is None) + (weights.mus is None)
+    )
+    evals = searched * search.budget * search.eval_size * 2  # forget and utility per candidate
+    steps = [
+        Step(
+            "forget F0",
+            f"train forget LoRA (r={lora.r}, {lora.target_modules}) on ~{forget_n} examples, "
+            f"subtract mu0 = {how(weights.mu0)}",
+            {"training_steps": forget_steps},
+        ),
+    ]
+    for i in range(1, iterations + 1):
+        lam = weights.lambdas[i - 1] if weights.lambdas else None
+        mu = weights.mus[i - 1] if weights.mus else None
+        steps.append(
+            Step(
+                f"iteration {i}",
+                f"train retain LoRA R{i} on ~{retain_n} examples, add lambda{i} = {how(lam)}; "
+                f"train forget LoRA F{i}, subtract mu{i} = {how(mu)}",
+                {"training_steps": forget_steps + retain_steps},
+            )
+        )
+    steps.append(
+        Step(
+            "weight search",
+            f"{searched} weights x {search.budget} candidates x {search.eval_size} prompts "
+            f"(rules: forget >= {release.rules.forget_fraction:.0%} of what remains, "
+            f"utility >= {release.rules.utility_recovery:.0%} of iteration start)",
+            {"evaluations": evals},
+        )
+    )
+    stop = spec.stopping
+    rules = [f"max {iterations} iterations"]
+    if stop.forget_score is not None:
+        rules.append(f"forget score <= {stop.forget_score}")
+    if stop.utility_floor is not None:
+        rules.append(f"utility >= {stop.utility_floor:.0%} of base")
+    if stop.patience is not None:
+        rules.append(f"no progress for {stop.patience} iteration(s)")
+    steps.append(Step("stopping", "; ".join(rules)))
+    summary = (
+        f"subtract forget LoRA (mu0), then {iterations} x [add retain LoRA, subtract forget LoRA]"
+    )
+    return Phase("release", summary, steps)
+
+
+def _audit_phase(spec: Spec) -> Phase:
+    audit = spec.audit
+    utility = (
+        spec.retain.utility.name if spec.retain.utility else f"{spec.oracle.name} (retained types)"
+    )
+    steps = [
+        Step(
+            "metrics",
+            f"forget: {spec.oracle.name}; utility: {utility}; base and final model on "
+            f"{audit.eval_size} records each",
+            {"evaluations": audit.eval_size * 2 * 2},
+        ),
+    ]
+    probes = [name for name, on in audit.probes.model_dump().items() if on]
+    steps.append(
+        Step("probes", ", ".join(probes) if probes else "none (enable under audit.probes)")
+    )
+    steps.append(
+        Step("report", f"{audit.report} report with {audit.sample_answers} before/after answers")
+    )
+    return Phase("audit", "evaluation, robustness probes, report", steps)
+
+
+def build_plan(loaded: LoadedSpec, tracking_flag: str | None = None) -> Plan:
+    """Check the spec against the world, then lay out the phases. Raises SpecError."""
+    checks, inputs, warnings, uri = preflight(loaded, tracking_flag)
+    spec = loaded.spec
+    reveal, forget_n, retain_self = _reveal_phase(spec, inputs)
+    phases = [reveal, _release_phase(spec, inputs, forget_n, retain_self), _audit_phase(spec)]
+    return Plan(spec.name, spec.model.id, spec.target.description, phases, checks, uri, warnings)

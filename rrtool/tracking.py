@@ -1,0 +1,217 @@
+"""The tracking run: the single source of truth between phases (MLflow).
+
+Library code gets an explicit ``MlflowClient`` and run id (no fluent "active
+run" globals), so two runs in one process, or a second process auditing a run,
+never step on each other. mlflow is imported only here, and only when used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rrtool.errors import UserError
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlruns"
+PACKAGES = (
+    "rrtool",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "sentence-transformers",
+    "mlflow",
+    "pydantic",
+    "gguf",
+)
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where runs go: a tracking URI, and for the embedded store, its artifact root."""
+
+    uri: str
+    artifact_root: str | None  # None: the server/store decides
+    origin: str  # "--tracking-uri" | "spec" | "MLFLOW_TRACKING_URI" | "embedded default"
+
+
+def resolve_store(
+    flag: str | None = None, spec_uri: str | None = None, cwd: Path | None = None
+) -> Store:
+    """``--tracking-uri`` > spec ``tracking.uri`` > ``MLFLOW_TRACKING_URI`` > embedded store."""
+    for value, origin in (
+        (flag, "--tracking-uri"),
+        (spec_uri, "spec"),
+        (os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI"),
+    ):
+        if value:
+            return Store(value, None, origin)
+    base = (cwd or Path.cwd()).resolve()
+    return Store(
+        f"sqlite:///{base / DEFAULT_DB}", (base / DEFAULT_ARTIFACTS).as_uri(), "embedded default"
+    )
+
+
+def _writable_dir(path: Path) -> bool:
+    """True if ``path`` exists and is writable, or could be created by us."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def check_store(store: Store, timeout: float = 3.0) -> str:
+    """Pre-flight check that the store can take a run; returns a one-line description."""
+    uri = store.uri
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+                if reply.status != 200:
+                    raise UserError(f"{uri}: tracking server answered HTTP {reply.status}")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"{uri}: tracking server unreachable ({reason})") from None
+        return f"tracking server {uri} (healthy)"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if db.is_dir():
+            raise UserError(f"{uri}: {db} is a directory (expected a database file)")
+        if not _writable_dir(db.parent) or (db.exists() and not os.access(db, os.W_OK)):
+            raise UserError(f"{uri}: {db.parent} is not writable")
+        return f"sqlite store {db}" + ("" if db.exists() else " (created on first run)")
+    local = Path(uri[len("file://") :]) if uri.startswith("file://") else None
+    if local is None and "://" not in uri:
+        local = Path(uri)
+    if local is not None:
+        if not _writable_dir(local):
+            raise UserError(f"{uri}: {local} is not writable")
+        return f"file store {local}"
+    return f"tracking store {uri} (not checked: scheme handled by MLflow)"
+
+
+def git_sha(start: Path | None = None) -> str | None:
+    """The checkout's commit (with ``-dirty`` if modified) when rrtool runs from git."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested spec -> ``{"release.lora.r": "8", ...}`` for MLflow params."""
+    if isinstance(data, dict):
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    value = data if isinstance(data, str) else json.dumps(data)
+    return {prefix.rstrip("."): value}
+
+
+def _quiet_mlflow_logs() -> None:
+    # The sqlite store's first use runs alembic migrations that log at INFO to stderr.
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """One MLflow run, addressed explicitly by client and run id."""
+
+    def __init__(self, client: Any, run_id: str, store: Store) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.store = store
+
+    @classmethod
+    def start(cls, store: Store, experiment: str, run_name: str, tags: dict[str, str]) -> Tracker:
+        _quiet_mlflow_logs()
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=store.uri)
+        try:
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = (
+                found.experiment_id
+                if found is not None
+                else client.create_experiment(experiment, artifact_location=store.artifact_root)
+            )
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        except MlflowException as exc:
+            raise UserError(f"{store.uri}: cannot start a run ({exc.message})") from None
+        return cls(client, run.info.run_id, store)
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow's per-batch limit
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def finish(self, status: str, rrtool_status: str) -> None:
+        """``status`` is MLflow's (FINISHED/FAILED/KILLED); ``rrtool_status`` says where it stopped."""
+        self.client.set_tag(self.run_id, "rrtool.status", rrtool_status)
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def run_tags(spec_name: str) -> dict[str, str]:
+    from rrtool import __version__
+
+    tags = {
+        "rrtool.spec": spec_name,
+        "rrtool.version": __version__,
+        "rrtool.status": "running",
+        "rrtool.command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:5000],
+    }
+    sha = git_sha()
+    if sha:
+        tags["rrtool.git_sha"] = sha
+        tags["mlflow.source.git.commit"] = sha.removesuffix("-dirty")
+    return tags

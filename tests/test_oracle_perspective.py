@@ -1,0 +1,337 @@
+"""The perspective oracle against a real local HTTP server emulating the Perspective API.
+
+The emulator decides its reply from the comment text, so each test drives a
+behaviour (success, 429s, 5xx, 400, bad key) through the real urllib client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from rrtool_oracles.perspective import OracleError, PerspectiveOracle
+
+from rrtool.oracles.contract import Oracle, Requirements, Sample
+
+KEY = "sk-test-S3CR3T+key/42"  # '+' and '/' so a URL-encoded leak would be caught too
+KEY_ENV = "RRTOOL_TEST_PERSPECTIVE_KEY"
+
+
+class _Emulator(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict[str, Any]] = []
+        self.failures_left: dict[str, int] = {}  # text -> 429/503 replies still to give
+        self.lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1alpha1/comments:analyze"
+
+    def texts(self) -> list[str]:
+        return [r["body"]["comment"]["text"] for r in self.requests]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Emulator
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # keep test output clean
+
+    def _reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        url = urllib.parse.urlsplit(self.path)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["comment"]["text"]
+        with self.server.lock:
+            self.server.requests.append(
+                {
+                    "path": url.path,
+                    "query": urllib.parse.parse_qs(url.query),
+                    "content_type": self.headers["Content-Type"],
+                    "body": body,
+                    "at": time.monotonic(),
+                }
+            )
+            left = self.server.failures_left.get(text, 0)
+            if left:
+                self.server.failures_left[text] = left - 1
+        if urllib.parse.parse_qs(url.query).get("key") != [KEY]:
+            self._reply(
+                400,
+                {
+                    "error": {
+                        "code": 400,
+                        "message": "API key not valid. Please pass a valid API key.",
+                        "status": "INVALID_ARGUMENT",
+                        "details": [{"reason": "API_KEY_INVALID"}],
+                    }
+                },
+            )
+        elif left and text.startswith("busy"):
+            self._reply(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}})
+        elif left and text.startswith("slow"):
+            self._reply(429, {"error": {"code": 429}}, {"Retry-After": "0.3"})
+        elif text.startswith("broken"):
+            # A hostile/buggy upstream that echoes the full request URL, key included.
+            self._reply(503, {"error": {"message": f"backend down for {self.path}"}})
+        elif text.startswith("klingon"):
+            self._reply(
+                400,
+                {
+                    "error": {
+                        "code": 400,
+                        "message": f"Attribute TOXICITY does not support request languages: "
+                        f"tlh (request was {self.path})",
+                        "status": "INVALID_ARGUMENT",
+                    }
+                },
+            )
+        elif text.startswith("forbidden"):
+            self._reply(403, {"error": {"code": 403, "status": "PERMISSION_DENIED"}})
+        elif text.startswith("garbled"):
+            self._reply(200, {"attributeScores": {"TOXICITY": {}}})
+        else:
+            toxicity = 0.95 if "idiot" in text else 0.05
+            self._reply(
+                200,
+                {
+                    "attributeScores": {
+                        "TOXICITY": {"summaryScore": {"value": toxicity, "type": "PROBABILITY"}},
+                        "SEVERE_TOXICITY": {"summaryScore": {"value": toxicity / 2}},
+                    },
+                    "languages": ["en"],
+                },
+            )
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Emulator]:
+    # A proxy from the environment would swallow requests meant for 127.0.0.1.
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv(KEY_ENV, KEY)
+    emulator = _Emulator()
+    thread = threading.Thread(target=emulator.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield emulator
+    finally:
+        emulator.shutdown()
+        emulator.server_close()
+        thread.join(timeout=5)
+
+
+def _oracle(server: _Emulator, **options: Any) -> PerspectiveOracle:
+    defaults: dict[str, Any] = {
+        "endpoint": server.endpoint,
+        "api_key_env": KEY_ENV,
+        "qps": 1000.0,
+        "base_delay": 0.01,
+        "max_retries": 3,
+        "timeout": 5.0,
+    }
+    return PerspectiveOracle(**{**defaults, **options})
+
+
+def _samples(*texts: str, prompt: str = "p") -> list[Sample]:
+    return [Sample(id=f"s{i}", prompt=prompt, completion=t) for i, t in enumerate(texts)]
+
+
+def test_satisfies_contract() -> None:
+    oracle = PerspectiveOracle()
+    assert isinstance(oracle, Oracle)
+    assert oracle.name == "perspective"
+    assert "\n" not in PerspectiveOracle.description
+    assert PerspectiveOracle.requires == Requirements(
+        network=True, api_key_env="PERSPECTIVE_API_KEY"
+    )
+    # A custom variable is what the planner must check.
+    assert PerspectiveOracle(api_key_env="MY_KEY").requires.api_key_env == "MY_KEY"
+
+
+def test_success_and_request_shape(server: _Emulator) -> None:
+    oracle = _oracle(server)
+    scores = oracle.score(_samples("you idiot", "nice day"))
+    assert [s.score for s in scores] == [0.95, 0.05]
+    assert scores[0].details == {
+        "scorer": "perspective",
+        "toxicity": 0.95,
+        "severe_toxicity": 0.475,
+    }
+    request = server.requests[0]
+    assert request["path"] == "/v1alpha1/comments:analyze"
+    assert request["query"] == {"key": [KEY]}
+    assert request["content_type"] == "application/json"
+    assert request["body"] == {
+        "comment": {"text": "you idiot"},
+        "requestedAttributes": {"TOXICITY": {}, "SEVERE_TOXICITY": {}},
+        "languages": ["en"],
+        "doNotStore": True,
+    }
+
+
+def test_empty_text_is_never_sent(server: _Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)  # no key needed when nothing is sent
+    scores = _oracle(server).score(_samples("", "  \n\t"))
+    assert [s.score for s in scores] == [0.0, 0.0]
+    assert all(s.details["empty"] is True for s in scores)
+    assert server.requests == []
+
+
+def test_cache_by_text(server: _Emulator) -> None:
+    oracle = _oracle(server)
+    first = oracle.score(_samples("same text", "same text", "other"))
+    second = oracle.score(_samples("same text"))
+    assert server.texts() == ["same text", "other"]
+    assert first[0] == first[1] == second[0]
+
+
+def test_429_is_retried_then_succeeds(server: _Emulator) -> None:
+    server.failures_left["busy idiot"] = 2
+    scores = _oracle(server).score(_samples("busy idiot"))
+    assert scores[0].score == 0.95
+    assert server.texts() == ["busy idiot"] * 3
+
+
+def test_retry_after_is_honoured(server: _Emulator) -> None:
+    server.failures_left["slow one"] = 1
+    _oracle(server).score(_samples("slow one"))
+    first, second = server.requests
+    assert second["at"] - first["at"] >= 0.25  # Retry-After: 0.3 beats base_delay 0.01
+
+
+def test_backoff_grows_exponentially(server: _Emulator) -> None:
+    server.failures_left["busy x"] = 3
+    _oracle(server, base_delay=0.05).score(_samples("busy x"))
+    at = [r["at"] for r in server.requests]
+    gaps = [b - a for a, b in zip(at, at[1:], strict=False)]
+    # base * 2**attempt (+ jitter in [0, base)): >= 0.05, 0.1, 0.2
+    assert gaps[0] >= 0.045 and gaps[1] >= 0.095 and gaps[2] >= 0.195
+
+
+def test_exhausted_retries_raise_without_leaking_key(
+    server: _Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    oracle = _oracle(server, max_retries=2)
+    with caplog.at_level(logging.DEBUG), pytest.raises(OracleError) as info:
+        oracle.score(_samples("broken thing"))
+    assert isinstance(info.value, RuntimeError)
+    assert len(server.requests) == 3  # 1 try + 2 retries
+    message = str(info.value)
+    assert "gave up after 3" in message and "503" in message
+    _assert_no_key(message, repr(info.value), caplog.text)
+    assert "***" in message  # the echoed URL was redacted, not dropped silently
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_429_exhaustion_is_an_error_not_a_zero(server: _Emulator) -> None:
+    server.failures_left["busy forever"] = 100
+    with pytest.raises(OracleError, match="429"):
+        _oracle(server, max_retries=1).score(_samples("nice", "busy forever"))
+
+
+def test_400_is_recorded_and_excluded_from_aggregates(server: _Emulator) -> None:
+    oracle = _oracle(server)
+    samples = _samples("you idiot", "klingon text") + _samples("nice", prompt="q")
+    scores = oracle.score(samples)
+    bad = scores[1]
+    assert "does not support request languages" in bad.details["error"]
+    assert bad.details["status"] == 400
+    _assert_no_key(repr(bad.details))
+    assert len(server.requests) == 3  # a permanent error is not retried
+    metrics = oracle.aggregate(samples, scores)
+    assert metrics["errors"] == 1.0
+    assert metrics["samples"] == 2.0
+    assert metrics["mean"] == pytest.approx((0.95 + 0.05) / 2)
+    assert metrics["expected_max_toxicity"] == pytest.approx((0.95 + 0.05) / 2)
+    assert metrics["toxicity_rate"] == 0.5
+    assert metrics["severe_rate"] == 0.5
+
+
+def test_rejected_key_fails_the_run(server: _Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = "sk-wrong-key-777"
+    monkeypatch.setenv(KEY_ENV, wrong)
+    with pytest.raises(OracleError, match=KEY_ENV) as info:
+        _oracle(server).score(_samples("hello"))
+    assert wrong not in str(info.value)
+
+
+def test_missing_key_names_the_variable(server: _Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(OracleError, match=KEY_ENV):
+        _oracle(server).score(_samples("hello"))
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("text", ["forbidden", "garbled"])
+def test_other_failures_raise(server: _Emulator, text: str) -> None:
+    with pytest.raises(OracleError) as info:
+        _oracle(server).score(_samples(text))
+    assert len(server.requests) == 1  # neither is worth retrying
+    _assert_no_key(str(info.value))
+
+
+def test_unreachable_server_is_retried_then_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    probe = _Emulator()  # bind, note the port, close: nothing listens there afterwards
+    endpoint = probe.endpoint
+    probe.server_close()
+    oracle = PerspectiveOracle(
+        endpoint=endpoint, api_key_env=KEY_ENV, qps=1000.0, base_delay=0.0, max_retries=1
+    )
+    with pytest.raises(OracleError, match="network error") as info:
+        oracle.score(_samples("hello"))
+    _assert_no_key(str(info.value))
+
+
+def test_qps_spaces_requests(server: _Emulator) -> None:
+    _oracle(server, qps=20.0).score(_samples("a", "b", "c", "d"))
+    at = [r["at"] for r in server.requests]
+    assert at[-1] - at[0] >= 3 * 0.05 * 0.9
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"endpoint": "http://example.com/analyze"}, ValueError),  # key in clear text
+        ({"endpoint": "ftp://127.0.0.1/x"}, ValueError),
+        ({"endpoint": 3}, TypeError),
+        ({"api_key_env": "not a var"}, ValueError),
+        ({"qps": 0}, ValueError),
+        ({"max_retries": -1}, ValueError),
+        ({"max_retries": 2.5}, ValueError),
+        ({"base_delay": -1}, ValueError),
+        ({"threshold": 2}, ValueError),
+        ({"api_key": "inline"}, TypeError),
+    ],
+)
+def test_invalid_options_rejected(options: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        PerspectiveOracle(**options)
+
+
+def _assert_no_key(*texts: str) -> None:
+    for form in (KEY, urllib.parse.quote(KEY, safe=""), urllib.parse.quote_plus(KEY)):
+        for text in texts:
+            assert form not in text
