@@ -8,12 +8,14 @@ exact command that fixes it. torch/transformers are imported only inside
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +168,27 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextlib.contextmanager
+def _quiet_hub_progress() -> Iterator[None]:
+    """rrtool shows its own progress; silence transformers' per-shard bars meanwhile."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load model and tokenizer on the requested device and dtype."""
+    with _quiet_hub_progress():
+        return _load_model(spec)
+
+
+def _load_model(spec: ModelSpec) -> LoadedModel:
     resolved = resolve_model(spec)
     device = _device(spec.device)
     dtype = _torch_dtype(spec.dtype, device)

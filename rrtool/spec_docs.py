@@ -6,6 +6,8 @@ field docs live in exactly one place: where each field is defined (spec.py).
 
 from __future__ import annotations
 
+import json
+import types
 import typing
 from typing import Any
 
@@ -23,7 +25,7 @@ def _type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return " \\| ".join(_type_name(a) for a in args)
     if origin is list:
         return f"list of {_type_name(args[0])}"
@@ -38,15 +40,25 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else '""'
+    return json.dumps(value)
+
+
 def _default(field: Any) -> str:
     if field.is_required():
         return "**required**"
     if field.default_factory is not None:
         value = field.default_factory()
-        return "" if isinstance(value, BaseModel) else f"`{value!r}`"
+        return "" if isinstance(value, BaseModel) else f"`{_yaml_value(value)}`"
     if field.default is PydanticUndefined:
         return ""
-    return f"`{'null' if field.default is None else field.default!r}`"
+    return f"`{_yaml_value(field.default)}`"
 
 
 def _bounds(field: Any) -> str:
@@ -85,3 +97,29 @@ def spec_reference() -> str:
         prefix, model = queue.pop(0)
         _rows(model, prefix + ".", lines, queue)
     return "\n".join(lines) + "\n"
+
+
+def readme_block(readme: str) -> str:
+    """The generated part of a README (between the markers), or '' if absent."""
+    if START not in readme or END not in readme:
+        return ""
+    return readme.split(START, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+
+
+def update_readme(path: str) -> bool:
+    """Rewrite the README's spec reference in place; True if it changed."""
+    from pathlib import Path
+
+    file = Path(path)
+    text = file.read_text(encoding="utf-8")
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    new = f"{head}{START}\n{spec_reference()}{END}{tail}"
+    file.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":  # python -m rrtool.spec_docs README.md
+    import sys
+
+    print("updated" if update_readme(sys.argv[1]) else "unchanged")

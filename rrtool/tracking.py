@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -65,13 +66,22 @@ def resolve_store(
 
 
 def _writable_dir(path: Path) -> bool:
-    """True if ``path`` exists and is writable, or could be created by us."""
+    """True if we can create files in ``path`` (or in the ancestor it would be made under).
+
+    A real probe file, not ``os.access``: root passes ``os.access`` even on read-only mounts.
+    """
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             return False
         probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    if not probe.is_dir():
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".rrtool-probe-"):
+            return True
+    except OSError:
+        return False
 
 
 def check_store(store: Store, timeout: float = 3.0) -> str:
@@ -90,7 +100,7 @@ def check_store(store: Store, timeout: float = 3.0) -> str:
         db = Path(uri[len("sqlite:///") :])
         if db.is_dir():
             raise UserError(f"{uri}: {db} is a directory (expected a database file)")
-        if not _writable_dir(db.parent) or (db.exists() and not os.access(db, os.W_OK)):
+        if not _writable_dir(db.parent):
             raise UserError(f"{uri}: {db.parent} is not writable")
         return f"sqlite store {db}" + ("" if db.exists() else " (created on first run)")
     local = Path(uri[len("file://") :]) if uri.startswith("file://") else None

@@ -1,0 +1,74 @@
+"""Shared fixtures: a scratch working directory, a private model cache, spec writers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from rrtool.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache per test session (converted checkpoints are reused across tests),
+    unless the developer points RRTOOL_CACHE_DIR at a persistent one."""
+    existing = os.environ.get("RRTOOL_CACHE_DIR")
+    return Path(existing) if existing else tmp_path_factory.mktemp("rrtool-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_cache: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RRTOOL_CACHE_DIR", str(model_cache))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RRTOOL_LOAD_PLUGINS", raising=False)
+
+
+def tiny_spec(**sections: Any) -> dict[str, Any]:
+    """A small valid spec (tiny random model, built-in NER passages); sections override."""
+    spec: dict[str, Any] = {
+        "name": "tiny",
+        "model": {"id": "builtin:tiny-random"},
+        "target": {
+            "kind": "ner",
+            "description": "Recognising Person entities",
+            "forget_types": ["person"],
+            "retain_types": ["location"],
+        },
+        "oracle": {"name": "ner_f1"},
+        "reveal": {
+            "strategy": "direct",
+            "contexts": {"path": "builtin:ner_passages", "format": "universalner"},
+        },
+        "retain": {"self_generated": True},
+    }
+    spec.update(sections)
+    return spec
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[..., Path]:
+    def write(content: dict[str, Any] | str, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def invoke() -> Callable[..., Result]:
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return run

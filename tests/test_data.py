@@ -1,0 +1,104 @@
+"""Data loaders: the built-in sets, the public formats, and located errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rrtool.builtins import BUILTIN_DATA
+from rrtool.data import load_records
+from rrtool.errors import UserError
+from rrtool.spec import DataSource
+from tests.conftest import SHARED_DATA
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_DATA))
+def test_builtin_sets_load(name: str) -> None:
+    records = load_records(DataSource(path=f"builtin:{name}", format=BUILTIN_DATA[name][1]))
+    assert len(records) >= 40
+
+
+def test_builtin_ner_has_the_papers_types() -> None:
+    records = load_records(DataSource(path="builtin:ner_passages", format="universalner"))
+    assert {r["type"] for r in records} == {"person", "organization", "location", "date", "concept"}
+    for record in records:
+        for entity in record["entities"]:
+            assert entity in record["text"]
+
+
+def test_limit_takes_the_first_records() -> None:
+    full = load_records(DataSource(path="builtin:math_problems", format="gsm8k"))
+    assert load_records(DataSource(path="builtin:math_problems", format="gsm8k", limit=3)) == full[:3]
+
+
+SHARED = [
+    ("ner/universalner_CrossNER_politics.json", "universalner", 5200),
+    ("ner/universalner_CrossNER_AI.json", "universalner", None),
+    ("mbpp/mbpp.jsonl", "mbpp", 974),
+    ("mbpp/MbppPlus.jsonl", "mbppplus", 399),
+    ("gsm8k/test.jsonl", "gsm8k", 1319),
+    ("realtoxicityprompts/toxic.jsonl", "rtp", 1196),
+    ("wikitext2/wiki.test.raw.txt", "text", 2891),
+]
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
+@pytest.mark.parametrize(("rel", "fmt", "rows"), SHARED, ids=[s[0] for s in SHARED])
+def test_public_sets_parse(rel: str, fmt: str, rows: int | None) -> None:
+    records = load_records(DataSource(path=str(SHARED_DATA / rel), format=fmt))
+    if rows is not None:
+        assert len(records) == rows
+
+
+def _write(tmp_path: Path, text: str, name: str = "d.jsonl") -> str:
+    (tmp_path / name).write_text(text)
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "message"),
+    [
+        ("jsonl", '{"a": 1}\n\n[1, 2]\n', "d.jsonl:3: got a JSON list"),
+        ("jsonl", '{"a": 1}\n{"a": \n', "d.jsonl:2: invalid JSON"),
+        ("mbpp", '{"text": "t", "test_list": "assert 1"}\n', "field `test_list` is str (expected list"),
+        ("rtp", '{"prompt": {"txt": "x"}}\n', "d.jsonl:1: missing `prompt.text`"),
+        ("gsm8k", "", "no records"),
+        ("universalner", '{"a": 1}', "expected a list"),
+        ("universalner", '[{"conversations": [{"value": "Hi"}]}]', "[0]: expected `conversations`"),
+    ],
+)
+def test_malformed_files_are_located(fmt: str, text: str, message: str, tmp_path: Path) -> None:
+    name = "d.json" if fmt == "universalner" else "d.jsonl"
+    with pytest.raises(UserError) as caught:
+        load_records(DataSource(path=_write(tmp_path, text, name), format=fmt))
+    assert message in caught.value.messages[0]
+
+
+def test_universalner_splits_queries(tmp_path: Path) -> None:
+    item = {
+        "id": "x",
+        "conversations": [
+            {"from": "human", "value": "Text: Ada met Bob in Paris."},
+            {"from": "gpt", "value": "I've read this text."},
+            {"from": "human", "value": "What describes person in the text?"},
+            {"from": "gpt", "value": json.dumps(["Ada", "Bob"])},
+            {"from": "human", "value": "What describes location in the text?"},
+            {"from": "gpt", "value": json.dumps(["Paris"])},
+        ],
+    }
+    path = _write(tmp_path, json.dumps([item]), "n.json")
+    records = load_records(DataSource(path=path, format="universalner"))
+    assert records == [
+        {"id": "x", "text": "Ada met Bob in Paris.", "type": "person", "entities": ["Ada", "Bob"]},
+        {"id": "x", "text": "Ada met Bob in Paris.", "type": "location", "entities": ["Paris"]},
+    ]
+
+
+def test_directory_and_non_utf8(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is a directory"):
+        load_records(DataSource(path=str(tmp_path), format="text"))
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_records(DataSource(path=str(tmp_path / "bad.txt"), format="text"))

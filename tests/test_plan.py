@@ -1,0 +1,153 @@
+"""The planner: phases in order, estimates that follow the spec, pre-flight checks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from rrtool.errors import SpecError
+from rrtool.plan import build_plan
+from rrtool.spec_loader import load_spec
+from tests.conftest import REPO, tiny_spec
+
+
+def plan_json(invoke, path: Path, *extra: str) -> dict:
+    result = invoke("plan", path, "--json", *extra)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_phases_are_ordered_with_steps(invoke, write_spec) -> None:
+    plan = plan_json(invoke, write_spec(tiny_spec()))
+    assert [p["name"] for p in plan["phases"]] == ["reveal", "release", "audit"]
+    for phase in plan["phases"]:
+        assert phase["steps"], phase["name"]
+    assert plan["spec_name"] == "tiny"
+    assert set(plan["totals"]) == {"generations", "generated_tokens", "training_steps", "evaluations"}
+
+
+def test_ner_direct_estimates_follow_passages_and_types(invoke, write_spec) -> None:
+    plan = plan_json(invoke, write_spec(tiny_spec()), "--set", "reveal.generation.max_new_tokens=10")
+    (extract,) = plan["phases"][0]["steps"]
+    # 60 built-in passages x (1 forget + 1 retain type)
+    assert extract["estimate"] == {"generations": 120, "generated_tokens": 1200}
+    assert "60 passages" in extract["detail"]
+
+
+def test_release_steps_follow_iterations_and_data(invoke, write_spec) -> None:
+    spec = write_spec(tiny_spec())
+    base = plan_json(invoke, spec, "--set", "release.iterations=1")
+    more = plan_json(invoke, spec, "--set", "release.iterations=3")
+    names = [s["name"] for s in more["phases"][1]["steps"]]
+    assert names == ["forget F0", "iteration 1", "iteration 2", "iteration 3", "weight search", "stopping"]
+    per_iteration = more["phases"][1]["steps"][1]["estimate"]["training_steps"]
+    assert more["totals"]["training_steps"] - base["totals"]["training_steps"] == 2 * per_iteration
+    # 60 forget examples, batch 8, 2 epochs -> ceil(60/8) * 2 = 16 steps
+    assert more["phases"][1]["steps"][0]["estimate"]["training_steps"] == 16
+    halved = plan_json(invoke, spec, "--set", "release.lora.gradient_accumulation=2")
+    assert halved["phases"][1]["steps"][0]["estimate"]["training_steps"] == 8
+
+
+def test_explicit_weights_are_not_searched(invoke, write_spec) -> None:
+    spec = write_spec(
+        tiny_spec(release={"iterations": 2, "weights": {"mu0": 0.5, "lambdas": [1.0, 1.0], "mus": [0.2, 0.1]}})
+    )
+    plan = plan_json(invoke, spec)
+    steps = {s["name"]: s for s in plan["phases"][1]["steps"]}
+    assert "mu0 = 0.5 (given)" in steps["forget F0"]["detail"]
+    assert "mu2 = 0.1 (given)" in steps["iteration 2"]["detail"]
+    assert steps["weight search"]["estimate"]["evaluations"] == 0
+
+
+def test_stopping_cap_limits_planned_iterations(invoke, write_spec) -> None:
+    spec = write_spec(tiny_spec(release={"iterations": 5}, stopping={"max_iterations": 1, "patience": 2}))
+    steps = plan_json(invoke, spec)["phases"][1]["steps"]
+    assert [s["name"] for s in steps].count("iteration 1") == 1
+    assert "iteration 2" not in [s["name"] for s in steps]
+    assert "no progress for 2 iteration(s)" in steps[-1]["detail"]
+
+
+def test_neuralucb_estimates(invoke, write_spec) -> None:
+    spec = write_spec(
+        tiny_spec(
+            target={"kind": "toxicity", "description": "toxic text"},
+            oracle={"name": "ner_f1"},
+            reveal={
+                "strategy": "neuralucb",
+                "contexts": {"path": "builtin:toxicity_prompts", "format": "rtp", "limit": 10},
+                "outer_iterations": 2, "inner_iterations": 3, "contexts_per_trial": 4,
+                "generation": {"max_new_tokens": 20, "num_samples": 2},
+                "search": {"initial_evaluations": 5, "max_instruction_tokens": 16, "pool_size": 100},
+            },
+            retain={"data": {"path": "builtin:wiki_text", "format": "text"}, "utility": {"name": "perplexity"}},
+        )
+    )
+    reveal = plan_json(invoke, spec)["phases"][0]
+    steps = {s["name"]: s["estimate"] for s in reveal["steps"]}
+    trials = 5 + 2 * 3
+    assert steps["features"] == {"forward_passes": 100}
+    assert steps["search"] == {"generations": trials * (4 * 2 + 1), "generated_tokens": trials * (4 * 2 * 20 + 16)}
+    assert steps["collect"]["generations"] == 2 * 10 * 2
+
+
+def test_checks_report_what_was_found(invoke, write_spec) -> None:
+    plan = plan_json(invoke, write_spec(tiny_spec()))
+    checks = {c["name"]: c["detail"] for c in plan["checks"]}
+    assert checks["reveal.contexts"].startswith("300 universalner records")
+    assert checks["oracle"].startswith("ner_f1:")
+    assert "sqlite store" in checks["tracking"] and "embedded default" in checks["tracking"]
+
+
+def test_all_preflight_failures_are_reported_together(write_spec, tmp_path: Path) -> None:
+    spec = write_spec(
+        tiny_spec(
+            model={"id": str(tmp_path / "no-model-dir" / "x" / "y")},
+            oracle={"name": "nope"},
+            retain={"data": {"path": "missing.jsonl", "format": "gsm8k"}},
+        )
+    )
+    with pytest.raises(SpecError) as caught:
+        build_plan(load_spec(spec))
+    keys = [m.split(": ")[1] for m in caught.value.messages]
+    assert keys == ["model.id", "oracle.name", "retain.data.path"]
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "read-only-mount"])
+def test_unwritable_tracking_store_fails_before_compute(where: str, write_spec, tmp_path: Path) -> None:
+    if where == "under-a-file":
+        (tmp_path / "afile").write_text("")
+        uri = f"sqlite:///{tmp_path}/afile/sub/mlflow.db"
+    else:
+        uri = "sqlite:////proc/rrtool-test/mlflow.db"  # procfs refuses new files, even for root
+    spec = write_spec(tiny_spec(tracking={"uri": uri}))
+    with pytest.raises(SpecError) as caught:
+        build_plan(load_spec(spec))
+    (message,) = caught.value.messages
+    assert ": tracking.uri: " in message
+    assert "is not writable" in message
+
+
+def test_unreachable_tracking_server_is_an_error(write_spec) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = write_spec(tiny_spec(tracking={"uri": f"http://127.0.0.1:{port}"}))
+    with pytest.raises(SpecError) as caught:
+        build_plan(load_spec(spec))
+    assert "tracking server unreachable" in caught.value.messages[0]
+
+
+@pytest.mark.parametrize("name", ["person_ner", "toxicity", "coding"])
+def test_example_specs_plan(name: str, invoke) -> None:
+    started = time.perf_counter()
+    result = invoke("plan", REPO / "specs" / f"{name}.yaml")
+    assert result.exit_code == 0, result.stderr
+    assert "1. reveal" in result.stdout and "3. audit" in result.stdout
+    # Generous bound: a regression to loading weights or importing torch would take far longer
+    # on these machines is caught by the benchmark; this only catches pathological slowness.
+    assert time.perf_counter() - started < 60
