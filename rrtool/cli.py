@@ -130,6 +130,54 @@ def oracles_list() -> None:
     print_oracles(infos)
 
 
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--option {pair}: expected KEY=VALUE (e.g. --option timeout=5)")
+        key, raw = pair.split("=", 1)
+        try:
+            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            options[key.strip()] = raw
+    return options
+
+
+@oracles.command("score")
+@click.argument("name")
+@click.option("--input", "input_path", required=True, metavar="FILE", help="Samples, JSON lines.")
+@click.option(
+    "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Oracle option (repeatable)."
+)
+def oracles_score(name: str, input_path: str, pairs: tuple[str, ...]) -> None:
+    """Score samples with oracle NAME: one JSON line per sample to stdout, aggregate to stderr."""
+    import json
+    import math
+
+    from rrtool.oracles.registry import create_oracle
+    from rrtool.oracles.samples import read_samples
+
+    oracle = create_oracle(name, _parse_options(pairs))
+    samples = read_samples(input_path)
+    scores = oracle.score(samples)
+    if len(scores) != len(samples):
+        raise UserError(f"oracle `{name}` returned {len(scores)} scores for {len(samples)} samples")
+    for sample, score in zip(samples, scores, strict=True):
+        value = float(score.score)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise UserError(
+                f"oracle `{name}` scored sample {sample.id!r} {value} (expected [0, 1])"
+            )
+        click.echo(
+            json.dumps(
+                {"id": sample.id, "score": value, "details": dict(score.details)}, default=str
+            )
+        )
+    click.echo(json.dumps(oracle.aggregate(samples, scores), default=str), err=True)
+
+
 def main() -> None:
     cli.main(prog_name="rrtool")
 

@@ -7,7 +7,6 @@ and says so, with status ``planned`` on the MLflow run.
 
 from __future__ import annotations
 
-import json
 import time
 
 import yaml
@@ -75,4 +74,7 @@ def _record_model(tracker: Tracker, loaded: LoadedSpec, console: Console) -> Non
     }
     tracker.log_dict(facts, "model.json")
     tracker.set_tags({"rrtool.model.parameters": str(facts["parameters"])})
-    console.print(f"model loaded: {json.dumps(facts)}")
+    console.print(
+        f"model: {facts['ref']}, {facts['parameters'] / 1e6:.1f}M parameters, {facts['dtype']} "
+        f"on {facts['device']}, loaded in {facts['load_seconds']} s"
+    )

@@ -171,9 +171,10 @@ class Tracker:
 
     @classmethod
     def start(cls, store: Store, experiment: str, run_name: str, tags: dict[str, str]) -> Tracker:
-        _quiet_mlflow_logs()
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
+
+        _quiet_mlflow_logs()  # after the import: mlflow configures its loggers on import
 
         client = MlflowClient(tracking_uri=store.uri)
         try:

@@ -1,0 +1,151 @@
+"""Oracle discovery, `rrtool oracles list/score`, and a real third-party plugin install."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rrtool.errors import UserError
+from rrtool.oracles.registry import create_oracle, entry_points, list_oracles
+from tests.conftest import REPO
+
+BUILTIN = {"ner_f1", "pass_at_1", "perspective", "toxicity_offline"}
+
+
+def test_builtins_register_through_the_entry_point_group() -> None:
+    eps = entry_points()
+    assert BUILTIN <= set(eps)
+    for name in BUILTIN:
+        assert eps[name].group == "rrtool.oracles"
+        assert eps[name].dist is not None and eps[name].dist.name == "rrtool"
+
+
+def test_list_command_shows_name_distribution_description(invoke) -> None:
+    result = invoke("oracles", "list")
+    assert result.exit_code == 0
+    for name in BUILTIN:
+        assert name in result.stdout
+    assert "rrtool 0." in result.stdout
+
+
+def test_allow_list_restricts_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RRTOOL_LOAD_PLUGINS", "ner_f1, pass_at_1")
+    assert set(entry_points()) == {"ner_f1", "pass_at_1"}
+    assert [i.name for i in list_oracles()] == ["ner_f1", "pass_at_1"]
+    with pytest.raises(UserError, match=r"installed: ner_f1, pass_at_1\)"):
+        create_oracle("toxicity_offline")
+
+
+def test_bad_options_become_user_errors() -> None:
+    with pytest.raises(UserError, match="rejected its options"):
+        create_oracle("ner_f1", {"bogus": True})
+
+
+def _samples(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "samples.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_score_command_writes_scores_and_aggregate(invoke, tmp_path: Path) -> None:
+    path = _samples(
+        tmp_path,
+        [
+            json.dumps({"id": "a", "prompt": "p", "completion": '["Ada Lovelace"]',
+                        "reference": {"type": "person", "entities": ["Ada Lovelace"]}}),
+            json.dumps({"id": 2, "prompt": "p", "completion": "[]",
+                        "reference": {"type": "person", "entities": ["Bob"]}}),
+        ],
+    )
+    result = invoke("oracles", "score", "ner_f1", "--input", path)
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["id"], r["score"]) for r in rows] == [("a", 1.0), ("2", 0.0)]
+    aggregate = json.loads(result.stderr.strip().splitlines()[-1])
+    assert aggregate["person/recall"] == 0.5
+
+
+def test_malformed_sample_lines_are_located(invoke, tmp_path: Path) -> None:
+    path = _samples(
+        tmp_path,
+        [
+            json.dumps({"id": "a", "completion": "x"}),
+            "{broken",
+            json.dumps({"id": "c"}),
+            json.dumps([1]),
+            json.dumps({"id": "e", "completion": "x", "reference": [1]}),
+        ],
+    )
+    result = invoke("oracles", "score", "ner_f1", "--input", path)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    errors = result.stderr.strip().splitlines()
+    assert [e.split(": ")[1].rsplit(":", 1)[1] for e in errors] == ["2", "3", "4", "5"]
+    assert "invalid JSON" in errors[0] and "missing `completion`" in errors[1]
+    assert "got a JSON list" in errors[2] and "`reference` must be an object" in errors[3]
+
+
+def test_score_with_an_unknown_oracle(invoke, tmp_path: Path) -> None:
+    path = _samples(tmp_path, [json.dumps({"id": "a", "completion": "x"})])
+    result = invoke("oracles", "score", "nope", "--input", path)
+    assert result.exit_code == 2
+    assert "no oracle plugin named `nope`" in result.stderr
+
+
+def _rrtool(args: list[str], pythonpath: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "rrtool.cli", *args],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example third-party plugin, really installed (pip) into a private target dir."""
+    target = tmp_path_factory.mktemp("site")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(REPO / "plugins" / "example-oracle")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return target
+
+
+def test_third_party_plugin_is_discovered_and_scores(example_plugin: Path, tmp_path: Path) -> None:
+    listed = _rrtool(["oracles", "list"], example_plugin, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "keywords" in listed.stdout and "rrtool-example-oracle 0.1.0" in listed.stdout
+    samples = _samples(tmp_path, [json.dumps({"id": "a", "completion": "Project Falcon and Osprey"})])
+    scored = _rrtool(
+        ["oracles", "score", "keywords", "--input", str(samples), "--option", "keywords=[falcon, eagle]"],
+        example_plugin, tmp_path,
+    )
+    assert scored.returncode == 0, scored.stderr
+    row = json.loads(scored.stdout)
+    assert row == {"id": "a", "score": 0.5, "details": {"found": ["falcon"]}}
+
+
+def test_broken_plugin_is_a_warning_not_a_crash(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "broken_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[rrtool.oracles]\nbroken = broken_plugin_mod:Oracle\n")
+    (site / "broken_plugin_mod.py").write_text("raise ImportError('needs libfoo')\n")
+    listed = _rrtool(["oracles", "list"], site, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "warning: oracle plugin `broken`" in listed.stderr and "needs libfoo" in listed.stderr
+    assert "ner_f1" in listed.stdout
+    samples = _samples(tmp_path, [json.dumps({"id": "a", "completion": "x"})])
+    used = _rrtool(["oracles", "score", "broken", "--input", str(samples)], site, tmp_path)
+    assert used.returncode == 2
+    assert "failed to import: ImportError: needs libfoo" in used.stderr
+    assert "Traceback" not in used.stderr
