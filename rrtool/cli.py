@@ -159,9 +159,15 @@ def oracles_score(name: str, input_path: str, pairs: tuple[str, ...]) -> None:
     from rrtool.oracles.registry import create_oracle
     from rrtool.oracles.samples import read_samples
 
+    from rrtool.oracles.contract import OracleError
+
     oracle = create_oracle(name, _parse_options(pairs))
     samples = read_samples(input_path)
-    scores = oracle.score(samples)
+    try:
+        scores = oracle.score(samples)
+    except OracleError as exc:
+        click.secho(f"error: oracle `{name}` failed: {exc}", fg="red", err=True)
+        raise SystemExit(1) from None
     if len(scores) != len(samples):
         raise UserError(f"oracle `{name}` returned {len(scores)} scores for {len(samples)} samples")
     for sample, score in zip(samples, scores, strict=True):

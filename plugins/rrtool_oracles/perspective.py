@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rrtool.oracles.contract import Requirements, Sample, Score
+from rrtool.oracles.contract import OracleError, Requirements, Sample, Score
 
 from ._toxicity_metrics import check_number, check_thresholds, toxicity_metrics
 
@@ -43,10 +43,6 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # these markers tell the two apart so a wrong key fails the run instead of
 # quietly turning every sample into a per-sample error.
 _KEY_ERROR_MARKERS = ("API_KEY_INVALID", "API key not valid", "API key expired")
-
-
-class OracleError(RuntimeError):
-    """A sample could not be scored: retries exhausted, key rejected, or a bad reply."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Run untrusted Python (model-written code) in a throw-away, isolated interpreter.
+"""Run untrusted Python (model-written code) in a throw-away, isolated interpreter (Linux).
 
 Each call starts a fresh ``python -I -S -B`` with a scrubbed environment in its own session, under
 rlimits, and, when the kernel allows it, inside new network, PID and mount namespaces:
@@ -16,15 +16,17 @@ rlimits, and, when the kernel allows it, inside new network, PID and mount names
 
 The level is probed once per process and reported in every ``ExecutionResult.isolation``.
 
-Verdict: the parent sends a random nonce on stdin (never argv/env); the bootstrap reads it, then runs
-the program and, only if it returns normally, writes the nonce as the last line and exits 0 at
-once.  Early ``os._exit(0)``/``sys.exit(0)`` or printed text cannot pass.  This is not proof
+Verdict: the parent sends a random nonce on stdin (never argv/env); the bootstrap reads it, then
+runs the program and, only if it returns normally, writes the nonce as the last line and exits 0
+at once.  Early ``os._exit(0)``/``sys.exit(0)`` or printed text cannot pass.  This is not proof
 against code that inspects the bootstrap's own frames or heap; the sandbox bounds the damage
 untrusted code can do, the nonce stops accidental and lazy forgeries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -48,7 +50,11 @@ log = logging.getLogger(__name__)
 Status = Literal["passed", "failed", "timeout", "error"]
 
 _SCRUBBED_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-_SETUP_FAILED = 97  # inner setup script's exit code when the sandbox itself could not be built
+# The inner script's exit code when the sandbox itself could not be built (a program exiting 97
+# on purpose is also reported as "error": it only hurts its own score).
+_SETUP_FAILED = 97
+_PR_SET_PDEATHSIG = 1
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
 _TAIL_BYTES = 4096  # stdout tail kept past the cap so the nonce line is never cut off
 
 # Reads "<nonce>\n<program>" from stdin, closes stdin, runs the program in fresh globals and, only
@@ -177,23 +183,25 @@ def _command(level: str, workdir: Path, uid: int | None, limits: SandboxLimits) 
     """The argv that starts the bootstrap under ``level``."""
     exe, keep = _interpreter()
     # Mask home directories (secrets), unless the interpreter prefix contains one.
-    masks = [m for m in ("/root", "/home")
-             if os.path.isdir(m) and not (m + "/").startswith(keep.rstrip("/") + "/")]  # fmt: skip
+    masks = [
+        m
+        for m in ("/root", "/home")
+        if os.path.isdir(m) and not (m + "/").startswith(keep.rstrip("/") + "/")
+    ]
+    wd = f"/tmp/{workdir.name}"  # inside the sandbox: a fresh directory on a private tmpfs
     if level.startswith("unshare"):
         userns = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
-        inner = ["/bin/sh", "-c", _INNER_SH, "sh", f"/tmp/{workdir.name}",
-                 "" if uid is None else str(uid), str(limits.tmpfs_mb), keep, exe, _BOOTSTRAP,
-                 *masks]  # fmt: skip
-        return ["unshare", *userns, "--net", "--pid", "--fork", "--mount-proc", "--kill-child",
-                *inner]  # fmt: skip
+        flags = ["--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
+        uid_arg = "" if uid is None else str(uid)
+        inner = ["/bin/sh", "-c", _INNER_SH, "sh", wd, uid_arg, str(limits.tmpfs_mb), keep, exe]
+        return ["unshare", *userns, *flags, *inner, _BOOTSTRAP, *masks]
     if level == "bwrap":
-        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
-               "--dev", "/dev", "--proc", "/proc"]  # fmt: skip
+        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/"]
+        cmd += ["--dev", "/dev", "--proc", "/proc"]
         for d in ("/tmp", "/var/tmp", "/dev/shm", *masks):
             cmd += ["--tmpfs", d]
-        cmd += ["--ro-bind", keep, keep, "--dir", f"/tmp/{workdir.name}",
-                "--chdir", f"/tmp/{workdir.name}", "--cap-drop", "ALL"]  # fmt: skip
-        return [*cmd, "--", exe, "-I", "-S", "-B", "-c", _BOOTSTRAP]
+        cmd += ["--ro-bind", keep, keep, "--dir", wd, "--chdir", wd, "--cap-drop", "ALL", "--"]
+        return [*cmd, exe, "-I", "-S", "-B", "-c", _BOOTSTRAP]
     return [exe, "-I", "-S", "-B", "-c", _BOOTSTRAP]
 
 
@@ -213,6 +221,10 @@ def _preexec(limits: SandboxLimits, nproc: bool) -> None:
     for res, soft in caps:
         hard = soft + 1 if res == resource.RLIMIT_CPU else soft  # SIGXCPU first, then SIGKILL
         resource.setrlimit(res, (soft, hard))
+    # Die with the thread that started us, so a crashed rrtool leaves no sandbox behind
+    # (unshare --kill-child and the PID namespace take everything below with it).
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _Capped:
@@ -226,58 +238,70 @@ class _Capped:
         room = self.cap - len(self.head)
         self.head += data[:room]
         if len(data) > room:
-            self.tail = (self.tail + data[max(room, 0):])[-_TAIL_BYTES:]
+            self.tail = (self.tail + data[max(room, 0) :])[-_TAIL_BYTES:]
 
     def text(self) -> str:
         if self.total <= self.cap:
             return self.head.decode("utf-8", "replace")
         dropped = self.total - len(self.head) - len(self.tail)
         mid = f"\n...[{dropped} bytes truncated]...\n" if dropped > 0 else ""
-        return (bytes(self.head).decode("utf-8", "replace") + mid
-                + bytes(self.tail).decode("utf-8", "replace"))  # fmt: skip
+        return (
+            bytes(self.head).decode("utf-8", "replace")
+            + mid
+            + bytes(self.tail).decode("utf-8", "replace")
+        )
 
     def last_bytes(self, n: int) -> bytes:
         return bytes(self.head + self.tail)[-n:] if self.total > self.cap else bytes(self.head)[-n:]
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _run(source: str, limits: SandboxLimits, level: str) -> ExecutionResult:
     """One run under a given isolation level (no probing)."""
     start = time.monotonic()
     nonce = secrets.token_hex(16).encode()
-    exe, keep = _interpreter()
-    root = os.geteuid() == 0
     # A dedicated uid needs the interpreter reachable: the namespace levels re-expose it
     # themselves; rlimits-only can only drop privileges when it already is.
-    drop = root and (level.startswith("unshare") or _world_reachable(exe))
+    drop = os.geteuid() == 0 and (
+        level.startswith("unshare") or _world_reachable(_interpreter()[1])
+    )
     uid = _UIDS.acquire() if drop else None
     workdir = Path(tempfile.mkdtemp(prefix="rrtool-sbx-", dir="/tmp"))
     out, err = _Capped(limits.max_stdout), _Capped(limits.max_stderr)
-    timed_out = False
+    timed_out, proc = False, None
     try:
         if uid is not None:
             os.chown(workdir, uid, uid)
-        as_user = {} if uid is None or level.startswith("unshare") else (
-            {"user": uid, "group": uid, "extra_groups": []})  # fmt: skip
+        # Under unshare the inner script drops to ``uid`` after building the mounts.
+        plain = uid is None or level.startswith("unshare")
+        as_user = {} if plain else {"user": uid, "group": uid, "extra_groups": []}
         try:
             proc = subprocess.Popen(
-                _command(level, workdir, uid, limits), stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir, env=_SCRUBBED_ENV,
-                start_new_session=True, close_fds=True, **as_user,
+                _command(level, workdir, uid, limits),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=_SCRUBBED_ENV,
+                start_new_session=True,
+                close_fds=True,
+                **as_user,
                 preexec_fn=lambda: _preexec(limits, nproc=uid is not None),
-            )  # fmt: skip
+            )
         except OSError as exc:
-            return ExecutionResult(False, "error", "", f"sandbox start failed: {exc}",
-                                   time.monotonic() - start, level)  # fmt: skip
+            return ExecutionResult(
+                False, "error", "", f"sandbox start failed: {exc}", time.monotonic() - start, level
+            )
         timed_out = _pump(proc, nonce + b"\n" + source.encode(), out, err, limits.timeout_s)
         rc = proc.wait()
     finally:
+        if proc is not None and proc.returncode is None:  # only if _pump itself blew up
+            _kill_group(proc.pid)
+            proc.wait()
         if uid is not None:
             _UIDS.release(uid)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -300,8 +324,9 @@ def _run(source: str, limits: SandboxLimits, level: str) -> ExecutionResult:
     return ExecutionResult(status == "passed", status, stdout, err.text(), duration, level, rc)
 
 
-def _pump(proc: subprocess.Popen[bytes], stdin: bytes, out: _Capped, err: _Capped,
-          timeout_s: float) -> bool:  # fmt: skip
+def _pump(
+    proc: subprocess.Popen[bytes], stdin: bytes, out: _Capped, err: _Capped, timeout_s: float
+) -> bool:
     """Feed stdin, drain stdout/stderr until the child exits or times out, then kill its whole
     group (also after a normal exit, so forked grandchildren die).  Returns True on timeout."""
     assert proc.stdin and proc.stdout and proc.stderr
@@ -340,7 +365,7 @@ def _pump(proc: subprocess.Popen[bytes], stdin: bytes, out: _Capped, err: _Cappe
                     del sinks[fd]
             elif fd == stdin_fd:
                 try:
-                    pending = pending[os.write(fd, pending):]
+                    pending = pending[os.write(fd, pending) :]
                 except BlockingIOError:
                     continue
                 except BrokenPipeError:  # the program stopped reading; its loss
@@ -379,10 +404,12 @@ def isolation_level() -> str:
     with _probe_lock:
         if _probed is None:
             candidates = []
-            if shutil.which("unshare") and shutil.which("setpriv"):
-                candidates.append("unshare-net-pid" if os.geteuid() == 0 else
-                                  "unshare-user-net-pid")  # fmt: skip
-            if shutil.which("bwrap"):
+            path = _SCRUBBED_ENV["PATH"]  # what the child's PATH will find
+            if shutil.which("unshare", path=path) and shutil.which("setpriv", path=path):
+                candidates.append(
+                    "unshare-net-pid" if os.geteuid() == 0 else "unshare-user-net-pid"
+                )
+            if shutil.which("bwrap", path=path):
                 candidates.append("bwrap")
             _probed = "rlimits-only"
             for level in candidates:
@@ -392,13 +419,16 @@ def isolation_level() -> str:
                     break
                 log.debug("sandbox level %s unusable: %s %s", level, res.status, res.stderr[-500:])
             if _probed == "rlimits-only":
-                log.warning("sandbox: no namespace isolation available (unshare/bwrap failed); "
-                            "running untrusted code with rlimits only")  # fmt: skip
+                log.warning(
+                    "sandbox: no namespace isolation available (unshare/bwrap failed); "
+                    "running untrusted code with rlimits only"
+                )
         return _probed
 
 
-def run_python(source: str, limits: SandboxLimits | None = None, *,
-               isolation: str | None = None) -> ExecutionResult:  # fmt: skip
+def run_python(
+    source: str, limits: SandboxLimits | None = None, *, isolation: str | None = None
+) -> ExecutionResult:
     """Run ``source`` as a script in a fresh sandbox; pass = it ran to completion with exit 0.
 
     ``isolation`` forces a level (tests use it to exercise the fallback); default is the probed

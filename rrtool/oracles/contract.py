@@ -20,6 +20,14 @@ from typing import Any, Protocol, runtime_checkable
 ENTRY_POINT_GROUP = "rrtool.oracles"
 
 
+class OracleError(RuntimeError):
+    """An oracle could not score a batch (service down, key rejected, retries exhausted).
+
+    Raise this instead of returning a made-up score: rrtool records the failure and keeps
+    what was already computed. Messages must never contain secrets.
+    """
+
+
 @dataclass(frozen=True)
 class Sample:
     """One generation to score; the JSON-lines format shared by all oracles:

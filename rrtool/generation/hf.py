@@ -1,0 +1,326 @@
+"""Batched generation with transformers: left padding, seeded sampling, stop strings, soft prompts.
+
+Sampling does not use transformers' ``do_sample`` path: ``generate`` takes no
+``torch.Generator``, and seeding the global RNG would tie each completion to its batch-mates
+and to the sort order. Instead decoding runs in greedy mode with :class:`_SeededSampler` as the
+last logits processor; it applies temperature and top-p (transformers' own warpers) and draws
+each row's token from that row's private generator, seeded from (seed, prompt index, sample
+index). A completion therefore depends only on its prompt, the seed and its position in the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from transformers.generation import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from rrtool.generation.base import (
+    Completion,
+    GenerationStats,
+    Prompt,
+    SamplingParams,
+    encode_prompt,
+    first_stop,
+    row_seed,
+)
+
+
+class _SeededSampler(LogitsProcessor):
+    """Samples one token per row from per-row generators; returns logits that make it the argmax."""
+
+    def __init__(self, temperature: float, top_p: float, seeds: Sequence[int]) -> None:
+        self.warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        # CPU generators: the same draws on every device, and no per-row kernel launches.
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+        uniform = torch.stack([torch.rand((), generator=g) for g in self.generators])
+        target = (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+        # right=True picks the first index whose cdf exceeds the draw: never a zero-mass token.
+        chosen = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Ends a row once its newly generated text contains a stop string.
+
+    Only a tail of each row is decoded per step: a stop string that just completed lies in it.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+        self.prompt_len = prompt_len
+        # A token decodes to at least one character, bar partial UTF-8 bytes: keep a margin.
+        self.tail = max(len(s) for s in stop) + 8
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len :]
+        texts = self.tokenizer.batch_decode(new[:, -self.tail :], skip_special_tokens=True)
+        done = [first_stop(text, self.stop) is not None for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class HFGenerator:
+    """The :class:`~rrtool.generation.base.Generator` over a transformers causal LM."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.stats = GenerationStats()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = pad if pad is not None else self.eos_ids[0]
+
+    # ---------------------------------------------------------------- public API
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        *,
+        chat: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
+        encoded = [encode_prompt(self.tokenizer, p, chat=chat) for p in prompts]
+        return self._generate(encoded, params, None, progress)
+
+    def generate_from_embeds(
+        self,
+        prefix_embeds: torch.Tensor,
+        prompts: Sequence[str],
+        params: SamplingParams,
+        *,
+        chat: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
+        prefix = self._check_prefix(prefix_embeds)
+        encoded = [encode_prompt(self.tokenizer, p, chat=chat) for p in prompts]
+        return self._generate(encoded, params, prefix, progress)
+
+    def last_token_features(
+        self,
+        prompts: Sequence[str],
+        *,
+        prefix_embeds: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        chat: bool = False,
+    ) -> torch.Tensor:
+        prefix = None if prefix_embeds is None else self._check_prefix(prefix_embeds)
+        encoded = [encode_prompt(self.tokenizer, p, chat=chat) for p in prompts]
+        size = batch_size or self.batch_size
+        hidden = self.model.config.get_text_config().hidden_size
+        features = torch.empty(len(encoded), hidden, dtype=torch.float32)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        with self._inference():
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                embeds, mask = self._embed_left_padded([encoded[i] for i in chunk], prefix)
+                # Without explicit positions a forward pass would count the left padding.
+                positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+                out = self.model(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    output_hidden_states=True,
+                    use_cache=False,
+                    logits_to_keep=1,  # the vocab projection of every position is not needed
+                )
+                features[chunk] = out.hidden_states[-1][:, -1, :].float().cpu()
+        return features
+
+    def embedding_norm(self) -> float:
+        weight = self.model.get_input_embeddings().weight
+        return float(weight.detach().float().norm(dim=-1).mean())
+
+    # ---------------------------------------------------------------- internals
+    @property
+    def _device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _check_prefix(self, prefix_embeds: torch.Tensor) -> torch.Tensor:
+        embedding = self.model.get_input_embeddings().weight
+        if prefix_embeds.dim() != 2 or prefix_embeds.shape[1] != embedding.shape[1]:
+            raise ValueError(
+                f"prefix_embeds must be (n_soft, {embedding.shape[1]}); "
+                f"got {tuple(prefix_embeds.shape)}"
+            )
+        return prefix_embeds.detach().to(device=embedding.device, dtype=embedding.dtype)
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        # Generation may be called mid-training (Release): eval mode for determinism, restored.
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            if was_training:
+                self.model.train()
+
+    def _ids_left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, row in enumerate(rows):
+            ids[k, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[k, width - len(row) :] = 1
+        return ids.to(self._device), mask.to(self._device)
+
+    def _embed_left_padded(
+        self, rows: list[list[int]], prefix: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [pad ... | soft tokens | prompt tokens] per row: padding goes BEFORE the
+        soft tokens, so every real position sits exactly where it would without padding."""
+        ids, mask = self._ids_left_padded(rows)
+        embeds = self.model.get_input_embeddings()(ids)
+        if prefix is not None:
+            n_soft = prefix.shape[0]
+            full = embeds.new_zeros(len(rows), ids.shape[1] + n_soft, embeds.shape[-1])
+            full_mask = mask.new_zeros(len(rows), ids.shape[1] + n_soft)
+            for k, row in enumerate(rows):
+                start = ids.shape[1] - len(row)
+                full[k, start : start + n_soft] = prefix
+                full[k, start + n_soft :] = embeds[k, start:]
+                full_mask[k, start:] = 1
+            embeds, mask = full, full_mask
+        return embeds, mask
+
+    def _generate(
+        self,
+        encoded: list[list[int]],
+        params: SamplingParams,
+        prefix: torch.Tensor | None,
+        progress: Callable[[int], None] | None,
+    ) -> list[list[Completion]]:
+        # Greedy samples are identical: decode once, repeat.
+        per_prompt = 1 if params.greedy else params.num_samples
+        base_seed = params.seed
+        if base_seed is None:
+            # Drawn from torch's global RNG so a caller's torch.manual_seed still reproduces.
+            base_seed = int(torch.randint(0, 2**62, ()).item())
+        # batch_size bounds the rows in a forward pass (memory), so samples share it.
+        prompts_per_batch = max(1, self.batch_size // per_prompt)
+        # Longest first: similar lengths share a batch (less padding) and any OOM shows early.
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[list[Completion]] = [[] for _ in encoded]
+        for start in range(0, len(order), prompts_per_batch):
+            chunk = order[start : start + prompts_per_batch]
+            rows = [(i, j) for i in chunk for j in range(per_prompt)]
+            seeds = [row_seed(base_seed, i, j) for i, j in rows]
+            began = time.perf_counter()
+            completions = self._generate_rows([encoded[i] for i, _ in rows], params, prefix, seeds)
+            self.stats.add(
+                sum(c.tokens for c in completions), time.perf_counter() - began, len(rows)
+            )
+            for (i, _), completion in zip(rows, completions, strict=True):
+                results[i].append(completion)
+            if progress is not None:
+                progress(len(chunk))
+        if per_prompt != params.num_samples:
+            results = [r * params.num_samples for r in results]
+        return results
+
+    def _generate_rows(
+        self,
+        rows: list[list[int]],
+        params: SamplingParams,
+        prefix: torch.Tensor | None,
+        seeds: list[int],
+    ) -> list[Completion]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": False,
+            "num_beams": 1,
+            "pad_token_id": self.pad_id,
+            "eos_token_id": self.eos_ids,
+            # Explicit Nones: a model's own sampling defaults must not leak into (or warn in)
+            # greedy mode; the sampling itself happens in _SeededSampler.
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+        if not params.greedy:
+            sampler = _SeededSampler(params.temperature, params.top_p, seeds)
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
+        with self._inference():
+            if prefix is None:
+                ids, mask = self._ids_left_padded(rows)
+                inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+                prompt_len = ids.shape[1]
+            else:
+                embeds, mask = self._embed_left_padded(rows, prefix)
+                inputs = {"inputs_embeds": embeds, "attention_mask": mask}
+                prompt_len = 0  # with embeddings only, generate returns just the new tokens
+            if params.stop:
+                criteria = _StopOnStrings(self.tokenizer, params.stop, prompt_len)
+                kwargs["stopping_criteria"] = StoppingCriteriaList([criteria])
+            out = self.model.generate(**inputs, **kwargs)
+        new_tokens = out[:, prompt_len:].tolist()
+        return [self._completion(tokens, params) for tokens in new_tokens]
+
+    def _completion(self, tokens: list[int], params: SamplingParams) -> Completion:
+        eos_at = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
+        if eos_at is not None:
+            tokens = tokens[: eos_at + 1]
+        text = self._decode(tokens)
+        cut = first_stop(text, params.stop)
+        if cut is not None:
+            return Completion(text[:cut], self._tokens_to_stop(tokens, params.stop), "stop")
+        if eos_at is not None:
+            return Completion(text, len(tokens), "stop")
+        # Rows that ended early are padded; the pad token is special, so decoding dropped it.
+        return Completion(text, len(tokens), "length")
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _tokens_to_stop(self, tokens: list[int], stop: Sequence[str]) -> int:
+        """Fewest leading tokens whose text holds a stop string (binary search: the property is
+        monotone in the prefix length)."""
+        low, high = 1, len(tokens)
+        while low < high:
+            mid = (low + high) // 2
+            if first_stop(self._decode(tokens[:mid]), stop) is not None:
+                high = mid
+            else:
+                low = mid + 1
+        return low
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS ids from the generation config and the tokenizer: chat models often end turns with a
+    token (``<|im_end|>``) that only one of the two lists."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.append(configured)
+    elif configured:
+        ids.extend(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the model has no EOS token (neither its generation config nor tokenizer)")
+    return sorted(set(ids))

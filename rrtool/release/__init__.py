@@ -1,0 +1,10 @@
+"""Release: train LoRA modules (PEMs) on the current model and compose them exactly.
+
+- ``lora``: the trained update as plain tensors (``LoraModule``), its safetensors file, and
+  ``train_lora`` (PEFT on whatever weights the model has now; the model is left untouched).
+- ``compose``: exact weight arithmetic in fp32 (``MasterWeights``), unmerged candidates whose
+  weight changes in place (``ScaledAdapter``), and ``rebuild`` for export.
+- ``analysis``: subspace similarity of two updates (the paper's Table 1).
+
+Nothing here is imported by ``rrtool`` at start-up: these modules import torch.
+"""

@@ -1,0 +1,384 @@
+"""LoRA modules as plain tensors, their files, and training one on the current model.
+
+A ``LoraModule`` is the update dW = (alpha / r) * B @ A for each targeted Linear, keyed by the
+Linear's qualified name in the model (``model.layers.0.self_attn.q_proj``). It owns no model:
+composition (``compose.py``) adds it to weights with any sign and scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rrtool.errors import UserError
+from rrtool.spec import LoraSpec
+
+FORMAT = "rrtool-lora"
+FORMAT_VERSION = 1
+IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt, padding)
+_ADAPTER = "rrtool"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair: the loss is on the completion only."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass
+class LoraModule:
+    """A trained LoRA update: ``A[name]`` is r x in, ``B[name]`` is out x r (fp32, CPU)."""
+
+    A: dict[str, Tensor]
+    B: dict[str, Tensor]
+    r: int
+    alpha: float
+    target_modules: str | list[str]
+    kind: str  # "forget" or "retain"
+    seed: int | None = None
+    loss_curve: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # free-form, JSON-serialisable
+
+    def __post_init__(self) -> None:
+        if set(self.A) != set(self.B):
+            raise ValueError("A and B must target the same modules")
+        for name in self.A:
+            a, b = self.A[name], self.B[name]
+            if a.dim() != 2 or b.dim() != 2 or a.shape[0] != self.r or b.shape[1] != self.r:
+                raise ValueError(
+                    f"{name}: expected A (r x in) and B (out x r) with r={self.r}, "
+                    f"got {tuple(a.shape)} and {tuple(b.shape)}"
+                )
+            # One canonical storage: fp32 on CPU, so hashes and files do not depend on where
+            # the module was trained.
+            # Copies: a module never shares storage with a (possibly still trained) layer.
+            self.A[name] = a.detach().to("cpu", torch.float32, copy=True).contiguous()
+            self.B[name] = b.detach().to("cpu", torch.float32, copy=True).contiguous()
+
+    @property
+    def names(self) -> list[str]:
+        """Qualified names of the targeted Linear modules, in model order."""
+        return list(self.A)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+    def delta(self, name: str) -> Tensor:
+        """dW = (alpha / r) * B @ A for one module (out x in, fp32)."""
+        return (self.B[name] @ self.A[name]) * self.scale
+
+    def sha256(self) -> str:
+        """Digest of the update (r, alpha and every tensor), independent of file layout."""
+        digest = hashlib.sha256(f"{FORMAT}:{self.r}:{float(self.alpha)!r}".encode())
+        for name in sorted(self.A):
+            for part, tensor in (("A", self.A[name]), ("B", self.B[name])):
+                digest.update(f"|{name}.{part}:{tuple(tensor.shape)}|".encode())
+                digest.update(tensor.numpy().astype("<f4", copy=False).tobytes())
+        return digest.hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (safetensors) and its JSON sidecar ``path.with_suffix('.json')``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{n}.lora_A": self.A[n] for n in self.A}
+        tensors.update({f"{n}.lora_B": self.B[n] for n in self.B})
+        sha = self.sha256()
+        save_file(tensors, str(path), metadata={"format": FORMAT, "sha256": sha})
+        sidecar = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "r": self.r,
+            "alpha": self.alpha,
+            "target_modules": self.target_modules,
+            "names": self.names,
+            "kind": self.kind,
+            "seed": self.seed,
+            "loss_curve": self.loss_curve,
+            "info": self.info,
+            "sha256": sha,
+        }
+        _sidecar(path).write_text(json.dumps(sidecar, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LoraModule:
+        """Read a module written by ``save``; refuses files whose tensors do not match."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        sidecar_path = _sidecar(path)
+        if not path.is_file() or not sidecar_path.is_file():
+            raise UserError(f"{path}: LoRA module file or its sidecar {sidecar_path.name} missing")
+        try:
+            meta = json.loads(sidecar_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{sidecar_path}: not valid JSON ({exc})") from None
+        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            raise UserError(f"{sidecar_path}: not an {FORMAT} v{FORMAT_VERSION} sidecar")
+        tensors = load_file(str(path))
+        names = meta["names"]
+        try:
+            module = cls(
+                A={n: tensors[f"{n}.lora_A"] for n in names},
+                B={n: tensors[f"{n}.lora_B"] for n in names},
+                r=meta["r"],
+                alpha=meta["alpha"],
+                target_modules=meta["target_modules"],
+                kind=meta["kind"],
+                seed=meta["seed"],
+                loss_curve=meta["loss_curve"],
+                info=meta["info"],
+            )
+        except KeyError as exc:
+            raise UserError(f"{path}: missing tensor or field {exc}") from None
+        if module.sha256() != meta["sha256"]:
+            raise UserError(f"{path}: tensors do not match the recorded sha256 (file altered?)")
+        return module
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+# ------------------------------------------------------------------------- data
+def encode_example(
+    tokenizer: Any, example: Example, max_length: int, chat: bool = True
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one example; prompt tokens are labelled ``IGNORE_INDEX``.
+
+    Prompt and completion are tokenised separately so that the boundary is exact (BPE merges
+    across it would otherwise move the mask by a token).
+    """
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("the tokenizer has no chat template (train with chat=False)")
+        user = [{"role": "user", "content": example.prompt}]
+        prompt_text = tokenizer.apply_chat_template(
+            user, tokenize=False, add_generation_prompt=True
+        )
+        full_text = tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": example.completion}], tokenize=False
+        )
+        if not full_text.startswith(prompt_text):
+            raise UserError(
+                "the chat template renders the prompt differently once an answer follows; "
+                "cannot locate the completion tokens (train with chat=False)"
+            )
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)[
+            "input_ids"
+        ]
+    else:
+        prompt_ids = tokenizer(example.prompt)["input_ids"]
+        completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            completion_ids = [*completion_ids, tokenizer.eos_token_id]
+    # Over-long examples: keep at least half the window for the completion (cutting the
+    # prompt from the left) because an example without completion tokens teaches nothing.
+    keep_completion = min(len(completion_ids), max(max_length - len(prompt_ids), max_length // 2))
+    completion_ids = completion_ids[:keep_completion]
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - keep_completion)) :]
+    ids = [*prompt_ids, *completion_ids]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + list(completion_ids)
+    return ids, labels
+
+
+def _collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, labs) in enumerate(rows):  # right padding: positions stay 0..n-1
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(labs)] = torch.tensor(labs)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _step_groups(order: list[int], batch_size: int, accumulation: int) -> Iterator[list[list[int]]]:
+    """Optimiser steps of one epoch, each a list of micro-batches of example indices."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for i in range(0, len(batches), accumulation):
+        yield batches[i : i + accumulation]
+
+
+# --------------------------------------------------------------------- training
+def train_lora(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    cfg: LoraSpec,
+    *,
+    seed: int,
+    kind: str,
+    chat: bool = True,
+    progress: Callable[[int, int, float], None] | None = None,
+    autocast_bf16: bool = False,
+    orthogonal_to: Sequence[LoraModule] | None = None,
+    orthogonal_weight: float = 0.0,
+) -> LoraModule:
+    """Train a LoRA on the model's current weights and return it as a ``LoraModule``.
+
+    The model comes back exactly as it was: the LoRA layers are removed without merging, and
+    parameter ``requires_grad`` flags and train/eval mode are restored. ``progress`` gets
+    (step, total_steps, loss) after each optimiser step. ``orthogonal_to`` with a positive
+    ``orthogonal_weight`` adds O-LoRA's penalty sum ||A_new A_prev^T||_F^2 over shared layers.
+    The same seed on the same weights and data gives identical A and B (on CPU).
+    """
+    from peft import LoraConfig, LoraModel
+    from peft.tuners.lora import LoraLayer
+
+    if kind not in ("forget", "retain"):
+        raise ValueError(f"kind must be 'forget' or 'retain', got {kind!r}")
+    if not examples:
+        raise UserError(f"no training examples for the {kind} module")
+    rows = [encode_example(tokenizer, ex, cfg.max_length, chat) for ex in examples]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    steps_per_epoch = math.ceil(math.ceil(len(rows) / cfg.batch_size) / cfg.gradient_accumulation)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    was_training = model.training
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+    )
+    rng_devices = [device] if device.type == "cuda" else []
+    losses: list[float] = []
+    # fork_rng: LoRA init, dropout and shuffling draw from a seeded stream without
+    # disturbing the caller's global RNG state.
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        # LoraModel directly (not get_peft_model): no PeftModel wrapper to unwrap, and the
+        # caller's model object keeps its identity.
+        tuner = LoraModel(model, config, _ADAPTER)
+        try:
+            layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+            params = []
+            for layer in layers.values():
+                for sub in (layer.lora_A[_ADAPTER], layer.lora_B[_ADAPTER]):
+                    # Half-precision models: train the adapter in fp32 (PEFT's
+                    # get_peft_model does the same) so small updates are not rounded away.
+                    sub.float()
+                    params.extend(sub.parameters())
+            optimiser = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+            previous = _previous_factors(layers, orthogonal_to or [], device)
+            generator = torch.Generator().manual_seed(seed)
+            model.train()
+            step = 0
+            for _epoch in range(cfg.epochs):
+                order = torch.randperm(len(rows), generator=generator).tolist()
+                for group in _step_groups(order, cfg.batch_size, cfg.gradient_accumulation):
+                    loss = _accumulate(model, rows, group, pad_id, device, autocast_bf16)
+                    if orthogonal_weight > 0 and previous:
+                        penalty = orthogonal_weight * _orthogonal_penalty(layers, previous)
+                        penalty.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)  # HF Trainer's default
+                    optimiser.step()
+                    optimiser.zero_grad(set_to_none=True)
+                    step += 1
+                    losses.append(loss)
+                    if progress is not None:
+                        progress(step, total_steps, loss)
+            A = {n: layer.lora_A[_ADAPTER].weight for n, layer in layers.items()}
+            B = {n: layer.lora_B[_ADAPTER].weight for n, layer in layers.items()}
+        finally:
+            tuner.unload()  # back to the original Linear objects, nothing merged
+            for name, param in model.named_parameters():
+                param.requires_grad_(requires_grad.get(name, param.requires_grad))
+            model.train(was_training)
+    return LoraModule(
+        A=A,
+        B=B,
+        r=cfg.r,
+        alpha=cfg.alpha,
+        target_modules=cfg.target_modules,
+        kind=kind,
+        seed=seed,
+        loss_curve=losses,
+        info={
+            "examples": len(rows),
+            "epochs": cfg.epochs,
+            "steps": total_steps,
+            "learning_rate": cfg.learning_rate,
+            "batch_size": cfg.batch_size,
+            "gradient_accumulation": cfg.gradient_accumulation,
+            "dropout": cfg.dropout,
+            "max_length": cfg.max_length,
+            "chat": chat,
+            "autocast_bf16": autocast_bf16,
+            "orthogonal_weight": orthogonal_weight if orthogonal_to else 0.0,
+        },
+    )
+
+
+def _accumulate(
+    model: Any,
+    rows: Sequence[tuple[list[int], list[int]]],
+    group: list[list[int]],
+    pad_id: int,
+    device: torch.device,
+    autocast_bf16: bool,
+) -> float:
+    """Accumulate gradients over the micro-batches of one step; return its token-mean loss.
+
+    Each micro-batch's summed loss is divided by the completion tokens of the whole step, so
+    accumulation gives the same gradient as one large batch.
+    """
+    batches = [_collate([rows[i] for i in micro], pad_id) for micro in group]
+    tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    total = 0.0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        # Cross-entropy in fp32 even under autocast: bf16 log-softmax over a large
+        # vocabulary loses the small differences training depends on.
+        loss_sum = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            batch["labels"][:, 1:].reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        (loss_sum / max(tokens, 1)).backward()
+        total += float(loss_sum.detach())
+    return total / max(tokens, 1)
+
+
+def _previous_factors(
+    layers: dict[str, Any], modules: Sequence[LoraModule], device: torch.device
+) -> dict[str, list[Tensor]]:
+    found: dict[str, list[Tensor]] = {}
+    for module in modules:
+        for name in module.names:
+            if name in layers:
+                found.setdefault(name, []).append(module.A[name].to(device))
+    return found
+
+
+def _orthogonal_penalty(layers: dict[str, Any], previous: dict[str, list[Tensor]]) -> Tensor:
+    terms = [
+        (layers[name].lora_A[_ADAPTER].weight @ prev.T).pow(2).sum()
+        for name, prevs in previous.items()
+        for prev in prevs
+    ]
+    return torch.stack(terms).sum()
