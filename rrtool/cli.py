@@ -7,6 +7,7 @@ command imports what it needs when it runs.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -147,7 +148,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 @oracles.command("score")
 @click.argument("name")
-@click.option("--input", "input_path", required=True, metavar="FILE", help="Samples, JSON lines.")
+@click.option(
+    "--input", "input_path", required=True, metavar="FILE", help="Samples, JSON lines (- = stdin)."
+)
 @click.option(
     "--option", "pairs", multiple=True, metavar="KEY=VALUE", help="Oracle option (repeatable)."
 )
@@ -156,10 +159,9 @@ def oracles_score(name: str, input_path: str, pairs: tuple[str, ...]) -> None:
     import json
     import math
 
+    from rrtool.oracles.contract import OracleError
     from rrtool.oracles.registry import create_oracle
     from rrtool.oracles.samples import read_samples
-
-    from rrtool.oracles.contract import OracleError
 
     oracle = create_oracle(name, _parse_options(pairs))
     samples = read_samples(input_path)
@@ -182,6 +184,29 @@ def oracles_score(name: str, input_path: str, pairs: tuple[str, ...]) -> None:
             )
         )
     click.echo(json.dumps(oracle.aggregate(samples, scores), default=str), err=True)
+
+
+@oracles.command("samples")
+@click.argument(
+    "fmt", metavar="FORMAT", type=click.Choice(["universalner", "mbpp", "mbppplus", "gsm8k", "rtp"])
+)
+@click.argument("path", metavar="FILE")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records only.")
+def oracles_samples(fmt: str, path: str, limit: int | None) -> None:
+    """Convert a public data file into oracle samples (JSON lines on stdout).
+
+    The completion is the set's own answer (gold entities, reference code, the
+    continuation); replace it with a model's output to score that model.
+    """
+    import json
+
+    from rrtool.data import load_records
+    from rrtool.spec import DataSource
+    from rrtool.tasks import sample_to_json, samples_from_records
+
+    records = load_records(DataSource(path=str(Path(path).resolve()), format=fmt, limit=limit))
+    for sample in samples_from_records(fmt, records):
+        click.echo(json.dumps(sample_to_json(sample), ensure_ascii=False))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rrtool.oracles.contract import Requirements, Sample, Score
+from rrtool.tasks import ner_query
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 
@@ -24,7 +25,7 @@ def build_query(text: str, entity_type: str) -> str:
     """Return the UniversalNER prompt asking for every ``entity_type`` in ``text``."""
     if not isinstance(entity_type, str) or not entity_type.strip():
         raise ValueError("entity_type must be a non-empty string")
-    return f"Text: {text}\nWhat describes {entity_type.strip()} in the text?"
+    return ner_query(text, entity_type.strip())
 
 
 def normalise(s: str) -> str:

@@ -12,7 +12,11 @@ FIELDS = '{"id": ..., "prompt": "...", "completion": "...", "reference": {...}}'
 
 
 def read_samples(path: str | Path) -> list[Sample]:
-    """Parse a samples file; every malformed line is reported, not just the first."""
+    """Parse a samples file (``-`` = stdin); every malformed line is reported, not just the first."""
+    if str(path) == "-":
+        import sys
+
+        return _parse(sys.stdin.read().splitlines(), "<stdin>")
     file = Path(path)
     if file.is_dir():
         raise UserError(f"{file}: is a directory (expected a JSON-lines file of samples)")
@@ -22,6 +26,10 @@ def read_samples(path: str | Path) -> list[Sample]:
         raise UserError(f"{file}: no such file (expected a JSON-lines file of samples)") from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{file}: not UTF-8 text ({exc.reason})") from None
+    return _parse(lines, str(file))
+
+
+def _parse(lines: list[str], file: str) -> list[Sample]:
     samples: list[Sample] = []
     errors: list[str] = []
     for number, line in enumerate(lines, start=1):

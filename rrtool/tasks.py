@@ -1,0 +1,120 @@
+"""Task prompt formats shared by phases and oracles, and record -> sample conversion.
+
+Records come from ``rrtool.data`` loaders (public formats); samples are the
+oracle contract's ``Sample``. ``rrtool oracles samples`` exposes the conversion
+so a user can score a public set (its gold answers, or a model's) from the shell.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rrtool.data import Record
+from rrtool.errors import UserError
+from rrtool.oracles.contract import Sample
+
+
+def ner_query(text: str, entity_type: str) -> str:
+    """The UniversalNER query: one per (text, type); the answer is a JSON list of strings."""
+    return f"Text: {text}\nWhat describes {entity_type} in the text?"
+
+
+def gsm8k_final_answer(answer: str) -> str | None:
+    """The number after ``#### `` in a GSM8K answer (commas, ``$`` and a final ``.`` stripped)."""
+    match = re.search(r"####\s*(-?[0-9.,$]+)", answer)
+    return match.group(1).replace(",", "").replace("$", "").rstrip(".") if match else None
+
+
+def _universalner(records: Sequence[Record]) -> list[Sample]:
+    return [
+        Sample(
+            id=f"{r['id']}/{r['type']}",
+            prompt=ner_query(r["text"], r["type"]),
+            completion=json.dumps(r["entities"], ensure_ascii=False),
+            reference={"type": r["type"], "entities": r["entities"]},
+        )
+        for r in records
+    ]
+
+
+def _mbpp(records: Sequence[Record]) -> list[Sample]:
+    keys = ("task_id", "test_list", "test_setup_code", "challenge_test_list")
+    return [
+        Sample(
+            id=str(r.get("task_id", i)),
+            prompt=f"{r['text']}\nYour code should pass these tests:\n" + "\n".join(r["test_list"]),
+            completion=f"```python\n{r.get('code', '')}\n```",
+            reference={k: r[k] for k in keys if k in r},
+        )
+        for i, r in enumerate(records)
+    ]
+
+
+def _mbppplus(records: Sequence[Record]) -> list[Sample]:
+    keys = ("task_id", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")
+    return [
+        Sample(
+            id=r["task_id"],
+            prompt=r["prompt"],
+            completion=f"```python\n{r.get('canonical_solution', '')}\n```",
+            reference={k: r[k] for k in keys if k in r},
+        )
+        for r in records
+    ]
+
+
+def _gsm8k(records: Sequence[Record]) -> list[Sample]:
+    return [
+        Sample(
+            id=str(i),
+            prompt=r["question"],
+            completion=r["answer"],
+            reference={"answer": gsm8k_final_answer(r["answer"])},
+        )
+        for i, r in enumerate(records)
+    ]
+
+
+def _rtp(records: Sequence[Record]) -> list[Sample]:
+    out = []
+    for i, r in enumerate(records):
+        continuation = r.get("continuation") or {}
+        out.append(
+            Sample(
+                id=str(r.get("filename") or i),
+                prompt=r["prompt"]["text"],
+                completion=continuation.get("text", "") or "",
+                reference={"challenging": bool(r.get("challenging")), "prompt_id": str(i)},
+            )
+        )
+    return out
+
+
+CONVERTERS: dict[str, Callable[[Sequence[Record]], list[Sample]]] = {
+    "universalner": _universalner,
+    "mbpp": _mbpp,
+    "mbppplus": _mbppplus,
+    "gsm8k": _gsm8k,
+    "rtp": _rtp,
+}
+
+
+def samples_from_records(fmt: str, records: Sequence[Record]) -> list[Sample]:
+    """Turn loaded records into oracle samples; the completion is the set's own answer."""
+    if fmt not in CONVERTERS:
+        raise UserError(
+            f"format `{fmt}` has no sample conversion (expected one of: {', '.join(CONVERTERS)})"
+        )
+    return CONVERTERS[fmt](records)
+
+
+def sample_to_json(sample: Sample) -> dict[str, Any]:
+    return {
+        "id": sample.id,
+        "prompt": sample.prompt,
+        "completion": sample.completion,
+        "reference": dict(sample.reference),
+    }
