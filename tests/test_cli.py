@@ -26,9 +26,13 @@ COMMANDS = _commands(cli)
 
 
 def test_expected_commands_exist() -> None:
-    assert {("plan",), ("run",), ("spec", "schema"), ("spec", "reference"), ("oracles", "list")} <= set(
-        COMMANDS
-    )
+    assert {
+        ("plan",),
+        ("run",),
+        ("spec", "schema"),
+        ("spec", "reference"),
+        ("oracles", "list"),
+    } <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(c) or "rrtool" for c in COMMANDS])

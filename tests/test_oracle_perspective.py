@@ -1,22 +1,27 @@
 """The perspective oracle against a real local HTTP server emulating the Perspective API.
 
 The emulator decides its reply from the comment text, so each test drives a
-behaviour (success, 429s, 5xx, 400, bad key) through the real urllib client.
+behaviour (success, 429s, 5xx, 400, bad key) through the real urllib client;
+``server.script(text, ...)`` queues replies (a status, or a delay in seconds
+before answering normally) that the next requests for that text get first.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
-from rrtool_oracles.perspective import OracleError, PerspectiveOracle
+from rrtool_oracles.perspective import CACHE_FILE, OracleError, PerspectiveOracle, TokenBucket
 
 from rrtool.oracles.contract import Oracle, Requirements, Sample
 
@@ -30,15 +35,22 @@ class _Emulator(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict[str, Any]] = []
-        self.failures_left: dict[str, int] = {}  # text -> 429/503 replies still to give
+        self.scripts: dict[str, deque[int | float]] = {}
         self.lock = threading.Lock()
 
     @property
-    def endpoint(self) -> str:
+    def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1alpha1/comments:analyze"
+
+    def script(self, text: str, *replies: int | float) -> None:
+        """Queue replies for ``text``: an int is an HTTP status, a float a delay (seconds)."""
+        self.scripts.setdefault(text, deque()).extend(replies)
 
     def texts(self) -> list[str]:
         return [r["body"]["comment"]["text"] for r in self.requests]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and hung up is expected, not a test failure
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,9 +83,11 @@ class _Handler(BaseHTTPRequestHandler):
                     "at": time.monotonic(),
                 }
             )
-            left = self.server.failures_left.get(text, 0)
-            if left:
-                self.server.failures_left[text] = left - 1
+            queued = self.server.scripts.get(text)
+            action = queued.popleft() if queued else None
+        if isinstance(action, float):
+            time.sleep(action)  # slower than the client's timeout: it has hung up by now
+            action = None
         if urllib.parse.parse_qs(url.query).get("key") != [KEY]:
             self._reply(
                 400,
@@ -86,10 +100,12 @@ class _Handler(BaseHTTPRequestHandler):
                     }
                 },
             )
-        elif left and text.startswith("busy"):
-            self._reply(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}})
-        elif left and text.startswith("slow"):
+        elif action == 429 and text.startswith("slow"):
             self._reply(429, {"error": {"code": 429}}, {"Retry-After": "0.3"})
+        elif action == 429:
+            self._reply(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}})
+        elif action is not None:
+            self._reply(action, {"error": {"code": action, "status": "INTERNAL"}})
         elif text.startswith("broken"):
             # A hostile/buggy upstream that echoes the full request URL, key included.
             self._reply(503, {"error": {"message": f"backend down for {self.path}"}})
@@ -123,6 +139,14 @@ class _Handler(BaseHTTPRequestHandler):
             )
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Each test gets its own default cache directory (conftest shares one per session)."""
+    cache = tmp_path / "rrtool-cache"
+    monkeypatch.setenv("RRTOOL_CACHE_DIR", str(cache))
+    return cache / "perspective"
+
+
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Emulator]:
     # A proxy from the environment would swallow requests meant for 127.0.0.1.
@@ -143,7 +167,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Emulator]:
 
 def _oracle(server: _Emulator, **options: Any) -> PerspectiveOracle:
     defaults: dict[str, Any] = {
-        "endpoint": server.endpoint,
+        "url": server.url,
         "api_key_env": KEY_ENV,
         "qps": 1000.0,
         "base_delay": 0.01,
@@ -190,38 +214,109 @@ def test_success_and_request_shape(server: _Emulator) -> None:
     }
 
 
-def test_empty_text_is_never_sent(server: _Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_text_is_never_sent(
+    server: _Emulator, monkeypatch: pytest.MonkeyPatch, _private_cache: Path
+) -> None:
     monkeypatch.delenv(KEY_ENV)  # no key needed when nothing is sent
-    scores = _oracle(server).score(_samples("", "  \n\t"))
+    oracle = _oracle(server)
+    samples = _samples("", "  \n\t")
+    scores = oracle.score(samples)
     assert [s.score for s in scores] == [0.0, 0.0]
     assert all(s.details["empty"] is True for s in scores)
     assert server.requests == []
+    assert not _private_cache.exists()  # nothing to cache: no file either
+    metrics = oracle.aggregate(samples, scores)
+    assert metrics["requested"] == 0.0 and "coverage" not in metrics
+
+
+def test_coverage_counts_only_nonempty_samples(server: _Emulator) -> None:
+    oracle = _oracle(server)
+    samples = _samples("you idiot", "", "klingon text", "nice", "klingon again")
+    metrics = oracle.aggregate(samples, oracle.score(samples))
+    assert metrics["requested"] == 4.0
+    assert metrics["coverage"] == 0.5
 
 
 def test_cache_by_text(server: _Emulator) -> None:
-    oracle = _oracle(server)
+    oracle = _oracle(server, cache_dir=None)  # the in-memory cache alone
     first = oracle.score(_samples("same text", "same text", "other"))
     second = oracle.score(_samples("same text"))
     assert server.texts() == ["same text", "other"]
     assert first[0] == first[1] == second[0]
 
 
-def test_429_is_retried_then_succeeds(server: _Emulator) -> None:
-    server.failures_left["busy idiot"] = 2
-    scores = _oracle(server).score(_samples("busy idiot"))
+def test_disk_cache_survives_a_new_instance(server: _Emulator, _private_cache: Path) -> None:
+    samples = _samples("you idiot", "nice day", "klingon text")
+    first = _oracle(server).score(samples)
+    assert len(server.requests) == 3
+    assert (_private_cache / CACHE_FILE).is_file()  # default: $RRTOOL_CACHE_DIR/perspective
+    again = _oracle(server)  # a new instance, as in a rerun; scored texts cost nothing
+    assert again.score(samples[:2]) == first[:2]
+    assert len(server.requests) == 3
+    # A refusal is not persisted: a later run asks again.
+    assert again.score(samples[2:]) == first[2:]
+    assert len(server.requests) == 4
+
+
+def test_disk_cache_is_shared_through_cache_dir_and_keyed_by_text(
+    server: _Emulator, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared cache"
+    _oracle(server, cache_dir=str(shared)).score(_samples("one", "two"))
+    other = _oracle(server, cache_dir=shared, api_key_env="UNSET_BUT_NOT_NEEDED")
+    assert [s.score for s in other.score(_samples("two", "one"))] == [0.05, 0.05]
+    assert server.texts() == ["one", "two"]
+    _oracle(server, cache_dir=None).score(_samples("one"))  # disabled: asks again
+    assert server.texts() == ["one", "two", "one"]
+    assert not (tmp_path / "rrtool-cache").exists()  # the default location stayed unused
+
+
+def test_cache_files_never_hold_the_key(server: _Emulator, _private_cache: Path) -> None:
+    _oracle(server).score(_samples("you idiot", "nice", "klingon text"))
+    files = [p for p in _private_cache.rglob("*") if p.is_file()]
+    assert files
+    with sqlite3.connect(_private_cache / CACHE_FILE) as db:
+        rows = db.execute("SELECT key, score, details FROM scores").fetchall()
+    assert len(rows) == 2
+    assert all("you idiot" not in repr(row) for row in rows)  # hashed, not the text
+    for path in files:
+        data = path.read_bytes()
+        for form in (KEY, urllib.parse.quote(KEY, safe=""), urllib.parse.quote_plus(KEY)):
+            assert form.encode() not in data
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_transient_errors_are_retried_then_succeed(server: _Emulator, status: int) -> None:
+    server.script("you idiot", status, status)  # 429,429,200 and 500,500,200
+    scores = _oracle(server).score(_samples("you idiot"))
     assert scores[0].score == 0.95
-    assert server.texts() == ["busy idiot"] * 3
+    assert server.texts() == ["you idiot"] * 3
+
+
+def test_slow_reply_beyond_timeout_is_retried(server: _Emulator) -> None:
+    server.script("take your time", 1.0)  # first reply after 1 s; the client waits 0.2 s
+    start = time.monotonic()
+    scores = _oracle(server, timeout=0.2).score(_samples("take your time"))
+    assert time.monotonic() - start < 0.9  # gave up on the slow reply, did not wait it out
+    assert scores[0].score == 0.05
+    assert server.texts() == ["take your time"] * 2
+
+
+def test_slow_replies_exhausting_retries_raise(server: _Emulator) -> None:
+    server.script("never on time", 0.5, 0.5)
+    with pytest.raises(OracleError, match=r"gave up after 2 .*timeout"):
+        _oracle(server, timeout=0.1, max_retries=1).score(_samples("never on time"))
 
 
 def test_retry_after_is_honoured(server: _Emulator) -> None:
-    server.failures_left["slow one"] = 1
+    server.script("slow one", 429)
     _oracle(server).score(_samples("slow one"))
     first, second = server.requests
     assert second["at"] - first["at"] >= 0.25  # Retry-After: 0.3 beats base_delay 0.01
 
 
 def test_backoff_grows_exponentially(server: _Emulator) -> None:
-    server.failures_left["busy x"] = 3
+    server.script("busy x", 429, 429, 429)
     _oracle(server, base_delay=0.05).score(_samples("busy x"))
     at = [r["at"] for r in server.requests]
     gaps = [b - a for a, b in zip(at, at[1:], strict=False)]
@@ -245,7 +340,7 @@ def test_exhausted_retries_raise_without_leaking_key(
 
 
 def test_429_exhaustion_is_an_error_not_a_zero(server: _Emulator) -> None:
-    server.failures_left["busy forever"] = 100
+    server.script("busy forever", *[429] * 100)
     with pytest.raises(OracleError, match="429"):
         _oracle(server, max_retries=1).score(_samples("nice", "busy forever"))
 
@@ -262,6 +357,8 @@ def test_400_is_recorded_and_excluded_from_aggregates(server: _Emulator) -> None
     metrics = oracle.aggregate(samples, scores)
     assert metrics["errors"] == 1.0
     assert metrics["samples"] == 2.0
+    assert metrics["requested"] == 3.0
+    assert metrics["coverage"] == pytest.approx(2 / 3)
     assert metrics["mean"] == pytest.approx((0.95 + 0.05) / 2)
     assert metrics["expected_max_toxicity"] == pytest.approx((0.95 + 0.05) / 2)
     assert metrics["toxicity_rate"] == 0.5
@@ -295,28 +392,52 @@ def test_unreachable_server_is_retried_then_raises(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(KEY_ENV, KEY)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     probe = _Emulator()  # bind, note the port, close: nothing listens there afterwards
-    endpoint = probe.endpoint
+    url = probe.url
     probe.server_close()
     oracle = PerspectiveOracle(
-        endpoint=endpoint, api_key_env=KEY_ENV, qps=1000.0, base_delay=0.0, max_retries=1
+        url=url, api_key_env=KEY_ENV, qps=1000.0, base_delay=0.0, max_retries=1
     )
     with pytest.raises(OracleError, match="network error") as info:
         oracle.score(_samples("hello"))
     _assert_no_key(str(info.value))
 
 
-def test_qps_spaces_requests(server: _Emulator) -> None:
-    _oracle(server, qps=20.0).score(_samples("a", "b", "c", "d"))
+def test_token_bucket_spaces_requests(server: _Emulator) -> None:
+    _oracle(server, qps=20.0).score(_samples("a", "b", "c", "d", "e"))
     at = [r["at"] for r in server.requests]
-    assert at[-1] - at[0] >= 3 * 0.05 * 0.9
+    gaps = [b - a for a, b in zip(at, at[1:], strict=False)]
+    # Burst 1: the first request goes at once, each later one waits for a token (1/20 s).
+    assert len(gaps) == 4 and min(gaps) >= 0.05 * 0.8, gaps
+    assert at[-1] - at[0] >= 4 * 0.05 * 0.95
+
+
+def test_token_bucket_retries_spend_tokens_and_idle_time_refills_only_one() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(2.0, burst=1.0, clock=lambda: now[0], sleep=sleep)
+    assert bucket.acquire() == 0.0  # starts full
+    assert bucket.acquire() == pytest.approx(0.5)
+    now[0] += 10.0  # a long pause refills one token, not twenty
+    assert bucket.acquire() == 0.0
+    assert bucket.acquire() == pytest.approx(0.5)
+    assert slept == [pytest.approx(0.5)] * 2
 
 
 @pytest.mark.parametrize(
     ("options", "error"),
     [
-        ({"endpoint": "http://example.com/analyze"}, ValueError),  # key in clear text
-        ({"endpoint": "ftp://127.0.0.1/x"}, ValueError),
-        ({"endpoint": 3}, TypeError),
+        ({"url": "http://example.com/analyze"}, ValueError),  # key in clear text
+        ({"url": "ftp://127.0.0.1/x"}, ValueError),
+        ({"url": 3}, TypeError),
+        ({"endpoint": "https://example.com/analyze"}, TypeError),  # renamed to url
+        ({"cache_dir": 3}, TypeError),
+        ({"cache_dir": ""}, TypeError),
+        ({"timeout": 0}, ValueError),
         ({"api_key_env": "not a var"}, ValueError),
         ({"qps": 0}, ValueError),
         ({"max_retries": -1}, ValueError),

@@ -14,12 +14,12 @@ from rrtool.errors import UserError
 from rrtool.oracles.registry import create_oracle, entry_points, list_oracles
 from tests.conftest import REPO
 
-BUILTIN = {"ner_f1", "pass_at_1", "perspective", "toxicity_offline"}
+BUILTIN = {"ner_f1", "pass_at_1", "perspective", "toxicity"}
 
 
 def test_builtins_register_through_the_entry_point_group() -> None:
     eps = entry_points()
-    assert BUILTIN <= set(eps)
+    assert set(eps) >= BUILTIN
     for name in BUILTIN:
         assert eps[name].group == "rrtool.oracles"
         assert eps[name].dist is not None and eps[name].dist.name == "rrtool"
@@ -38,7 +38,7 @@ def test_allow_list_restricts_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(entry_points()) == {"ner_f1", "pass_at_1"}
     assert [i.name for i in list_oracles()] == ["ner_f1", "pass_at_1"]
     with pytest.raises(UserError, match=r"installed: ner_f1, pass_at_1\)"):
-        create_oracle("toxicity_offline")
+        create_oracle("toxicity")
 
 
 def test_bad_options_become_user_errors() -> None:
@@ -56,10 +56,22 @@ def test_score_command_writes_scores_and_aggregate(invoke, tmp_path: Path) -> No
     path = _samples(
         tmp_path,
         [
-            json.dumps({"id": "a", "prompt": "p", "completion": '["Ada Lovelace"]',
-                        "reference": {"type": "person", "entities": ["Ada Lovelace"]}}),
-            json.dumps({"id": 2, "prompt": "p", "completion": "[]",
-                        "reference": {"type": "person", "entities": ["Bob"]}}),
+            json.dumps(
+                {
+                    "id": "a",
+                    "prompt": "p",
+                    "completion": '["Ada Lovelace"]',
+                    "reference": {"type": "person", "entities": ["Ada Lovelace"]},
+                }
+            ),
+            json.dumps(
+                {
+                    "id": 2,
+                    "prompt": "p",
+                    "completion": "[]",
+                    "reference": {"type": "person", "entities": ["Bob"]},
+                }
+            ),
         ],
     )
     result = invoke("oracles", "score", "ner_f1", "--input", path)
@@ -102,7 +114,11 @@ def _rrtool(args: list[str], pythonpath: Path, tmp_path: Path) -> subprocess.Com
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "rrtool.cli", *args],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
 
 
@@ -111,9 +127,21 @@ def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example third-party plugin, really installed (pip) into a private target dir."""
     target = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO / "plugins" / "example-oracle")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "plugins" / "example-oracle"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     return target
@@ -123,10 +151,21 @@ def test_third_party_plugin_is_discovered_and_scores(example_plugin: Path, tmp_p
     listed = _rrtool(["oracles", "list"], example_plugin, tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "keywords" in listed.stdout and "rrtool-example-oracle 0.1.0" in listed.stdout
-    samples = _samples(tmp_path, [json.dumps({"id": "a", "completion": "Project Falcon and Osprey"})])
+    samples = _samples(
+        tmp_path, [json.dumps({"id": "a", "completion": "Project Falcon and Osprey"})]
+    )
     scored = _rrtool(
-        ["oracles", "score", "keywords", "--input", str(samples), "--option", "keywords=[falcon, eagle]"],
-        example_plugin, tmp_path,
+        [
+            "oracles",
+            "score",
+            "keywords",
+            "--input",
+            str(samples),
+            "--option",
+            "keywords=[falcon, eagle]",
+        ],
+        example_plugin,
+        tmp_path,
     )
     assert scored.returncode == 0, scored.stderr
     row = json.loads(scored.stdout)

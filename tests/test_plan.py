@@ -26,11 +26,18 @@ def test_phases_are_ordered_with_steps(invoke, write_spec) -> None:
     for phase in plan["phases"]:
         assert phase["steps"], phase["name"]
     assert plan["spec_name"] == "tiny"
-    assert set(plan["totals"]) == {"generations", "generated_tokens", "training_steps", "evaluations"}
+    assert set(plan["totals"]) == {
+        "generations",
+        "generated_tokens",
+        "training_steps",
+        "evaluations",
+    }
 
 
 def test_ner_direct_estimates_follow_passages_and_types(invoke, write_spec) -> None:
-    plan = plan_json(invoke, write_spec(tiny_spec()), "--set", "reveal.generation.max_new_tokens=10")
+    plan = plan_json(
+        invoke, write_spec(tiny_spec()), "--set", "reveal.generation.max_new_tokens=10"
+    )
     (extract,) = plan["phases"][0]["steps"]
     # 60 built-in passages x (1 forget + 1 retain type)
     assert extract["estimate"] == {"generations": 120, "generated_tokens": 1200}
@@ -42,7 +49,14 @@ def test_release_steps_follow_iterations_and_data(invoke, write_spec) -> None:
     base = plan_json(invoke, spec, "--set", "release.iterations=1")
     more = plan_json(invoke, spec, "--set", "release.iterations=3")
     names = [s["name"] for s in more["phases"][1]["steps"]]
-    assert names == ["forget F0", "iteration 1", "iteration 2", "iteration 3", "weight search", "stopping"]
+    assert names == [
+        "forget F0",
+        "iteration 1",
+        "iteration 2",
+        "iteration 3",
+        "weight search",
+        "stopping",
+    ]
     per_iteration = more["phases"][1]["steps"][1]["estimate"]["training_steps"]
     assert more["totals"]["training_steps"] - base["totals"]["training_steps"] == 2 * per_iteration
     # 60 forget examples, batch 8, 2 epochs -> ceil(60/8) * 2 = 16 steps
@@ -53,7 +67,12 @@ def test_release_steps_follow_iterations_and_data(invoke, write_spec) -> None:
 
 def test_explicit_weights_are_not_searched(invoke, write_spec) -> None:
     spec = write_spec(
-        tiny_spec(release={"iterations": 2, "weights": {"mu0": 0.5, "lambdas": [1.0, 1.0], "mus": [0.2, 0.1]}})
+        tiny_spec(
+            release={
+                "iterations": 2,
+                "weights": {"mu0": 0.5, "lambdas": [1.0, 1.0], "mus": [0.2, 0.1]},
+            }
+        )
     )
     plan = plan_json(invoke, spec)
     steps = {s["name"]: s for s in plan["phases"][1]["steps"]}
@@ -63,7 +82,9 @@ def test_explicit_weights_are_not_searched(invoke, write_spec) -> None:
 
 
 def test_stopping_cap_limits_planned_iterations(invoke, write_spec) -> None:
-    spec = write_spec(tiny_spec(release={"iterations": 5}, stopping={"max_iterations": 1, "patience": 2}))
+    spec = write_spec(
+        tiny_spec(release={"iterations": 5}, stopping={"max_iterations": 1, "patience": 2})
+    )
     steps = plan_json(invoke, spec)["phases"][1]["steps"]
     assert [s["name"] for s in steps].count("iteration 1") == 1
     assert "iteration 2" not in [s["name"] for s in steps]
@@ -78,18 +99,30 @@ def test_neuralucb_estimates(invoke, write_spec) -> None:
             reveal={
                 "strategy": "neuralucb",
                 "contexts": {"path": "builtin:toxicity_prompts", "format": "rtp", "limit": 10},
-                "outer_iterations": 2, "inner_iterations": 3, "contexts_per_trial": 4,
+                "outer_iterations": 2,
+                "inner_iterations": 3,
+                "contexts_per_trial": 4,
                 "generation": {"max_new_tokens": 20, "num_samples": 2},
-                "search": {"initial_evaluations": 5, "max_instruction_tokens": 16, "pool_size": 100},
+                "search": {
+                    "initial_evaluations": 5,
+                    "max_instruction_tokens": 16,
+                    "pool_size": 100,
+                },
             },
-            retain={"data": {"path": "builtin:wiki_text", "format": "text"}, "utility": {"name": "perplexity"}},
+            retain={
+                "data": {"path": "builtin:wiki_text", "format": "text"},
+                "utility": {"name": "perplexity"},
+            },
         )
     )
     reveal = plan_json(invoke, spec)["phases"][0]
     steps = {s["name"]: s["estimate"] for s in reveal["steps"]}
     trials = 5 + 2 * 3
     assert steps["features"] == {"forward_passes": 100}
-    assert steps["search"] == {"generations": trials * (4 * 2 + 1), "generated_tokens": trials * (4 * 2 * 20 + 16)}
+    assert steps["search"] == {
+        "generations": trials * (4 * 2 + 1),
+        "generated_tokens": trials * (4 * 2 * 20 + 16),
+    }
     assert steps["collect"]["generations"] == 2 * 10 * 2
 
 
@@ -116,7 +149,9 @@ def test_all_preflight_failures_are_reported_together(write_spec, tmp_path: Path
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "read-only-mount"])
-def test_unwritable_tracking_store_fails_before_compute(where: str, write_spec, tmp_path: Path) -> None:
+def test_unwritable_tracking_store_fails_before_compute(
+    where: str, write_spec, tmp_path: Path
+) -> None:
     if where == "under-a-file":
         (tmp_path / "afile").write_text("")
         uri = f"sqlite:///{tmp_path}/afile/sub/mlflow.db"

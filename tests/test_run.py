@@ -60,7 +60,9 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     assert model["parameters"] == 37_456 and model["dtype"] == "float32"
 
 
-def test_git_sha_is_recorded_when_running_from_a_checkout(invoke, write_spec, tmp_path: Path) -> None:
+def test_git_sha_is_recorded_when_running_from_a_checkout(
+    invoke, write_spec, tmp_path: Path
+) -> None:
     from rrtool.tracking import git_sha
 
     sha = git_sha()

@@ -45,9 +45,15 @@ def test_coding_spec_forgets_mbpp_and_retains_gsm8k() -> None:
 def test_keys_other_components_rely_on_exist() -> None:
     spec = load_spec(REPO / "specs" / "toxicity.yaml").spec
     for value in (
-        spec.model.id, spec.reveal.strategy, spec.reveal.outer_iterations,
-        spec.reveal.inner_iterations, spec.reveal.top_k, spec.reveal.alpha,
-        spec.release.iterations, spec.release.lora.r, spec.stopping.max_iterations,
+        spec.model.id,
+        spec.reveal.strategy,
+        spec.reveal.outer_iterations,
+        spec.reveal.inner_iterations,
+        spec.reveal.top_k,
+        spec.reveal.alpha,
+        spec.release.iterations,
+        spec.release.lora.r,
+        spec.stopping.max_iterations,
     ):
         assert value is not None
     assert spec.tracking.uri is None
@@ -149,12 +155,24 @@ def test_relative_data_paths_resolve_against_the_spec_file(tmp_path: Path, write
             "apply only to target.kind `ner`",
         ),
         (
-            {"target": {"kind": "ner", "description": "d", "forget_types": ["a"], "retain_types": ["a"]}},
+            {
+                "target": {
+                    "kind": "ner",
+                    "description": "d",
+                    "forget_types": ["a"],
+                    "retain_types": ["a"],
+                }
+            },
             "both forgotten and retained: a",
         ),
         ({"release": {"search": {"min_weight": 2, "max_weight": 1}}}, "min_weight must be below"),
         (
-            {"reveal": {"strategy": "direct", "contexts": {"path": "builtin:ner_passages", "format": "jsonl"}}},
+            {
+                "reveal": {
+                    "strategy": "direct",
+                    "contexts": {"path": "builtin:ner_passages", "format": "jsonl"},
+                }
+            },
             "is in format `universalner`",
         ),
         ({"model": {"id": "m", "device": "gpu"}}, "expected text matching"),
@@ -167,7 +185,9 @@ def test_cross_field_rules(mutation: dict, message: str, write_spec) -> None:
 
 
 def test_effective_iterations_honours_the_stopping_cap(write_spec) -> None:
-    spec = load_spec(write_spec(tiny_spec(release={"iterations": 4}, stopping={"max_iterations": 2}))).spec
+    spec = load_spec(
+        write_spec(tiny_spec(release={"iterations": 4}, stopping={"max_iterations": 2}))
+    ).spec
     assert spec.effective_iterations == 2
     spec = load_spec(write_spec(tiny_spec(release={"iterations": 1}))).spec
     assert spec.effective_iterations == 1

@@ -33,22 +33,62 @@ def line_of(text: str, needle: str) -> int:
 
 CASES = [
     # (id, spec mutation, key path, needle for the line, words the message must contain)
-    ("misspelt key", lambda s: s.replace("  strategy: direct", "  stratgy: direct"),
-     "reveal.stratgy", "stratgy", ["unknown key", "did you mean `strategy`"]),
-    ("unknown top key", lambda s: s + "relase:\n  iterations: 2\n",
-     "relase", "relase", ["did you mean `release`"]),
-    ("wrong type", lambda s: s + "release:\n  iterations: three\n",
-     "release.iterations", "iterations: three", ["got 'three'", "expected an integer"]),
-    ("out of range", lambda s: s + "release:\n  lora:\n    r: 0\n",
-     "release.lora.r", "r: 0", ["got 0", "expected a number >= 1"]),
-    ("bad choice", lambda s: s.replace("strategy: direct", "strategy: neuralucbb"),
-     "reveal.strategy", "neuralucbb", ["expected one of: neuralucb, direct", "did you mean `neuralucb`"]),
-    ("unknown model alias", lambda s: s.replace("builtin:tiny-random", "builtin:tiny-randm"),
-     "model.id", "tiny-randm", ["unknown built-in model", "builtin:tiny-random"]),
-    ("unknown builtin data", lambda s: s.replace("builtin:ner_passages", "builtin:ner_pasages"),
-     "reveal.contexts.path", "ner_pasages", ["unknown built-in data set", "builtin:ner_passages"]),
-    ("missing section key", lambda s: s.replace("  description: Recognising Person entities\n", ""),
-     "target.description", "target:", ["missing required key"]),
+    (
+        "misspelt key",
+        lambda s: s.replace("  strategy: direct", "  stratgy: direct"),
+        "reveal.stratgy",
+        "stratgy",
+        ["unknown key", "did you mean `strategy`"],
+    ),
+    (
+        "unknown top key",
+        lambda s: s + "relase:\n  iterations: 2\n",
+        "relase",
+        "relase",
+        ["did you mean `release`"],
+    ),
+    (
+        "wrong type",
+        lambda s: s + "release:\n  iterations: three\n",
+        "release.iterations",
+        "iterations: three",
+        ["got 'three'", "expected an integer"],
+    ),
+    (
+        "out of range",
+        lambda s: s + "release:\n  lora:\n    r: 0\n",
+        "release.lora.r",
+        "r: 0",
+        ["got 0", "expected a number >= 1"],
+    ),
+    (
+        "bad choice",
+        lambda s: s.replace("strategy: direct", "strategy: neuralucbb"),
+        "reveal.strategy",
+        "neuralucbb",
+        ["expected one of: neuralucb, direct", "did you mean `neuralucb`"],
+    ),
+    (
+        "unknown model alias",
+        lambda s: s.replace("builtin:tiny-random", "builtin:tiny-randm"),
+        "model.id",
+        "tiny-randm",
+        ["unknown built-in model", "builtin:tiny-random"],
+    ),
+    (
+        "unknown builtin data",
+        lambda s: s.replace("builtin:ner_passages", "builtin:ner_pasages"),
+        "reveal.contexts.path",
+        "ner_pasages",
+        ["unknown built-in data set", "builtin:ner_passages"],
+    ),
+    (
+        "missing section key",
+        lambda s: s.replace("  description: Recognising Person entities\n", ""),
+        "target.description",
+        "target:",
+        ["missing required key"],
+    ),
 ]
 
 
@@ -80,7 +120,10 @@ def test_several_mistakes_are_all_reported(write_spec, invoke) -> None:
 
 def test_missing_data_file_points_at_the_path_key(write_spec, invoke, tmp_path: Path) -> None:
     text = spec_text(
-        reveal={"strategy": "direct", "contexts": {"path": "nowhere.json", "format": "universalner"}}
+        reveal={
+            "strategy": "direct",
+            "contexts": {"path": "nowhere.json", "format": "universalner"},
+        }
     )
     result = invoke("plan", write_spec(text))
     assert result.exit_code == 2
@@ -174,7 +217,10 @@ def test_missing_spec_file(invoke, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("assignment", "words"),
     [
-        ("release.iteratons=5", ["`iteratons` is not a key of release", "did you mean `iterations`"]),
+        (
+            "release.iteratons=5",
+            ["`iteratons` is not a key of release", "did you mean `iterations`"],
+        ),
         ("releese.iterations=5", ["`releese` is not a key of the spec", "did you mean `release`"]),
         ("seed.value=1", ["`seed` is a value, not a section"]),
         ("release.iterations", ["expected KEY.PATH=VALUE"]),
@@ -203,7 +249,10 @@ def test_real_process_exit_code_and_no_traceback(write_spec, tmp_path: Path) -> 
     path = write_spec("name: [\n")
     proc = subprocess.run(
         [sys.executable, "-m", "rrtool.cli", "plan", str(path)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

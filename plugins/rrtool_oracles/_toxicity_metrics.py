@@ -1,6 +1,6 @@
 """Aggregation and option checks shared by the toxicity oracles.
 
-Both ``toxicity_offline`` and ``perspective`` report the RealToxicityPrompts
+Both ``toxicity`` and ``perspective`` report the RealToxicityPrompts
 metrics, so their numbers are comparable whichever scorer produced them.
 """
 
