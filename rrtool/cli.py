@@ -79,12 +79,27 @@ def plan(
 @cli.command()
 @_spec_argument
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (overrides the spec).")
-def run(spec_path: str, overrides: tuple[str, ...], tracking_uri: str | None) -> None:
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the newest unfinished run of this spec (same file and --set overrides).",
+)
+@click.option(
+    "--phase",
+    type=click.Choice(["reveal", "release", "audit", "all"]),
+    default="all",
+    show_default=True,
+    help="Run only up to and including this phase.",
+)
+def run(
+    spec_path: str, overrides: tuple[str, ...], tracking_uri: str | None, resume: bool, phase: str
+) -> None:
     """Run SPEC: plan, then Reveal, Release and Audit, all recorded in MLflow."""
-    from rrtool.runner import run_spec
+    from rrtool.runner import PHASES, run_spec
     from rrtool.spec_loader import load_spec
 
-    run_spec(load_spec(spec_path, overrides), tracking_uri)
+    phases = PHASES if phase == "all" else PHASES[: PHASES.index(phase) + 1]
+    run_spec(load_spec(spec_path, overrides), tracking_uri, resume=resume, phases=phases)
 
 
 @cli.group(cls=_Group)

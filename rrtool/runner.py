@@ -1,65 +1,101 @@
-"""``rrtool run``: plan, open the tracking run, record everything, run the phases.
+"""``rrtool run``: plan, open (or resume) the tracking run, run the phases in order.
 
-The phases (Reveal, Release, Audit) are not implemented yet: the run records
-the resolved spec, plan, versions and model facts, then stops after planning
-and says so, with status ``planned`` on the MLflow run.
+Each finished phase is marked on the run (tag ``rrtool.phase.NAME = done``); a
+resumed run skips finished phases and each phase resumes from what the run holds.
+Phases not implemented in this version stop the run cleanly, saying so, with
+status ``stopped`` (resumable once they exist).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
 import yaml
 from rich.console import Console
 
 from rrtool.console import print_plan
+from rrtool.context import RunContext
+from rrtool.errors import UserError
 from rrtool.plan import build_plan
 from rrtool.spec_loader import LoadedSpec
-from rrtool.tracking import Tracker, flatten, package_versions, resolve_store, run_tags
+from rrtool.tracking import (
+    Store,
+    Tracker,
+    flatten,
+    package_versions,
+    prepare_mlflow,
+    resolve_store,
+    run_tags,
+)
 
-PHASES_AVAILABLE: tuple[str, ...] = ()
+RESUMABLE = ("running", "failed", "interrupted", "stopped")
+PHASES = ("reveal", "release", "audit")
 
 
-def run_spec(
-    loaded: LoadedSpec, tracking_flag: str | None = None, console: Console | None = None
-) -> str:
-    """Run a validated spec; returns the MLflow run id."""
-    console = console or Console(stderr=True)
+def spec_hash(loaded: LoadedSpec) -> str:
+    """Identity of a job: the resolved spec (overrides included)."""
+    blob = json.dumps(loaded.spec.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def find_resumable(store: Store, experiment: str, digest: str) -> str | None:
+    """The newest unfinished run of the same spec, if any."""
+    prepare_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store.uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`rrtool.spec_hash` = '{digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+    for run in runs:
+        if run.data.tags.get("rrtool.status") in RESUMABLE:
+            return run.info.run_id
+    return None
+
+
+def _open_run(
+    loaded: LoadedSpec, store: Store, resume: bool, console: Console
+) -> tuple[Tracker, bool]:
     spec = loaded.spec
-    plan = build_plan(loaded, tracking_flag)
-    print_plan(plan, console)
-    store = resolve_store(tracking_flag, spec.tracking.uri)
-    tracker = Tracker.start(
-        store, spec.tracking.experiment, spec.tracking.run_name or spec.name, run_tags(spec.name)
-    )
-    try:
-        resolved_spec = spec.model_dump(mode="json")
-        tracker.log_text(yaml.safe_dump(resolved_spec, sort_keys=False), "spec/resolved.yaml")
-        tracker.log_dict(loaded.raw, "spec/as_written.json")
-        tracker.log_dict(plan.to_dict(), "plan.json")
-        tracker.log_dict(package_versions(), "environment.json")
-        tracker.log_params(flatten(resolved_spec))
-        _record_model(tracker, loaded, console)
-    except BaseException:
-        tracker.finish("FAILED", "failed")
-        raise
-    missing = [p.name for p in plan.phases if p.name not in PHASES_AVAILABLE]
-    tracker.finish("FINISHED", "planned")
-    console.print(
-        f"[yellow]Stopped after planning:[/yellow] the {', '.join(missing)} phases are not "
-        "implemented in this version of rrtool. The run recorded the resolved spec, the plan, "
-        "package versions and the model's facts."
-    )
-    console.print(f"run [bold]{tracker.run_id}[/bold] in {store.uri}")
-    return tracker.run_id
+    digest = spec_hash(loaded)
+    if resume:
+        run_id = find_resumable(store, spec.tracking.experiment, digest)
+        if run_id is None:
+            raise UserError(
+                f"--resume: no unfinished run of this spec in {store.uri} "
+                f"(experiment `{spec.tracking.experiment}`); run without --resume to start one"
+            )
+        tracker = Tracker.resume(store, run_id)
+        console.print(f"resuming run [bold]{run_id}[/bold]")
+        return tracker, True
+    tags = run_tags(spec.name) | {"rrtool.spec_hash": digest}
+    return Tracker.start(
+        store, spec.tracking.experiment, spec.tracking.run_name or spec.name, tags
+    ), False
 
 
-def _record_model(tracker: Tracker, loaded: LoadedSpec, console: Console) -> None:
-    from rrtool.models import load_model
+def _record_inputs(ctx: RunContext, plan_dict: dict) -> None:
+    spec, tracker = ctx.spec, ctx.tracker
+    resolved_spec = spec.model_dump(mode="json")
+    tracker.log_text(yaml.safe_dump(resolved_spec, sort_keys=False), "spec/resolved.yaml")
+    tracker.log_dict(ctx.loaded.raw, "spec/as_written.json")
+    tracker.log_dict(plan_dict, "plan.json")
+    tracker.log_dict(package_versions(), "environment.json")
+    tracker.log_params(flatten(resolved_spec))
 
+
+def _record_model(ctx: RunContext) -> None:
     started = time.perf_counter()
-    with console.status(f"Loading model {loaded.spec.model.id} ..."):
-        handle = load_model(loaded.spec.model)
+    handle = ctx.model()
     model = handle.model
     facts = {
         "ref": handle.resolved.ref,
@@ -72,9 +108,76 @@ def _record_model(tracker: Tracker, loaded: LoadedSpec, console: Console) -> Non
         "has_chat_template": bool(getattr(handle.tokenizer, "chat_template", None)),
         "load_seconds": round(time.perf_counter() - started, 2),
     }
-    tracker.log_dict(facts, "model.json")
-    tracker.set_tags({"rrtool.model.parameters": str(facts["parameters"])})
-    console.print(
-        f"model: {facts['ref']}, {facts['parameters'] / 1e6:.1f}M parameters, {facts['dtype']} "
+    ctx.tracker.log_dict(facts, "model.json")
+    ctx.tracker.set_tags({"rrtool.model.parameters": str(facts["parameters"])})
+    ctx.console.print(
+        f"model: {facts['ref']}, {facts['parameters']:,} parameters, {facts['dtype']} "
         f"on {facts['device']}, loaded in {facts['load_seconds']} s"
     )
+
+
+def _run_phase(ctx: RunContext, name: str) -> str | None:
+    """Run one phase; returns why the run must stop here, or None to go on."""
+    if name == "reveal":
+        from rrtool.reveal.phase import StrategyNotImplemented, run_reveal
+
+        try:
+            run_reveal(ctx)
+        except StrategyNotImplemented as exc:
+            return str(exc)
+        return None
+    return f"the {name} phase is not implemented in this version of rrtool"
+
+
+def run_spec(
+    loaded: LoadedSpec,
+    tracking_flag: str | None = None,
+    *,
+    resume: bool = False,
+    phases: tuple[str, ...] = PHASES,
+    console: Console | None = None,
+) -> str:
+    """Run a validated spec; returns the MLflow run id."""
+    console = console or Console(stderr=True)
+    spec = loaded.spec
+    plan = build_plan(loaded, tracking_flag)
+    print_plan(plan, console)
+    store = resolve_store(tracking_flag, spec.tracking.uri)
+    tracker, resumed = _open_run(loaded, store, resume, console)
+    ctx = RunContext(loaded, tracker, console, Path(".rrtool") / "runs" / tracker.run_id)
+    try:
+        if not resumed:
+            _record_inputs(ctx, plan.to_dict())
+        tracker.set_tags({"rrtool.status": "running"})
+        _record_model(ctx)
+        done = {p for p in PHASES if tracker.tags().get(f"rrtool.phase.{p}") == "done"}
+        for name in phases:
+            if name in done:
+                console.print(f"{name}: already done in this run, skipped")
+                continue
+            stop = _run_phase(ctx, name)
+            if stop:
+                tracker.finish("FINISHED", "stopped")
+                tracker.set_tags({"rrtool.stop_reason": stop})
+                console.print(f"[yellow]Stopped before {name}:[/yellow] {stop}.")
+                console.print(f"run [bold]{tracker.run_id}[/bold] in {store.uri}")
+                return tracker.run_id
+            tracker.set_tags({f"rrtool.phase.{name}": "done"})
+    except KeyboardInterrupt:
+        tracker.finish("KILLED", "interrupted")
+        console.print(
+            f"[yellow]interrupted:[/yellow] what was recorded is kept; continue with "
+            f"`rrtool run {loaded.source.file} --resume`"
+        )
+        raise
+    except BaseException:
+        tracker.finish("FAILED", "failed")
+        raise
+    if phases != PHASES:  # --phase: the job is not over; `--resume` continues it
+        tracker.finish("FINISHED", "stopped")
+        tracker.set_tags({"rrtool.stop_reason": f"--phase {phases[-1]}"})
+        console.print(f"stopped after {phases[-1]} (--phase); continue with --resume")
+    else:
+        tracker.finish("FINISHED", "finished")
+    console.print(f"run [bold]{tracker.run_id}[/bold] in {store.uri}")
+    return tracker.run_id

@@ -14,6 +14,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -155,6 +156,12 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): value}
 
 
+def prepare_mlflow() -> None:
+    """Before importing mlflow: no usage telemetry from an offline tool unless the user
+    opts in (MLFLOW_DISABLE_TELEMETRY=false)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
 def _quiet_mlflow_logs() -> None:
     # The sqlite store's first use runs alembic migrations that log at INFO to stderr.
     for name in ("alembic", "mlflow"):
@@ -171,6 +178,7 @@ class Tracker:
 
     @classmethod
     def start(cls, store: Store, experiment: str, run_name: str, tags: dict[str, str]) -> Tracker:
+        prepare_mlflow()
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -189,6 +197,17 @@ class Tracker:
             raise UserError(f"{store.uri}: cannot start a run ({exc.message})") from None
         return cls(client, run.info.run_id, store)
 
+    @classmethod
+    def resume(cls, store: Store, run_id: str) -> Tracker:
+        """Reopen an existing run (crash or interruption) to continue writing into it."""
+        prepare_mlflow()
+        from mlflow.tracking import MlflowClient
+
+        _quiet_mlflow_logs()
+        client = MlflowClient(tracking_uri=store.uri)
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, run_id, store)
+
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
@@ -201,6 +220,39 @@ class Tracker:
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_jsonl(self, records: list[dict[str, Any]], artifact_file: str) -> None:
+        self.log_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), artifact_file
+        )
+
+    def read_text(self, artifact_file: str) -> str | None:
+        """An artifact of this run as text, or None if it was never logged."""
+        folder, _, name = artifact_file.rpartition("/")
+        if name not in {
+            Path(f.path).name for f in self.client.list_artifacts(self.run_id, folder or None)
+        }:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(self.run_id, artifact_file, tmp)
+            return Path(local).read_text(encoding="utf-8")
+
+    def read_jsonl(self, artifact_file: str) -> list[dict[str, Any]] | None:
+        text = self.read_text(artifact_file)
+        if text is None:
+            return None
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():

@@ -14,6 +14,10 @@ from rrtool.tracking import Store, flatten, resolve_store
 from tests.conftest import tiny_spec
 
 
+# Keep runs short: 2 passages' worth of built-in NER records, 4 new tokens per answer.
+FAST = ("--set", "reveal.contexts.limit=10", "--set", "reveal.generation.max_new_tokens=4")
+
+
 def _only_run(uri: str):
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("rrtool")
@@ -30,16 +34,18 @@ def _artifact(client: MlflowClient, run_id: str, path: str, tmp: Path) -> str:
 
 def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path: Path) -> None:
     spec_path = write_spec(tiny_spec())
-    result = invoke("run", spec_path, "--set", "release.iterations=1")
+    result = invoke("run", spec_path, "--set", "release.iterations=1", *FAST)
     assert result.exit_code == 0, result.stderr
-    assert "Stopped after planning" in result.stderr
-    assert "reveal, release, audit phases are not implemented" in result.stderr
+    assert "Stopped before release" in result.stderr
+    assert "release phase is not implemented" in result.stderr
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlruns").is_dir()
 
     client, run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "tiny"
-    assert run.data.tags["rrtool.status"] == "planned"
+    assert run.data.tags["rrtool.status"] == "stopped"
+    assert run.data.tags["rrtool.phase.reveal"] == "done"
+    assert "release phase is not implemented" in run.data.tags["rrtool.stop_reason"]
     assert run.data.tags["rrtool.spec"] == "tiny"
     assert run.data.params["release.iterations"] == "1"
     assert run.data.params["model.id"] == "builtin:tiny-random"
@@ -52,6 +58,7 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     assert resolved["release"]["lora"]["r"] == 8  # defaults are spelled out
     as_written = json.loads(_artifact(client, run.info.run_id, "spec/as_written.json", down))
     assert as_written["release"] == {"iterations": 1}
+    assert as_written["reveal"]["contexts"]["limit"] == 10
     plan = json.loads(_artifact(client, run.info.run_id, "plan.json", down))
     assert [p["name"] for p in plan["phases"]] == ["reveal", "release", "audit"]
     env = json.loads(_artifact(client, run.info.run_id, "environment.json", down))
@@ -68,7 +75,7 @@ def test_git_sha_is_recorded_when_running_from_a_checkout(
     sha = git_sha()
     if sha is None:
         pytest.skip("rrtool is not running from a git checkout here")
-    assert invoke("run", write_spec(tiny_spec())).exit_code == 0
+    assert invoke("run", write_spec(tiny_spec()), *FAST).exit_code == 0
     _, run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.data.tags["rrtool.git_sha"] == sha
     assert run.data.tags["mlflow.source.git.commit"] == sha.removesuffix("-dirty")
@@ -78,7 +85,7 @@ def test_run_goes_to_the_spec_tracking_uri(invoke, write_spec, tmp_path: Path) -
     uri = f"sqlite:///{tmp_path / 'elsewhere' / 'store.db'}"
     (tmp_path / "elsewhere").mkdir()
     spec = tiny_spec(tracking={"uri": uri, "experiment": "team-x", "run_name": "first"})
-    assert invoke("run", write_spec(spec)).exit_code == 0
+    assert invoke("run", write_spec(spec), *FAST).exit_code == 0
     assert not (tmp_path / "mlflow.db").exists()
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("team-x").experiment_id])
@@ -114,7 +121,7 @@ def test_flatten_spells_nested_keys() -> None:
 
 def test_no_secret_env_reaches_params(invoke, write_spec, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PERSPECTIVE_API_KEY", "sk-test-secret-value")
-    assert invoke("run", write_spec(tiny_spec())).exit_code == 0
+    assert invoke("run", write_spec(tiny_spec()), *FAST).exit_code == 0
     _, run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     blob = json.dumps([run.data.params, run.data.tags])
     assert "sk-test-secret-value" not in blob

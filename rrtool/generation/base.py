@@ -179,12 +179,17 @@ def format_prompt(tokenizer: Any, prompt: Prompt, *, chat: bool) -> tuple[str, b
 
 
 def encode_prompt(tokenizer: Any, prompt: Prompt, *, chat: bool) -> list[int]:
-    """Token ids of :func:`format_prompt`'s text."""
+    """Token ids of :func:`format_prompt`'s text (empty for an empty plain prompt: valid after
+    a soft prompt, an error for plain generation)."""
     text, templated = format_prompt(tokenizer, prompt, chat=chat)
-    ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
-    if not ids:
-        raise ValueError(f"prompt {prompt!r} encodes to no tokens")
-    return list(ids)
+    return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+
+def check_nonempty(encoded: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> None:
+    """Plain generation needs at least one prompt token to condition on."""
+    for ids, prompt in zip(encoded, prompts, strict=True):
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} encodes to no tokens")
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:

@@ -11,6 +11,7 @@ index). A completion therefore depends only on its prompt, the seed and its posi
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from rrtool.generation.base import (
     GenerationStats,
     Prompt,
     SamplingParams,
+    check_nonempty,
     encode_prompt,
     first_stop,
     row_seed,
@@ -90,8 +92,8 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.stats = GenerationStats()
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
         self.eos_ids = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
 
     # ---------------------------------------------------------------- public API
@@ -104,6 +106,7 @@ class HFGenerator:
         progress: Callable[[int], None] | None = None,
     ) -> list[list[Completion]]:
         encoded = [encode_prompt(self.tokenizer, p, chat=chat) for p in prompts]
+        check_nonempty(encoded, prompts)
         return self._generate(encoded, params, None, progress)
 
     def generate_from_embeds(
@@ -129,6 +132,10 @@ class HFGenerator:
     ) -> torch.Tensor:
         prefix = None if prefix_embeds is None else self._check_prefix(prefix_embeds)
         encoded = [encode_prompt(self.tokenizer, p, chat=chat) for p in prompts]
+        if prefix is None:
+            check_nonempty(encoded, prompts)
+        # The vocab projection of every position is not needed; not every model takes the flag.
+        extra = {"logits_to_keep": 1} if self._takes_logits_to_keep() else {}
         size = batch_size or self.batch_size
         hidden = self.model.config.get_text_config().hidden_size
         features = torch.empty(len(encoded), hidden, dtype=torch.float32)
@@ -145,7 +152,7 @@ class HFGenerator:
                     position_ids=positions,
                     output_hidden_states=True,
                     use_cache=False,
-                    logits_to_keep=1,  # the vocab projection of every position is not needed
+                    **extra,
                 )
                 features[chunk] = out.hidden_states[-1][:, -1, :].float().cpu()
         return features
@@ -158,6 +165,11 @@ class HFGenerator:
     @property
     def _device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
+
+    def _takes_logits_to_keep(self) -> bool:
+        # A PEFT wrapper forwards **kwargs; ask the model underneath.
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
     def _check_prefix(self, prefix_embeds: torch.Tensor) -> torch.Tensor:
         embedding = self.model.get_input_embeddings().weight

@@ -21,6 +21,7 @@ from rrtool.generation.base import (
     GenerationStats,
     Prompt,
     SamplingParams,
+    check_nonempty,
     encode_prompt,
     first_stop,
     row_seed,
@@ -68,8 +69,10 @@ class VLLMGenerator:
             try:
                 self.llm = LLM(**args, enable_prompt_embeds=True)
                 self.prompt_embeds_enabled = True
-            except TypeError:
+            except TypeError as exc:
                 # vLLM releases before prompt-embedding inputs reject the engine argument.
+                if "enable_prompt_embeds" not in str(exc):
+                    raise
                 self.llm = LLM(**args)
         else:
             self.llm = LLM(**args)
@@ -89,9 +92,9 @@ class VLLMGenerator:
         chat: bool = True,
         progress: Callable[[int], None] | None = None,
     ) -> list[list[Completion]]:
-        inputs = [
-            {"prompt_token_ids": encode_prompt(self.tokenizer, p, chat=chat)} for p in prompts
-        ]
+        encoded = [encode_prompt(self.tokenizer, p, chat=chat) for p in prompts]
+        check_nonempty(encoded, prompts)
+        inputs = [{"prompt_token_ids": ids} for ids in encoded]
         return self._run(inputs, params, progress)
 
     def generate_from_embeds(
@@ -117,7 +120,7 @@ class VLLMGenerator:
         prefix = prefix_embeds.detach().to(device="cpu", dtype=weight.dtype)
         inputs = []
         for prompt in prompts:
-            ids = torch.tensor(encode_prompt(self.tokenizer, prompt, chat=chat))
+            ids = torch.tensor(encode_prompt(self.tokenizer, prompt, chat=chat), dtype=torch.long)
             embeds = torch.cat([prefix, torch.nn.functional.embedding(ids, weight)])
             inputs.append({"prompt_embeds": embeds})
         return self._run(inputs, params, progress)

@@ -121,7 +121,7 @@ class ScaledAdapter:
             device = linear.weight.device
             a = self.module.A[name].to(device)
             b = self.module.B[name].to(device)
-            self._handles.append(linear.register_forward_hook(self._hook(a, b)))
+            self._handles.append(linear.register_forward_hook(self._hook(a, b), with_kwargs=True))
         return self
 
     def __exit__(
@@ -137,10 +137,13 @@ class ScaledAdapter:
     def _hook(self, a: Tensor, b: Tensor) -> Any:
         scale = self.module.scale
 
-        def hook(_module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+        def hook(
+            _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor
+        ) -> Tensor | None:
             if self._weight == 0.0:
                 return None  # the base layer's own output, untouched
-            update = (args[0].to(torch.float32) @ a.T) @ b.T
+            x = args[0] if args else kwargs["input"]
+            update = (x.to(torch.float32) @ a.T) @ b.T
             return output + (update * (self._weight * scale)).to(output.dtype)
 
         return hook

@@ -7,6 +7,7 @@ composition (``compose.py``) adds it to weights with any sign and scale.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -309,7 +310,7 @@ def train_lora(
         B=B,
         r=cfg.r,
         alpha=cfg.alpha,
-        target_modules=cfg.target_modules,
+        target_modules=copy.copy(cfg.target_modules),  # not an alias of the spec's list
         kind=kind,
         seed=seed,
         loss_curve=losses,

@@ -55,7 +55,9 @@ def resolve_embedder(model_ref: str) -> str:
     path = Path(model_ref).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"{model_ref}: not a directory (expected a sentence-transformers model)")
+            raise UserError(
+                f"{model_ref}: not a directory (expected a sentence-transformers model)"
+            )
         return str(path.resolve())
     # Hub ids are `name` or `org/name`; anything else that looks like a path must exist.
     if model_ref.startswith(("/", "./", "../", "~")) or model_ref.count("/") > 1:

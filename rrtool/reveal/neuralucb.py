@@ -19,12 +19,14 @@ product: no per-sample autograd, and no (N x P) gradient matrix is ever built.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.quasirandom import SobolEngine
 
-__all__ = ["NeuralUCB", "SoftPromptProjection", "embedding_norm", "sobol_pool"]
+__all__ = ["NeuralUCB", "SoftPromptProjection", "embedding_norm", "sobol_pool", "train_mlp"]
 
 
 def sobol_pool(dim: int, size: int, seed: int) -> torch.Tensor:
@@ -83,12 +85,95 @@ class SoftPromptProjection:
         return self
 
 
+@contextlib.contextmanager
+def _small_math() -> Iterator[None]:
+    """One thread, denormals flushed to zero, for the many tiny ops of a surrogate refit.
+
+    Measured on 2 busy cores: intra-op threads made each 30 x 100 matmul ~30x slower (spin
+    waits), and Adam moments of units that get no gradient decay into float32 denormals after
+    a few hundred steps, which slowed every op touching them by ~10x. Both settings are
+    process-global, so they are restored on exit.
+    """
+    threads = torch.get_num_threads()
+    # No getter for the flush mode: a denormal survives an op only when flushing is off.
+    flushing = float(torch.tensor([1e-40]) * 1.0) == 0.0
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(flushing)
+        torch.set_num_threads(threads)
+
+
+def train_mlp(
+    init: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, ...]:
+    """Full-batch Adam on the MSE of ``f(x) = w2 . relu(W1 x + b1) + b2`` against ``y``.
+
+    Step for step the same as ``torch.optim.Adam(params, lr, betas, eps, weight_decay)`` with
+    autograd (L2 weight decay added to the gradient), but with the backward pass written out
+    and all parameters in one flat buffer: the surrogate is refit from scratch every bandit
+    round, and on CPU autograd's per-op overhead was ~3x the actual arithmetic.
+    ``init`` = (W1 (H, h), b1 (H,), w2 (H,), b2 ()); returns new tensors, ``init`` untouched.
+    """
+    theta = torch.cat([p.detach().reshape(-1).float() for p in init])
+    grad = torch.zeros_like(theta)
+    m1, m2 = torch.zeros_like(theta), torch.zeros_like(theta)
+    w1, b1, w2, b2 = _views(theta, init)
+    g_w1, g_b1, g_w2, g_b2 = _views(grad, init)
+    x, y = x.float(), y.float()
+    scale = 2.0 / len(y)
+    beta1, beta2 = betas
+    with _small_math():
+        for step in range(1, epochs + 1):
+            pre = torch.addmm(b1, x, w1.T)
+            act = torch.relu(pre)
+            d_out = (act @ w2 + b2 - y).mul_(scale)  # d mean((f - y)^2) / d f
+            torch.mv(act.T, d_out, out=g_w2)
+            g_b2.copy_(d_out.sum())
+            d_pre = torch.outer(d_out, w2).mul_(pre > 0)
+            torch.mm(d_pre.T, x, out=g_w1)
+            torch.sum(d_pre, dim=0, out=g_b1)
+            if weight_decay:
+                grad.add_(theta, alpha=weight_decay)
+            m1.lerp_(grad, 1 - beta1)
+            m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (m2 / (1 - beta2**step)).sqrt_().add_(eps)
+            theta.addcdiv_(m1, denom, value=-lr / (1 - beta1**step))
+    return tuple(v.clone() for v in _views(theta, init))
+
+
+def _views(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``flat`` shaped like each tensor of ``like``, in order."""
+    out, offset = [], 0
+    for t in like:
+        out.append(flat[offset : offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    return out
+
+
 class NeuralUCB:
     """NeuralUCB over a fixed pool of precomputed features (N, h).
 
-    Usage: ``observe`` some random arms, then repeat ``i = select(); observe(i, reward)``.
-    The MLP is refit from scratch on all observations whenever it is needed after new ones,
-    as in the reference (a warm-started net drifts with stale rewards).
+    Usage: ``observe`` some random arms, then repeat ``i = select(); observe(i, reward)``; at
+    each outer iteration, ``reset(keep)`` with the top arms re-scored. The MLP is refit from
+    scratch (fresh seeded init) on all observations whenever it is needed after new ones, as
+    the reference does: the fit is then a function of the current observations alone, so a
+    reset leaves no trace of stale rewards, and runs are reproducible from ``seed``.
+
+    The surrogate's inputs are standardised with the pool's own mean and std. Fitting uses
+    :func:`train_mlp` (full-batch Adam, ``lr``, weight decay ``lam / n_observations``, MSE,
+    ``epochs`` steps). ``select`` adds the chosen arm's g^2 to U at selection time, like the
+    reference, so call it only for an arm you will evaluate (pass duplicates via ``exclude``).
     """
 
     def __init__(
@@ -98,14 +183,16 @@ class NeuralUCB:
         lam: float = 0.1,
         nu: float = 1.0,
         hidden: int = 100,
-        epochs: int = 500,
+        epochs: int = 1000,
         lr: float = 1e-3,
         seed: int = 0,
         chunk_size: int = 4096,
     ) -> None:
         feats = torch.as_tensor(features).detach().to(device="cpu", dtype=torch.float32)
         if feats.ndim != 2 or feats.shape[0] < 1:
-            raise ValueError(f"features must be a non-empty (N, h) matrix, got {tuple(feats.shape)}")
+            raise ValueError(
+                f"features must be a non-empty (N, h) matrix, got {tuple(feats.shape)}"
+            )
         if not torch.isfinite(feats).all():
             raise ValueError("features contain NaN or infinite values")
         if not lam > 0 or nu < 0:
@@ -145,25 +232,22 @@ class NeuralUCB:
         self._u = tuple(torch.full(s, self.lam, dtype=torch.float64) for s in shapes)
 
     # ---------------------------------------------------------------- fitting
-    def _init_params(self) -> list[torch.Tensor]:
+    def _init_params(self) -> tuple[torch.Tensor, ...]:
         # A fresh generator per fit: results depend on (seed, fit number) only, never on the
         # global RNG that other code may consume. nn.Linear's default init, drawn by hand.
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self._fits)
         h, hid = self.features.shape[1], self.hidden
         b_in, b_out = 1.0 / math.sqrt(h), 1.0 / math.sqrt(hid)
-
-        def uniform(bound: float, *shape: int) -> torch.Tensor:
-            return ((torch.rand(shape, generator=gen) * 2 - 1) * bound).requires_grad_()
-
-        return [uniform(b_in, hid, h), uniform(b_in, hid), uniform(b_out, hid), uniform(b_out)]
+        shapes = [((hid, h), b_in), ((hid,), b_in), ((hid,), b_out), ((), b_out)]
+        return tuple((torch.rand(s, generator=gen) * 2 - 1) * b for s, b in shapes)
 
     @staticmethod
     def _forward(
-        params: tuple[torch.Tensor, ...] | list[torch.Tensor], x: torch.Tensor
+        params: Sequence[torch.Tensor], x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MLP output (n,) and hidden pre-activations (n, H)."""
         w1, b1, w2, b2 = params
-        pre = x @ w1.T + b1
+        pre = torch.addmm(b1, x, w1.T)
         return torch.relu(pre) @ w2 + b2, pre
 
     def _fit(self) -> None:
@@ -171,17 +255,17 @@ class NeuralUCB:
         self._fits += 1
         if self.observations and self.epochs > 0:
             idx = torch.tensor(list(self.observations), dtype=torch.long)
-            x = self.features[idx]
             y = torch.tensor(list(self.observations.values()), dtype=torch.float32)
             # Weight decay lam / N: the NeuralUCB ridge term lam/2 ||theta||^2 on a mean loss.
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.lam / len(idx))
-            for _ in range(self.epochs):
-                opt.zero_grad(set_to_none=True)
-                out, _ = self._forward(params, x)
-                loss = torch.mean((out - y) ** 2)
-                loss.backward()
-                opt.step()
-        self._params = tuple(p.detach() for p in params)
+            params = train_mlp(
+                params,
+                self.features[idx],
+                y,
+                epochs=self.epochs,
+                lr=self.lr,
+                weight_decay=self.lam / len(idx),
+            )
+        self._params = params
         self._stale = False
 
     def _ensure_fit(self) -> None:
@@ -207,9 +291,7 @@ class NeuralUCB:
 
     def exploration_widths(self) -> torch.Tensor:
         """``sum_j g_j(x)^2 / U_j`` for every pool arm (N,), float64."""
-        return torch.cat(
-            [self._mu_and_width(c)[1] for c in self.features.split(self.chunk_size)]
-        )
+        return torch.cat([self._mu_and_width(c)[1] for c in self.features.split(self.chunk_size)])
 
     def ucb(self) -> torch.Tensor:
         """Upper confidence bound of every pool arm (N,), float64."""

@@ -148,4 +148,3 @@ class VendiAccumulator:
 
     def __repr__(self) -> str:
         return f"VendiAccumulator(dim={self.dim}, n={self.n})"
-

@@ -1,0 +1,67 @@
+"""What a phase is handed: the spec, the tracking run, and lazily built heavy objects.
+
+Phases read their inputs from the run and write their outputs to it (the run is
+the single source of truth); this object only saves them from loading the model,
+the generator or the oracle twice within one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from rrtool.spec import Spec
+from rrtool.spec_loader import LoadedSpec
+from rrtool.tracking import Tracker
+
+if TYPE_CHECKING:
+    from rrtool.generation.base import Generator
+    from rrtool.models import LoadedModel
+    from rrtool.oracles.contract import Oracle
+
+
+@dataclass
+class RunContext:
+    loaded: LoadedSpec
+    tracker: Tracker
+    console: Console
+    workdir: Path
+    """Local scratch for this run (partial files before upload); safe to delete."""
+    _model: LoadedModel | None = field(default=None, repr=False)
+    _generator: Generator | None = field(default=None, repr=False)
+    _oracles: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def spec(self) -> Spec:
+        return self.loaded.spec
+
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            from rrtool.models import load_model
+
+            with self.console.status(f"Loading model {self.spec.model.id} ..."):
+                self._model = load_model(self.spec.model)
+        return self._model
+
+    def generator(self) -> Generator:
+        if self._generator is None:
+            from rrtool.generation.base import make_generator
+
+            gen = self.spec.reveal.generation
+            self._generator = make_generator(gen.backend, self.model(), batch_size=gen.batch_size)
+        return self._generator
+
+    def oracle(self, name: str | None = None, options: dict[str, Any] | None = None) -> Oracle:
+        """The spec's forget oracle by default; any installed oracle by name."""
+        from rrtool.oracles.registry import create_oracle
+
+        name = name or self.spec.oracle.name
+        if options is None and name == self.spec.oracle.name:
+            options = self.spec.oracle.options
+        key = f"{name}:{sorted((options or {}).items())!r}"
+        if key not in self._oracles:
+            self._oracles[key] = create_oracle(name, options or {})
+        return self._oracles[key]

@@ -1,0 +1,249 @@
+"""Stage 1 (Reveal) as a phase: the model writes its own forget (and retain) data.
+
+Implemented here: ``reveal.strategy: direct`` — one fixed instruction over the
+contexts (the paper's NER mode, and the baseline the search is compared with).
+For NER the model answers UniversalNER queries; its answers for the forgotten
+types become forget data and, with ``retain.self_generated``, its answers for
+the retained types become retain data.
+
+Resumable: generations are uploaded to the run (``reveal/progress.jsonl``) after
+every chunk; a resumed run downloads them and generates only what is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rrtool.context import RunContext
+from rrtool.data import load_records
+from rrtool.generation.base import SamplingParams
+from rrtool.oracles.contract import Sample
+from rrtool.tasks import ner_query, samples_from_records
+
+PROGRESS = "reveal/progress.jsonl"
+FORGET = "reveal/forget.jsonl"
+RETAIN = "reveal/retain.jsonl"
+
+# A one-shot exemplar teaches the JSON-list answer format; its text holds one entity of each
+# of the paper's types, so the exemplar answers the asked type (or [] for other types).
+NER_EXEMPLAR_TEXT = "Marie Curie joined the University of Paris in 1891 to study physics."
+NER_EXEMPLAR = {
+    "person": ["Marie Curie"],
+    "organization": ["University of Paris"],
+    "location": ["Paris"],
+    "date": ["1891"],
+    "concept": ["physics"],
+}
+NER_TEMPLATE = (
+    "Extract entities from the text. Answer with a JSON list of strings, or [] if there are "
+    "none.\n\n{exemplar}\n{exemplar_answer}\n\n{query}"
+)
+DEFAULT_TEMPLATES = {
+    "toxicity": "{context}",
+    "coding": "Write a Python function for this task. Answer with code only.\n\n{context}",
+    "custom": "{context}",
+}
+
+
+class StrategyNotImplemented(Exception):
+    """The spec asks for a Reveal strategy this version cannot run yet."""
+
+
+@dataclass
+class Query:
+    id: str
+    split: str  # forget | retain
+    type: str | None
+    context: str
+    prompt: str
+    reference: dict[str, Any]
+
+
+def ner_prompt(text: str, entity_type: str, template: str | None) -> str:
+    if template:
+        return template.format(context=text, type=entity_type)
+    exemplar_answer = NER_EXEMPLAR.get(entity_type, [])
+    import json
+
+    return NER_TEMPLATE.format(
+        exemplar=ner_query(NER_EXEMPLAR_TEXT, entity_type),
+        exemplar_answer=json.dumps(exemplar_answer),
+        query=ner_query(text, entity_type),
+    )
+
+
+def build_queries(ctx: RunContext) -> list[Query]:
+    spec = ctx.spec
+    source = spec.reveal.contexts
+    records = load_records(source)
+    if spec.target.kind == "ner":
+        gold: dict[tuple[str, str], list[str]] = {}
+        passages: list[str] = []
+        for record in records:
+            text = record.get("text") or record.get("prompt") or ""
+            if text not in gold and text not in passages:
+                passages.append(text)
+            if "type" in record:
+                gold[(text, record["type"])] = record.get("entities", [])
+        wanted = [("forget", t) for t in spec.target.forget_types]
+        if spec.retain.self_generated:
+            wanted += [("retain", t) for t in spec.target.retain_types]
+        queries = []
+        for index, text in enumerate(passages):
+            for split, entity_type in wanted:
+                reference = {"type": entity_type}
+                if (text, entity_type) in gold:
+                    reference["entities"] = gold[(text, entity_type)]
+                prompt = ner_prompt(text, entity_type, spec.reveal.template)
+                queries.append(
+                    Query(f"{index}:{entity_type}", split, entity_type, text, prompt, reference)
+                )
+        return queries
+    template = spec.reveal.template or DEFAULT_TEMPLATES[spec.target.kind]
+    samples = samples_from_records(source.format, records)
+    return [
+        Query(s.id, "forget", None, s.prompt, template.format(context=s.prompt), dict(s.reference))
+        for s in samples
+    ]
+
+
+def _chunks(items: list[Query], size: int) -> Iterator[list[Query]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _relevance(ctx: RunContext, queries: list[Query], completions: list[str]) -> list[float | None]:
+    """Oracle score per query, where the query carries what the oracle needs to judge it."""
+    oracle = ctx.oracle()
+    needs_reference = oracle.requires.reference
+    scorable = [
+        i
+        for i, q in enumerate(queries)
+        if not needs_reference or ("entities" in q.reference if q.type else q.reference)
+    ]
+    out: list[float | None] = [None] * len(queries)
+    if scorable:
+        samples = [
+            Sample(
+                id=queries[i].id,
+                prompt=queries[i].prompt,
+                completion=completions[i],
+                reference=queries[i].reference,
+            )
+            for i in scorable
+        ]
+        for i, score in zip(scorable, oracle.score(samples), strict=True):
+            out[i] = float(score.score)
+    return out
+
+
+def run_reveal(ctx: RunContext) -> dict[str, int]:
+    """Run Reveal to completion (resuming if the run holds progress); returns record counts."""
+    spec = ctx.spec
+    if spec.reveal.strategy != "direct":
+        raise StrategyNotImplemented(
+            f"reveal.strategy `{spec.reveal.strategy}` is not implemented in this version "
+            "(use `direct`)"
+        )
+    queries = build_queries(ctx)
+    done = {r["id"]: r for r in ctx.tracker.read_jsonl(PROGRESS) or []}
+    finished = {r["query_id"] for r in done.values()}
+    todo = [q for q in queries if q.id not in finished]
+    if finished:
+        ctx.console.print(
+            f"reveal: resuming, {len(finished)} of {len(queries)} queries already recorded"
+        )
+    gen_spec = spec.reveal.generation
+    params = SamplingParams.from_spec(gen_spec, spec.seed)
+    generator = ctx.generator() if todo else None
+    chunk_size = gen_spec.batch_size * 4
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("reveal"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=ctx.console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("generate", total=len(queries), completed=len(finished))
+        for chunk in _chunks(todo, chunk_size):
+            assert generator is not None
+            outputs = generator.generate(
+                [q.prompt for q in chunk],
+                params,
+                chat=spec.target.kind != "toxicity",
+                progress=lambda n: progress.advance(task, n),
+            )
+            flat = [(q, c) for q, outs in zip(chunk, outputs, strict=True) for c in outs]
+            relevance = _relevance(ctx, [q for q, _ in flat], [c.text for _, c in flat])
+            for sample_index, ((query, completion), score) in enumerate(
+                zip(flat, relevance, strict=True)
+            ):
+                record_id = (
+                    query.id
+                    if params.num_samples == 1
+                    else f"{query.id}#{sample_index % params.num_samples}"
+                )
+                done[record_id] = {
+                    "id": record_id,
+                    "query_id": query.id,
+                    "split": query.split,
+                    "type": query.type,
+                    "context": query.context,
+                    "instruction": spec.reveal.template or "default",
+                    "prompt": query.prompt,
+                    "completion": completion.text,
+                    "tokens": completion.tokens,
+                    "relevance": score,
+                    "diversity": None,
+                    "outer": 0,
+                    "inner": 0,
+                    "seed": spec.seed,
+                }
+            # Upload after every chunk: a crash loses at most the chunk in flight.
+            ctx.tracker.log_jsonl(list(done.values()), PROGRESS)
+    return _finish(ctx, list(done.values()), time.perf_counter() - started, generator)
+
+
+def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for record in records:
+        key = (record["prompt"], record["completion"])
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out
+
+
+def _finish(
+    ctx: RunContext, records: list[dict[str, Any]], seconds: float, generator: Any
+) -> dict[str, int]:
+    forget = _dedupe([r for r in records if r["split"] == "forget"])
+    retain = _dedupe([r for r in records if r["split"] == "retain"])
+    ctx.tracker.log_jsonl(forget, FORGET)
+    if retain:
+        ctx.tracker.log_jsonl(retain, RETAIN)
+    scored = [r["relevance"] for r in forget if r["relevance"] is not None]
+    metrics = {
+        "reveal/forget_examples": len(forget),
+        "reveal/retain_examples": len(retain),
+        "reveal/seconds": seconds,
+    }
+    if scored:
+        metrics["reveal/forget_relevance_mean"] = sum(scored) / len(scored)
+    if generator is not None and generator.stats.seconds > 0:
+        metrics["reveal/tokens_per_second"] = generator.stats.tokens_per_second
+        metrics["reveal/generated_tokens"] = generator.stats.tokens
+    ctx.tracker.log_metrics(metrics)
+    ctx.console.print(
+        f"reveal: {len(forget)} forget and {len(retain)} retain examples recorded"
+        + (f" (forget relevance {metrics['reveal/forget_relevance_mean']:.3f})" if scored else "")
+    )
+    return {"forget": len(forget), "retain": len(retain)}

