@@ -188,3 +188,20 @@ def test_broken_plugin_is_a_warning_not_a_crash(tmp_path: Path) -> None:
     assert used.returncode == 2
     assert "failed to import: ImportError: needs libfoo" in used.stderr
     assert "Traceback" not in used.stderr
+
+
+def test_the_readme_plugin_example_works() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Writing an oracle plugin", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own docs
+    oracle = namespace["LegalNamesOracle"](names=["Acme", "Globex"])
+    from rrtool.oracles.contract import Sample
+
+    samples = [Sample("a", "p", "Acme and GLOBEX merged"), Sample("b", "p", "nothing")]
+    scores = oracle.score(samples)
+    assert [s.score for s in scores] == [1.0, 0.0]
+    assert oracle.aggregate(samples, scores) == {"mean": 0.5}
+    with pytest.raises(ValueError):
+        namespace["LegalNamesOracle"]()
