@@ -13,7 +13,6 @@ from mlflow.tracking import MlflowClient
 from rrtool.tracking import Store, flatten, resolve_store
 from tests.conftest import tiny_spec
 
-
 # Keep runs short: 2 passages' worth of built-in NER records, 4 new tokens per answer.
 FAST = ("--set", "reveal.contexts.limit=10", "--set", "reveal.generation.max_new_tokens=4")
 
