@@ -126,6 +126,14 @@ def _run_phase(ctx: RunContext, name: str) -> str | None:
         except StrategyNotImplemented as exc:
             return str(exc)
         return None
+    if name == "release":
+        from rrtool.release.phase import PhaseNotImplemented, run_release
+
+        try:
+            run_release(ctx)
+        except PhaseNotImplemented as exc:
+            return str(exc)
+        return None
     return f"the {name} phase is not implemented in this version of rrtool"
 
 

@@ -14,7 +14,11 @@ from rrtool.tracking import Store, flatten, resolve_store
 from tests.conftest import tiny_spec
 
 # Keep runs short: 2 passages' worth of built-in NER records, 4 new tokens per answer.
-FAST = ("--set", "reveal.contexts.limit=10", "--set", "reveal.generation.max_new_tokens=4")
+FAST = (
+    *("--set", "reveal.contexts.limit=10", "--set", "reveal.generation.max_new_tokens=4"),
+    *("--set", "release.search.budget=2", "--set", "release.search.eval_size=2"),
+    *("--set", "release.lora.epochs=1"),
+)
 
 
 def _only_run(uri: str):
@@ -35,8 +39,8 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     spec_path = write_spec(tiny_spec())
     result = invoke("run", spec_path, "--set", "release.iterations=1", *FAST)
     assert result.exit_code == 0, result.stderr
-    assert "Stopped before release" in result.stderr
-    assert "release phase is not implemented" in result.stderr
+    assert "Stopped before audit" in result.stderr
+    assert "audit phase is not implemented" in result.stderr
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlruns").is_dir()
 
     client, run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -44,7 +48,8 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     assert run.info.run_name == "tiny"
     assert run.data.tags["rrtool.status"] == "stopped"
     assert run.data.tags["rrtool.phase.reveal"] == "done"
-    assert "release phase is not implemented" in run.data.tags["rrtool.stop_reason"]
+    assert run.data.tags["rrtool.phase.release"] == "done"
+    assert "audit phase is not implemented" in run.data.tags["rrtool.stop_reason"]
     assert run.data.tags["rrtool.spec"] == "tiny"
     assert run.data.params["release.iterations"] == "1"
     assert run.data.params["model.id"] == "builtin:tiny-random"
@@ -56,7 +61,7 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     assert resolved["release"]["iterations"] == 1  # the override, not the file's default
     assert resolved["release"]["lora"]["r"] == 8  # defaults are spelled out
     as_written = json.loads(_artifact(client, run.info.run_id, "spec/as_written.json", down))
-    assert as_written["release"] == {"iterations": 1}
+    assert as_written["release"]["iterations"] == 1 and "weights" not in as_written["release"]
     assert as_written["reveal"]["contexts"]["limit"] == 10
     plan = json.loads(_artifact(client, run.info.run_id, "plan.json", down))
     assert [p["name"] for p in plan["phases"]] == ["reveal", "release", "audit"]

@@ -1,0 +1,399 @@
+"""Stage 2 (Release) as a phase: ``release.strategy: iterative``.
+
+Schedule: train F0 on the model and subtract it (mu0); then for i = 1..n train R_i on the
+current model and add it (lambda_i), train F_i on the updated model and subtract it (mu_i).
+Weights given in the spec are used as given; the others are searched (``weights.py``) with the
+new module attached unmerged. Every applied weight goes through fp32 masters (``MasterWeights``),
+so the final model equals ``rebuild(base, stack)`` bit for bit.
+
+Stopping (checked after each iteration, F0 included): the forget score reaches
+``stopping.forget_score``; utility falls below ``stopping.utility_floor`` x the base utility
+(from iteration 1 on, because R_i is what restores utility after F0: that iteration's two
+updates are reverted); ``stopping.patience`` iterations without the forget score dropping by
+``min_progress`` below its best.
+
+Run records: ``release/modules/{F0,R1,F1,...}.safetensors`` (+ json sidecars),
+``release/steps.jsonl``, ``release/candidates.jsonl``, ``release/similarity.jsonl``, metrics
+``release/forget``, ``release/utility``, ``release/weight`` (step 0 = base, step k = k-th
+module) and ``release/similarity`` (step = iteration), tag ``rrtool.release.stop_reason``.
+Resume: ``release/state.json`` (the applied stack) is uploaded after every applied step; a
+resumed run downloads the modules, replays them onto the base weights and continues with the
+next step. Nothing finished is retrained.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from rrtool.context import RunContext
+from rrtool.errors import UserError
+from rrtool.release.analysis import per_layer_similarity
+from rrtool.release.compose import MasterWeights, ScaledAdapter
+from rrtool.release.evaluate import Evaluator, PhaseNotImplemented, Scores
+from rrtool.release.lora import Example, LoraModule, train_lora
+from rrtool.release.weights import Step, explicit_weight, schedule, search_weight
+from rrtool.reveal.phase import FORGET, RETAIN
+
+STEPS = "release/steps.jsonl"
+CANDIDATES = "release/candidates.jsonl"
+SIMILARITY = "release/similarity.jsonl"
+STATE = "release/state.json"
+MODULES = "release/modules"
+STOP_TAG = "rrtool.release.stop_reason"
+
+__all__ = ["PhaseNotImplemented", "run_release", "schedule"]
+
+
+def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
+    """Forget examples (Reveal's forget answers, empty answers skipped) and retain examples."""
+    if ctx.spec.retain.data is not None:
+        raise PhaseNotImplemented(
+            "release with external retain data (retain.data) is not implemented in this "
+            "version; use retain.self_generated"
+        )
+    forget_records = ctx.tracker.read_jsonl(FORGET) or []
+    forget = [
+        Example(r["prompt"], r["completion"])
+        for r in forget_records
+        if r["completion"].strip() not in ("", "[]")  # "nothing found" teaches no target
+    ]
+    retain = [
+        Example(r["prompt"], r["completion"])
+        for r in ctx.tracker.read_jsonl(RETAIN) or []
+        if r["completion"].strip()
+    ]
+    if not forget:
+        raise UserError(
+            f"release: no forget examples in the run ({len(forget_records)} Reveal forget "
+            "records, none with a non-empty answer); run Reveal first"
+        )
+    if not retain and ctx.spec.effective_iterations > 0:
+        raise UserError("release: no retain examples in the run (reveal/retain.jsonl)")
+    return forget, retain
+
+
+def _stale(forget_scores: list[float], min_progress: float) -> int:
+    """Iterations since the forget score last dropped by ``min_progress`` below its best."""
+    best, stale = forget_scores[0], 0
+    for s in forget_scores[1:]:
+        if s < best - min_progress:
+            best, stale = s, 0
+        else:
+            stale += 1
+    return stale
+
+
+class _Release:
+    """One Release phase over a run; holds the applied stack and the records to upload."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.spec = ctx.spec
+        self.tracker = ctx.tracker
+        self.handle = ctx.model()
+        self.model = self.handle.model
+        self.evaluate = Evaluator(ctx)
+        self.forget, self.retain = load_examples(ctx)
+        self.moddir = ctx.workdir / MODULES
+        self.masters: MasterWeights | None = None
+        self.snapshot: dict[str, torch.Tensor] | None = None  # masters at iteration start
+        self.state: dict[str, Any] = {}
+        self.steps: list[dict[str, Any]] = []
+        self.candidates: list[dict[str, Any]] = []
+        self.similarity: list[dict[str, Any]] = []
+        self.modules: dict[str, LoraModule] = {}  # by name; small (r x in + out x r per layer)
+        self.chat = bool(getattr(self.handle.tokenizer, "chat_template", None))
+        self.chat = self.chat and self.spec.target.kind != "toxicity"
+
+    # ----------------------------------------------------------------- state
+    def _iteration_start(self, position: int) -> bool:
+        """Whether stack position ``position`` (0-based) is where an iteration >= 1 begins."""
+        return position >= 1 and position % 2 == 1
+
+    def _take_snapshot(self) -> None:
+        if self.spec.stopping.utility_floor is not None and self.masters is not None:
+            self.snapshot = {
+                n: m.detach().to("cpu", copy=True) for n, m in self.masters.masters.items()
+            }
+
+    def restore(self) -> None:
+        """Load the state of a resumed run: replay the stack onto the (base) model."""
+        text = self.tracker.read_text(STATE)
+        if text is None:
+            return
+        self.state = json.loads(text)
+        stack = self.state["stack"]
+        done = len(stack)
+        keep = lambda r: r["step"] <= done or r.get("reverted")  # noqa: E731
+        # Records uploaded after the last state (crash in between) belong to the step redone.
+        self.steps = [r for r in self.tracker.read_jsonl(STEPS) or [] if keep(r)]
+        self.candidates = [r for r in self.tracker.read_jsonl(CANDIDATES) or [] if keep(r)]
+        self.similarity = [
+            r for r in self.tracker.read_jsonl(SIMILARITY) or [] if 2 * r["iteration"] + 1 <= done
+        ]
+        if self.state.get("stop_reason") or not stack:
+            return
+        self.ctx.console.print(f"release: resuming, {done} module(s) already applied")
+        for position, entry in enumerate(stack):
+            module = self.modules[entry["module"]] = self._download(entry)
+            if self.masters is None:
+                self.masters = MasterWeights(self.model, module.names)
+            if self._iteration_start(position):
+                self._take_snapshot()
+            self.masters.apply(module, entry["coefficient"])
+
+    def _download(self, entry: dict[str, Any]) -> LoraModule:
+        target = self.ctx.workdir / "downloaded"
+        client, run_id = self.tracker.client, self.tracker.run_id
+        local = client.download_artifacts(run_id, entry["artifact"], str(target))
+        client.download_artifacts(
+            run_id, entry["artifact"].replace(".safetensors", ".json"), str(target)
+        )
+        module = LoraModule.load(local)
+        if module.sha256() != entry["sha256"]:
+            raise UserError(f"release: {entry['artifact']} does not match the recorded sha256")
+        return module
+
+    def _upload_records(self) -> None:
+        self.tracker.log_jsonl(self.steps, STEPS)
+        self.tracker.log_jsonl(self.candidates, CANDIDATES)
+        if self.similarity:
+            self.tracker.log_jsonl(self.similarity, SIMILARITY)
+        # The state goes last: it is what a resumed run trusts.
+        self.tracker.log_dict(self.state, STATE)
+
+    # ------------------------------------------------------------------ steps
+    def _train(self, step: Step, progress: Progress) -> LoraModule:
+        cfg = self.spec.release.lora
+        examples = self.forget if step.kind == "forget" else self.retain
+        task = progress.add_task(f"train {step.name}", total=None)
+        seed = (cfg.seed if cfg.seed is not None else self.spec.seed) + step.number
+
+        def report(done: int, total: int, loss: float) -> None:
+            progress.update(
+                task, completed=done, total=total, description=f"train {step.name} loss {loss:.3f}"
+            )
+
+        module = train_lora(
+            self.model,
+            self.handle.tokenizer,
+            examples,
+            cfg,
+            seed=seed,
+            kind=step.kind,
+            chat=self.chat,
+            progress=report,
+        )
+        path = module.save(self.moddir / f"{step.name}.safetensors")
+        for file in (path, path.with_suffix(".json")):
+            self.tracker.client.log_artifact(self.tracker.run_id, str(file), MODULES)
+        self.modules[step.name] = module
+        return module
+
+    def _weight(
+        self, step: Step, module: LoraModule, start: Scores, progress: Progress
+    ) -> tuple[float, str]:
+        given = explicit_weight(self.spec.release.weights, step)
+        if given is not None:
+            return given, "explicit"
+        search = self.spec.release.search
+        task = progress.add_task(f"search {step.name}", total=search.budget)
+
+        with ScaledAdapter(self.model, module, 0.0) as adapter:
+
+            def evaluate(weight: float) -> tuple[float, float]:
+                adapter.set_weight(step.sign * weight)
+                scores = self.evaluate()
+                return scores.s, scores.u
+
+            def seen(cand: Any) -> None:
+                progress.update(
+                    task,
+                    advance=1,
+                    description=f"search {step.name} w={cand.weight:.3g} s={cand.s:.3f} u={cand.u:.3f}",
+                )
+
+            result = search_weight(
+                "mu" if step.kind == "forget" else "lambda",
+                evaluate,
+                start.s,
+                start.u,
+                search,
+                self.spec.release.rules,
+                progress=seen,
+            )
+        progress.update(task, total=len(result.candidates))
+        for cand in result.candidates:
+            self.candidates.append(
+                {
+                    "step": step.number,
+                    "module": step.name,
+                    **cand.to_dict(),
+                    "reason": result.reason if cand.chosen else None,
+                }
+            )
+        return result.weight, result.reason
+
+    def run_step(self, step: Step, start: Scores, progress: Progress) -> Scores:
+        started = time.perf_counter()
+        if self._iteration_start(step.number - 1):
+            self._take_snapshot()
+        module = self._train(step, progress)
+        weight, how = self._weight(step, module, start, progress)
+        if self.masters is None:
+            self.masters = MasterWeights(self.model, module.names)
+        self.masters.apply(module, step.sign * weight)
+        scores = self.evaluate()  # the merged model (not the candidate's unmerged adapter)
+        record = {
+            "step": step.number,
+            "module": step.name,
+            "kind": step.kind,
+            "iteration": step.iteration,
+            "weight": weight,
+            "coefficient": step.sign * weight,
+            "weight_from": how,
+            "artifact": f"{MODULES}/{step.name}.safetensors",
+            "sha256": module.sha256(),
+            "s": scores.s,
+            "u": scores.u,
+            "seconds": round(time.perf_counter() - started, 3),
+            "reverted": False,
+        }
+        self.steps.append(record)
+        self.state["stack"].append(
+            {
+                k: record[k]
+                for k in (
+                    "step",
+                    "module",
+                    "kind",
+                    "iteration",
+                    "weight",
+                    "coefficient",
+                    "artifact",
+                    "sha256",
+                    "s",
+                    "u",
+                )
+            }
+        )
+        self.tracker.log_metrics(
+            {"release/forget": scores.s, "release/utility": scores.u, "release/weight": weight},
+            step=step.number,
+        )
+        if step.kind == "forget" and step.iteration >= 1:
+            self._similarity(step.iteration, module)
+        self._upload_records()
+        self.ctx.console.print(
+            f"release: {step.name} {'-' if step.sign < 0 else '+'}{weight:.4g} ({how}) -> "
+            f"s {scores.s:.3f}, u {scores.u:.3f}"
+        )
+        return scores
+
+    def _similarity(self, iteration: int, forget: LoraModule) -> None:
+        # R_i is in memory even on resume (downloaded), whatever became of local scratch.
+        layers, mean = per_layer_similarity(self.modules[f"R{iteration}"], forget)
+        self.similarity.append({"iteration": iteration, "mean": mean, "layers": layers})
+        if mean == mean:  # NaN when either update is zero
+            self.tracker.log_metrics({"release/similarity": mean}, step=iteration)
+
+    def revert_iteration(self, iteration: int) -> None:
+        """Undo iteration ``iteration``'s two updates: restore the masters snapshot."""
+        assert self.masters is not None and self.snapshot is not None
+        with torch.no_grad():
+            for name, master in self.masters.masters.items():
+                master.copy_(self.snapshot[name])
+                self.model.get_submodule(name).weight.copy_(master)
+        self.masters.history = self.masters.history[:-2]
+        self.state["stack"] = [e for e in self.state["stack"] if e["iteration"] != iteration]
+        for record in self.steps:
+            if record["iteration"] == iteration:
+                record["reverted"] = True
+
+    # -------------------------------------------------------------------- run
+    def stop_check(self, step: Step, scores: Scores) -> str | None:
+        stopping = self.spec.stopping
+        if stopping.forget_score is not None and scores.s <= stopping.forget_score:
+            return f"forget score {scores.s:.4f} <= stopping.forget_score {stopping.forget_score}"
+        floor = stopping.utility_floor
+        if floor is not None and step.iteration >= 1 and scores.u < floor * self.state["u0"]:
+            self.revert_iteration(step.iteration)
+            return (
+                f"utility {scores.u:.4f} below {floor} x base {self.state['u0']:.4f} at "
+                f"iteration {step.iteration} (its updates reverted)"
+            )
+        if stopping.patience is not None:
+            ends = [e["s"] for e in self.state["stack"] if e["kind"] == "forget"]
+            if _stale(ends, stopping.min_progress) >= stopping.patience:
+                return f"no forget progress of {stopping.min_progress} in {stopping.patience} iteration(s)"
+        return None
+
+    def run(self) -> dict[str, Any]:
+        if not self.state:
+            base = self.evaluate()
+            self.state = {
+                "s0": base.s,
+                "u0": base.u,
+                "stack": [],
+                "stop_reason": None,
+                "eval_queries": self.evaluate.size,
+            }
+            self.tracker.log_metrics({"release/forget": base.s, "release/utility": base.u}, step=0)
+            self.tracker.log_dict(self.state, STATE)
+            self.ctx.console.print(
+                f"release: base s {base.s:.3f}, u {base.u:.3f} on {self.evaluate.size} queries"
+            )
+        reason = self.state.get("stop_reason")
+        stack = self.state["stack"]
+        last = stack[-1] if stack else {"s": self.state["s0"], "u": self.state["u0"]}
+        current = Scores(last["s"], last["u"], {})
+        plan = schedule(self.spec.effective_iterations)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=self.ctx.console,
+        ) as progress:
+            for step in plan[len(stack) :] if not reason else []:
+                current = self.run_step(step, current, progress)
+                if step.kind == "forget":
+                    reason = self.stop_check(step, current)
+                    if reason:
+                        break
+        if not reason:
+            n = self.spec.effective_iterations
+            capped = n < self.spec.release.iterations
+            reason = (
+                f"stopping.max_iterations ({n}) reached" if capped else f"all {n} iteration(s) done"
+            )
+        self.state["stop_reason"] = reason
+        self._upload_records()
+        self.tracker.set_tags({STOP_TAG: reason})
+        final = (
+            self.state["stack"][-1]
+            if self.state["stack"]
+            else {"s": self.state["s0"], "u": self.state["u0"]}
+        )
+        self.ctx.console.print(f"release: stopped: {reason}")
+        return {
+            "modules": len(self.state["stack"]),
+            "s": final["s"],
+            "u": final["u"],
+            "stop_reason": reason,
+        }
+
+
+def run_release(ctx: RunContext) -> dict[str, Any]:
+    """Run Release to completion (resuming from ``release/state.json``); returns a summary."""
+    if ctx.spec.release.strategy != "iterative":
+        raise PhaseNotImplemented(
+            f"release.strategy `{ctx.spec.release.strategy}` is not implemented"
+        )
+    release = _Release(ctx)
+    release.restore()
+    return release.run()

@@ -1,0 +1,303 @@
+"""The Release phase (iterative): weight-search rules, run records, explicit weights, exact
+composition and resume. Runs use the tiny random model: its scores are near 0, so these tests
+check the mechanics (what is trained, applied, recorded, replayed), not forgetting itself."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from rrtool.context import RunContext
+from rrtool.models import load_model
+from rrtool.release import phase as release_phase
+from rrtool.release.compose import rebuild
+from rrtool.release.evaluate import Scores
+from rrtool.release.lora import LoraModule
+from rrtool.release.weights import ladder, schedule, search_weight
+from rrtool.reveal.phase import run_reveal
+from rrtool.spec import RulesSpec, WeightSearchSpec
+from rrtool.spec_loader import load_spec
+from rrtool.tracking import Tracker, resolve_store
+from tests.conftest import tiny_spec
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine is shared
+    yield
+    torch.set_num_threads(threads)
+
+
+def release_spec(release: dict | None = None, stopping: dict | None = None) -> dict:
+    """Tiny: 4 evaluation passages x (person, location), 6 new tokens, 1 epoch, budget 3."""
+    section = {
+        "iterations": 1,
+        "lora": {"r": 4, "epochs": 1, "batch_size": 4},
+        "search": {"budget": 3, "eval_size": 4},
+    }
+    section.update(release or {})
+    extra = {"stopping": stopping} if stopping else {}
+    return tiny_spec(
+        reveal={
+            "strategy": "direct",
+            "contexts": {"path": "builtin:ner_passages", "format": "universalner", "limit": 30},
+            "generation": {"max_new_tokens": 6, "temperature": 0, "batch_size": 4},
+        },
+        release=section,
+        **extra,
+    )
+
+
+# ----------------------------------------------------------------- weight search (pure)
+RULES = RulesSpec()  # forget_fraction 0.9, utility_recovery 0.95
+SEARCH = WeightSearchSpec(budget=8, min_weight=0.0, max_weight=2.0)
+
+
+def test_schedule_and_ladder() -> None:
+    assert [s.name for s in schedule(2)] == ["F0", "R1", "F1", "R2", "F2"]
+    assert [s.sign for s in schedule(1)] == [-1.0, 1.0, -1.0]
+    points = ladder(SEARCH)
+    assert len(points) == 4 and points[0] == pytest.approx(2 / 64) and points[-1] == 2.0
+    assert all(b / a == pytest.approx(4.0) for a, b in zip(points, points[1:], strict=False))
+    assert ladder(WeightSearchSpec(budget=1, min_weight=0.5, max_weight=2.0)) == [1.0]
+
+
+def test_mu_takes_the_smallest_weight_that_forgets_enough() -> None:
+    calls: list[float] = []
+
+    def evaluate(w: float) -> tuple[float, float]:
+        calls.append(w)
+        return 0.5 * math.exp(-12 * w), 0.6  # 90% forgotten from w = ln(10)/12 = 0.192
+
+    result = search_weight("mu", evaluate, 0.5, 0.6, SEARCH, RULES)
+    assert len(calls) == len(result.candidates) <= SEARCH.budget
+    assert result.reason == "rule"
+    accepted = [c.weight for c in result.candidates if c.accepted]
+    assert result.weight == min(accepted)
+    # Bisection from the ladder's 0.5 down towards the boundary 0.192.
+    assert math.log(10) / 12 <= result.weight < 0.3
+    assert sum(c.chosen for c in result.candidates) == 1
+
+
+def test_mu_falls_back_to_the_best_tradeoff_then_the_smallest() -> None:
+    # Forgetting plateaus at 50% (never 90%); utility falls faster past w = 0.5.
+    def plateau(w: float) -> tuple[float, float]:
+        return 0.5 - 0.25 * min(w, 1.0), 0.6 - (0.4 * w if w > 0.5 else 0.1 * w)
+
+    result = search_weight("mu", plateau, 0.5, 0.6, SEARCH, RULES)
+    assert result.reason == "tradeoff"
+    assert not any(c.accepted for c in result.candidates)
+    ok = [c for c in result.candidates if (0.5 - c.s) > (0.6 - c.u)]
+    assert result.weight == max(ok, key=lambda c: 0.5 - c.s).weight == 0.5
+
+    result = search_weight("mu", lambda w: (0.5, 0.6 - w), 0.5, 0.6, SEARCH, RULES)
+    assert result.reason == "smallest" and result.weight == min(ladder(SEARCH))
+
+
+def test_lambda_takes_the_smallest_weight_that_recovers_utility() -> None:
+    def recover(w: float) -> tuple[float, float]:
+        return 0.1 + 0.1 * w, 0.4 + 0.5 * min(w, 0.6)  # 0.95 x 0.8 reached at w = 0.72 / ... 0.6
+
+    result = search_weight("lambda", recover, 0.1, 0.8, SEARCH, RULES)
+    assert result.reason == "highest_utility"  # u never reaches 0.76 (tops out at 0.7)
+    assert result.u == max(c.u for c in result.candidates)
+
+    result = search_weight("lambda", recover, 0.1, 0.6, SEARCH, RULES)  # needs u >= 0.57
+    assert result.reason == "rule"
+    assert result.u >= 0.95 * 0.6 and result.weight == min(
+        c.weight for c in result.candidates if c.accepted
+    )
+    assert result.weight < 0.5  # refined below the ladder's 0.5
+
+
+# -------------------------------------------------------------------------- runs (CLI)
+def _run(tmp_path: Path) -> tuple[MlflowClient, object]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rrtool")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def _read(client: MlflowClient, run_id: str, path: str, tmp: Path) -> str:
+    return Path(client.download_artifacts(run_id, path, str(tmp))).read_text()
+
+
+def _jsonl(client: MlflowClient, run_id: str, path: str, tmp: Path) -> list[dict]:
+    return [json.loads(x) for x in _read(client, run_id, path, tmp).splitlines() if x.strip()]
+
+
+def test_release_records_modules_steps_candidates_and_state(
+    invoke, write_spec, tmp_path: Path
+) -> None:
+    spec = release_spec({"iterations": 2})
+    result = invoke("run", write_spec(spec), "--phase", "release")
+    assert result.exit_code == 0, result.stderr
+    client, run = _run(tmp_path)
+    run_id, down = run.info.run_id, tmp_path / "down"
+    assert run.data.tags["rrtool.phase.release"] == "done"
+    assert run.data.tags["rrtool.release.stop_reason"] == "all 2 iteration(s) done"
+
+    steps = _jsonl(client, run_id, "release/steps.jsonl", down)
+    assert [s["module"] for s in steps] == ["F0", "R1", "F1", "R2", "F2"]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
+    assert all(
+        s["weight_from"] in {"rule", "tradeoff", "smallest", "highest_utility"} for s in steps
+    )
+    assert [math.copysign(1, s["coefficient"]) for s in steps] == [-1, 1, -1, 1, -1]
+    files = {Path(f.path).name for f in client.list_artifacts(run_id, "release/modules")}
+    assert files == {
+        f"{m}.{ext}" for m in ("F0", "R1", "F1", "R2", "F2") for ext in ("safetensors", "json")
+    }
+
+    candidates = _jsonl(client, run_id, "release/candidates.jsonl", down)
+    for step in steps:
+        tried = [c for c in candidates if c["step"] == step["step"]]
+        assert 1 <= len(tried) <= 3
+        (chosen,) = [c for c in tried if c["chosen"]]
+        assert chosen["weight"] == step["weight"] and chosen["reason"] == step["weight_from"]
+        assert {"s", "u", "accepted", "rule"} <= set(chosen)
+
+    state = json.loads(_read(client, run_id, "release/state.json", down))
+    assert [e["sha256"] for e in state["stack"]] == [s["sha256"] for s in steps]
+    assert state["stop_reason"] == "all 2 iteration(s) done"
+    history = client.get_metric_history(run_id, "release/forget")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3, 4, 5]
+    assert len(client.get_metric_history(run_id, "release/weight")) == 5
+    similarity = _jsonl(client, run_id, "release/similarity.jsonl", down)
+    assert [r["iteration"] for r in similarity] == [1, 2] and similarity[0]["layers"]
+
+
+def test_explicit_weights_are_used_exactly_without_search(
+    invoke, write_spec, tmp_path: Path
+) -> None:
+    weights = {"mu0": 0.3, "lambdas": [0.2], "mus": [0.45]}
+    result = invoke("run", write_spec(release_spec({"weights": weights})), "--phase", "release")
+    assert result.exit_code == 0, result.stderr
+    client, run = _run(tmp_path)
+    steps = _jsonl(client, run.info.run_id, "release/steps.jsonl", tmp_path / "d")
+    assert [s["weight"] for s in steps] == [0.3, 0.2, 0.45]
+    assert [s["coefficient"] for s in steps] == [-0.3, 0.2, -0.45]
+    assert {s["weight_from"] for s in steps} == {"explicit"}
+    assert _jsonl(client, run.info.run_id, "release/candidates.jsonl", tmp_path / "d") == []
+    logged = [m.value for m in client.get_metric_history(run.info.run_id, "release/weight")]
+    assert sorted(logged) == pytest.approx(sorted([0.3, 0.2, 0.45]))
+
+
+def test_stopping_rule_ends_release_early(invoke, write_spec, tmp_path: Path) -> None:
+    # Any F1 in [0, 1] meets forget_score 1.0: the stop comes right after F0.
+    spec = release_spec({"iterations": 2, "weights": {"mu0": 0.1}}, {"forget_score": 1.0})
+    assert invoke("run", write_spec(spec), "--phase", "release").exit_code == 0
+    client, run = _run(tmp_path)
+    assert run.data.tags["rrtool.release.stop_reason"].startswith("forget score")
+    state = json.loads(_read(client, run.info.run_id, "release/state.json", tmp_path / "d"))
+    assert [e["module"] for e in state["stack"]] == ["F0"]
+
+
+# ------------------------------------------------- exact composition and resume (API)
+def _context(spec_path: Path, tracker: Tracker, scratch: Path) -> RunContext:
+    console = Console(file=io.StringIO(), width=100)
+    return RunContext(load_spec(spec_path), tracker, console, scratch / tracker.run_id)
+
+
+def _modules(tracker: Tracker, stack: list[dict], tmp: Path) -> list[tuple[LoraModule, float]]:
+    out = []
+    for entry in stack:
+        local = tracker.client.download_artifacts(tracker.run_id, entry["artifact"], str(tmp))
+        sidecar = entry["artifact"].replace(".safetensors", ".json")
+        tracker.client.download_artifacts(tracker.run_id, sidecar, str(tmp))
+        out.append((LoraModule.load(local), entry["coefficient"]))
+    return out
+
+
+def _assert_equals_rebuild(ctx: RunContext, tracker: Tracker, tmp: Path) -> None:
+    state = json.loads(tracker.read_text("release/state.json"))
+    base = load_model(ctx.spec.model).model  # fresh base weights
+    rebuild(base, _modules(tracker, state["stack"], tmp))
+    final = ctx.model().model.state_dict()
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(tensor, final[name]), name
+
+
+def test_final_weights_equal_rebuild_and_resume_does_not_retrain(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec_path = write_spec(release_spec({"iterations": 1, "search": {"budget": 2, "eval_size": 3}}))
+    store = resolve_store(None, None)
+    tracker = Tracker.start(store, "rrtool", "resume", {})
+    ctx = _context(spec_path, tracker, tmp_path)
+    run_reveal(ctx)
+    summary = release_phase.run_release(ctx)
+    assert summary["modules"] == 3
+    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")
+
+    # Simulate a crash right after R1 was applied: the run then holds a state whose stack
+    # ends at R1 (later records, uploaded before the state, are ignored on resume).
+    state = json.loads(tracker.read_text("release/state.json"))
+    kept = state["stack"][:2]
+    tracker.log_dict({**state, "stack": kept, "stop_reason": None}, "release/state.json")
+
+    trained: list[str] = []
+    real_train = release_phase.train_lora
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        trained.append(kwargs["kind"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(release_phase, "train_lora", counting)
+    # Another scratch directory: a resume on a fresh machine has only what the run holds.
+    resumed = _context(spec_path, Tracker.resume(store, tracker.run_id), tmp_path / "fresh")
+    summary = release_phase.run_release(resumed)
+    assert trained == ["forget"]  # only F1: F0 and R1 were replayed, not retrained
+    assert summary["modules"] == 3
+    state = json.loads(tracker.read_text("release/state.json"))
+    assert [e["sha256"] for e in state["stack"][:2]] == [e["sha256"] for e in kept]
+    steps = tracker.read_jsonl("release/steps.jsonl")
+    assert [s["module"] for s in steps] == ["F0", "R1", "F1"]
+    _assert_equals_rebuild(resumed, tracker, tmp_path / "b")
+
+
+class _ScriptedEvaluator:
+    """Stands in for ``Evaluator``: returns scripted (s, u) in call order."""
+
+    script: list[tuple[float, float]] = []
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.size = 1
+        self.calls = iter(self.script)
+
+    def __call__(self, progress: object = None) -> Scores:
+        s, u = next(self.calls)
+        return Scores(s, u, {})
+
+
+def test_utility_floor_reverts_the_iteration_and_stops(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = {"mu0": 0.3, "lambdas": [0.2, 0.2], "mus": [0.4, 0.4]}
+    spec = release_spec({"iterations": 2, "weights": weights}, {"utility_floor": 0.5})
+    # base, F0, R1, F1 (utility 0.2 < 0.5 x 0.8): iteration 1 is undone, R2/F2 never trained.
+    _ScriptedEvaluator.script = [(0.6, 0.8), (0.3, 0.5), (0.35, 0.7), (0.1, 0.2)]
+    monkeypatch.setattr(release_phase, "Evaluator", _ScriptedEvaluator)
+    tracker = Tracker.start(resolve_store(None, None), "rrtool", "floor", {})
+    ctx = _context(write_spec(spec), tracker, tmp_path)
+    run_reveal(ctx)
+    summary = release_phase.run_release(ctx)
+    assert "utility" in summary["stop_reason"] and "reverted" in summary["stop_reason"]
+    assert summary["modules"] == 1 and (summary["s"], summary["u"]) == (0.3, 0.5)
+    steps = tracker.read_jsonl("release/steps.jsonl")
+    assert [(s["module"], s["reverted"]) for s in steps] == [
+        ("F0", False),
+        ("R1", True),
+        ("F1", True),
+    ]
+    assert tracker.tags()["rrtool.release.stop_reason"] == summary["stop_reason"]
+    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")  # the model holds F0 only
