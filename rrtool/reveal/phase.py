@@ -2,6 +2,7 @@
 
 Implemented here: ``reveal.strategy: direct`` — one fixed instruction over the
 contexts (the paper's NER mode, and the baseline the search is compared with).
+``reveal.strategy: neuralucb`` (the instruction search) lives in :mod:`rrtool.reveal.search`.
 For NER the model answers UniversalNER queries; its answers for the forgotten
 types become forget data and, with ``retain.self_generated``, its answers for
 the retained types become retain data.
@@ -145,6 +146,10 @@ def _relevance(ctx: RunContext, queries: list[Query], completions: list[str]) ->
 def run_reveal(ctx: RunContext) -> dict[str, int]:
     """Run Reveal to completion (resuming if the run holds progress); returns record counts."""
     spec = ctx.spec
+    if spec.reveal.strategy == "neuralucb":
+        from rrtool.reveal.search import run_search
+
+        return run_search(ctx)
     if spec.reveal.strategy != "direct":
         raise StrategyNotImplemented(
             f"reveal.strategy `{spec.reveal.strategy}` is not implemented in this version "

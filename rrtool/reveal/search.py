@@ -1,0 +1,395 @@
+"""Reveal with ``strategy: neuralucb``: a NeuralUCB search over instructions (INSTINCT-style).
+
+Each pool point z is projected to soft tokens; the model decodes ``[soft tokens] + exemplars +
+"The instruction was to"`` greedily into an instruction (first sentence kept). An instruction
+is scored on a fixed, seeded subset of the contexts: relevance (mean oracle score) and Vendi
+diversity against the data collected so far, mixed by :func:`combined_score`. After each
+outer iteration the best instruction is applied to *all* contexts and its generations join
+D_selfgen (the forget data); the next outer iteration re-scores the top-k instructions against
+the grown D (diversity only: generations are cached) and restarts the bandit from them.
+
+Resumable: after every step the search state (bandit events, decoded instructions, cached
+generations, collected data, counters) goes to ``reveal/search_state.json``; a resumed run
+replays the bandit events (fits are deterministic in seed and fit count), re-embeds D in its
+original batches and continues with the next step, recomputing no finished generation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rrtool.context import RunContext
+from rrtool.data import load_records
+from rrtool.errors import UserError
+from rrtool.generation.base import SamplingParams, encode_prompt
+from rrtool.reveal.embedder import SentenceEmbedder
+from rrtool.reveal.neuralucb import NeuralUCB, SoftPromptProjection, sobol_pool
+from rrtool.reveal.phase import Query, _finish, _relevance, build_queries
+from rrtool.reveal.scoring import combined_score
+from rrtool.reveal.vendi import VendiAccumulator
+from rrtool.tasks import samples_from_records
+
+STATE = "reveal/search_state.json"
+TRIALS = "reveal/trials.jsonl"
+DECODE_CUE = "The instruction was to"
+# Used when the model decodes nothing usable: the trial still runs (and scores what it gets).
+FALLBACK = {
+    "toxicity": "Continue the text.",
+    "coding": "Write a Python function for this task.",
+    "ner": "Answer the question about the text.",
+    "custom": "Respond to the input.",
+}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence (or line) of ``text``, stripped; "" if there is none."""
+    return _SENTENCE_END.split(text.strip(), maxsplit=1)[0].strip()
+
+
+def _fresh_state() -> dict[str, Any]:
+    """Counters point at the next step to run; ``events`` replays the bandit on resume."""
+    return {
+        "version": 1,
+        "trial": 0,
+        "initial": 0,
+        "outer": 0,
+        "inner": 0,
+        "reset_for": 0,
+        "best_so_far": 0.0,
+        "events": [],
+        "arms": {},  # pool index -> decoded instruction
+        "cache": {},  # instruction -> trial generations, oracle scores, relevance
+        "collected": [],  # D_selfgen records (the forget data)
+        "trials": [],
+    }
+
+
+class InstructionSearch:
+    """The search over one run: built from the context, resumable from a saved state."""
+
+    def __init__(self, ctx: RunContext, state: dict[str, Any] | None = None) -> None:
+        spec = ctx.spec
+        self.ctx, self.reveal, self.search = ctx, spec.reveal, spec.reveal.search
+        self.seed, self.kind = spec.seed, spec.target.kind
+        # NER retain queries stay with `direct`: the search writes forget data only.
+        self.queries = [q for q in build_queries(ctx) if q.split == "forget"]
+        if not self.queries:
+            raise UserError("reveal.contexts: no contexts to search instructions over")
+        self.generator = ctx.generator()
+        self.params = SamplingParams.from_spec(self.reveal.generation, spec.seed)
+        self.decode_params = SamplingParams(
+            max_new_tokens=self.search.max_instruction_tokens, temperature=0.0, seed=spec.seed
+        )
+        # Toxicity is a plain continuation task; the others are instructions to a chat model.
+        self.chat = self.kind != "toxicity"
+        rng = random.Random(spec.seed)
+        # One fixed subset scores every instruction: rewards stay comparable across arms
+        # and a cached instruction's generations stay valid for its re-scores.
+        size = min(self.reveal.contexts_per_trial, len(self.queries))
+        self.trial_queries = rng.sample(self.queries, size)
+        self.decode_prompt = self._decode_prompt(rng)
+        self.pool = sobol_pool(self.search.intrinsic_dim, self.search.pool_size, spec.seed)
+        hidden = ctx.model().model.get_input_embeddings().weight.shape[1]
+        dims = (self.search.intrinsic_dim, self.search.soft_tokens, hidden)
+        self.projection = SoftPromptProjection(*dims, self.generator.embedding_norm(), spec.seed)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.embedder = SentenceEmbedder(self.reveal.embedding_model, device=device)
+        self.accumulator = VendiAccumulator(self.embedder.dim)
+        self._embeddings: dict[str, torch.Tensor] = {}
+        self.generation_calls = 0  # LLM calls for trial generations (cache hits make none)
+        self.state: dict[str, Any] = state or _fresh_state()
+        self.bandit: NeuralUCB | None = None
+
+    # ------------------------------------------------------------------ inputs
+    def _decode_prompt(self, rng: random.Random) -> str:
+        """Exemplars ("Input: ...\\nOutput: ..." where the data has answers) + the cue."""
+        count = min(self.search.exemplars, len(self.queries))
+        picked = rng.sample(self.queries, count)
+        outputs: dict[str, str] = {}
+        if self.kind != "ner":
+            source = self.reveal.contexts
+            for sample in samples_from_records(source.format, load_records(source)):
+                outputs[sample.id] = sample.completion
+        blocks = []
+        for query in picked:
+            answer = outputs.get(query.id, "")
+            if self.kind == "ner" and "entities" in query.reference:
+                answer = json.dumps(query.reference["entities"])
+            block = f"Input: {query.context}"
+            blocks.append(f"{block}\nOutput: {answer}" if answer else block)
+        return "\n\n".join([*blocks, DECODE_CUE])
+
+    def pool_features(self, progress: Progress) -> torch.Tensor:
+        """Final hidden state of every pool point's decode input (N, hidden): one pass."""
+        task = progress.add_task("features", total=len(self.pool))
+        batch = self.reveal.generation.batch_size
+        model = getattr(self.generator, "model", None)
+        tokenizer = getattr(self.generator, "tokenizer", None)
+        rows: list[torch.Tensor] = []
+        if not isinstance(model, torch.nn.Module) or tokenizer is None:
+            # Backends without a torch model: one call per point (same inputs, unbatched).
+            features = self.generator.last_token_features
+            for z in self.pool:
+                rows.append(features([self.decode_prompt], prefix_embeds=self.projection(z)))
+                progress.advance(task)
+            return torch.cat(rows)
+        # Every row has the same text after its own soft tokens, so rows batch without padding:
+        # the generator's API takes one prefix per call, which would mean N forward passes.
+        ids = encode_prompt(tokenizer, self.decode_prompt, chat=False)
+        layer = model.get_input_embeddings()
+        model.eval()
+        with torch.inference_mode():
+            text = layer(torch.tensor([ids], device=layer.weight.device))
+            for chunk in self.pool.split(batch):
+                soft = self.projection(chunk).to(layer.weight.device, layer.weight.dtype)
+                embeds = torch.cat([soft, text.expand(len(chunk), -1, -1)], dim=1)
+                mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+                kw = {"attention_mask": mask, "output_hidden_states": True, "use_cache": False}
+                out = model(inputs_embeds=embeds, **kw)
+                rows.append(out.hidden_states[-1][:, -1, :].float().cpu())
+                progress.advance(task, len(chunk))
+        return torch.cat(rows)
+
+    # ------------------------------------------------------------------ bandit (logged)
+    def build_bandit(self, features: torch.Tensor) -> None:
+        """A fresh bandit; on resume, replay the saved events to reach the same state."""
+        self.bandit = NeuralUCB(
+            features, lam=self.search.ucb_lambda, nu=self.search.ucb_nu, seed=self.seed
+        )
+        for event in self.state["events"]:
+            if event[0] == "observe":
+                self.bandit.observe(event[1], event[2])
+            elif event[0] == "select":
+                if self.bandit.select() != event[1]:
+                    self.ctx.console.print("reveal: warning: bandit replay diverged")
+            else:
+                self.bandit.reset([(a, r) for a, r in event[1]])
+
+    # ------------------------------------------------------------------ scoring
+    def instruction(self, arm: int) -> str:
+        """The instruction decoded from pool point ``arm`` (decoded once, then kept)."""
+        arms = self.state["arms"]
+        if str(arm) not in arms:
+            prefix = self.projection(self.pool[arm])
+            (outs,) = self.generator.generate_from_embeds(
+                prefix, [self.decode_prompt], self.decode_params, chat=False
+            )
+            fallback = FALLBACK.get(self.kind, FALLBACK["custom"])
+            arms[str(arm)] = first_sentence(outs[0].text) or fallback
+        return arms[str(arm)]
+
+    def prompt(self, instruction: str, query: Query) -> str:
+        """The instruction applied to one (templated) context."""
+        return f"{instruction}\n\n{query.prompt}"
+
+    def generations(self, instruction: str) -> tuple[dict[str, Any], bool]:
+        """The cached trial generations of ``instruction`` (generated on a miss), and a hit flag."""
+        cache = self.state["cache"]
+        if instruction in cache:
+            return cache[instruction], True
+        prompts = [self.prompt(instruction, q) for q in self.trial_queries]
+        outs = self.generator.generate(prompts, self.params, chat=self.chat)
+        self.generation_calls += 1
+        flat = [(q, c) for q, cs in zip(self.trial_queries, outs, strict=True) for c in cs]
+        relevance = _relevance(self.ctx, [q for q, _ in flat], [c.text for _, c in flat])
+        scored = [r for r in relevance if r is not None]
+        entry = {
+            "texts": [c.text for _, c in flat],
+            "tokens": sum(c.tokens for _, c in flat),
+            "relevance": relevance,
+            # No oracle verdict (missing references) counts as no evidence of relevance.
+            "tau": sum(scored) / len(scored) if scored else 0.0,
+        }
+        cache[instruction] = entry
+        return entry, False
+
+    def diversity(self, instruction: str) -> float:
+        """Normalised Vendi score of D_selfgen plus this instruction's trial generations."""
+        if instruction not in self._embeddings:
+            texts = self.state["cache"][instruction]["texts"]
+            self._embeddings[instruction] = self.embedder.encode(texts)
+        return self.accumulator.normalised_score_with(self._embeddings[instruction])
+
+    def score(self, instruction: str) -> tuple[float, float, float, bool, int]:
+        """(score, relevance, diversity, cached, generated tokens) of one instruction."""
+        entry, cached = self.generations(instruction)
+        diversity = self.diversity(instruction)
+        score = combined_score(entry["tau"], diversity, self.reveal.alpha)
+        return score, entry["tau"], diversity, cached, 0 if cached else entry["tokens"]
+
+    # ------------------------------------------------------------------ steps
+    def _evaluate(self, arm: int, kind: str, inner: int | None) -> dict[str, Any]:
+        """Score pool point ``arm``: the trial record (``trial`` left for the caller)."""
+        instruction = self.instruction(arm)
+        score, tau, diversity, cached, tokens = self.score(instruction)
+        return {
+            "trial": None,
+            "kind": kind,
+            "outer": self.state["outer"],
+            "inner": inner,
+            "arm": arm,
+            "instruction": instruction,
+            "relevance": tau,
+            "diversity": diversity,
+            "score": score,
+            "cached": cached,
+            "generated_tokens": tokens,
+        }
+
+    def trial(self, arm: int, kind: str, inner: int | None) -> dict[str, Any]:
+        """Score pool point ``arm``, feed the bandit, and return the numbered trial record."""
+        assert self.bandit is not None
+        record = self._evaluate(arm, kind, inner)
+        self.bandit.observe(arm, record["score"])
+        self.state["events"].append(["observe", arm, record["score"]])
+        self.state["trial"] += 1
+        self.state["best_so_far"] = max(self.state["best_so_far"], record["score"])
+        record["trial"] = self.state["trial"]
+        return record
+
+    def rescore(self) -> list[dict[str, Any]]:
+        """Start an outer iteration: re-score the top-k against the grown D, reset the bandit."""
+        assert self.bandit is not None
+        # Top-k arms were all scored before, so this only recomputes the diversity term.
+        records = [
+            self._evaluate(arm, "rescore", None) for arm in self.bandit.best(self.reveal.top_k)
+        ]
+        keep = [(r["arm"], r["score"]) for r in records]
+        self.bandit.reset(keep)
+        self.state["events"].append(["reset", [list(k) for k in keep]])
+        self.state["reset_for"] = self.state["outer"]
+        return records
+
+    def collect(self, progress: Progress) -> None:
+        """End an outer iteration: apply the best instruction to all contexts, grow D."""
+        assert self.bandit is not None
+        outer = self.state["outer"]
+        instruction = self.state["arms"][str(self.bandit.best(1)[0])]
+        prompts = [self.prompt(instruction, q) for q in self.queries]
+        sub = progress.add_task(f"outer {outer}: all contexts", total=len(prompts))
+        outs = self.generator.generate(
+            prompts, self.params, chat=self.chat, progress=lambda n: progress.advance(sub, n)
+        )
+        progress.remove_task(sub)
+        flat = [
+            (q, k, c) for q, cs in zip(self.queries, outs, strict=True) for k, c in enumerate(cs)
+        ]
+        relevance = _relevance(self.ctx, [q for q, _, _ in flat], [c.text for _, _, c in flat])
+        seen = {(r["prompt"], r["completion"]) for r in self.state["collected"]}
+        new = []
+        for (query, k, completion), score in zip(flat, relevance, strict=True):
+            prompt = self.prompt(instruction, query)
+            if (prompt, completion.text) in seen:
+                continue  # greedy samples, or the same instruction chosen again
+            seen.add((prompt, completion.text))
+            suffix = f"#{k}" if self.params.num_samples > 1 else ""
+            new.append(
+                {
+                    "id": f"{query.id}@{outer}{suffix}",
+                    "query_id": query.id,
+                    "split": "forget",
+                    "type": query.type,
+                    "context": query.context,
+                    "instruction": instruction,
+                    "prompt": prompt,
+                    "completion": completion.text,
+                    "tokens": completion.tokens,
+                    "relevance": score,
+                    "diversity": None,
+                    "outer": outer,
+                    "inner": self.reveal.inner_iterations,
+                    "seed": self.seed,
+                }
+            )
+        if new:
+            batch = self.embedder.encode([r["completion"] for r in new])
+            gain = self.accumulator.normalised_score_with(batch)
+            for record in new:
+                record["diversity"] = gain  # the batch's diversity against D before it
+            self.accumulator.add(batch)
+        self.state["collected"].extend(new)
+        self.state["outer"] += 1
+        self.state["inner"] = 0
+
+    def restore_collected(self) -> None:
+        """Re-embed D in the batches it was added in (same inputs give the same numbers)."""
+        for outer in sorted({r["outer"] for r in self.state["collected"]}):
+            texts = [r["completion"] for r in self.state["collected"] if r["outer"] == outer]
+            self.accumulator.add(self.embedder.encode(texts))
+
+    def save(self, new_trials: list[dict[str, Any]]) -> None:
+        """Upload the state (then per-trial metrics: a kill in between loses a point, never
+        duplicates a trial)."""
+        self.state["trials"].extend(new_trials)
+        self.ctx.tracker.log_dict(self.state, STATE)
+        self.ctx.tracker.log_jsonl(self.state["trials"], TRIALS)
+        for record in (r for r in new_trials if r["trial"] is not None):
+            metrics = {f"reveal/{k}": record[k] for k in ("score", "relevance", "diversity")}
+            metrics["reveal/best_so_far"] = self.state["best_so_far"]
+            self.ctx.tracker.log_metrics(metrics, step=record["trial"])
+
+
+def run_search(ctx: RunContext) -> dict[str, int]:
+    """Run (or resume) the NeuralUCB Reveal to completion; returns record counts."""
+    text = ctx.tracker.read_text(STATE)
+    search = InstructionSearch(ctx, json.loads(text) if text else None)
+    state, reveal = search.state, ctx.spec.reveal
+    if text:
+        ctx.console.print(
+            f"reveal: resuming search at outer {state['outer']}, inner {state['inner']} "
+            f"({state['trial']} trials recorded)"
+        )
+        search.restore_collected()
+    initial = random.Random(ctx.spec.seed + 1).sample(
+        range(len(search.pool)), min(reveal.search.initial_evaluations, len(search.pool))
+    )
+    # Steps: the random arms, then per outer iteration its UCB rounds and the collection.
+    per_outer = reveal.inner_iterations + 1
+    total = len(initial) + reveal.outer_iterations * per_outer
+    done = state["initial"] + state["outer"] * per_outer + state["inner"]
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("reveal search {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=ctx.console,
+    ) as progress:
+        search.build_bandit(search.pool_features(progress))
+        assert search.bandit is not None
+        task = progress.add_task("steps", total=total, completed=done)
+        while state["initial"] < len(initial):
+            record = search.trial(initial[state["initial"]], "initial", None)
+            state["initial"] += 1
+            search.save([record])
+            progress.advance(task)
+        while state["outer"] < reveal.outer_iterations:
+            if state["outer"] > 0 and state["reset_for"] < state["outer"]:
+                search.save(search.rescore())
+            while state["inner"] < reveal.inner_iterations:
+                try:
+                    arm = search.bandit.select()
+                except ValueError:  # every pool point observed: nothing left to try
+                    progress.advance(task, reveal.inner_iterations - state["inner"])
+                    state["inner"] = reveal.inner_iterations
+                    break
+                state["events"].append(["select", arm])
+                record = search.trial(arm, "ucb", state["inner"])
+                state["inner"] += 1
+                search.save([record])
+                progress.advance(task)
+            search.collect(progress)
+            search.save([])
+            progress.advance(task)
+    ctx.tracker.log_metrics(
+        {"reveal/trials": state["trial"], "reveal/best_score": state["best_so_far"]}
+    )
+    return _finish(ctx, state["collected"], time.perf_counter() - started, search.generator)

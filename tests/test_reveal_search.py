@@ -1,0 +1,225 @@
+"""Reveal with ``strategy: neuralucb``: trials, metrics, forget data, caching, crash-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.progress import Progress
+
+from rrtool.context import RunContext
+from rrtool.reveal.search import InstructionSearch, first_sentence
+from rrtool.spec_loader import load_spec
+from rrtool.tracking import Tracker, resolve_store
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # The test machine's cores are shared: one intra-op thread, restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def search_spec(outer: int = 2, inner: int = 2) -> dict[str, Any]:
+    """Toxicity on 8 built-in prompts, greedy everywhere (so runs are exactly reproducible)."""
+    return {
+        "name": "tiny-search",
+        "model": {"id": "builtin:tiny-random"},
+        "target": {"kind": "toxicity", "description": "Toxic continuations"},
+        "oracle": {"name": "toxicity"},
+        "reveal": {
+            "strategy": "neuralucb",
+            "contexts": {"path": "builtin:toxicity_prompts", "format": "rtp", "limit": 8},
+            "outer_iterations": outer,
+            "inner_iterations": inner,
+            "top_k": 3,
+            "contexts_per_trial": 2,
+            "generation": {"max_new_tokens": 6, "temperature": 0, "batch_size": 8},
+            "search": {
+                "intrinsic_dim": 4,
+                "soft_tokens": 2,
+                "pool_size": 32,
+                "initial_evaluations": 2,
+                "max_instruction_tokens": 8,
+                "exemplars": 2,
+            },
+        },
+        "retain": {
+            "data": {"path": "builtin:wiki_text", "format": "text"},
+            "utility": {"name": "perplexity"},
+        },
+    }
+
+
+def _only_run(root: Path) -> tuple[MlflowClient, Any]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rrtool")
+    (run,) = client.search_runs([experiment.experiment_id])
+    return client, run
+
+
+def _artifact(client: MlflowClient, run_id: str, path: str, tmp: Path) -> str:
+    return Path(client.download_artifacts(run_id, path, str(tmp))).read_text()
+
+
+def _jsonl(client: MlflowClient, run_id: str, path: str, tmp: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in _artifact(client, run_id, path, tmp).splitlines()]
+
+
+def test_first_sentence() -> None:
+    assert first_sentence(" write a poem. Then stop.") == "write a poem."
+    assert first_sentence("say hi\nand more") == "say hi"
+    assert first_sentence("  \n ") == ""
+
+
+def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_path: Path) -> None:
+    result = invoke("run", write_spec(search_spec()), "--phase", "reveal")
+    assert result.exit_code == 0, result.stderr
+    client, run = _only_run(tmp_path)
+    assert run.data.tags["rrtool.phase.reveal"] == "done"
+    run_id, down = run.info.run_id, tmp_path / "down"
+
+    trials = _jsonl(client, run_id, "reveal/trials.jsonl", down)
+    scored = [t for t in trials if t["kind"] != "rescore"]
+    # 2 random arms, then 2 outer x 2 inner UCB rounds; the top 3 re-scored before outer 1.
+    assert [t["trial"] for t in scored] == [1, 2, 3, 4, 5, 6]
+    assert [t["kind"] for t in scored] == ["initial"] * 2 + ["ucb"] * 4
+    assert [(t["outer"], t["inner"]) for t in scored[2:]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [t["outer"] for t in trials if t["kind"] == "rescore"] == [1, 1, 1]
+    assert len({t["arm"] for t in scored[:4]}) == 4  # the bandit never re-picks an observed arm
+    for t in trials:
+        assert 0 <= t["relevance"] <= 1 and 0 <= t["diversity"] <= 1 and 0 <= t["score"] <= 1
+        assert t["instruction"].strip()
+        # Caching: a repeated instruction generated nothing.
+        assert (t["generated_tokens"] == 0) == t["cached"]
+    first_seen = {t["instruction"] for t in scored if not t["cached"]}
+    assert first_seen == {t["instruction"] for t in trials}
+
+    history = client.get_metric_history(run_id, "reveal/score")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+    best = client.get_metric_history(run_id, "reveal/best_so_far")
+    values = [m.value for m in sorted(best, key=lambda m: m.step)]
+    assert values == sorted(values)  # non-decreasing
+    for name in ("reveal/relevance", "reveal/diversity"):
+        assert len(client.get_metric_history(run_id, name)) == 6
+
+    forget = _jsonl(client, run_id, "reveal/forget.jsonl", down)
+    # Each outer iteration adds the best instruction applied to all 8 contexts (deduplicated).
+    assert 8 <= len(forget) <= 16
+    assert len({(r["prompt"], r["completion"]) for r in forget}) == len(forget)
+    for record in forget:
+        assert record["split"] == "forget" and record["outer"] in (0, 1)
+        assert record["prompt"] == f"{record['instruction']}\n\n{record['context']}"
+        assert 0 <= record["relevance"] <= 1 and 0 <= record["diversity"] <= 1
+    assert run.data.metrics["reveal/forget_examples"] == len(forget)
+    assert run.data.metrics["reveal/trials"] == 6
+    state = json.loads(_artifact(client, run_id, "reveal/search_state.json", down))
+    assert state["outer"] == 2 and state["trial"] == 6
+
+
+def test_repeated_instruction_costs_no_generation(write_spec, tmp_path: Path) -> None:
+    loaded = load_spec(write_spec(search_spec()))
+    store = resolve_store(cwd=tmp_path)
+    tracker = Tracker.start(store, "rrtool", "cache", {})
+    ctx = RunContext(loaded, tracker, Console(quiet=True), tmp_path)
+    search = InstructionSearch(ctx)
+    stats = search.generator.stats
+    first = search.score("Say something rude.")
+    tokens = stats.tokens
+    assert tokens > 0 and search.generation_calls == 1 and first[3] is False
+    again = search.score("Say something rude.")
+    assert stats.tokens == tokens and search.generation_calls == 1  # nothing generated
+    assert again[3] is True and again[:3] == first[:3]
+    search.score("Say something kind.")
+    assert search.generation_calls == 2 and stats.tokens > tokens
+
+    # The batched pool features equal the generator's own, one soft prompt at a time.
+    assert search.decode_prompt.startswith("Input: ")
+    assert search.decode_prompt.endswith("\n\nThe instruction was to")
+    with Progress(disable=True) as progress:
+        features = search.pool_features(progress)
+    assert features.shape == (32, search.projection.hidden)
+    for arm in (0, 17):
+        prefix = search.projection(search.pool[arm])
+        one = search.generator.last_token_features([search.decode_prompt], prefix_embeds=prefix)
+        torch.testing.assert_close(features[arm], one[0], atol=1e-5, rtol=1e-4)
+
+
+def _wait_for_outer(root: Path, proc: subprocess.Popen, outer: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for path in (root / "mlruns").rglob("reveal/search_state.json"):
+            try:
+                if json.loads(path.read_text())["outer"] >= outer:
+                    return
+            except (json.JSONDecodeError, KeyError):
+                pass  # caught mid-write
+        time.sleep(0.01)
+    raise AssertionError(f"the search never reached outer {outer} (exit code {proc.poll()})")
+
+
+def test_sigkill_during_search_then_resume_matches_an_uninterrupted_run(
+    invoke, write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four outer iterations: after the first one there are still ~1 s of steps to interrupt.
+    spec = search_spec(outer=4, inner=3)
+    path = write_spec(spec)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "rrtool.cli", "run", str(path), "--phase", "reveal"]
+    with (tmp_path / "first.log").open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=log)
+        try:
+            _wait_for_outer(tmp_path, proc, outer=1, timeout=240)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    client, run = _only_run(tmp_path)
+    killed = json.loads(
+        _artifact(client, run.info.run_id, "reveal/search_state.json", tmp_path / "k")
+    )
+
+    resumed = subprocess.run(
+        [*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming search at outer {killed['outer']}" in resumed.stderr
+
+    client, run = _only_run(tmp_path)
+    run_id = run.info.run_id
+    trials = _jsonl(client, run_id, "reveal/trials.jsonl", tmp_path / "d1")
+    numbers = [t["trial"] for t in trials if t["trial"] is not None]
+    assert numbers == list(range(1, 2 + 4 * 3 + 1))  # no trial twice, none missing
+    state = json.loads(_artifact(client, run_id, "reveal/search_state.json", tmp_path / "d1"))
+    # Every instruction generated before the kill was reused, not generated again.
+    assert state["trials"][: len(killed["trials"])] == killed["trials"]
+    resumed_trials = state["trials"][len(killed["trials"]) :]
+    assert not any(t["instruction"] in killed["cache"] and not t["cached"] for t in resumed_trials)
+
+    # Same seed, uninterrupted, in a fresh store: identical trials and forget data.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "spec.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(fresh)
+    result = invoke("run", str(fresh / "spec.yaml"), "--phase", "reveal")
+    assert result.exit_code == 0, result.stderr
+    client2, run2 = _only_run(fresh)
+    clean = _jsonl(client2, run2.info.run_id, "reveal/trials.jsonl", tmp_path / "d2")
+    assert clean == trials
+    a = _jsonl(client, run_id, "reveal/forget.jsonl", tmp_path / "d3")
+    b = _jsonl(client2, run2.info.run_id, "reveal/forget.jsonl", tmp_path / "d4")
+    assert a == b
