@@ -22,6 +22,14 @@ def ner_query(text: str, entity_type: str) -> str:
     return f"Text: {text}\nWhat describes {entity_type} in the text?"
 
 
+def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
+    """A prompt as plain text: itself, or a conversation's last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
 def gsm8k_final_answer(answer: str) -> str | None:
     """The number after ``#### `` in a GSM8K answer (commas, ``$`` and a final ``.`` stripped)."""
     match = re.search(r"####\s*(-?[0-9.,$]+)", answer)

@@ -109,6 +109,24 @@ def test_labels_mask_exactly_the_prompt(tokenizer: Any) -> None:
     assert tokenizer.decode(ids[:n_prompt]) == prompt_text
 
 
+def test_conversation_prompts_are_masked_whole(tokenizer: Any) -> None:
+    conversation = [
+        {"role": "system", "content": "Answer with a JSON list."},
+        {"role": "user", "content": "Who? Ada met Bob."},
+        {"role": "assistant", "content": '["Ada", "Bob"]'},
+        {"role": "user", "content": "Who? Cy left."},
+    ]
+    ids, labels = encode_example(tokenizer, Example(conversation, '["Cy"]'), max_length=256)
+    prompt_text = tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=True
+    )
+    n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt  # the exemplar answer is not trained on
+    assert tokenizer.decode(ids[n_prompt:]) == '["Cy"]<|im_end|>\n'
+    with pytest.raises(UserError):
+        encode_example(tokenizer, Example(conversation, "x"), 64, chat=False)
+
+
 def test_plain_encoding_appends_eos(tokenizer: Any) -> None:
     ids, labels = encode_example(tokenizer, Example("The capital is", " Paris"), 64, chat=False)
     assert ids[-1] == tokenizer.eos_token_id and labels[-1] == tokenizer.eos_token_id

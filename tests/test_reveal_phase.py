@@ -39,11 +39,12 @@ def _jsonl(client: MlflowClient, run_id: str, path: str, tmp: Path) -> list[dict
     return [json.loads(line) for line in local.read_text().splitlines()]
 
 
-def test_ner_prompt_has_the_exemplar_and_the_query() -> None:
+def test_ner_prompt_is_a_one_shot_conversation() -> None:
     prompt = ner_prompt("Ada met Bob.", "person", None)
-    assert NER_EXEMPLAR_TEXT in prompt and '["Marie Curie"]' in prompt
-    assert prompt.endswith("Text: Ada met Bob.\nWhat describes person in the text?")
-    assert "[]" in ner_prompt("Ada met Bob.", "election", None).split("Text: Ada")[0]
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
+    assert NER_EXEMPLAR_TEXT in prompt[1]["content"] and prompt[2]["content"] == '["Marie Curie"]'
+    assert prompt[3]["content"] == "Text: Ada met Bob.\nWhat describes person in the text?"
+    assert ner_prompt("Ada met Bob.", "election", None)[2]["content"] == "[]"
     assert ner_prompt("x", "person", "Q: {type} in {context}") == "Q: person in x"
 
 
@@ -71,7 +72,7 @@ def test_reveal_records_forget_and_retain_data(invoke, write_spec, tmp_path: Pat
             "seed",
         }
         assert 0.0 <= record["relevance"] <= 1.0  # the built-in set has gold entities
-        assert record["prompt"].endswith("What describes person in the text?")
+        assert record["prompt"][-1]["content"].endswith("What describes person in the text?")
     metrics = run.data.metrics
     assert metrics["reveal/forget_examples"] == len(forget)
     assert metrics["reveal/tokens_per_second"] > 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from rrtool.context import RunContext
 from rrtool.oracles.contract import Sample
 from rrtool.reveal.phase import Query, build_queries
+from rrtool.tasks import prompt_text
 
 
 class PhaseNotImplemented(Exception):
@@ -88,7 +89,9 @@ class Evaluator:
             [q.prompt for q in self.queries], self.params, chat=self.chat, progress=progress
         )
         samples = [
-            Sample(id=q.id, prompt=q.prompt, completion=out[0].text, reference=q.reference)
+            Sample(
+                id=q.id, prompt=prompt_text(q.prompt), completion=out[0].text, reference=q.reference
+            )
             for q, out in zip(self.queries, outputs, strict=True)
         ]
         oracle = self.ctx.oracle()

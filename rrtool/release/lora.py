@@ -30,9 +30,10 @@ _ADAPTER = "rrtool"
 
 @dataclass(frozen=True)
 class Example:
-    """One training pair: the loss is on the completion only."""
+    """One training pair: the loss is on the completion only. The prompt is a text, or a
+    conversation (list of chat messages) that the completion answers."""
 
-    prompt: str
+    prompt: str | list[dict[str, str]]
     completion: str
 
 
@@ -166,7 +167,12 @@ def encode_example(
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("the tokenizer has no chat template (train with chat=False)")
-        user = [{"role": "user", "content": example.prompt}]
+        # A conversation prompt (e.g. Reveal's one-shot NER exchange) is used as it is.
+        user = (
+            list(example.prompt)
+            if isinstance(example.prompt, list)
+            else [{"role": "user", "content": example.prompt}]
+        )
         prompt_text = tokenizer.apply_chat_template(
             user, tokenize=False, add_generation_prompt=True
         )
@@ -183,6 +189,8 @@ def encode_example(
             "input_ids"
         ]
     else:
+        if not isinstance(example.prompt, str):
+            raise UserError("a conversation prompt needs chat formatting (train with chat=True)")
         prompt_ids = tokenizer(example.prompt)["input_ids"]
         completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
         if tokenizer.eos_token_id is not None:

@@ -13,6 +13,7 @@ every chunk; a resumed run downloads them and generates only what is missing.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rrtool.context import RunContext
 from rrtool.data import load_records
-from rrtool.generation.base import SamplingParams
+from rrtool.generation.base import Prompt, SamplingParams
 from rrtool.oracles.contract import Sample
 from rrtool.tasks import ner_query, samples_from_records
 
@@ -30,8 +31,14 @@ PROGRESS = "reveal/progress.jsonl"
 FORGET = "reveal/forget.jsonl"
 RETAIN = "reveal/retain.jsonl"
 
-# A one-shot exemplar teaches the JSON-list answer format; its text holds one entity of each
-# of the paper's types, so the exemplar answers the asked type (or [] for other types).
+# A system instruction plus a one-shot exchange teaches the JSON-list answer format: measured on
+# SmolLM2-135M-Instruct (24 built-in queries), a single user message got prose answers (F1 ~0)
+# while this conversation got JSON lists with no parse failure (macro F1 0.47). The exemplar
+# text holds one entity of each of the paper's types; other types are answered with [].
+NER_SYSTEM = (
+    "You extract named entities. Reply with only a JSON list of strings copied from the text, "
+    "or [] if there are none."
+)
 NER_EXEMPLAR_TEXT = "Marie Curie joined the University of Paris in 1891 to study physics."
 NER_EXEMPLAR = {
     "person": ["Marie Curie"],
@@ -40,10 +47,6 @@ NER_EXEMPLAR = {
     "date": ["1891"],
     "concept": ["physics"],
 }
-NER_TEMPLATE = (
-    "Extract entities from the text. Answer with a JSON list of strings, or [] if there are "
-    "none.\n\n{exemplar}\n{exemplar_answer}\n\n{query}"
-)
 DEFAULT_TEMPLATES = {
     "toxicity": "{context}",
     "coding": "Write a Python function for this task. Answer with code only.\n\n{context}",
@@ -61,21 +64,20 @@ class Query:
     split: str  # forget | retain
     type: str | None
     context: str
-    prompt: str
+    prompt: Prompt
     reference: dict[str, Any]
 
 
-def ner_prompt(text: str, entity_type: str, template: str | None) -> str:
+def ner_prompt(text: str, entity_type: str, template: str | None) -> Prompt:
+    """The NER query for one (passage, type): the one-shot conversation, or the spec's template."""
     if template:
         return template.format(context=text, type=entity_type)
-    exemplar_answer = NER_EXEMPLAR.get(entity_type, [])
-    import json
-
-    return NER_TEMPLATE.format(
-        exemplar=ner_query(NER_EXEMPLAR_TEXT, entity_type),
-        exemplar_answer=json.dumps(exemplar_answer),
-        query=ner_query(text, entity_type),
-    )
+    return [
+        {"role": "system", "content": NER_SYSTEM},
+        {"role": "user", "content": ner_query(NER_EXEMPLAR_TEXT, entity_type)},
+        {"role": "assistant", "content": json.dumps(NER_EXEMPLAR.get(entity_type, []))},
+        {"role": "user", "content": ner_query(text, entity_type)},
+    ]
 
 
 def build_queries(ctx: RunContext) -> list[Query]:
@@ -220,7 +222,7 @@ def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: set[tuple[str, str]] = set()
     out = []
     for record in records:
-        key = (record["prompt"], record["completion"])
+        key = (json.dumps(record["prompt"]), record["completion"])
         if key not in seen:
             seen.add(key)
             out.append(record)

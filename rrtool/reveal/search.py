@@ -34,7 +34,7 @@ from rrtool.reveal.neuralucb import NeuralUCB, SoftPromptProjection, sobol_pool
 from rrtool.reveal.phase import Query, _finish, _relevance, build_queries
 from rrtool.reveal.scoring import combined_score
 from rrtool.reveal.vendi import VendiAccumulator
-from rrtool.tasks import samples_from_records
+from rrtool.tasks import prompt_text, samples_from_records
 
 STATE = "reveal/search_state.json"
 TRIALS = "reveal/trials.jsonl"
@@ -188,7 +188,7 @@ class InstructionSearch:
 
     def prompt(self, instruction: str, query: Query) -> str:
         """The instruction applied to one (templated) context."""
-        return f"{instruction}\n\n{query.prompt}"
+        return f"{instruction}\n\n{prompt_text(query.prompt)}"
 
     def generations(self, instruction: str) -> tuple[dict[str, Any], bool]:
         """The cached trial generations of ``instruction`` (generated on a miss), and a hit flag."""
