@@ -285,7 +285,12 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     searched = (weights.mu0 is None) + iterations * (
         (weights.lambdas is None) + (weights.mus is None)
     )
-    evals = searched * search.budget * search.eval_size * 2  # forget and utility per candidate
+    # One evaluation = eval_size passages x every forget and retained type (NER), scored for both
+    # forget and utility; plus the base model and a re-score of the merged model after each step.
+    per_eval = search.eval_size * max(
+        1, len(spec.target.forget_types) + len(spec.target.retain_types)
+    )
+    evals = (searched * search.budget + 1 + 1 + 2 * iterations) * per_eval
     steps = [
         Step(
             "forget F0",
@@ -308,7 +313,7 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     steps.append(
         Step(
             "weight search",
-            f"{searched} weights x {search.budget} candidates x {search.eval_size} prompts "
+            f"{searched} weights x <= {search.budget} candidates, each {per_eval} prompts "
             f"(rules: forget >= {release.rules.forget_fraction:.0%} of what remains, "
             f"utility >= {release.rules.utility_recovery:.0%} of iteration start)",
             {"evaluations": evals},

@@ -78,7 +78,10 @@ def test_explicit_weights_are_not_searched(invoke, write_spec) -> None:
     steps = {s["name"]: s for s in plan["phases"][1]["steps"]}
     assert "mu0 = 0.5 (given)" in steps["forget F0"]["detail"]
     assert "mu2 = 0.1 (given)" in steps["iteration 2"]["detail"]
-    assert steps["weight search"]["estimate"]["evaluations"] == 0
+    # Nothing searched: only the base model and one re-score after each applied step
+    # (F0, R1, F1, R2, F2), each over 64 passages x (person, location).
+    assert steps["weight search"]["estimate"]["evaluations"] == (1 + 1 + 2 * 2) * 64 * 2
+    assert steps["weight search"]["detail"].startswith("0 weights")
 
 
 def test_stopping_cap_limits_planned_iterations(invoke, write_spec) -> None:
