@@ -362,7 +362,8 @@ class RulesSpec(_Section):
         default=0.95,
         gt=0.0,
         le=1.5,
-        description="lambda_i must bring utility back to this share of the iteration's start.",
+        description="lambda_i must bring utility back to this share of what it was just before "
+        "the preceding forget subtraction.",
     )
 
 

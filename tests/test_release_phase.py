@@ -301,3 +301,14 @@ def test_utility_floor_reverts_the_iteration_and_stops(
     ]
     assert tracker.tags()["rrtool.release.stop_reason"] == summary["stop_reason"]
     _assert_equals_rebuild(ctx, tracker, tmp_path / "a")  # the model holds F0 only
+
+
+def test_lambda_restores_the_utility_from_before_the_last_subtraction() -> None:
+    from rrtool.release.phase import utility_reference
+
+    state = {"u0": 0.5, "stack": []}
+    assert utility_reference(state) == 0.5
+    state["stack"] = [{"kind": "forget", "u": 0.3}]  # F0 applied: restore the base's utility
+    assert utility_reference(state) == 0.5
+    state["stack"] += [{"kind": "retain", "u": 0.45}, {"kind": "forget", "u": 0.35}]
+    assert utility_reference(state) == 0.45  # F1 took utility from 0.45

@@ -222,7 +222,7 @@ class _Release:
                 "mu" if step.kind == "forget" else "lambda",
                 evaluate,
                 start.s,
-                start.u,
+                start.u if step.kind == "forget" else utility_reference(self.state),
                 search,
                 self.spec.release.rules,
                 progress=seen,
@@ -386,6 +386,21 @@ class _Release:
             "u": final["u"],
             "stop_reason": reason,
         }
+
+
+def utility_reference(state: dict[str, Any]) -> float:
+    """What lambda must restore: the utility just before the latest forget subtraction.
+
+    The paper's rule reads "95% of the iteration's start", but an iteration starts right after
+    a subtraction, so that reference is already the damaged utility and the smallest weight
+    always passes (seen on SmolLM2: lambda = 0.004). Recovering what the subtraction took is
+    the rule's intent.
+    """
+    stack = state["stack"]
+    forgets = [i for i, entry in enumerate(stack) if entry["kind"] == "forget"]
+    if not forgets or forgets[-1] == 0:
+        return float(state["u0"])
+    return float(stack[forgets[-1] - 1]["u"])
 
 
 def run_release(ctx: RunContext) -> dict[str, Any]:

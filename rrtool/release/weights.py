@@ -20,7 +20,8 @@ Selection among everything evaluated (so a non-monotone response cannot fool it)
 - mu: the smallest weight with ``s_w <= (1 - forget_fraction) * s_start``; else the weight with
   the largest forget drop among those that lose less utility than forget score
   (``s_start - s_w > u_start - u_w``); else the smallest candidate.
-- lambda: the smallest weight with ``u_w >= utility_recovery * u_start``; else the weight with
+- lambda: the smallest weight with ``u_w >= utility_recovery * u_start`` (the phase passes, as
+  ``u_start``, the utility from before the preceding forget subtraction); else the weight with
   the highest utility.
 """
 
