@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +72,24 @@ def invoke() -> Callable[..., Result]:
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture
+def one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One intra-op torch thread for tests of tiny models and matrices (opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    They gain nothing from more threads, and on a busy 2-core machine threads waiting for each
+    other made them 8-30x slower. Slow tests on the real model keep the default.
+    """
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -49,19 +49,7 @@ def handle(model_cache: Path) -> Iterator[LoadedModel]:
         yield load_model(ModelSpec(id="builtin:tiny-random", device="cpu", dtype="float32"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(request: pytest.FixtureRequest) -> Iterator[None]:
-    """One intra-op thread for the tiny model: a 16-wide model gains nothing from more, and on
-    a busy 2-core machine threads waiting for each other made these tests ~15x slower."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

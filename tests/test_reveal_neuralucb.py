@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -15,15 +13,7 @@ from rrtool.reveal.neuralucb import (
     train_mlp,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These pools are tiny: on a shared 2-core box, intra-op threads only add barrier waits
-    # (measured ~15x slower for a 400-arm UCB pass), which would blow the suite's time budget.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _features(n: int, h: int, seed: int) -> torch.Tensor:

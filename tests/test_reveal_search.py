@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,7 @@ from rrtool.reveal.search import InstructionSearch, first_sentence
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Tracker, resolve_store
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # The test machine's cores are shared: one intra-op thread, restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def search_spec(outer: int = 2, inner: int = 2) -> dict[str, Any]:

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from rrtool.reveal.vendi import VendiAccumulator, normalise_vendi, vendi_score
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Small eigenproblems: on a shared 2-core box intra-op threads only add barrier stalls
-    # (seen: a 200 x 200 eigvalsh taking 4 s instead of 2 ms).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random(n: int, d: int, seed: int) -> torch.Tensor:
