@@ -17,5 +17,10 @@ class UserError(Exception):
         self.messages = list(messages)
 
 
+class PhaseNotImplemented(Exception):
+    """The spec asks a phase for something this version cannot do yet (a strategy, a task
+    kind). Not an error of the user's: the runner stops the run cleanly and records why."""
+
+
 class SpecError(UserError):
     """The spec file (or an override of it) is not valid."""

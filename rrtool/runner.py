@@ -18,7 +18,7 @@ from rich.console import Console
 
 from rrtool.console import print_plan
 from rrtool.context import RunContext
-from rrtool.errors import UserError
+from rrtool.errors import PhaseNotImplemented, UserError
 from rrtool.plan import build_plan
 from rrtool.spec_loader import LoadedSpec
 from rrtool.tracking import (
@@ -119,22 +119,16 @@ def _record_model(ctx: RunContext) -> None:
 def _run_phase(ctx: RunContext, name: str) -> str | None:
     """Run one phase; returns why the run must stop here, or None to go on."""
     if name == "reveal":
-        from rrtool.reveal.phase import StrategyNotImplemented, run_reveal
-
-        try:
-            run_reveal(ctx)
-        except StrategyNotImplemented as exc:
-            return str(exc)
-        return None
-    if name == "release":
-        from rrtool.release.phase import PhaseNotImplemented, run_release
-
-        try:
-            run_release(ctx)
-        except PhaseNotImplemented as exc:
-            return str(exc)
-        return None
-    return f"the {name} phase is not implemented in this version of rrtool"
+        from rrtool.reveal.phase import run_reveal as run
+    elif name == "release":
+        from rrtool.release.phase import run_release as run
+    else:
+        return f"the {name} phase is not implemented in this version of rrtool"
+    try:
+        run(ctx)
+    except PhaseNotImplemented as exc:
+        return str(exc)
+    return None
 
 
 def run_spec(

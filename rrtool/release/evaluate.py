@@ -17,13 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rrtool.context import RunContext
+from rrtool.errors import PhaseNotImplemented
 from rrtool.oracles.contract import Sample
 from rrtool.reveal.phase import Query, build_queries
 from rrtool.tasks import prompt_text
-
-
-class PhaseNotImplemented(Exception):
-    """The spec asks for something the Release phase of this version cannot do yet."""
 
 
 @dataclass(frozen=True)

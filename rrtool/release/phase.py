@@ -31,10 +31,10 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rrtool.context import RunContext
-from rrtool.errors import UserError
+from rrtool.errors import PhaseNotImplemented, UserError
 from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
-from rrtool.release.evaluate import Evaluator, PhaseNotImplemented, Scores
+from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.lora import Example, LoraModule, train_lora
 from rrtool.release.weights import Step, explicit_weight, schedule, search_weight
 from rrtool.reveal.phase import FORGET, RETAIN

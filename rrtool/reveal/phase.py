@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rrtool.context import RunContext
 from rrtool.data import load_records
+from rrtool.errors import PhaseNotImplemented
 from rrtool.generation.base import Prompt, SamplingParams
 from rrtool.oracles.contract import Sample
 from rrtool.tasks import ner_query, samples_from_records
@@ -52,10 +53,6 @@ DEFAULT_TEMPLATES = {
     "coding": "Write a Python function for this task. Answer with code only.\n\n{context}",
     "custom": "{context}",
 }
-
-
-class StrategyNotImplemented(Exception):
-    """The spec asks for a Reveal strategy this version cannot run yet."""
 
 
 @dataclass
@@ -153,7 +150,7 @@ def run_reveal(ctx: RunContext) -> dict[str, int]:
 
         return run_search(ctx)
     if spec.reveal.strategy != "direct":
-        raise StrategyNotImplemented(
+        raise PhaseNotImplemented(
             f"reveal.strategy `{spec.reveal.strategy}` is not implemented in this version "
             "(use `direct`)"
         )
