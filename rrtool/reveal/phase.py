@@ -26,7 +26,7 @@ from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented
 from rrtool.generation.base import Prompt, SamplingParams
 from rrtool.oracles.contract import Sample
-from rrtool.tasks import ner_query, samples_from_records
+from rrtool.tasks import ner_query, prompt_text, samples_from_records
 
 PROGRESS = "reveal/progress.jsonl"
 FORGET = "reveal/forget.jsonl"
@@ -131,7 +131,7 @@ def _relevance(ctx: RunContext, queries: list[Query], completions: list[str]) ->
         samples = [
             Sample(
                 id=queries[i].id,
-                prompt=queries[i].prompt,
+                prompt=prompt_text(queries[i].prompt),
                 completion=completions[i],
                 reference=queries[i].reference,
             )
