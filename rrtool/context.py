@@ -30,6 +30,10 @@ class RunContext:
     console: Console
     workdir: Path
     """Local scratch for this run (partial files before upload); safe to delete."""
+    model_state: str = "base"
+    """What the loaded weights are: ``base``, ``released`` (the run's final stack applied) or
+    ``modified`` (anything else, e.g. Release interrupted mid-way). Phases that need a given
+    state check it rather than assume (the audit measures the base model, then the released)."""
     _model: LoadedModel | None = field(default=None, repr=False)
     _generator: Generator | None = field(default=None, repr=False)
     _oracles: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -45,6 +49,16 @@ class RunContext:
             with self.console.status(f"Loading model {self.spec.model.id} ..."):
                 self._model = load_model(self.spec.model)
         return self._model
+
+    def reload_model(self) -> LoadedModel:
+        """Drop the loaded model (and the generator over it); load the base weights again."""
+        self._model = None
+        self._generator = None
+        self.model_state = "base"
+        import gc
+
+        gc.collect()  # the old weights go before the new ones arrive
+        return self.model()
 
     def generator(self) -> Generator:
         if self._generator is None:

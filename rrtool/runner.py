@@ -116,6 +116,44 @@ def _record_model(ctx: RunContext) -> None:
     )
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) so the next reading is per phase."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory since the last reset (Linux), else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed_phase(ctx: RunContext, name: str) -> str | None:
+    """Run a phase and record its wall time and peak memory (``phase/NAME/*`` metrics)."""
+    per_phase = _reset_peak_rss()
+    started = time.perf_counter()
+    try:
+        return _run_phase(ctx, name)
+    finally:
+        seconds = time.perf_counter() - started
+        peak = _peak_rss_mb()
+        ctx.tracker.log_metrics(
+            {f"phase/{name}/seconds": seconds, f"phase/{name}/peak_rss_mb": peak}
+        )
+        scope = "phase" if per_phase else "process so far"
+        ctx.console.print(f"{name}: {seconds:.1f} s, peak memory {peak:,.0f} MB ({scope})")
+
+
 def _run_phase(ctx: RunContext, name: str) -> str | None:
     """Run one phase; returns why the run must stop here, or None to go on."""
     if name == "reveal":
@@ -123,7 +161,7 @@ def _run_phase(ctx: RunContext, name: str) -> str | None:
     elif name == "release":
         from rrtool.release.phase import run_release as run
     else:
-        return f"the {name} phase is not implemented in this version of rrtool"
+        from rrtool.audit.phase import run_audit as run
     try:
         run(ctx)
     except PhaseNotImplemented as exc:
@@ -157,7 +195,7 @@ def run_spec(
             if name in done:
                 console.print(f"{name}: already done in this run, skipped")
                 continue
-            stop = _run_phase(ctx, name)
+            stop = _timed_phase(ctx, name)
             if stop:
                 tracker.finish("FINISHED", "stopped")
                 tracker.set_tags({"rrtool.stop_reason": stop})

@@ -462,7 +462,23 @@ class AuditSpec(_Section):
     retain_eval: DataSource | None = Field(
         default=None, description="Held-out data to measure utility (default: retain data)."
     )
-    eval_size: int = Field(default=200, ge=1, description="Evaluation records per metric.")
+    eval_size: int = Field(
+        default=200,
+        ge=1,
+        description="Evaluation records per metric (NER passages, prompts, GSM8K questions, "
+        "perplexity windows).",
+    )
+    toxicity_samples: int = Field(
+        default=25,
+        ge=1,
+        le=256,
+        description="Completions per prompt in the RealToxicityPrompts protocol (paper: 25; "
+        "20 new tokens, nucleus p = 0.9).",
+    )
+    gsm8k_shots: int = Field(default=5, ge=0, le=16, description="Few-shot examples for GSM8K.")
+    perplexity_window: int = Field(
+        default=512, ge=8, description="Tokens per disjoint perplexity window."
+    )
     sample_answers: int = Field(
         default=5, ge=0, description="Before/after answers shown side by side in the report."
     )

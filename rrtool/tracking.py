@@ -158,8 +158,10 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
 
 def prepare_mlflow() -> None:
     """Before importing mlflow: no usage telemetry from an offline tool unless the user
-    opts in (MLFLOW_DISABLE_TELEMETRY=false)."""
+    opts in (MLFLOW_DISABLE_TELEMETRY=false), and no artifact progress bars."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Its per-file tqdm bars would bury rrtool's own progress (a resume downloads dozens).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _quiet_mlflow_logs() -> None:

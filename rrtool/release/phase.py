@@ -36,14 +36,13 @@ from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
 from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.lora import Example, LoraModule, train_lora
+from rrtool.release.stack import MODULES, STATE, download_module
 from rrtool.release.weights import Step, explicit_weight, schedule, search_weight
 from rrtool.reveal.phase import FORGET, RETAIN
 
 STEPS = "release/steps.jsonl"
 CANDIDATES = "release/candidates.jsonl"
 SIMILARITY = "release/similarity.jsonl"
-STATE = "release/state.json"
-MODULES = "release/modules"
 STOP_TAG = "rrtool.release.stop_reason"
 
 __all__ = ["PhaseNotImplemented", "run_release", "schedule"]
@@ -148,16 +147,7 @@ class _Release:
             self.masters.apply(module, entry["coefficient"])
 
     def _download(self, entry: dict[str, Any]) -> LoraModule:
-        target = self.ctx.workdir / "downloaded"
-        client, run_id = self.tracker.client, self.tracker.run_id
-        local = client.download_artifacts(run_id, entry["artifact"], str(target))
-        client.download_artifacts(
-            run_id, entry["artifact"].replace(".safetensors", ".json"), str(target)
-        )
-        module = LoraModule.load(local)
-        if module.sha256() != entry["sha256"]:
-            raise UserError(f"release: {entry['artifact']} does not match the recorded sha256")
-        return module
+        return download_module(self.tracker, entry, self.ctx.workdir / "downloaded")
 
     def _upload_records(self) -> None:
         self.tracker.log_jsonl(self.steps, STEPS)
@@ -410,5 +400,8 @@ def run_release(ctx: RunContext) -> dict[str, Any]:
             f"release.strategy `{ctx.spec.release.strategy}` is not implemented"
         )
     release = _Release(ctx)
+    ctx.model_state = "modified"  # from here on the loaded weights are not the base's
     release.restore()
-    return release.run()
+    summary = release.run()
+    ctx.model_state = "released"
+    return summary

@@ -78,34 +78,54 @@ def ner_prompt(text: str, entity_type: str, template: str | None) -> Prompt:
 
 
 def build_queries(ctx: RunContext) -> list[Query]:
+    """Reveal's queries over ``reveal.contexts`` (NER: retained types only with
+    ``retain.self_generated``)."""
     spec = ctx.spec
-    source = spec.reveal.contexts
-    records = load_records(source)
+    records = load_records(spec.reveal.contexts)
     if spec.target.kind == "ner":
-        gold: dict[tuple[str, str], list[str]] = {}
-        passages: list[str] = []
-        for record in records:
-            text = record.get("text") or record.get("prompt") or ""
-            if text not in gold and text not in passages:
-                passages.append(text)
-            if "type" in record:
-                gold[(text, record["type"])] = record.get("entities", [])
-        wanted = [("forget", t) for t in spec.target.forget_types]
-        if spec.retain.self_generated:
-            wanted += [("retain", t) for t in spec.target.retain_types]
-        queries = []
-        for index, text in enumerate(passages):
-            for split, entity_type in wanted:
-                reference = {"type": entity_type}
-                if (text, entity_type) in gold:
-                    reference["entities"] = gold[(text, entity_type)]
-                prompt = ner_prompt(text, entity_type, spec.reveal.template)
-                queries.append(
-                    Query(f"{index}:{entity_type}", split, entity_type, text, prompt, reference)
-                )
-        return queries
-    template = spec.reveal.template or DEFAULT_TEMPLATES[spec.target.kind]
-    samples = samples_from_records(source.format, records)
+        retain = spec.target.retain_types if spec.retain.self_generated else []
+        return ner_queries(records, spec.target.forget_types, retain, spec.reveal.template)
+    return task_queries(
+        spec.target.kind, spec.reveal.contexts.format, records, spec.reveal.template
+    )
+
+
+def ner_queries(
+    records: list[dict[str, Any]],
+    forget_types: list[str],
+    retain_types: list[str],
+    template: str | None,
+) -> list[Query]:
+    """One query per (passage, type); gold entities go into the reference where the records
+    have them (UniversalNER records are one per passage and type)."""
+    gold: dict[tuple[str, str], list[str]] = {}
+    passages: list[str] = []
+    for record in records:
+        text = record.get("text") or record.get("prompt") or ""
+        if text not in gold and text not in passages:
+            passages.append(text)
+        if "type" in record:
+            gold[(text, record["type"])] = record.get("entities", [])
+    wanted = [("forget", t) for t in forget_types] + [("retain", t) for t in retain_types]
+    queries = []
+    for index, text in enumerate(passages):
+        for split, entity_type in wanted:
+            reference = {"type": entity_type}
+            if (text, entity_type) in gold:
+                reference["entities"] = gold[(text, entity_type)]
+            prompt = ner_prompt(text, entity_type, template)
+            queries.append(
+                Query(f"{index}:{entity_type}", split, entity_type, text, prompt, reference)
+            )
+    return queries
+
+
+def task_queries(
+    kind: str, fmt: str, records: list[dict[str, Any]], template: str | None
+) -> list[Query]:
+    """Queries for the non-NER kinds: the record's prompt in the kind's template."""
+    template = template or DEFAULT_TEMPLATES[kind]
+    samples = samples_from_records(fmt, records)
     return [
         Query(s.id, "forget", None, s.prompt, template.format(context=s.prompt), dict(s.reference))
         for s in samples

@@ -1,0 +1,120 @@
+"""The audit phase of ``rrtool run``: the spec's forget and utility measurements on the base
+model and on the released model, recorded in the run.
+
+Run records: ``audit/before.json`` and ``audit/after.json`` (every evaluation with its metrics,
+definition, scorer and answers), ``audit/summary.json`` (headline metric per measurement,
+before, after, change), ``audit/probes.json``; metrics ``audit/<measure>/<metric>`` at step 0
+(before) and step 1 (after). Resume: a recorded side is not measured again.
+
+The base model is measured on fresh base weights (reloaded if Release changed the loaded
+ones); the released model is the base plus the recorded module stack (``rebuild``), which is
+bit-identical to the weights Release ended with, so an audit resumed in a new process
+measures the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from rrtool.context import RunContext
+from rrtool.evaluators.base import Evaluation
+from rrtool.evaluators.suite import EvaluationSuite
+from rrtool.release.stack import apply_stack, load_stack
+
+BEFORE = "audit/before.json"
+AFTER = "audit/after.json"
+SUMMARY = "audit/summary.json"
+PROBES = "audit/probes.json"
+PROBE_NAMES = ("relearning", "elicitation", "membership")
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow-safe metric name (it allows letters, digits, ``_-. /`` only)."""
+    return "/".join(re.sub(r"[^A-Za-z0-9_\-. ]", "_", p.replace("@", "_at_")) for p in parts)
+
+
+def _measure(ctx: RunContext, suite: EvaluationSuite, side: str) -> dict[str, Any]:
+    ctx.console.print(f"audit: measuring the {side} model ...")
+    results: dict[str, Evaluation] = suite.run()
+    recorded = {key: evaluation.to_dict() for key, evaluation in results.items()}
+    step = 0 if side == "base" else 1
+    metrics = {
+        metric_key("audit", key, name): value
+        for key, evaluation in results.items()
+        for name, value in evaluation.metrics.items()
+        if value == value  # NaN is not a metric value MLflow keeps
+    }
+    ctx.tracker.log_metrics(metrics, step=step)
+    return recorded
+
+
+def _released(ctx: RunContext) -> None:
+    """Make the loaded model the released one."""
+    if ctx.model_state == "released":
+        return
+    if ctx.model_state != "base":
+        ctx.reload_model()
+    stack = load_stack(ctx.tracker, ctx.workdir / "downloaded")
+    apply_stack(ctx.model().model, stack)
+    ctx.model_state = "released"
+    ctx.console.print(f"audit: released model = base + {len(stack)} recorded module(s)")
+
+
+def summarise(
+    suite_headlines: dict[str, Any], before: dict[str, Any], after: dict[str, Any]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, headline in suite_headlines.items():
+        b = before.get(key, {}).get("metrics", {}).get(headline.metric)
+        a = after.get(key, {}).get("metrics", {}).get(headline.metric)
+        change = None if a is None or b is None or b == 0 else (a - b) / abs(b)
+        out[key] = {
+            "metric": headline.metric,
+            "better": headline.better,
+            "before": b,
+            "after": a,
+            "relative_change": change,
+        }
+    return out
+
+
+def run_audit(ctx: RunContext) -> dict[str, Any]:
+    tracker = ctx.tracker
+    suite = EvaluationSuite(ctx)  # data and options checked before any model work
+    before_text = tracker.read_text(BEFORE)
+    if before_text is None:
+        if ctx.model_state != "base":
+            ctx.reload_model()
+        before = _measure(ctx, suite, "base")
+        tracker.log_dict(before, BEFORE)
+    else:
+        before = json.loads(before_text)
+        ctx.console.print("audit: base model already measured in this run")
+    _released(ctx)
+    after = _measure(ctx, suite, "released")
+    tracker.log_dict(after, AFTER)
+    summary = summarise(suite.headlines, before, after)
+    tracker.log_dict(summary, SUMMARY)
+    probes = {
+        name: {"requested": True, "status": "not run: not implemented in this version of rrtool"}
+        for name in PROBE_NAMES
+        if getattr(ctx.spec.audit.probes, name)
+    }
+    tracker.log_dict(probes, PROBES)
+    for key, row in summary.items():
+        ctx.console.print(
+            f"audit: {key} {row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])} "
+            f"({row['better']} is better)"
+        )
+    if probes:
+        ctx.console.print(
+            f"[yellow]audit: probes {', '.join(probes)} requested but not run "
+            "(not implemented in this version)[/yellow]"
+        )
+    return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

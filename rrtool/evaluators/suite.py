@@ -1,0 +1,297 @@
+"""The spec's two measurements, forget and utility, on whatever model is loaded now.
+
+Which evaluator measures what is decided once, here, from ``target.kind`` and
+``retain.utility``:
+
+============  =========================================  ======================================
+kind          forget (``audit.forget_eval``, default:     utility (``audit.retain_eval``,
+              ``reveal.contexts``)                        default: ``retain.data``)
+============  =========================================  ======================================
+ner           ``ner_f1`` on the forget types (macro F1)  ``ner_f1`` on the retained types
+toxicity      RealToxicityPrompts protocol, scored by    word perplexity on raw text
+              the spec's oracle
+coding        the spec's oracle (pass@1), greedy         GSM8K accuracy, few-shot
+custom        the spec's oracle, mean score              ``retain.utility`` (required)
+============  =========================================  ======================================
+
+``retain.utility`` overrides the utility column: ``perplexity``, ``gsm8k_accuracy`` or any
+installed oracle plugin (mean score over the retain-eval prompts). Each measurement has a
+*headline* metric and a direction, which the report and ``rrtool runs`` show.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rrtool.context import RunContext
+from rrtool.data import load_records
+from rrtool.errors import UserError
+from rrtool.evaluators import gsm8k
+from rrtool.evaluators.base import Evaluation
+from rrtool.evaluators.generated import Item, oracle_evaluation
+from rrtool.evaluators.perplexity import perplexity
+from rrtool.generation.base import Generator, SamplingParams, make_generator
+from rrtool.reveal.phase import ner_queries, task_queries
+from rrtool.spec import DataSource
+
+BUILTIN_UTILITY = ("perplexity", "gsm8k_accuracy")
+
+
+@dataclass(frozen=True)
+class Headline:
+    metric: str
+    better: Literal["lower", "higher"]
+
+
+Measure = Callable[[], Evaluation]
+
+
+def _sample(records: list[Any], size: int, seed: int) -> list[Any]:
+    """A seeded subset of at most ``size`` records, in their original order."""
+    if len(records) <= size:
+        return list(records)
+    keep = set(random.Random(seed).sample(range(len(records)), size))
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+def _with_mean(evaluation: Evaluation) -> Evaluation:
+    scores = [a["score"] for a in evaluation.answers if a.get("score") is not None]
+    metrics = dict(evaluation.metrics)
+    if scores:
+        metrics.setdefault("mean_score", sum(scores) / len(scores))
+    return Evaluation(
+        evaluation.name,
+        metrics,
+        evaluation.definition,
+        evaluation.scorer,
+        evaluation.count,
+        evaluation.answers,
+    )
+
+
+class EvaluationSuite:
+    """Builds the forget and utility measurements of a spec; ``run()`` measures the model
+    currently held by ``ctx`` (adapters and merged updates included)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.spec = ctx.spec
+        self.measures: dict[str, Measure] = {}
+        self.headlines: dict[str, Headline] = {}
+        self._generator_cache: Generator | None = None
+        self._generator_for: Any = None
+        self._forget()
+        self._utility()
+
+    # -------------------------------------------------------------- plumbing
+    def _generator(self) -> Generator:
+        """The HF backend over the model loaded *now*: it sees merged updates and attached
+        adapters, which a separate engine (vLLM) holding its own copy of the weights would not."""
+        handle = self.ctx.model()
+        if self._generator_for is not handle:
+            batch = self.spec.reveal.generation.batch_size
+            self._generator_cache = make_generator("hf", handle, batch_size=batch)
+            self._generator_for = handle
+        assert self._generator_cache is not None
+        return self._generator_cache
+
+    def _chat(self) -> bool:
+        return bool(getattr(self.ctx.model().tokenizer, "chat_template", None))
+
+    def _greedy(self) -> SamplingParams:
+        gen = self.spec.reveal.generation
+        return SamplingParams(
+            max_new_tokens=gen.max_new_tokens, temperature=0.0, stop=tuple(gen.stop)
+        )
+
+    def _generate_text(self, params: SamplingParams) -> Callable[[list[str]], list[str]]:
+        def generate(prompts: list[str]) -> list[str]:
+            outputs = self._generator().generate(prompts, params, chat=False)
+            return [o[0].text for o in outputs]
+
+        return generate
+
+    def _oracle_measure(
+        self,
+        name: str,
+        items: list[Item],
+        params: SamplingParams,
+        *,
+        chat: bool,
+        definition: str,
+        oracle: tuple[str, dict[str, Any]] | None = None,
+        subsets: dict[str, Callable[[dict[str, Any]], bool]] | None = None,
+    ) -> Measure:
+        def measure() -> Evaluation:
+            found = self.ctx.oracle(*oracle) if oracle else self.ctx.oracle()
+            return _with_mean(
+                oracle_evaluation(
+                    name,
+                    self._generator(),
+                    found,
+                    items,
+                    params,
+                    chat=chat,
+                    definition=definition,
+                    subsets=subsets,
+                )
+            )
+
+        return measure
+
+    # ---------------------------------------------------------------- forget
+    def _forget(self) -> None:
+        spec, audit = self.spec, self.spec.audit
+        source = audit.forget_eval or spec.reveal.contexts
+        records = load_records(source)
+        kind = spec.target.kind
+        if kind == "ner":
+            self._ner(records)
+            return
+        queries = task_queries(kind, source.format, records, spec.reveal.template)
+        queries = _sample(queries, audit.eval_size, spec.seed)
+        items = [Item(q.id, q.prompt, q.reference) for q in queries]
+        if kind == "toxicity":
+            params = SamplingParams(
+                max_new_tokens=20,
+                temperature=1.0,
+                top_p=0.9,
+                num_samples=audit.toxicity_samples,
+                seed=spec.seed,
+            )
+            self.measures["forget"] = self._oracle_measure(
+                "toxicity",
+                items,
+                params,
+                chat=False,
+                definition=f"RealToxicityPrompts protocol: {audit.toxicity_samples} samples per "
+                "prompt, 20 new tokens, nucleus p = 0.9; expected max toxicity = mean over prompts "
+                "of the highest score; rates = share of prompts with a sample over the threshold",
+                subsets={
+                    "challenging": lambda r: bool(r.get("challenging")),
+                    "non_challenging": lambda r: not r.get("challenging"),
+                },
+            )
+            self.headlines["forget"] = Headline("expected_max_toxicity", "lower")
+        else:
+            self.measures["forget"] = self._oracle_measure(
+                spec.oracle.name,
+                items,
+                self._greedy(),
+                chat=self._chat(),
+                definition=f"greedy answers to {len(items)} prompts scored by `{spec.oracle.name}`",
+            )
+            metric = "pass@1" if kind == "coding" else "mean_score"
+            self.headlines["forget"] = Headline(metric, "lower")
+
+    def _ner(self, records: list[dict[str, Any]]) -> None:
+        spec = self.spec
+        queries = [
+            q
+            for q in ner_queries(
+                records, spec.target.forget_types, spec.target.retain_types, spec.reveal.template
+            )
+            if "entities" in q.reference
+        ]
+        passages = _sample(
+            list(dict.fromkeys(q.context for q in queries)), spec.audit.eval_size, spec.seed
+        )
+        chosen = set(passages)
+        queries = [q for q in queries if q.context in chosen]
+        if not any(q.split == "forget" for q in queries):
+            raise UserError(
+                "audit: no evaluation passage has gold entities for the forget types "
+                f"{spec.target.forget_types} (give audit.forget_eval in universalner format)"
+            )
+        for split, key in (("forget", "forget"), ("retain", "utility")):
+            items = [Item(q.id, q.prompt, q.reference) for q in queries if q.split == split]
+            if not items:
+                continue
+            types = sorted({q.type or "" for q in queries if q.split == split})
+            self.measures[key] = self._oracle_measure(
+                f"ner_{key}",
+                items,
+                self._greedy(),
+                chat=self._chat(),
+                definition=f"greedy UniversalNER answers on {len(passages)} passages, types "
+                f"{', '.join(types)}; F1 per type (micro over queries), macro_f1 = their mean",
+            )
+            self.headlines[key] = Headline("macro_f1", "higher" if key == "utility" else "lower")
+
+    # --------------------------------------------------------------- utility
+    def _utility(self) -> None:
+        spec, audit = self.spec, self.spec.audit
+        chosen = spec.retain.utility.name if spec.retain.utility else None
+        if chosen is None and "utility" in self.measures:  # NER: retained types
+            return
+        chosen = chosen or {"toxicity": "perplexity", "coding": "gsm8k_accuracy"}.get(
+            spec.target.kind
+        )
+        if chosen is None:
+            raise UserError(
+                "audit: give retain.utility (perplexity, gsm8k_accuracy or an oracle plugin) "
+                f"to measure utility for target.kind `{spec.target.kind}`"
+            )
+        source = audit.retain_eval or spec.retain.data
+        if source is None:
+            raise UserError(
+                f"audit: utility `{chosen}` needs evaluation data: set audit.retain_eval"
+            )
+        if chosen == "perplexity":
+            self.measures["utility"] = self._perplexity(source)
+            self.headlines["utility"] = Headline("word_perplexity", "lower")
+        elif chosen == "gsm8k_accuracy":
+            self.measures["utility"] = self._gsm8k(source)
+            self.headlines["utility"] = Headline("flexible_accuracy", "higher")
+        else:
+            options = spec.retain.utility.options if spec.retain.utility else {}
+            records = load_records(source)
+            queries = _sample(
+                task_queries("custom", source.format, records, None), audit.eval_size, spec.seed
+            )
+            self.measures["utility"] = self._oracle_measure(
+                chosen,
+                [Item(q.id, q.prompt, q.reference) for q in queries],
+                self._greedy(),
+                chat=self._chat(),
+                definition=f"greedy answers to {len(queries)} prompts scored by `{chosen}`",
+                oracle=(chosen, options),
+            )
+            self.headlines["utility"] = Headline("mean_score", "higher")
+
+    def _perplexity(self, source: DataSource) -> Measure:
+        window = self.spec.audit.perplexity_window
+        if source.format != "text":
+            raise UserError(
+                f"audit: perplexity needs raw text (format: text), not `{source.format}`"
+            )
+        text = "\n".join(r["text"] for r in load_records(source))
+
+        def measure() -> Evaluation:
+            handle = self.ctx.model()
+            return perplexity(
+                handle.model,
+                handle.tokenizer,
+                text,
+                window=window,
+                max_tokens=self.spec.audit.eval_size * window,
+            )
+
+        return measure
+
+    def _gsm8k(self, source: DataSource) -> Measure:
+        if source.format != "gsm8k":
+            raise UserError(f"audit: GSM8K accuracy needs gsm8k records, not `{source.format}`")
+        shots = self.spec.audit.gsm8k_shots
+        records = load_records(source)
+        exemplars, rest = gsm8k.split_shots(records, shots)
+        evaluated = exemplars + _sample(rest, self.spec.audit.eval_size, self.spec.seed)
+        params = SamplingParams(max_new_tokens=256, temperature=0.0, stop=gsm8k.STOP)
+        return lambda: gsm8k.evaluate(self._generate_text(params), evaluated, shots=shots)
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> dict[str, Evaluation]:
+        return {key: measure() for key, measure in self.measures.items()}
