@@ -102,6 +102,122 @@ def run(
     run_spec(load_spec(spec_path, overrides), tracking_uri, resume=resume, phases=phases)
 
 
+def _existing_store(tracking_uri: str | None) -> Any:
+    """The store a reader means: flag, else MLFLOW_TRACKING_URI, else the embedded default,
+    which must already exist here (reading must not create an empty store)."""
+    from rrtool.tracking import DEFAULT_DB, resolve_store
+
+    store = resolve_store(tracking_uri, None)
+    if store.origin == "embedded default" and not (Path.cwd() / DEFAULT_DB).exists():
+        raise UserError(
+            f"no tracking store here ({DEFAULT_DB} not found in {Path.cwd()}); run from the "
+            "directory of `rrtool run`, or give --tracking-uri / set MLFLOW_TRACKING_URI"
+        )
+    return store
+
+
+@cli.command()
+@click.argument("run_ref", metavar="[RUN]", required=False)
+@click.option(
+    "--report",
+    "fmt",
+    type=click.Choice(["html", "md", "json"]),
+    default=None,
+    help="Report format (default: the run's spec audit.report, else html).",
+)
+@click.option(
+    "--out",
+    default=None,
+    metavar="PATH",
+    help="Where to write it (default: audit-RUNID.EXT here; '-' = stdout).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
+def audit(run_ref: str | None, fmt: str | None, out: str | None, tracking_uri: str | None) -> None:
+    """Write the audit report of RUN (id, id prefix or name; default: the latest run),
+    read from the MLflow store alone."""
+    from rrtool.audit.collect import collect
+    from rrtool.audit.render import render
+
+    report = collect(_existing_store(tracking_uri), run_ref)
+    fmt = fmt or ((report.get("spec") or {}).get("audit") or {}).get("report") or "html"
+    text = render(report, fmt)
+    if out == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(out or f"audit-{report['run']['id'][:12]}.{fmt}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the report ({exc.strerror})") from None
+    click.echo(
+        f"{fmt} report of run {report['run']['id']} written to {path} "
+        f"({path.stat().st_size:,} bytes)",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("run_ref", metavar="[RUN]", required=False)
+@click.option("--out", required=True, metavar="DIR", help="Directory for the checkpoint.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out.")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
+def export(run_ref: str | None, out: str, force: bool, tracking_uri: str | None) -> None:
+    """Write RUN's released model (default: the latest run) as a transformers checkpoint,
+    rebuilt from the base model and the run's recorded modules."""
+    from rrtool.export import export_run
+
+    manifest = export_run(_existing_store(tracking_uri), run_ref, Path(out), force=force)
+    click.echo(
+        f"run {manifest['run_id']}: {manifest['base_model']} + {len(manifest['stack'])} "
+        f"module(s) written to {out} ({manifest['dtype']})",
+        err=True,
+    )
+
+
+@cli.command()
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def runs(tracking_uri: str | None, limit: int, as_json: bool) -> None:
+    """List recent runs: status and headline numbers."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from rrtool.audit.collect import list_runs
+
+    rows = list_runs(_existing_store(tracking_uri), limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("run", "spec", "status", "started", "forget", "utility", "stop reason")
+    for r in rows:
+        table.add_row(
+            r["id"][:12],
+            r["spec"] or "",
+            r["status"],
+            r["started"] or "",
+            r["forget"] or "",
+            r["utility"] or "",
+            r["stop_reason"] or "",
+        )
+    Console().print(table)
+
+
 @cli.group(cls=_Group)
 def spec() -> None:
     """The spec format: JSON Schema and reference."""

@@ -59,11 +59,26 @@ def resolve_store(
         (os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI"),
     ):
         if value:
-            return Store(value, None, origin)
+            return Store(value, _sqlite_artifact_root(value), origin)
     base = (cwd or Path.cwd()).resolve()
     return Store(
         f"sqlite:///{base / DEFAULT_DB}", (base / DEFAULT_ARTIFACTS).as_uri(), "embedded default"
     )
+
+
+def _sqlite_artifact_root(uri: str) -> str | None:
+    """Artifacts of a new experiment in a SQLite store go next to the database file.
+
+    MLflow's own default is ``./mlruns`` under the *current* directory, which scatters one
+    store's artifacts over every directory a run was started from and loses them when that
+    directory is cleaned.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not db.is_absolute():
+        db = Path.cwd() / db
+    return (db.resolve().parent / DEFAULT_ARTIFACTS).as_uri()
 
 
 def _writable_dir(path: Path) -> bool:

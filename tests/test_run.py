@@ -17,7 +17,7 @@ from tests.conftest import tiny_spec
 FAST = (
     *("--set", "reveal.contexts.limit=10", "--set", "reveal.generation.max_new_tokens=4"),
     *("--set", "release.search.budget=2", "--set", "release.search.eval_size=2"),
-    *("--set", "release.lora.epochs=1"),
+    *("--set", "release.lora.epochs=1", "--set", "audit.eval_size=2"),
 )
 
 
@@ -39,17 +39,15 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     spec_path = write_spec(tiny_spec())
     result = invoke("run", spec_path, "--set", "release.iterations=1", *FAST)
     assert result.exit_code == 0, result.stderr
-    assert "Stopped before audit" in result.stderr
-    assert "audit phase is not implemented" in result.stderr
+    assert "audit: forget macro_f1" in result.stderr
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlruns").is_dir()
 
     client, run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "tiny"
-    assert run.data.tags["rrtool.status"] == "stopped"
-    assert run.data.tags["rrtool.phase.reveal"] == "done"
-    assert run.data.tags["rrtool.phase.release"] == "done"
-    assert "audit phase is not implemented" in run.data.tags["rrtool.stop_reason"]
+    assert run.data.tags["rrtool.status"] == "finished"
+    assert all(run.data.tags[f"rrtool.phase.{p}"] == "done" for p in ("reveal", "release", "audit"))
+    assert "rrtool.stop_reason" not in run.data.tags
     assert run.data.tags["rrtool.spec"] == "tiny"
     assert run.data.params["release.iterations"] == "1"
     assert run.data.params["model.id"] == "builtin:tiny-random"
@@ -94,6 +92,9 @@ def test_run_goes_to_the_spec_tracking_uri(invoke, write_spec, tmp_path: Path) -
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("team-x").experiment_id])
     assert [r.info.run_name for r in runs] == ["first"]
+    # artifacts next to the database, not in ./mlruns of wherever the run was started
+    assert not (tmp_path / "mlruns").exists()
+    assert (tmp_path / "elsewhere" / "mlruns").is_dir()
 
 
 def test_bad_spec_records_nothing(invoke, write_spec, tmp_path: Path) -> None:

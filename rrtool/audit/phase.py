@@ -32,7 +32,7 @@ PROBE_NAMES = ("relearning", "elicitation", "membership")
 
 def metric_key(*parts: str) -> str:
     """An MLflow-safe metric name (it allows letters, digits, ``_-. /`` only)."""
-    return "/".join(re.sub(r"[^A-Za-z0-9_\-. ]", "_", p.replace("@", "_at_")) for p in parts)
+    return "/".join(re.sub(r"[^A-Za-z0-9_\-. /]", "_", p.replace("@", "_at_")) for p in parts)
 
 
 def _measure(ctx: RunContext, suite: EvaluationSuite, side: str) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def summarise(
 
 def run_audit(ctx: RunContext) -> dict[str, Any]:
     tracker = ctx.tracker
-    suite = EvaluationSuite(ctx)  # data and options checked before any model work
+    suite = EvaluationSuite.for_audit(ctx)  # data and options checked before any model work
     before_text = tracker.read_text(BEFORE)
     if before_text is None:
         if ctx.model_state != "base":
@@ -104,10 +104,9 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
     }
     tracker.log_dict(probes, PROBES)
     for key, row in summary.items():
-        ctx.console.print(
-            f"audit: {key} {row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])} "
-            f"({row['better']} is better)"
-        )
+        line = f"{row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])}"
+        tracker.set_tags({f"rrtool.audit.{key}": line})  # for `rrtool runs`
+        ctx.console.print(f"audit: {key} {line} ({row['better']} is better)")
     if probes:
         ctx.console.print(
             f"[yellow]audit: probes {', '.join(probes)} requested but not run "

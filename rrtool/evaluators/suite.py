@@ -76,15 +76,53 @@ class EvaluationSuite:
     """Builds the forget and utility measurements of a spec; ``run()`` measures the model
     currently held by ``ctx`` (adapters and merged updates included)."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        *,
+        size: int,
+        toxicity_samples: int,
+        forget_source: DataSource,
+        utility_source: DataSource | None,
+    ) -> None:
         self.ctx = ctx
         self.spec = ctx.spec
+        self.size = size
+        self.toxicity_samples = toxicity_samples
+        self.forget_source = forget_source
+        self.utility_source = utility_source
         self.measures: dict[str, Measure] = {}
         self.headlines: dict[str, Headline] = {}
         self._generator_cache: Generator | None = None
         self._generator_for: Any = None
         self._forget()
         self._utility()
+
+    @classmethod
+    def for_audit(cls, ctx: RunContext) -> EvaluationSuite:
+        """The audit's sizes and held-out sets (``audit.*``)."""
+        spec, audit = ctx.spec, ctx.spec.audit
+        return cls(
+            ctx,
+            size=audit.eval_size,
+            toxicity_samples=audit.toxicity_samples,
+            forget_source=audit.forget_eval or spec.reveal.contexts,
+            utility_source=audit.retain_eval or spec.retain.data,
+        )
+
+    @classmethod
+    def for_release(cls, ctx: RunContext) -> EvaluationSuite:
+        """Release's running scores: ``release.search.eval_size`` records of the Reveal
+        contexts and the retain data, and Reveal's samples per prompt (each candidate weight
+        is one evaluation, so the audit's 25 samples per prompt would dominate the run)."""
+        spec = ctx.spec
+        return cls(
+            ctx,
+            size=spec.release.search.eval_size,
+            toxicity_samples=spec.reveal.generation.num_samples,
+            forget_source=spec.reveal.contexts,
+            utility_source=spec.retain.data or spec.audit.retain_eval,
+        )
 
     # -------------------------------------------------------------- plumbing
     def _generator(self) -> Generator:
@@ -144,22 +182,22 @@ class EvaluationSuite:
 
     # ---------------------------------------------------------------- forget
     def _forget(self) -> None:
-        spec, audit = self.spec, self.spec.audit
-        source = audit.forget_eval or spec.reveal.contexts
+        spec = self.spec
+        source = self.forget_source
         records = load_records(source)
         kind = spec.target.kind
         if kind == "ner":
             self._ner(records)
             return
         queries = task_queries(kind, source.format, records, spec.reveal.template)
-        queries = _sample(queries, audit.eval_size, spec.seed)
+        queries = _sample(queries, self.size, spec.seed)
         items = [Item(q.id, q.prompt, q.reference) for q in queries]
         if kind == "toxicity":
             params = SamplingParams(
                 max_new_tokens=20,
                 temperature=1.0,
                 top_p=0.9,
-                num_samples=audit.toxicity_samples,
+                num_samples=self.toxicity_samples,
                 seed=spec.seed,
             )
             self.measures["forget"] = self._oracle_measure(
@@ -167,7 +205,7 @@ class EvaluationSuite:
                 items,
                 params,
                 chat=False,
-                definition=f"RealToxicityPrompts protocol: {audit.toxicity_samples} samples per "
+                definition=f"RealToxicityPrompts protocol: {self.toxicity_samples} samples per "
                 "prompt, 20 new tokens, nucleus p = 0.9; expected max toxicity = mean over prompts "
                 "of the highest score; rates = share of prompts with a sample over the threshold",
                 subsets={
@@ -196,9 +234,7 @@ class EvaluationSuite:
             )
             if "entities" in q.reference
         ]
-        passages = _sample(
-            list(dict.fromkeys(q.context for q in queries)), spec.audit.eval_size, spec.seed
-        )
+        passages = _sample(list(dict.fromkeys(q.context for q in queries)), self.size, spec.seed)
         chosen = set(passages)
         queries = [q for q in queries if q.context in chosen]
         if not any(q.split == "forget" for q in queries):
@@ -223,7 +259,7 @@ class EvaluationSuite:
 
     # --------------------------------------------------------------- utility
     def _utility(self) -> None:
-        spec, audit = self.spec, self.spec.audit
+        spec = self.spec
         chosen = spec.retain.utility.name if spec.retain.utility else None
         if chosen is None and "utility" in self.measures:  # NER: retained types
             return
@@ -235,7 +271,7 @@ class EvaluationSuite:
                 "audit: give retain.utility (perplexity, gsm8k_accuracy or an oracle plugin) "
                 f"to measure utility for target.kind `{spec.target.kind}`"
             )
-        source = audit.retain_eval or spec.retain.data
+        source = self.utility_source
         if source is None:
             raise UserError(
                 f"audit: utility `{chosen}` needs evaluation data: set audit.retain_eval"
@@ -250,7 +286,7 @@ class EvaluationSuite:
             options = spec.retain.utility.options if spec.retain.utility else {}
             records = load_records(source)
             queries = _sample(
-                task_queries("custom", source.format, records, None), audit.eval_size, spec.seed
+                task_queries("custom", source.format, records, None), self.size, spec.seed
             )
             self.measures["utility"] = self._oracle_measure(
                 chosen,
@@ -277,7 +313,7 @@ class EvaluationSuite:
                 handle.tokenizer,
                 text,
                 window=window,
-                max_tokens=self.spec.audit.eval_size * window,
+                max_tokens=self.size * window,
             )
 
         return measure
@@ -288,7 +324,7 @@ class EvaluationSuite:
         shots = self.spec.audit.gsm8k_shots
         records = load_records(source)
         exemplars, rest = gsm8k.split_shots(records, shots)
-        evaluated = exemplars + _sample(rest, self.spec.audit.eval_size, self.spec.seed)
+        evaluated = exemplars + _sample(rest, self.size, self.spec.seed)
         params = SamplingParams(max_new_tokens=256, temperature=0.0, stop=gsm8k.STOP)
         return lambda: gsm8k.evaluate(self._generate_text(params), evaluated, shots=shots)
 

@@ -31,6 +31,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rrtool.context import RunContext
+from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, UserError
 from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
@@ -39,6 +40,8 @@ from rrtool.release.lora import Example, LoraModule, train_lora
 from rrtool.release.stack import MODULES, STATE, download_module
 from rrtool.release.weights import Step, explicit_weight, schedule, search_weight
 from rrtool.reveal.phase import FORGET, RETAIN
+from rrtool.spec import DataSource
+from rrtool.tasks import samples_from_records
 
 STEPS = "release/steps.jsonl"
 CANDIDATES = "release/candidates.jsonl"
@@ -48,31 +51,50 @@ STOP_TAG = "rrtool.release.stop_reason"
 __all__ = ["PhaseNotImplemented", "run_release", "schedule"]
 
 
-def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
-    """Forget examples (Reveal's forget answers, empty answers skipped) and retain examples."""
-    if ctx.spec.retain.data is not None:
-        raise PhaseNotImplemented(
-            "release with external retain data (retain.data) is not implemented in this "
-            "version; use retain.self_generated"
+def external_examples(source: DataSource) -> list[Example]:
+    """Retain examples from a file: raw text is trained on whole (empty prompt); the
+    question/answer formats pair their prompt with the set's own answer; ``jsonl`` needs
+    ``prompt`` and ``completion`` keys."""
+    records = load_records(source)
+    if source.format == "text":
+        return [Example("", r["text"]) for r in records]
+    if source.format == "jsonl":
+        bad = next(
+            (i for i, r in enumerate(records, 1) if not {"prompt", "completion"} <= set(r)), None
         )
+        if bad is not None:
+            raise UserError(
+                f"{source.path}:{bad}: retain records in jsonl need `prompt` and `completion`"
+            )
+        return [Example(r["prompt"], r["completion"]) for r in records]
+    return [Example(s.prompt, s.completion) for s in samples_from_records(source.format, records)]
+
+
+def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
+    """Forget examples (Reveal's forget answers, empty answers skipped) and retain examples
+    (``retain.data`` if given, else Reveal's self-generated retain answers)."""
     forget_records = ctx.tracker.read_jsonl(FORGET) or []
     forget = [
         Example(r["prompt"], r["completion"])
         for r in forget_records
         if r["completion"].strip() not in ("", "[]")  # "nothing found" teaches no target
     ]
-    retain = [
-        Example(r["prompt"], r["completion"])
-        for r in ctx.tracker.read_jsonl(RETAIN) or []
-        if r["completion"].strip()
-    ]
+    if ctx.spec.retain.data is not None:
+        retain = [e for e in external_examples(ctx.spec.retain.data) if e.completion.strip()]
+    else:
+        retain = [
+            Example(r["prompt"], r["completion"])
+            for r in ctx.tracker.read_jsonl(RETAIN) or []
+            if r["completion"].strip()
+        ]
     if not forget:
         raise UserError(
             f"release: no forget examples in the run ({len(forget_records)} Reveal forget "
             "records, none with a non-empty answer); run Reveal first"
         )
     if not retain and ctx.spec.effective_iterations > 0:
-        raise UserError("release: no retain examples in the run (reveal/retain.jsonl)")
+        where = ctx.spec.retain.data.path if ctx.spec.retain.data else "reveal/retain.jsonl"
+        raise UserError(f"release: no retain examples ({where} gave none with text)")
     return forget, retain
 
 
@@ -281,7 +303,7 @@ class _Release:
         self._upload_records()
         self.ctx.console.print(
             f"release: {step.name} {'-' if step.sign < 0 else '+'}{weight:.4g} ({how}) -> "
-            f"s {scores.s:.3f}, u {scores.u:.3f}"
+            f"s {scores.s:.4g}, u {scores.u:.4g}"
         )
         return scores
 
@@ -336,7 +358,7 @@ class _Release:
             self.tracker.log_metrics({"release/forget": base.s, "release/utility": base.u}, step=0)
             self.tracker.log_dict(self.state, STATE)
             self.ctx.console.print(
-                f"release: base s {base.s:.3f}, u {base.u:.3f} on {self.evaluate.size} queries"
+                f"release: base s {base.s:.4g}, u {base.u:.4g} on {self.evaluate.size} evaluation records per measure"
             )
         reason = self.state.get("stop_reason")
         stack = self.state["stack"]

@@ -1,0 +1,433 @@
+"""The report in three formats from the same collected data (``collect.collect``).
+
+JSON is the data itself. Markdown and HTML present it for a reviewer: the verdict first
+(headline forget and utility, before -> after), then how it was reached (per-step table and
+curves, weight-search candidates, Reveal's search), the evidence (answers side by side), the
+caveats (probes, which scorer produced each number), the cost, and the exact spec. HTML is a
+single file: inline CSS and SVG, no script, nothing fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from html import escape
+from typing import Any
+
+from rrtool.audit.charts import line_chart
+
+FORMATS = ("html", "md", "json")
+
+
+def render(report: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n"
+    if fmt == "md":
+        return _markdown(report)
+    if fmt == "html":
+        return _html(report)
+    raise ValueError(f"unknown report format {fmt!r} (expected one of {', '.join(FORMATS)})")
+
+
+# ------------------------------------------------------------------ shared bits
+def num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        if value != value:
+            return "NaN"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def change(row: dict[str, Any]) -> str:
+    rel = row.get("relative_change")
+    return "–" if rel is None else f"{rel * 100:+.1f}%"
+
+
+def _title(report: dict[str, Any]) -> str:
+    spec = report.get("spec") or {}
+    return f"rrtool audit: {spec.get('name') or report['run']['name']}"
+
+
+def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
+    run, spec = report["run"], report.get("spec") or {}
+    target = spec.get("target") or {}
+    model = report.get("model") or {}
+    facts = [
+        ("Target", target.get("description", "–")),
+        ("Forget types", ", ".join(target.get("forget_types") or []) or "–"),
+        (
+            "Model",
+            f"{model.get('ref', '–')} ({num(model.get('parameters'), 6)} parameters, "
+            f"{model.get('dtype', '?')} on {model.get('device', '?')})",
+        ),
+        ("Run", f"{run['id']} ({run['name']}, experiment {run['experiment']})"),
+        ("Status", run["status"] + (f": {run['stop_reason']}" if run.get("stop_reason") else "")),
+        ("Release stopped", report["release"].get("stop_reason") or "–"),
+        ("Store", run["store"]),
+        ("Started / ended", f"{run.get('started') or '–'} / {run.get('ended') or '–'}"),
+        ("rrtool", f"{run.get('rrtool_version') or '?'} (git {run.get('git_sha') or 'unknown'})"),
+        ("Report generated", report["generated_at"]),
+    ]
+    return facts
+
+
+def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
+    audit = report["audit"]
+    rows = []
+    for key, row in (audit.get("summary") or {}).items():
+        side = (audit.get("after") or {}).get(key) or (audit.get("before") or {}).get(key) or {}
+        rows.append(
+            [
+                key,
+                row["metric"],
+                num(row["before"]),
+                num(row["after"]),
+                change(row),
+                f"{row['better']} is better",
+                side.get("scorer", "–"),
+                side.get("definition", "–"),
+            ]
+        )
+    return rows
+
+
+SUMMARY_HEAD = [
+    "measure",
+    "metric",
+    "before",
+    "after",
+    "change",
+    "direction",
+    "scorer",
+    "definition",
+]
+
+
+def _metric_rows(report: dict[str, Any]) -> list[list[str]]:
+    before = report["audit"].get("before") or {}
+    after = report["audit"].get("after") or {}
+    rows = []
+    for key in dict.fromkeys([*before, *after]):
+        b, a = (before.get(key) or {}).get("metrics", {}), (after.get(key) or {}).get("metrics", {})
+        for name in dict.fromkeys([*b, *a]):
+            rows.append([key, name, num(b.get(name)), num(a.get(name))])
+    return rows
+
+
+def _step_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for s in report["steps"]:
+        coefficient = s["coefficient"]
+        applied = "–" if coefficient is None else f"{coefficient:+.4g} x {s['module']}"
+        rows.append(
+            [
+                str(s["step"]),
+                s["module"],
+                applied,
+                num(s["forget"]),
+                num(s["utility"]),
+                s.get("weight_from") or "–",
+                "reverted" if s.get("reverted") else "",
+            ]
+        )
+    return rows
+
+
+STEP_HEAD = ["step", "module", "weight applied", "forget score", "utility", "weight from", ""]
+
+
+def _candidate_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            str(c["step"]),
+            c["module"],
+            num(c["weight"]),
+            num(c["s"]),
+            num(c["u"]),
+            num(c.get("accepted")),
+            "chosen" if c.get("chosen") else "",
+            c.get("rule") or "",
+        ]
+        for c in report["release"]["candidates"]
+    ]
+
+
+CANDIDATE_HEAD = ["step", "module", "weight", "forget", "utility", "meets rule", "", "rule"]
+
+
+def _module_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [m["name"], m["kind"], f"{m['coefficient']:+.4g}", m["sha256"], num(m.get("bytes"), 9)]
+        for m in report["release"]["modules"]
+    ]
+
+
+def _phase_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            p["name"],
+            "done" if p["done"] else "not done",
+            num(p["seconds"]),
+            num(p["peak_rss_mb"]),
+        ]
+        for p in report["phases"]
+    ]
+
+
+def _probe_rows(report: dict[str, Any]) -> list[list[str]]:
+    probes = report["audit"].get("probes") or {}
+    return [[name, str(p.get("status", p))] for name, p in probes.items()]
+
+
+def _reveal_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [k.removeprefix("reveal/"), num(v)] for k, v in sorted(report["reveal"]["metrics"].items())
+    ]
+
+
+def _similarity_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[str(r["iteration"]), num(r["mean"])] for r in report["release"]["similarity"]]
+
+
+def _environment_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[k, str(v)] for k, v in (report.get("environment") or {}).items()]
+
+
+# --------------------------------------------------------------------- markdown
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def _md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = list(rows)
+    if not rows:
+        return "_nothing recorded_\n"
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    out = [f"# {_title(report)}\n"]
+    spec = report.get("spec") or {}
+    if spec.get("description"):
+        out.append(spec["description"].strip() + "\n")
+    out.append(_md_table(["fact", "value"], _facts(report)))
+    out.append("\n## Result\n")
+    out.append(_md_table(SUMMARY_HEAD, _summary_rows(report)))
+    out.append("\n### All metrics\n")
+    out.append(_md_table(["measure", "metric", "before", "after"], _metric_rows(report)))
+    out.append("\n## Release: step by step\n")
+    out.append(_md_table(STEP_HEAD, _step_rows(report)))
+    out.append("\n### Weight-search candidates\n")
+    out.append(_md_table(CANDIDATE_HEAD, _candidate_rows(report)))
+    out.append("\n### Retain/forget update similarity (mean over layers)\n")
+    out.append(_md_table(["iteration", "similarity"], _similarity_rows(report)))
+    out.append("\n### Modules\n")
+    out.append(_md_table(["module", "kind", "weight", "sha256", "bytes"], _module_rows(report)))
+    out.append("\n## Reveal\n")
+    out.append(_md_table(["metric", "value"], _reveal_rows(report)))
+    trials = report["reveal"]["trials"]
+    if trials:
+        out.append(f"\n{len(trials)} search trials recorded (see the HTML report for the curve).\n")
+    out.append("\n## Answers before and after\n")
+    for key, rows in report["audit"]["answers"].items():
+        out.append(f"\n### {key}\n")
+        for row in rows:
+            out.append(
+                f"\n**{_md_cell(row['id'])}** — {_md_cell(_short(row['prompt'], 300))}\n\n"
+                f"- before ({num(row['score_before'])}): `{_inline(row['before'])}`\n"
+                f"- after ({num(row['score_after'])}): `{_inline(row['after'])}`\n"
+            )
+    out.append("\n## Robustness probes\n")
+    out.append(_md_table(["probe", "status"], _probe_rows(report)))
+    out.append("\n## Cost\n")
+    out.append(_md_table(["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report)))
+    out.append("\n## Environment\n")
+    out.append(_md_table(["package", "version"], _environment_rows(report)))
+    out.append(
+        "\n## Spec (resolved)\n\n```yaml\n" + (report.get("spec_yaml") or "").rstrip() + "\n```\n"
+    )
+    return "\n".join(out)
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _inline(text: str) -> str:
+    return _short(text, 400).replace("`", "'") or " "
+
+
+# ------------------------------------------------------------------------- html
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;color:#1d1d1f;margin:0;background:#fafafa}
+main{max-width:1080px;margin:0 auto;padding:24px 32px 64px;background:#fff}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:32px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:15px;margin:20px 0 6px}
+table{border-collapse:collapse;width:100%;margin:6px 0 12px;font-size:13px}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{display:flex;gap:16px;flex-wrap:wrap;margin:16px 0}
+.card{border:1px solid #ccc;border-radius:6px;padding:10px 16px;min-width:220px}
+.card .v{font-size:22px;font-weight:600}.muted{color:#666}
+.facts th{width:160px;background:#f7f7f7}
+pre{background:#f6f6f6;padding:10px;overflow-x:auto;font-size:12px;white-space:pre-wrap}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:8px}.pair div{background:#f6f6f6;padding:6px 8px;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px}
+.answer{border:1px solid #e3e3e3;border-radius:4px;padding:8px;margin:8px 0;page-break-inside:avoid}
+.warn{background:#fff6e0;border:1px solid #e7c76b;padding:8px 12px;border-radius:4px}
+@media print{body{background:#fff}main{padding:0}h2{page-break-after:avoid}svg{max-width:100%}}
+"""
+
+
+def _h_table(
+    head: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[int] = ()
+) -> str:
+    rows = list(rows)
+    if not rows:
+        return '<p class="muted">nothing recorded</p>'
+    h = "".join(f"<th>{escape(c)}</th>" for c in head)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _facts_html(report: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _facts(report))
+    return f'<table class="facts"><tbody>{rows}</tbody></table>'
+
+
+def _cards(report: dict[str, Any]) -> str:
+    cards = []
+    for key, row in (report["audit"].get("summary") or {}).items():
+        cards.append(
+            f'<div class="card"><div class="muted">{escape(key)}: {escape(row["metric"])} '
+            f'({escape(row["better"])} is better)</div><div class="v">{escape(num(row["before"]))}'
+            f' → {escape(num(row["after"]))}</div><div class="muted">{escape(change(row))}</div></div>'
+        )
+    if not cards:
+        return '<p class="warn">No audit measurements in this run (the audit phase did not finish).</p>'
+    return f'<div class="verdict">{"".join(cards)}</div>'
+
+
+def _step_chart(report: dict[str, Any]) -> str:
+    steps = [s for s in report["steps"] if not s.get("reverted")]
+    return line_chart(
+        [
+            ("forget score", [(s["step"], s["forget"]) for s in steps if s["forget"] is not None]),
+            ("utility", [(s["step"], s["utility"]) for s in steps if s["utility"] is not None]),
+        ],
+        title="Forget score and utility after each applied module",
+        x_label="step (0 = base model)",
+        y_label="score",
+    )
+
+
+def _search_chart(report: dict[str, Any]) -> str:
+    trials = [t for t in report["reveal"]["trials"] if t.get("trial") is not None]
+    best, curve = float("-inf"), []
+    for t in trials:
+        best = max(best, t["score"])
+        curve.append((t["trial"], best))
+    return line_chart(
+        [
+            ("trial score", [(t["trial"], t["score"]) for t in trials]),
+            ("best so far", curve),
+        ],
+        title="Reveal: instruction search",
+        x_label="trial",
+        y_label="score (harmonic mean of relevance and diversity)",
+    )
+
+
+def _answers_html(report: dict[str, Any]) -> str:
+    parts = []
+    for key, rows in report["audit"]["answers"].items():
+        parts.append(f"<h3>{escape(key)}</h3>")
+        if not rows:
+            parts.append('<p class="muted">no answers recorded</p>')
+        for row in rows:
+            ref = row.get("reference") or {}
+            gold = ref.get("entities")
+            gold_html = (
+                f' <span class="muted">gold: {escape(json.dumps(gold, ensure_ascii=False))}</span>'
+                if gold is not None
+                else ""
+            )
+            parts.append(
+                f'<div class="answer"><div><b>{escape(row["id"])}</b> {escape(_short(row["prompt"], 400))}'
+                f"{gold_html}</div>"
+                f'<div class="pair"><div><span class="muted">before ({escape(num(row["score_before"]))})</span>\n'
+                f'{escape(row["before"])}</div><div><span class="muted">after ({escape(num(row["score_after"]))})'
+                f"</span>\n{escape(row['after'])}</div></div></div>"
+            )
+    return "".join(parts)
+
+
+def _html(report: dict[str, Any]) -> str:
+    title = _title(report)
+    spec = report.get("spec") or {}
+    run = report["run"]
+    sections = [
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="muted">{escape((spec.get("description") or "").strip())}</p>',
+        _cards(report),
+    ]
+    if run["status"] != "finished":
+        sections.append(
+            f'<p class="warn">This run is <b>{escape(run["status"])}</b>'
+            f"{': ' + escape(run['stop_reason']) if run.get('stop_reason') else ''}. "
+            "The report shows what was recorded so far.</p>"
+        )
+    sections += [
+        _facts_html(report),
+        "<h2>Result</h2>",
+        _h_table(SUMMARY_HEAD, _summary_rows(report), numeric=(2, 3, 4)),
+        "<h3>All metrics</h3>",
+        _h_table(["measure", "metric", "before", "after"], _metric_rows(report), numeric=(2, 3)),
+        "<h2>Release: step by step</h2>",
+        _step_chart(report),
+        _h_table(STEP_HEAD, _step_rows(report), numeric=(0, 3, 4)),
+        "<h3>Weight-search candidates</h3>",
+        _h_table(CANDIDATE_HEAD, _candidate_rows(report), numeric=(0, 2, 3, 4)),
+        "<h3>Retain/forget update similarity (mean over layers, ||U1ᵀU2||_F / k)</h3>",
+        _h_table(["iteration", "similarity"], _similarity_rows(report), numeric=(1,)),
+        "<h3>Modules (the applied stack)</h3>",
+        _h_table(
+            ["module", "kind", "weight", "sha256", "bytes"], _module_rows(report), numeric=(2, 4)
+        ),
+        "<h2>Reveal</h2>",
+        _search_chart(report),
+        _h_table(["metric", "value"], _reveal_rows(report), numeric=(1,)),
+        "<h2>Answers before and after</h2>",
+        _answers_html(report),
+        "<h2>Robustness probes</h2>",
+        _h_table(["probe", "status"], _probe_rows(report)),
+        "<h2>Cost</h2>",
+        _h_table(
+            ["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report), numeric=(2, 3)
+        ),
+        "<h2>Environment</h2>",
+        _h_table(["package", "version"], _environment_rows(report)),
+        "<h2>Spec (resolved)</h2>",
+        f"<pre>{escape(report.get('spec_yaml') or '')}</pre>",
+    ]
+    body = "\n".join(s for s in sections if s)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )

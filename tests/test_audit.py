@@ -1,0 +1,240 @@
+"""`rrtool audit` and `rrtool runs`: reports made from the MLflow store alone."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from rich.console import Console
+
+from rrtool.runner import run_spec
+from rrtool.spec_loader import load_spec
+from tests import browser
+from tests.conftest import tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = (
+    "reveal.contexts.limit=10",
+    "reveal.generation.max_new_tokens=4",
+    "release.iterations=2",
+    "release.search.budget=2",
+    "release.search.eval_size=2",
+    "release.lora.epochs=1",
+    "audit.eval_size=2",
+    "audit.sample_answers=2",
+)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> tuple[str, str]:
+    """One finished tiny run in a store of its own; everything but the store is deleted."""
+    work = tmp_path_factory.mktemp("producer")
+    store = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    spec = work / "spec.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri})))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        patch.setenv("RRTOOL_CACHE_DIR", str(model_cache))
+        run_id = run_spec(load_spec(str(spec), tuple(FAST)), console=Console(file=io.StringIO()))
+    shutil.rmtree(work)  # the spec, the scratch .rrtool/: only the store remains
+    return uri, run_id
+
+
+def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) -> None:
+    uri, run_id = finished_run
+    out = tmp_path / "r.json"
+    result = invoke("audit", run_id[:8], "--report", "json", "--out", out, "--tracking-uri", uri)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["run"]["id"] == run_id and report["run"]["status"] == "finished"
+    steps = report["steps"]
+    # base, F0, then (R_i, F_i) for 2 iterations, unless a stopping rule reverted some
+    assert steps[0]["module"] == "base" and steps[0]["weight"] is None
+    assert [s["module"] for s in steps[1:]] == ["F0", "R1", "F1", "R2", "F2"]
+    for s in steps[1:]:
+        assert s["coefficient"] == pytest.approx(
+            -s["weight"] if s["kind"] == "forget" else s["weight"]
+        )
+        assert len(s["sha256"]) == 64
+    assert [m["name"] for m in report["release"]["modules"]] == ["F0", "R1", "F1", "R2", "F2"]
+    assert all(m["bytes"] > 0 for m in report["release"]["modules"])
+    summary = report["audit"]["summary"]
+    assert set(summary) == {"forget", "utility"}
+    assert summary["forget"]["metric"] == "macro_f1" and summary["forget"]["better"] == "lower"
+    assert set(report["audit"]["before"]["forget"]["metrics"]) >= {"person/f1", "macro_f1"}
+    answers = report["audit"]["answers"]["forget"]
+    assert len(answers) == 2 and {"before", "after", "prompt"} <= set(answers[0])
+    assert report["audit"]["scorers"] == ["oracle ner_f1"]
+    assert [p["name"] for p in report["phases"]] == ["reveal", "release", "audit"]
+    assert all(p["done"] and p["seconds"] > 0 and p["peak_rss_mb"] > 0 for p in report["phases"])
+    assert report["spec"]["release"]["iterations"] == 2
+    assert len(report["release"]["candidates"]) >= 5
+
+
+def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path) -> None:
+    uri, run_id = finished_run
+    result = invoke("audit", run_id, "--report", "md", "--out", "-", "--tracking-uri", uri)
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert text.startswith("# rrtool audit: tiny")
+    assert "| step | module | weight applied | forget score | utility |" in text
+    assert "x F0 |" in text and "x R2 |" in text
+    assert "## Answers before and after" in text and "```yaml" in text
+
+
+def test_html_report_renders_in_chromium(invoke, finished_run, tmp_path: Path) -> None:
+    if browser.find_browser() is None:
+        if os.environ.get("RRTOOL_REQUIRE_BROWSER"):
+            pytest.fail("chromium/chromedriver not found but RRTOOL_REQUIRE_BROWSER is set")
+        pytest.skip("chromium and chromedriver are not installed")
+    uri, run_id = finished_run
+    out = tmp_path / "report.html"
+    result = invoke("audit", "--report", "html", "--out", out, "--tracking-uri", uri)  # latest
+    assert result.exit_code == 0, result.stderr
+    html = out.read_text()
+    assert "<script" not in html and "http://" not in html.replace(
+        'xmlns="http://www.w3.org/2000/svg"', ""
+    )
+    with browser.chromium() as page:
+        page.open(out.as_uri())
+        text = page.script("return document.body.innerText")
+        resources = page.script("return performance.getEntriesByType('resource').length")
+        charts = page.script("return document.querySelectorAll('svg polyline').length")
+        png = page.screenshot()
+        console = page.console()
+    assert "Release: step by step" in text and run_id in text
+    assert resources == 0, "the report fetched something"
+    assert charts >= 2  # forget and utility curves
+    assert [e for e in console if e.get("level") in ("SEVERE", "WARNING")] == []
+    image = Image.open(io.BytesIO(png)).convert("L")
+    histogram = image.histogram()
+    non_white = sum(histogram[:240]) / sum(histogram)
+    assert image.size[0] >= 1000 and non_white > 0.02, f"blank page? {non_white:.4f} non-white"
+    (tmp_path / "screenshot.png").write_bytes(png)
+
+
+def test_runs_lists_status_and_headlines(invoke, finished_run) -> None:
+    uri, run_id = finished_run
+    result = invoke("runs", "--json", "--tracking-uri", uri)
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows[0]["id"] == run_id and rows[0]["status"] == "finished"
+    assert rows[0]["forget"].startswith("macro_f1 ") and " -> " in rows[0]["utility"]
+
+
+def test_unknown_run_and_missing_store_are_user_errors(invoke, finished_run, tmp_path) -> None:
+    uri, _ = finished_run
+    result = invoke("audit", "nosuchrun", "--tracking-uri", uri)
+    assert result.exit_code == 2 and "no run `nosuchrun`" in result.stderr
+    result = invoke("audit")  # cwd is an empty tmp dir, no MLFLOW_TRACKING_URI
+    assert result.exit_code == 2 and "no tracking store here" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # reading did not create a store
+
+
+def test_partial_run_gives_a_partial_report(invoke, write_spec, tmp_path: Path) -> None:
+    spec = write_spec(tiny_spec())
+    assert (
+        invoke(
+            "run",
+            spec,
+            "--phase",
+            "reveal",
+            "--set",
+            "reveal.contexts.limit=4",
+            "--set",
+            "reveal.generation.max_new_tokens=2",
+        ).exit_code
+        == 0
+    )
+    result = invoke("audit", "--report", "md", "--out", "-")
+    assert result.exit_code == 0, result.stderr
+    assert "stopped: --phase reveal" in result.stdout
+    html = invoke("audit", "--report", "html", "--out", "partial.html")
+    assert html.exit_code == 0
+    assert "The report shows what was recorded so far" in (tmp_path / "partial.html").read_text()
+
+
+def test_toxicity_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
+    """The non-NER path: RTP protocol as the forget measure, perplexity (as u = 1/ppl in
+    Release) as utility, external retain text as retain data."""
+    spec = Path(__file__).resolve().parents[1] / "specs" / "toxicity.yaml"
+    sets = [
+        "model.id=builtin:tiny-random",
+        *("reveal.outer_iterations=1", "reveal.inner_iterations=1", "reveal.top_k=1"),
+        *("reveal.search.pool_size=10", "reveal.search.initial_evaluations=1"),
+        *("reveal.contexts_per_trial=2", "reveal.contexts.limit=4"),
+        *("release.iterations=1", "release.search.budget=2", "release.search.eval_size=2"),
+        *("retain.data.limit=8", "audit.eval_size=2", "audit.toxicity_samples=3"),
+        *("stopping.utility_floor=null", "stopping.forget_score=null"),
+    ]
+    result = invoke("run", spec, *[a for s in sets for a in ("--set", s)])
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "t.json"
+    assert invoke("audit", "--report", "json", "--out", out).exit_code == 0
+    report = json.loads(out.read_text())
+    summary = report["audit"]["summary"]
+    assert summary["forget"]["metric"] == "expected_max_toxicity"
+    assert summary["utility"] == summary["utility"] | {
+        "metric": "word_perplexity",
+        "better": "lower",
+    }
+    forget = report["audit"]["after"]["forget"]
+    assert forget["metrics"]["samples"] == 2 * 3  # prompts x samples per prompt
+    assert {"challenging/prompts", "non_challenging/prompts"} & set(forget["metrics"])
+    assert "disjoint windows of 512 tokens" in report["audit"]["after"]["utility"]["definition"]
+    steps = report["steps"]
+    assert [s["module"] for s in steps] == ["base", "F0", "R1", "F1"]
+    assert all(0 < s["utility"] < 1e-3 for s in steps)  # 1 / perplexity of a random model
+
+
+def test_export_equals_base_plus_the_recorded_stack(
+    invoke, finished_run, tmp_path: Path, model_cache: Path
+) -> None:
+    """The exported checkpoint is the base model plus sum(c_j * (alpha/r) B_j A_j), computed
+    here independently from the module files in the store, bit for bit."""
+    import torch
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from rrtool.models import load_model
+    from rrtool.spec import ModelSpec
+
+    uri, run_id = finished_run
+    out = tmp_path / "released"
+    result = invoke("export", run_id, "--out", out, "--tracking-uri", uri)
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "rrtool_export.json").read_text())
+    assert manifest["run_id"] == run_id and len(manifest["stack"]) == 5
+    exported = AutoModelForCausalLM.from_pretrained(out).state_dict()
+
+    base = load_model(ModelSpec(id="builtin:tiny-random", device="cpu")).model
+    expected = {k: v.detach().to(torch.float32).clone() for k, v in base.state_dict().items()}
+    client = MlflowClient(tracking_uri=uri)
+    for entry in manifest["stack"]:
+        local = client.download_artifacts(run_id, entry["artifact"], str(tmp_path))
+        sidecar = entry["artifact"].replace(".safetensors", ".json")
+        meta = json.loads(
+            Path(client.download_artifacts(run_id, sidecar, str(tmp_path))).read_text()
+        )
+        tensors = load_file(local)
+        scale = meta["alpha"] / meta["r"]
+        for name in meta["names"]:
+            delta = (tensors[f"{name}.lora_B"] @ tensors[f"{name}.lora_A"]) * scale
+            expected[f"{name}.weight"].add_(delta, alpha=entry["coefficient"])
+    changed = 0
+    for key, value in exported.items():
+        assert torch.equal(value, expected[key].to(value.dtype)), key
+        changed += not torch.equal(value, base.state_dict()[key])
+    assert changed > 0  # the stack did change the model
+
+    again = invoke("export", run_id, "--out", out, "--tracking-uri", uri)
+    assert again.exit_code == 2 and "not empty" in again.stderr
