@@ -22,5 +22,12 @@ class PhaseNotImplemented(Exception):
     kind). Not an error of the user's: the runner stops the run cleanly and records why."""
 
 
+class TrainingDiverged(Exception):
+    """A LoRA module's loss became NaN or infinite; the module is not usable.
+
+    Release records the step as failed with this message and stops there, keeping the run
+    (everything applied before stays applied and recorded)."""
+
+
 class SpecError(UserError):
     """The spec file (or an override of it) is not valid."""

@@ -334,17 +334,25 @@ class LoraSpec(_Section):
         return value
 
 
+# A merge weight's magnitude (the schedule supplies the sign); finite, and bounded so a typo
+# such as 250 instead of 0.25 is caught before it wrecks a model.
+Weight = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
+
+
 class WeightsSpec(_Section):
     """Merge weights given by hand; any left `null` are searched."""
 
-    mu0: float | None = Field(
-        default=None, ge=0.0, description="Weight of the first forget subtraction."
+    mu0: Weight | None = Field(
+        default=None, description="Weight of the first forget subtraction (in [0, 100])."
     )
-    lambdas: list[float] | None = Field(
-        default=None, description="Retain weights lambda_1..lambda_n, one per iteration."
+    lambdas: list[Weight] | None = Field(
+        default=None,
+        description="Retain weights lambda_1..lambda_n, one per iteration (magnitudes in "
+        "[0, 100]; the schedule gives the sign).",
     )
-    mus: list[float] | None = Field(
-        default=None, description="Forget weights mu_1..mu_n, one per iteration."
+    mus: list[Weight] | None = Field(
+        default=None,
+        description="Forget weights mu_1..mu_n, one per iteration (magnitudes in [0, 100]).",
     )
 
 

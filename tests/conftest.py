@@ -55,6 +55,19 @@ def tiny_spec(**sections: Any) -> dict[str, Any]:
     return spec
 
 
+def plugin_site(root: Path, oracle: str, module: str, source: str) -> Path:
+    """A directory that, on ``PYTHONPATH``, makes ``module`` an installed distribution
+    registering ``oracle`` in the ``rrtool.oracles`` entry-point group (a real dist-info,
+    found by importlib.metadata like any pip install). Returns the directory."""
+    site = root / "site"
+    dist = site / f"{module}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[rrtool.oracles]\n{oracle} = {module}:Oracle\n")
+    (site / f"{module}.py").write_text(source)
+    return site
+
+
 @pytest.fixture
 def write_spec(tmp_path: Path) -> Callable[..., Path]:
     def write(content: dict[str, Any] | str, name: str = "spec.yaml") -> Path:

@@ -39,7 +39,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
     store = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{store / 'mlflow.db'}"
     spec = work / "spec.yaml"
-    spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri})))
+    probes = {"relearning": True, "elicitation": True, "membership": True}
+    spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri}, audit={"probes": probes})))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
         patch.setenv("RRTOOL_CACHE_DIR", str(model_cache))
@@ -76,6 +77,16 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert [p["name"] for p in report["phases"]] == ["reveal", "release", "audit"]
     assert all(p["done"] and p["seconds"] > 0 and p["peak_rss_mb"] > 0 for p in report["phases"])
     assert report["spec"]["release"]["iterations"] == 2
+    probes = report["audit"]["probes"]
+    relearning = probes["relearning"]
+    assert relearning["status"] == "done" and relearning["examples"] > 0
+    assert relearning["after"] == summary["forget"]["after"]
+    assert relearning["after_relearning"] is not None
+    elicitation = probes["elicitation"]
+    assert [v["name"] for v in elicitation["variants"]] == ["paraphrase", "few-shot", "bare"]
+    worst = max(v["value"] for v in elicitation["variants"])  # forget: lower is better
+    assert elicitation["worst"]["value"] == worst
+    assert probes["membership"]["status"].startswith("not run")
     assert len(report["release"]["candidates"]) >= 5
 
 
@@ -88,6 +99,7 @@ def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path
     assert "| step | module | weight applied | forget score | utility |" in text
     assert "x F0 |" in text and "x R2 |" in text
     assert "## Answers before and after" in text and "```yaml" in text
+    assert "### Elicitation variants" in text and "| relearning |" in text
 
 
 def test_html_report_renders_in_chromium(invoke, finished_run, tmp_path: Path) -> None:

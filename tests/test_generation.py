@@ -351,3 +351,44 @@ def test_smollm2_chat_batch() -> None:
     assert generator.stats.tokens == sum(r[0].tokens for r in results) > 0
     assert generator.stats.tokens_per_second > 0
     print(f"SmolLM2 greedy, batch 4: {generator.stats.tokens_per_second:.1f} tokens/s")
+
+
+def test_top_p_filter_matches_transformers_warper() -> None:
+    """Same kept set as TopPLogitsWarper, on peaked rows (nucleus inside the candidates) and
+    on flat rows (the full-sort fallback)."""
+    from transformers import TopPLogitsWarper
+
+    from rrtool.generation.hf import TOP_P_CANDIDATES, top_p_filter
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = 4 * TOP_P_CANDIDATES
+    peaked = torch.randn(6, vocab, generator=gen) * 6.0
+    flat = torch.randn(3, vocab, generator=gen) * 0.01
+    scores = torch.cat([peaked, flat])
+    ids = torch.zeros((len(scores), 1), dtype=torch.long)
+    for top_p in (0.5, 0.9, 0.99):
+        ours = top_p_filter(ids, scores.clone(), top_p)
+        theirs = TopPLogitsWarper(top_p)(ids, scores.clone())
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs)), top_p
+        kept = torch.isfinite(theirs)
+        assert torch.equal(ours[kept], theirs[kept])
+
+
+def test_shared_prefix_cache_changes_nothing(handle: LoadedModel) -> None:
+    """Prompts sharing a long prefix (a system message and a one-shot exchange) reuse one
+    forward pass over it; the completions must be those of the plain left-padded batch."""
+    from rrtool.reveal.phase import ner_prompt
+
+    texts = ["Ada met Bob in Paris.", "The council met on Monday.", "Zed"]
+    prompts = [ner_prompt(t, "person", None) for t in texts]
+    cached = HFGenerator(handle.model, handle.tokenizer, batch_size=3)
+    plain = HFGenerator(handle.model, handle.tokenizer, batch_size=3, cache_prefix=False)
+    encoded = [encode_prompt(handle.tokenizer, p, chat=True) for p in prompts]
+    assert cached._shared_prefix(encoded) >= 16
+    for params in (
+        SamplingParams(max_new_tokens=8, temperature=0.0),
+        SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.9, num_samples=2, seed=5),
+    ):
+        a = cached.generate(prompts, params, chat=True)
+        b = plain.generate(prompts, params, chat=True)
+        assert [[c.text for c in row] for row in a] == [[c.text for c in row] for row in b]

@@ -12,7 +12,7 @@ import pytest
 
 from rrtool.errors import UserError
 from rrtool.oracles.registry import create_oracle, entry_points, list_oracles
-from tests.conftest import REPO
+from tests.conftest import REPO, plugin_site
 
 BUILTIN = {"ner_f1", "pass_at_1", "perspective", "toxicity"}
 
@@ -173,12 +173,9 @@ def test_third_party_plugin_is_discovered_and_scores(example_plugin: Path, tmp_p
 
 
 def test_broken_plugin_is_a_warning_not_a_crash(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    dist = site / "broken_plugin-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[rrtool.oracles]\nbroken = broken_plugin_mod:Oracle\n")
-    (site / "broken_plugin_mod.py").write_text("raise ImportError('needs libfoo')\n")
+    site = plugin_site(
+        tmp_path, "broken", "broken_plugin_mod", "raise ImportError('needs libfoo')\n"
+    )
     listed = _rrtool(["oracles", "list"], site, tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "warning: oracle plugin `broken`" in listed.stderr and "needs libfoo" in listed.stderr

@@ -376,3 +376,22 @@ def test_smollm2_step_time_with_and_without_bf16_autocast() -> None:
         "\nSmolLM2-135M, r=4 q_proj/v_proj, batch 4 x <=64 tokens, seconds/step: "
         + "; ".join(f"{k}: step 1 {a:.2f}, step 2 {b:.2f}" for k, (a, b) in timings.items())
     )
+
+
+def test_selective_lm_head_gives_the_full_logits_loss_and_gradients(
+    model: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LM head on loss positions only (``logits_to_keep`` mask) must be the same
+    computation as full logits indexed afterwards: same loss, same LoRA update."""
+    from rrtool.release import lora
+
+    assert lora._selective_logits(model)
+    ragged = [Example(f"{'long ' * i}prompt {i}", "Ada Lovelace wrote it.") for i in range(6)]
+    fast = train_lora(copy.deepcopy(model), tokenizer, ragged, _cfg(epochs=1), seed=3,
+                      kind="forget", chat=False)  # fmt: skip
+    monkeypatch.setattr(lora, "_selective_logits", lambda m: False)
+    full = train_lora(copy.deepcopy(model), tokenizer, ragged, _cfg(epochs=1), seed=3,
+                      kind="forget", chat=False)  # fmt: skip
+    assert fast.loss_curve == pytest.approx(full.loss_curve, rel=1e-5)
+    for name in full.names:
+        assert torch.allclose(fast.delta(name), full.delta(name), rtol=1e-4, atol=1e-7), name

@@ -190,6 +190,7 @@ def _steps(state: dict[str, Any] | None, steps: list[dict[str, Any]]) -> list[di
                 "utility": record["u"],
                 "weight_from": record.get("weight_from"),
                 "reverted": record.get("reverted", False),
+                "failed": record.get("failed"),
                 "sha256": record.get("sha256"),
                 "seconds": record.get("seconds"),
             }

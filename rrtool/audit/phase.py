@@ -18,6 +18,8 @@ import json
 import re
 from typing import Any
 
+from rrtool.audit.probes import run_probes
+from rrtool.audit.render import describe
 from rrtool.context import RunContext
 from rrtool.evaluators.base import Evaluation
 from rrtool.evaluators.suite import EvaluationSuite
@@ -27,7 +29,6 @@ BEFORE = "audit/before.json"
 AFTER = "audit/after.json"
 SUMMARY = "audit/summary.json"
 PROBES = "audit/probes.json"
-PROBE_NAMES = ("relearning", "elicitation", "membership")
 
 
 def metric_key(*parts: str) -> str:
@@ -93,25 +94,23 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
         before = json.loads(before_text)
         ctx.console.print("audit: base model already measured in this run")
     _released(ctx)
-    after = _measure(ctx, suite, "released")
-    tracker.log_dict(after, AFTER)
+    after_text = tracker.read_text(AFTER)
+    if after_text is None:
+        after = _measure(ctx, suite, "released")
+        tracker.log_dict(after, AFTER)
+    else:
+        after = json.loads(after_text)
     summary = summarise(suite.headlines, before, after)
     tracker.log_dict(summary, SUMMARY)
-    probes = {
-        name: {"requested": True, "status": "not run: not implemented in this version of rrtool"}
-        for name in PROBE_NAMES
-        if getattr(ctx.spec.audit.probes, name)
-    }
+    forget = summary.get("forget", {})
+    probes = run_probes(ctx, suite, forget.get("before"), forget.get("after"))
     tracker.log_dict(probes, PROBES)
     for key, row in summary.items():
         line = f"{row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])}"
         tracker.set_tags({f"rrtool.audit.{key}": line})  # for `rrtool runs`
         ctx.console.print(f"audit: {key} {line} ({row['better']} is better)")
-    if probes:
-        ctx.console.print(
-            f"[yellow]audit: probes {', '.join(probes)} requested but not run "
-            "(not implemented in this version)[/yellow]"
-        )
+    for name, probe in probes.items():
+        ctx.console.print(f"audit: probe {name}: {describe(probe)}")
     return summary
 
 

@@ -131,7 +131,9 @@ def _step_rows(report: dict[str, Any]) -> list[list[str]]:
                 num(s["forget"]),
                 num(s["utility"]),
                 s.get("weight_from") or "–",
-                "reverted" if s.get("reverted") else "",
+                "reverted"
+                if s.get("reverted")
+                else (f"failed: {s['failed']}" if s.get("failed") else ""),
             ]
         )
     return rows
@@ -178,9 +180,36 @@ def _phase_rows(report: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def describe(probe: dict[str, Any]) -> str:
+    """One line for the console and the report."""
+    if probe.get("status") != "done":
+        return probe.get("status", "?")
+    if "recovered" in probe:
+        return (
+            f"{probe['metric']} {_fmt(probe['after'])} -> {_fmt(probe['after_relearning'])} after "
+            f"relearning on {probe['examples']} examples (recovered {_fmt(probe['recovered'])})"
+        )
+    worst = probe.get("worst") or {}
+    return (
+        f"{probe['metric']} worst {_fmt(worst.get('value'))} ({worst.get('name')}) vs "
+        f"{_fmt(probe['standard_prompt_after'])} with the standard prompt"
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _elicitation_rows(report: dict[str, Any]) -> list[list[str]]:
+    probe = (report["audit"].get("probes") or {}).get("elicitation") or {}
+    return [
+        [v["name"], num(v["value"]), _short(v["template"], 160)] for v in probe.get("variants", [])
+    ]
+
+
 def _probe_rows(report: dict[str, Any]) -> list[list[str]]:
     probes = report["audit"].get("probes") or {}
-    return [[name, str(p.get("status", p))] for name, p in probes.items()]
+    return [[name, describe(p), p.get("definition", "")] for name, p in probes.items()]
 
 
 def _reveal_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -244,7 +273,10 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"- after ({num(row['score_after'])}): `{_inline(row['after'])}`\n"
             )
     out.append("\n## Robustness probes\n")
-    out.append(_md_table(["probe", "status"], _probe_rows(report)))
+    out.append(_md_table(["probe", "result", "definition"], _probe_rows(report)))
+    if _elicitation_rows(report):
+        out.append("\n### Elicitation variants\n")
+        out.append(_md_table(["variant", "value", "template"], _elicitation_rows(report)))
     out.append("\n## Cost\n")
     out.append(_md_table(["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report)))
     out.append("\n## Environment\n")
@@ -414,7 +446,13 @@ def _html(report: dict[str, Any]) -> str:
         "<h2>Answers before and after</h2>",
         _answers_html(report),
         "<h2>Robustness probes</h2>",
-        _h_table(["probe", "status"], _probe_rows(report)),
+        _h_table(["probe", "result", "definition"], _probe_rows(report)),
+        "<h3>Elicitation: the forget measure per prompt variant (released model)</h3>"
+        if _elicitation_rows(report)
+        else "",
+        _h_table(["variant", "value", "template"], _elicitation_rows(report), numeric=(1,))
+        if _elicitation_rows(report)
+        else "",
         "<h2>Cost</h2>",
         _h_table(
             ["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report), numeric=(2, 3)

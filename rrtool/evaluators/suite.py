@@ -84,8 +84,12 @@ class EvaluationSuite:
         toxicity_samples: int,
         forget_source: DataSource,
         utility_source: DataSource | None,
+        template: str | None = None,
     ) -> None:
         self.ctx = ctx
+        # The prompt template of the forget queries (default: Reveal's); the elicitation
+        # probe measures the same items under other phrasings.
+        self.template = template or ctx.spec.reveal.template
         self.spec = ctx.spec
         self.size = size
         self.toxicity_samples = toxicity_samples
@@ -108,6 +112,19 @@ class EvaluationSuite:
             toxicity_samples=audit.toxicity_samples,
             forget_source=audit.forget_eval or spec.reveal.contexts,
             utility_source=audit.retain_eval or spec.retain.data,
+        )
+
+    @classmethod
+    def for_elicitation(cls, ctx: RunContext, template: str) -> EvaluationSuite:
+        """The audit's forget measurement with the forget prompts phrased by ``template``."""
+        audit = cls.for_audit(ctx)
+        return cls(
+            ctx,
+            size=audit.size,
+            toxicity_samples=audit.toxicity_samples,
+            forget_source=audit.forget_source,
+            utility_source=audit.utility_source,
+            template=template,
         )
 
     @classmethod
@@ -189,7 +206,7 @@ class EvaluationSuite:
         if kind == "ner":
             self._ner(records)
             return
-        queries = task_queries(kind, source.format, records, spec.reveal.template)
+        queries = task_queries(kind, source.format, records, self.template)
         queries = _sample(queries, self.size, spec.seed)
         items = [Item(q.id, q.prompt, q.reference) for q in queries]
         if kind == "toxicity":
@@ -230,7 +247,11 @@ class EvaluationSuite:
         queries = [
             q
             for q in ner_queries(
-                records, spec.target.forget_types, spec.target.retain_types, spec.reveal.template
+                records,
+                spec.target.forget_types,
+                spec.target.retain_types,
+                self.template,
+                self._chat(),
             )
             if "entities" in q.reference
         ]

@@ -37,20 +37,50 @@ from rrtool.generation.base import (
     row_seed,
 )
 
+TOP_P_CANDIDATES = 1024
+
+
+def top_p_filter(
+    input_ids: torch.LongTensor, scores: torch.FloatTensor, top_p: float
+) -> torch.FloatTensor:
+    """Nucleus filtering with the semantics of transformers' ``TopPLogitsWarper`` (a token is
+    kept when the mass ranked strictly above it is below ``top_p``), without sorting the whole
+    vocabulary: the top ``TOP_P_CANDIDATES`` logits almost always hold the nucleus, and when
+    their mass reaches ``top_p`` nothing outside them can be kept, so the result is exact.
+    Rows whose nucleus is wider fall back to the full sort. (The full sort of a 49k vocabulary
+    was a fifth of SmolLM2's sampled decoding time on CPU.)
+    """
+    k = min(TOP_P_CANDIDATES, scores.shape[-1])
+    values, indices = scores.float().topk(k, dim=-1)
+    log_total = torch.logsumexp(scores.float(), dim=-1, keepdim=True)
+    mass = (values - log_total).exp()
+    above = mass.cumsum(dim=-1) - mass  # mass ranked strictly above each candidate
+    keep = above < top_p
+    keep[:, 0] = True  # at least one token, as the warper's min_tokens_to_keep
+    out = torch.full_like(scores, float("-inf"))
+    out.scatter_(1, indices, torch.where(keep, values, float("-inf")).to(scores.dtype))
+    wide = (mass.sum(dim=-1) < top_p).nonzero().flatten()
+    if len(wide):
+        out[wide] = TopPLogitsWarper(top_p)(input_ids[wide], scores[wide])
+    return out
+
+
+MIN_SHARED_PREFIX = 16  # below this, one more forward pass is not worth the bookkeeping
+
 
 class _SeededSampler(LogitsProcessor):
     """Samples one token per row from per-row generators; returns logits that make it the argmax."""
 
     def __init__(self, temperature: float, top_p: float, seeds: Sequence[int]) -> None:
-        self.warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
-        if top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p))
+        self.temperature = TemperatureLogitsWarper(temperature)
+        self.top_p = top_p
         # CPU generators: the same draws on every device, and no per-row kernel launches.
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
+        scores = self.temperature(input_ids, scores)
+        if self.top_p < 1.0:
+            scores = top_p_filter(input_ids, scores, self.top_p)
         cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
         uniform = torch.stack([torch.rand((), generator=g) for g in self.generators])
         target = (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
@@ -85,9 +115,12 @@ class _StopOnStrings(StoppingCriteria):
 class HFGenerator:
     """The :class:`~rrtool.generation.base.Generator` over a transformers causal LM."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, batch_size: int = 16, *, cache_prefix: bool = True
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        self._cache_prefix = cache_prefix
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -192,6 +225,56 @@ class HFGenerator:
             if was_training:
                 self.model.train()
 
+    def _shared_prefix(self, rows: list[list[int]]) -> int:
+        """Length of the token prefix all rows share, when worth computing once.
+
+        Chat prompts with a system message and a one-shot exchange (Reveal's NER queries) share
+        most of their tokens; on SmolLM2 that prefix was ~65% of every prompt, and prompt
+        processing dominated generation. At least one token of each row stays uncached.
+        """
+        if len(rows) < 2 or not self._cache_prefix:
+            return 0
+        first, shortest = rows[0], min(len(r) for r in rows)
+        n = 0
+        while n < shortest - 1 and all(r[n] == first[n] for r in rows):
+            n += 1
+        return n if n >= MIN_SHARED_PREFIX else 0
+
+    def _with_prefix_cache(self, rows: list[list[int]], shared: int) -> dict[str, Any]:
+        """Inputs for ``generate`` that reuse one forward pass over the shared prefix.
+
+        Layout per row: the prefix, then padding, then the row's own tokens. The padding is
+        masked and ``generate`` numbers positions by the mask's running count, so each row sees
+        exactly the positions it would have alone; the prefix's keys and values (computed once,
+        at positions 0..shared-1) are repeated for the batch.
+        """
+        from transformers import DynamicCache
+
+        head = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self._device)
+        # transformers 5 renamed `past_key_values` to `cache` (the old name warns).
+        key = (
+            "cache"
+            if "cache" in inspect.signature(self.model.forward).parameters
+            else "past_key_values"
+        )
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=head, use_cache=True, **{key: cache})
+        cache.batch_repeat_interleave(len(rows))
+        tails = [r[shared:] for r in rows]
+        width = max(len(t) for t in tails)
+        ids = torch.full((len(rows), shared + width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+        ids[:, :shared] = head[0].cpu()
+        mask[:, :shared] = 1
+        for k, tail in enumerate(tails):
+            ids[k, shared + width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            mask[k, shared + width - len(tail) :] = 1
+        return {
+            "input_ids": ids.to(self._device),
+            "attention_mask": mask.to(self._device),
+            key: cache,
+        }
+
     def _ids_left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -278,7 +361,11 @@ class HFGenerator:
             sampler = _SeededSampler(params.temperature, params.top_p, seeds)
             kwargs["logits_processor"] = LogitsProcessorList([sampler])
         with self._inference():
-            if prefix is None:
+            shared = self._shared_prefix(rows) if prefix is None else 0
+            if shared:
+                inputs = self._with_prefix_cache(rows, shared)
+                prompt_len = inputs["input_ids"].shape[1]
+            elif prefix is None:
                 ids, mask = self._ids_left_padded(rows)
                 inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
                 prompt_len = ids.shape[1]

@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rrtool.context import RunContext
 from rrtool.data import load_records
-from rrtool.errors import PhaseNotImplemented, UserError
+from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
 from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
 from rrtool.release.evaluate import Evaluator, Scores
@@ -201,7 +201,15 @@ class _Release:
             chat=self.chat,
             progress=report,
         )
-        path = module.save(self.moddir / f"{step.name}.safetensors")
+        target = self.moddir / f"{step.name}.safetensors"
+        try:
+            path = module.save(target)
+        except OSError as exc:
+            raise UserError(
+                f"release: cannot save module {step.name} to {target} ({exc.strerror or exc}); "
+                "every step before it is recorded in the run: free space, then continue with "
+                "`rrtool run SPEC --resume`"
+            ) from None
         for file in (path, path.with_suffix(".json")):
             self.tracker.client.log_artifact(self.tracker.run_id, str(file), MODULES)
         self.modules[step.name] = module
@@ -307,6 +315,27 @@ class _Release:
         )
         return scores
 
+    def record_failure(self, step: Step, why: str) -> str:
+        """A module that could not be trained: recorded as a failed step; Release stops with
+        everything applied so far kept."""
+        self.steps.append(
+            {
+                "step": step.number,
+                "module": step.name,
+                "kind": step.kind,
+                "iteration": step.iteration,
+                "weight": None,
+                "coefficient": None,
+                "weight_from": None,
+                "s": None,
+                "u": None,
+                "reverted": False,
+                "failed": why,
+            }
+        )
+        self.ctx.console.print(f"[red]release: {step.name} failed:[/red] {why}")
+        return f"{step.name} not applied: {why}"
+
     def _similarity(self, iteration: int, forget: LoraModule) -> None:
         # R_i is in memory even on resume (downloaded), whatever became of local scratch.
         layers, mean = per_layer_similarity(self.modules[f"R{iteration}"], forget)
@@ -372,7 +401,11 @@ class _Release:
             console=self.ctx.console,
         ) as progress:
             for step in plan[len(stack) :] if not reason else []:
-                current = self.run_step(step, current, progress)
+                try:
+                    current = self.run_step(step, current, progress)
+                except TrainingDiverged as exc:
+                    reason = self.record_failure(step, str(exc))
+                    break
                 if step.kind == "forget":
                     reason = self.stop_check(step, current)
                     if reason:

@@ -14,6 +14,7 @@ every chunk; a resumed run downloads them and generates only what is missing.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rrtool.context import RunContext
 from rrtool.data import load_records
-from rrtool.errors import PhaseNotImplemented
-from rrtool.generation.base import Prompt, SamplingParams
+from rrtool.errors import PhaseNotImplemented, UserError
+from rrtool.generation.base import Prompt, SamplingParams, has_chat_template
 from rrtool.oracles.contract import Sample
 from rrtool.tasks import ner_query, prompt_text, samples_from_records
 
@@ -65,14 +66,21 @@ class Query:
     reference: dict[str, Any]
 
 
-def ner_prompt(text: str, entity_type: str, template: str | None) -> Prompt:
-    """The NER query for one (passage, type): the one-shot conversation, or the spec's template."""
+def ner_prompt(text: str, entity_type: str, template: str | None, chat: bool = True) -> Prompt:
+    """The NER query for one (passage, type): the one-shot conversation, the same exchange as
+    plain text for a model without a chat template, or the spec's template."""
     if template:
         return template.format(context=text, type=entity_type)
+    answer = json.dumps(NER_EXEMPLAR.get(entity_type, []))
+    if not chat:
+        return (
+            f"{NER_SYSTEM}\n\n{ner_query(NER_EXEMPLAR_TEXT, entity_type)}\n{answer}\n\n"
+            f"{ner_query(text, entity_type)}\n"
+        )
     return [
         {"role": "system", "content": NER_SYSTEM},
         {"role": "user", "content": ner_query(NER_EXEMPLAR_TEXT, entity_type)},
-        {"role": "assistant", "content": json.dumps(NER_EXEMPLAR.get(entity_type, []))},
+        {"role": "assistant", "content": answer},
         {"role": "user", "content": ner_query(text, entity_type)},
     ]
 
@@ -81,13 +89,20 @@ def build_queries(ctx: RunContext) -> list[Query]:
     """Reveal's queries over ``reveal.contexts`` (NER: retained types only with
     ``retain.self_generated``)."""
     spec = ctx.spec
-    records = load_records(spec.reveal.contexts)
+    source = spec.reveal.contexts
+    records = load_records(source)
     if spec.target.kind == "ner":
         retain = spec.target.retain_types if spec.retain.self_generated else []
-        return ner_queries(records, spec.target.forget_types, retain, spec.reveal.template)
-    return task_queries(
-        spec.target.kind, spec.reveal.contexts.format, records, spec.reveal.template
-    )
+        chat = has_chat_template(ctx.model().tokenizer)
+        queries = ner_queries(records, spec.target.forget_types, retain, spec.reveal.template, chat)
+    else:
+        queries = task_queries(spec.target.kind, source.format, records, spec.reveal.template)
+    if not queries:
+        raise UserError(
+            f"{source.path}: no usable rows in {len(records)} `{source.format}` record(s) "
+            "(every context is empty): reveal.contexts needs text to prompt the model with"
+        )
+    return queries
 
 
 def ner_queries(
@@ -95,13 +110,16 @@ def ner_queries(
     forget_types: list[str],
     retain_types: list[str],
     template: str | None,
+    chat: bool = True,
 ) -> list[Query]:
     """One query per (passage, type); gold entities go into the reference where the records
-    have them (UniversalNER records are one per passage and type)."""
+    have them (UniversalNER records are one per passage and type). Empty passages are skipped."""
     gold: dict[tuple[str, str], list[str]] = {}
     passages: list[str] = []
     for record in records:
         text = record.get("text") or record.get("prompt") or ""
+        if not text.strip():
+            continue
         if text not in gold and text not in passages:
             passages.append(text)
         if "type" in record:
@@ -113,7 +131,7 @@ def ner_queries(
             reference = {"type": entity_type}
             if (text, entity_type) in gold:
                 reference["entities"] = gold[(text, entity_type)]
-            prompt = ner_prompt(text, entity_type, template)
+            prompt = ner_prompt(text, entity_type, template, chat)
             queries.append(
                 Query(f"{index}:{entity_type}", split, entity_type, text, prompt, reference)
             )
@@ -129,6 +147,7 @@ def task_queries(
     return [
         Query(s.id, "forget", None, s.prompt, template.format(context=s.prompt), dict(s.reference))
         for s in samples
+        if s.prompt.strip()
     ]
 
 
@@ -137,8 +156,16 @@ def _chunks(items: list[Query], size: int) -> Iterator[list[Query]]:
         yield items[start : start + size]
 
 
-def _relevance(ctx: RunContext, queries: list[Query], completions: list[str]) -> list[float | None]:
-    """Oracle score per query, where the query carries what the oracle needs to judge it."""
+def _relevance(
+    ctx: RunContext, queries: list[Query], completions: list[str]
+) -> tuple[list[float | None], str | None]:
+    """Oracle score per query, where the query carries what the oracle needs to judge it,
+    and what went wrong, if anything.
+
+    An oracle that raises leaves the whole batch unscored; NaN or infinite scores leave those
+    samples unscored. Either way the generations are kept (they cost the most) and the
+    reason is returned for the record, so one bad batch does not end the phase.
+    """
     oracle = ctx.oracle()
     needs_reference = oracle.requires.reference
     scorable = [
@@ -147,19 +174,39 @@ def _relevance(ctx: RunContext, queries: list[Query], completions: list[str]) ->
         if not needs_reference or ("entities" in q.reference if q.type else q.reference)
     ]
     out: list[float | None] = [None] * len(queries)
-    if scorable:
-        samples = [
-            Sample(
-                id=queries[i].id,
-                prompt=prompt_text(queries[i].prompt),
-                completion=completions[i],
-                reference=queries[i].reference,
-            )
-            for i in scorable
-        ]
-        for i, score in zip(scorable, oracle.score(samples), strict=True):
-            out[i] = float(score.score)
-    return out
+    if not scorable:
+        return out, None
+    samples = [
+        Sample(
+            id=queries[i].id,
+            prompt=prompt_text(queries[i].prompt),
+            completion=completions[i],
+            reference=queries[i].reference,
+        )
+        for i in scorable
+    ]
+    try:
+        scores = oracle.score(samples)
+        if len(scores) != len(samples):
+            raise ValueError(f"returned {len(scores)} scores for {len(samples)} samples")
+    except Exception as exc:  # a plugin's failure must not cost the generations
+        why = (
+            f"oracle `{oracle.name}` failed on {len(samples)} samples: {type(exc).__name__}: {exc}"
+        )
+        ctx.console.print(f"[yellow]reveal: {why}[/yellow]")
+        return out, why
+    bad = 0
+    for i, score in zip(scorable, scores, strict=True):
+        value = score.score
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[i] = float(value)
+        else:
+            bad += 1
+    if bad:
+        why = f"oracle `{oracle.name}` gave no finite score for {bad} of {len(samples)} samples"
+        ctx.console.print(f"[yellow]reveal: {why}[/yellow]")
+        return out, why
+    return out, None
 
 
 def run_reveal(ctx: RunContext) -> dict[str, int]:
@@ -205,7 +252,7 @@ def run_reveal(ctx: RunContext) -> dict[str, int]:
                 progress=lambda n: progress.advance(task, n),
             )
             flat = [(q, c) for q, outs in zip(chunk, outputs, strict=True) for c in outs]
-            relevance = _relevance(ctx, [q for q, _ in flat], [c.text for _, c in flat])
+            relevance, error = _relevance(ctx, [q for q, _ in flat], [c.text for _, c in flat])
             for sample_index, ((query, completion), score) in enumerate(
                 zip(flat, relevance, strict=True)
             ):
@@ -225,6 +272,7 @@ def run_reveal(ctx: RunContext) -> dict[str, int]:
                     "completion": completion.text,
                     "tokens": completion.tokens,
                     "relevance": score,
+                    "relevance_error": error if score is None else None,
                     "diversity": None,
                     "outer": 0,
                     "inner": 0,
@@ -254,6 +302,12 @@ def _finish(
     ctx.tracker.log_jsonl(forget, FORGET)
     if retain:
         ctx.tracker.log_jsonl(retain, RETAIN)
+    if forget and not any(r["completion"].strip() for r in forget):
+        raise UserError(
+            f"reveal: all {len(forget)} forget generations are empty (the model answered "
+            "nothing); they are kept in the run (reveal/forget.jsonl). Check reveal.template, "
+            "reveal.generation.max_new_tokens and stop strings, then run again"
+        )
     scored = [r["relevance"] for r in forget if r["relevance"] is not None]
     metrics = {
         "reveal/forget_examples": len(forget),

@@ -199,9 +199,10 @@ class InstructionSearch:
         outs = self.generator.generate(prompts, self.params, chat=self.chat)
         self.generation_calls += 1
         flat = [(q, c) for q, cs in zip(self.trial_queries, outs, strict=True) for c in cs]
-        relevance = _relevance(self.ctx, [q for q, _ in flat], [c.text for _, c in flat])
+        relevance, error = _relevance(self.ctx, [q for q, _ in flat], [c.text for _, c in flat])
         scored = [r for r in relevance if r is not None]
         entry = {
+            "error": error,
             "texts": [c.text for _, c in flat],
             "tokens": sum(c.tokens for _, c in flat),
             "relevance": relevance,
@@ -242,6 +243,9 @@ class InstructionSearch:
             "score": score,
             "cached": cached,
             "generated_tokens": tokens,
+            # A trial whose generations the oracle could not score: recorded as failed (its
+            # relevance counts as 0, so the bandit learns to avoid it), the search goes on.
+            "error": self.state["cache"][instruction].get("error"),
         }
 
     def trial(self, arm: int, kind: str, inner: int | None) -> dict[str, Any]:
@@ -282,7 +286,9 @@ class InstructionSearch:
         flat = [
             (q, k, c) for q, cs in zip(self.queries, outs, strict=True) for k, c in enumerate(cs)
         ]
-        relevance = _relevance(self.ctx, [q for q, _, _ in flat], [c.text for _, _, c in flat])
+        relevance, error = _relevance(
+            self.ctx, [q for q, _, _ in flat], [c.text for _, _, c in flat]
+        )
         seen = {(r["prompt"], r["completion"]) for r in self.state["collected"]}
         new = []
         for (query, k, completion), score in zip(flat, relevance, strict=True):
@@ -303,6 +309,7 @@ class InstructionSearch:
                     "completion": completion.text,
                     "tokens": completion.tokens,
                     "relevance": score,
+                    "relevance_error": error if score is None else None,
                     "diversity": None,
                     "outer": outer,
                     "inner": self.reveal.inner_iterations,
