@@ -162,6 +162,48 @@ def audit(run_ref: str | None, fmt: str | None, out: str | None, tracking_uri: s
 
 
 @cli.command()
+@click.argument("run_refs", metavar="RUN RUN [RUN ...]", nargs=-1, required=True)
+@click.option(
+    "--report",
+    "fmt",
+    type=click.Choice(["table", "html", "md", "json"]),
+    default="table",
+    show_default=True,
+    help="`table` prints to the terminal; the others write a file (or stdout with --out -).",
+)
+@click.option("--out", default=None, metavar="PATH", help="Where to write html/md/json.")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
+def compare(run_refs: tuple[str, ...], fmt: str, out: str | None, tracking_uri: str | None) -> None:
+    """Compare runs side by side: forget and utility metrics, weights, cost."""
+    from rrtool.compare import compare as compare_runs
+    from rrtool.compare import render_compare, table_rows
+
+    if len(run_refs) < 2:
+        raise UserError("compare: give at least two runs (ids, id prefixes or names)")
+    data = compare_runs(_existing_store(tracking_uri), list(run_refs))
+    if fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        head, rows = table_rows(data)
+        table = Table(*head)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    text = render_compare(data, fmt)
+    if out in (None, "-"):
+        click.echo(text, nl=False)
+        return
+    Path(out).write_text(text, encoding="utf-8")
+    click.echo(f"comparison written to {out}", err=True)
+
+
+@cli.command()
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @click.option("--out", required=True, metavar="DIR", help="Directory for the checkpoint.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")

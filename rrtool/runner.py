@@ -150,6 +150,12 @@ def _timed_phase(ctx: RunContext, name: str) -> str | None:
         ctx.tracker.log_metrics(
             {f"phase/{name}/seconds": seconds, f"phase/{name}/peak_rss_mb": peak}
         )
+        # Resetting the kernel's peak counter also resets what getrusage (and /usr/bin/time)
+        # report, so the run's peak is kept here: the largest phase peak seen so far.
+        previous = ctx.tracker.client.get_run(ctx.tracker.run_id).data.metrics
+        ctx.tracker.log_metrics(
+            {"run/peak_rss_mb": max(peak, previous.get("run/peak_rss_mb", 0.0))}
+        )
         scope = "phase" if per_phase else "process so far"
         ctx.console.print(f"{name}: {seconds:.1f} s, peak memory {peak:,.0f} MB ({scope})")
 

@@ -231,7 +231,7 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
-def _md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     rows = list(rows)
     if not rows:
         return "_nothing recorded_\n"
@@ -245,21 +245,21 @@ def _markdown(report: dict[str, Any]) -> str:
     spec = report.get("spec") or {}
     if spec.get("description"):
         out.append(spec["description"].strip() + "\n")
-    out.append(_md_table(["fact", "value"], _facts(report)))
+    out.append(md_table(["fact", "value"], _facts(report)))
     out.append("\n## Result\n")
-    out.append(_md_table(SUMMARY_HEAD, _summary_rows(report)))
+    out.append(md_table(SUMMARY_HEAD, _summary_rows(report)))
     out.append("\n### All metrics\n")
-    out.append(_md_table(["measure", "metric", "before", "after"], _metric_rows(report)))
+    out.append(md_table(["measure", "metric", "before", "after"], _metric_rows(report)))
     out.append("\n## Release: step by step\n")
-    out.append(_md_table(STEP_HEAD, _step_rows(report)))
+    out.append(md_table(STEP_HEAD, _step_rows(report)))
     out.append("\n### Weight-search candidates\n")
-    out.append(_md_table(CANDIDATE_HEAD, _candidate_rows(report)))
+    out.append(md_table(CANDIDATE_HEAD, _candidate_rows(report)))
     out.append("\n### Retain/forget update similarity (mean over layers)\n")
-    out.append(_md_table(["iteration", "similarity"], _similarity_rows(report)))
+    out.append(md_table(["iteration", "similarity"], _similarity_rows(report)))
     out.append("\n### Modules\n")
-    out.append(_md_table(["module", "kind", "weight", "sha256", "bytes"], _module_rows(report)))
+    out.append(md_table(["module", "kind", "weight", "sha256", "bytes"], _module_rows(report)))
     out.append("\n## Reveal\n")
-    out.append(_md_table(["metric", "value"], _reveal_rows(report)))
+    out.append(md_table(["metric", "value"], _reveal_rows(report)))
     trials = report["reveal"]["trials"]
     if trials:
         out.append(f"\n{len(trials)} search trials recorded (see the HTML report for the curve).\n")
@@ -273,14 +273,14 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"- after ({num(row['score_after'])}): `{_inline(row['after'])}`\n"
             )
     out.append("\n## Robustness probes\n")
-    out.append(_md_table(["probe", "result", "definition"], _probe_rows(report)))
+    out.append(md_table(["probe", "result", "definition"], _probe_rows(report)))
     if _elicitation_rows(report):
         out.append("\n### Elicitation variants\n")
-        out.append(_md_table(["variant", "value", "template"], _elicitation_rows(report)))
+        out.append(md_table(["variant", "value", "template"], _elicitation_rows(report)))
     out.append("\n## Cost\n")
-    out.append(_md_table(["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report)))
+    out.append(md_table(["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report)))
     out.append("\n## Environment\n")
-    out.append(_md_table(["package", "version"], _environment_rows(report)))
+    out.append(md_table(["package", "version"], _environment_rows(report)))
     out.append(
         "\n## Spec (resolved)\n\n```yaml\n" + (report.get("spec_yaml") or "").rstrip() + "\n```\n"
     )
@@ -317,7 +317,7 @@ pre{background:#f6f6f6;padding:10px;overflow-x:auto;font-size:12px;white-space:p
 """
 
 
-def _h_table(
+def html_table(
     head: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[int] = ()
 ) -> str:
     rows = list(rows)
@@ -426,39 +426,39 @@ def _html(report: dict[str, Any]) -> str:
     sections += [
         _facts_html(report),
         "<h2>Result</h2>",
-        _h_table(SUMMARY_HEAD, _summary_rows(report), numeric=(2, 3, 4)),
+        html_table(SUMMARY_HEAD, _summary_rows(report), numeric=(2, 3, 4)),
         "<h3>All metrics</h3>",
-        _h_table(["measure", "metric", "before", "after"], _metric_rows(report), numeric=(2, 3)),
+        html_table(["measure", "metric", "before", "after"], _metric_rows(report), numeric=(2, 3)),
         "<h2>Release: step by step</h2>",
         _step_chart(report),
-        _h_table(STEP_HEAD, _step_rows(report), numeric=(0, 3, 4)),
+        html_table(STEP_HEAD, _step_rows(report), numeric=(0, 3, 4)),
         "<h3>Weight-search candidates</h3>",
-        _h_table(CANDIDATE_HEAD, _candidate_rows(report), numeric=(0, 2, 3, 4)),
+        html_table(CANDIDATE_HEAD, _candidate_rows(report), numeric=(0, 2, 3, 4)),
         "<h3>Retain/forget update similarity (mean over layers, ||U1ᵀU2||_F / k)</h3>",
-        _h_table(["iteration", "similarity"], _similarity_rows(report), numeric=(1,)),
+        html_table(["iteration", "similarity"], _similarity_rows(report), numeric=(1,)),
         "<h3>Modules (the applied stack)</h3>",
-        _h_table(
+        html_table(
             ["module", "kind", "weight", "sha256", "bytes"], _module_rows(report), numeric=(2, 4)
         ),
         "<h2>Reveal</h2>",
         _search_chart(report),
-        _h_table(["metric", "value"], _reveal_rows(report), numeric=(1,)),
+        html_table(["metric", "value"], _reveal_rows(report), numeric=(1,)),
         "<h2>Answers before and after</h2>",
         _answers_html(report),
         "<h2>Robustness probes</h2>",
-        _h_table(["probe", "result", "definition"], _probe_rows(report)),
+        html_table(["probe", "result", "definition"], _probe_rows(report)),
         "<h3>Elicitation: the forget measure per prompt variant (released model)</h3>"
         if _elicitation_rows(report)
         else "",
-        _h_table(["variant", "value", "template"], _elicitation_rows(report), numeric=(1,))
+        html_table(["variant", "value", "template"], _elicitation_rows(report), numeric=(1,))
         if _elicitation_rows(report)
         else "",
         "<h2>Cost</h2>",
-        _h_table(
+        html_table(
             ["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report), numeric=(2, 3)
         ),
         "<h2>Environment</h2>",
-        _h_table(["package", "version"], _environment_rows(report)),
+        html_table(["package", "version"], _environment_rows(report)),
         "<h2>Spec (resolved)</h2>",
         f"<pre>{escape(report.get('spec_yaml') or '')}</pre>",
     ]

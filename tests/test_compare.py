@@ -1,0 +1,40 @@
+"""`rrtool compare`: two runs side by side, from the store alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = [
+    *("--set", "reveal.contexts.limit=10", "--set", "reveal.generation.max_new_tokens=4"),
+    *("--set", "release.search.budget=2", "--set", "release.search.eval_size=2"),
+    *("--set", "release.lora.epochs=1", "--set", "audit.eval_size=2"),
+]
+
+
+def test_compare_two_runs(invoke, write_spec, tmp_path: Path) -> None:
+    spec = write_spec(tiny_spec())
+    assert invoke("run", spec, *FAST, "--set", "release.iterations=1").exit_code == 0
+    assert invoke("run", spec, *FAST, "--set", "release.iterations=0").exit_code == 0
+    runs = json.loads(invoke("runs", "--json").stdout)
+    ids = [r["id"] for r in runs]
+    result = invoke("compare", *ids, "--report", "json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [r["id"] for r in data["runs"]] == ids
+    newest, oldest = data["runs"]
+    assert len(oldest["weights"]) == 3 and len(newest["weights"]) == 1  # F0 only
+    assert oldest["headlines"]["forget"]["metric"] == "macro_f1"
+    assert "forget/person/f1" in newest["metrics"]
+    md = invoke("compare", ids[0][:8], ids[1][:8], "--report", "md")
+    assert md.exit_code == 0 and "| forget (headline) |" in md.stdout
+    table = invoke("compare", *ids)
+    assert table.exit_code == 0 and "weights applied" in table.stdout
+    one = invoke("compare", ids[0])
+    assert one.exit_code == 2 and "at least two runs" in one.stderr
