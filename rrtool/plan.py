@@ -315,7 +315,7 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
             "weight search",
             f"{searched} weights x <= {search.budget} candidates, each {per_eval} prompts "
             f"(rules: forget >= {release.rules.forget_fraction:.0%} of what remains, "
-            f"utility >= {release.rules.utility_recovery:.0%} of iteration start)",
+            f"utility >= {release.rules.utility_recovery:.0%} of what the last forget step took)",
             {"evaluations": evals},
         )
     )
@@ -336,15 +336,32 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
 
 def _audit_phase(spec: Spec) -> Phase:
     audit = spec.audit
-    utility = (
-        spec.retain.utility.name if spec.retain.utility else f"{spec.oracle.name} (retained types)"
-    )
+    kind = spec.target.kind
+    if kind == "ner":
+        types = len(spec.target.forget_types) + len(spec.target.retain_types)
+        per_side = audit.eval_size * types
+        what = f"{audit.eval_size} passages x {types} types"
+        forget, utility = (
+            f"{spec.oracle.name} (forget types)",
+            f"{spec.oracle.name} (retained types)",
+        )
+    else:
+        samples = audit.toxicity_samples if kind == "toxicity" else 1
+        per_side = audit.eval_size * (samples + 1)
+        what = f"{audit.eval_size} records per measure" + (
+            f", {samples} samples per toxicity prompt" if samples > 1 else ""
+        )
+        forget = "RealToxicityPrompts protocol" if kind == "toxicity" else spec.oracle.name
+        utility = (
+            spec.retain.utility.name
+            if spec.retain.utility
+            else {"toxicity": "perplexity", "coding": "gsm8k_accuracy"}.get(kind, "retain.utility")
+        )
     steps = [
         Step(
             "metrics",
-            f"forget: {spec.oracle.name}; utility: {utility}; base and final model on "
-            f"{audit.eval_size} records each",
-            {"evaluations": audit.eval_size * 2 * 2},
+            f"forget: {forget}; utility: {utility}; base and released model, {what}",
+            {"evaluations": per_side * 2},
         ),
     ]
     probes = [name for name, on in audit.probes.model_dump().items() if on]

@@ -325,6 +325,13 @@ class LoraSpec(_Section):
     )
     max_length: int = Field(default=256, ge=8, description="Tokens per training example.")
     seed: int | None = Field(default=None, description="Training seed (default: the spec's seed).")
+    orthogonal_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="O-LoRA penalty on retain modules: weight of sum ||A_R A_F^T||_F^2 over "
+        "the forget modules applied so far, so adding R_i does not undo their forgetting "
+        "(0 = off).",
+    )
 
     @field_validator("target_modules")
     @classmethod

@@ -36,16 +36,19 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--loop-prompts", type=int, default=16, help="prompts for the loop row")
     args = parser.parse_args()
 
-    handle = load_model(ModelSpec(id="builtin:smollm2-135m-instruct", device="cpu"))
+    handle = load_model(
+        ModelSpec(id="builtin:smollm2-135m-instruct", device="cpu", dtype=args.dtype)
+    )
     records = load_records(DataSource(path="builtin:ner_passages", format="universalner"))
     queries = ner_queries(records, ["person", "organization", "location", "date"], [], None)
     prompts = [q.prompt for q in queries][: args.prompts]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(prompts)} prompts,"
-        f" max_new_tokens {args.max_new_tokens}, greedy"
+        f" max_new_tokens {args.max_new_tokens}, greedy, {args.dtype} weights"
     )
     ceiling = CEILING_GFLOPS / GFLOP_PER_TOKEN
 

@@ -250,3 +250,26 @@ def test_export_equals_base_plus_the_recorded_stack(
 
     again = invoke("export", run_id, "--out", out, "--tracking-uri", uri)
     assert again.exit_code == 2 and "not empty" in again.stderr
+
+
+def test_membership_probe_with_held_out_passages(invoke, write_spec, tmp_path: Path) -> None:
+    """Non-members need data Reveal never saw: the audit's forget set is other passages."""
+    records = json.loads(
+        (Path(__file__).resolve().parents[1] / "rrtool/builtin_data/ner_passages.json").read_text()
+    )
+    (tmp_path / "held_out.json").write_text(json.dumps(records[100:125]))  # 5 other passages
+    audit = {
+        "forget_eval": {"path": "held_out.json", "format": "universalner"},
+        "eval_size": 5,
+        "probes": {"membership": True},
+    }
+    result = invoke("run", write_spec(tiny_spec(audit=audit)), *[
+        a for s in FAST if not s.startswith("audit.") for a in ("--set", s)
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "r.json"
+    assert invoke("audit", "--report", "json", "--out", out).exit_code == 0
+    probe = json.loads(out.read_text())["audit"]["probes"]["membership"]
+    assert probe["status"] == "done", probe
+    assert probe["members"] > 0 and probe["non_members"] > 0
+    assert 0.0 <= probe["auc_before"] <= 1.0 and 0.0 <= probe["auc_after"] <= 1.0

@@ -163,3 +163,37 @@ def test_oracle_evaluation_aggregates_samples_and_subsets(handle: LoadedModel) -
     assert result.metrics["hard/person/support"] == 2 * 3 * 2
     assert result.count == 4 and [a["id"] for a in result.answers] == ["p0", "p1", "p2", "p3"]
     assert result.scorer.startswith("oracle ner_f1")
+
+
+# ------------------------------------------------------------------ membership
+def test_auc_by_hand() -> None:
+    from rrtool.evaluators.membership import auc
+
+    assert auc([3.0, 2.0], [1.0, 2.0]) == (1 + 1 + 1 + 0.5) / 4
+    assert auc([0.0], [1.0]) == 0.0 and auc([1.0, float("nan")], [0.0]) == 1.0
+    with pytest.raises(ValueError):
+        auc([], [1.0])
+
+
+def test_min_k_plus_plus_matches_its_definition(handle: LoadedModel) -> None:
+    """Recomputed token by token with plain loops over the vocabulary's distribution."""
+    from rrtool.evaluators.membership import min_k_plus_plus
+    from rrtool.release.lora import IGNORE_INDEX, Example, encode_example
+
+    example = Example("Who wrote the letter?", "Ada Lovelace wrote it in 1843.")
+    (score,) = min_k_plus_plus(handle.model, handle.tokenizer, [example], chat=False, k=0.5)
+    ids, labels = encode_example(handle.tokenizer, example, 512, False)
+    with torch.no_grad():
+        logits = handle.model(input_ids=torch.tensor([ids])).logits[0].double()
+    zs = []
+    for t in range(len(ids) - 1):
+        if labels[t + 1] == IGNORE_INDEX:
+            continue
+        logp = torch.log_softmax(logits[t], dim=-1)
+        p = logp.exp()
+        mu = float((p * logp).sum())
+        var = float((p * logp * logp).sum()) - mu * mu
+        zs.append((float(logp[labels[t + 1]]) - mu) / math.sqrt(var))
+    zs.sort()
+    lowest = zs[: math.ceil(0.5 * len(zs))]
+    assert score == pytest.approx(sum(lowest) / len(lowest), rel=1e-9)

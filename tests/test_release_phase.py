@@ -305,3 +305,19 @@ def test_lambda_restores_the_utility_from_before_the_last_subtraction() -> None:
     assert utility_reference(state) == 0.5
     state["stack"] += [{"kind": "retain", "u": 0.45}, {"kind": "forget", "u": 0.35}]
     assert utility_reference(state) == 0.45  # F1 took utility from 0.45
+
+
+def test_o_lora_penalty_reaches_retain_modules_only(invoke, write_spec, tmp_path: Path) -> None:
+    """release.lora.orthogonal_weight: each retain module is trained against the forget
+    modules applied before it (recorded in its sidecar); forget modules never are."""
+    spec = release_spec({"iterations": 2, "lora": {"r": 4, "epochs": 1, "batch_size": 4,
+                                                   "orthogonal_weight": 0.5}})  # fmt: skip
+    result = invoke("run", write_spec(spec), "--phase", "release")
+    assert result.exit_code == 0, result.stderr
+    client, run = _run(tmp_path)
+    info = {
+        name: json.loads(_read(client, run.info.run_id, f"release/modules/{name}.json", tmp_path))
+        ["info"]["orthogonal_weight"]
+        for name in ("F0", "R1", "F1", "R2", "F2")
+    }  # fmt: skip
+    assert info == {"F0": 0.0, "R1": 0.5, "F1": 0.0, "R2": 0.5, "F2": 0.0}

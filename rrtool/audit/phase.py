@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from rrtool.audit.probes import run_probes
+from rrtool.audit.probes import membership_scores, membership_sets, run_probes
 from rrtool.audit.render import describe
 from rrtool.context import RunContext
 from rrtool.evaluators.base import Evaluation
@@ -29,6 +29,7 @@ BEFORE = "audit/before.json"
 AFTER = "audit/after.json"
 SUMMARY = "audit/summary.json"
 PROBES = "audit/probes.json"
+MEMBERSHIP_BASE = "audit/membership_base.json"
 
 
 def metric_key(*parts: str) -> str:
@@ -93,6 +94,20 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
     else:
         before = json.loads(before_text)
         ctx.console.print("audit: base model already measured in this run")
+    sets = membership_base = None
+    if ctx.spec.audit.probes.membership:
+        # Membership needs the base model's scores: taken while it is loaded (or reloaded on
+        # a resume that finds them missing), then kept in the run.
+        sets = membership_sets(ctx, suite, before)
+        base_text = tracker.read_text(MEMBERSHIP_BASE)
+        if base_text is not None:
+            membership_base = json.loads(base_text)
+        elif not isinstance(sets, str):
+            if ctx.model_state != "base":
+                ctx.reload_model()
+            ctx.console.print("audit: membership probe: scoring on the base model ...")
+            membership_base = membership_scores(ctx, sets)
+            tracker.log_dict(membership_base, MEMBERSHIP_BASE)
     _released(ctx)
     after_text = tracker.read_text(AFTER)
     if after_text is None:
@@ -103,7 +118,9 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
     summary = summarise(suite.headlines, before, after)
     tracker.log_dict(summary, SUMMARY)
     forget = summary.get("forget", {})
-    probes = run_probes(ctx, suite, forget.get("before"), forget.get("after"))
+    probes = run_probes(
+        ctx, suite, forget.get("before"), forget.get("after"), membership_base, sets
+    )
     tracker.log_dict(probes, PROBES)
     for key, row in summary.items():
         line = f"{row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])}"

@@ -7,8 +7,14 @@
 - **elicitation**: the forget measure under other phrasings of the forget prompts (a
   paraphrase, a few-shot prompt, a bare prompt); the worst case (the phrasing on which the
   released model shows most of the target) is the number to read.
-- **membership** (Min-K%++ AUC) is not implemented: it needs forget data that was *not*
-  trained on as the non-member set, and Reveal uses every context it is given.
+- **membership**: Min-K%++ scores (``rrtool.evaluators.membership``) of up to
+  ``MEMBERSHIP_EXAMPLES`` members (Reveal's forget examples, which the forget modules were
+  trained on) and as many non-members (the base model's own answers to the audit's forget
+  prompts, on ``audit.forget_eval`` data Reveal never saw); AUC of members over non-members on
+  the base model and on the released one. Both sets are the base model's own outputs, so
+  the base AUC is near 0.5; after Release, an AUC far from 0.5 means the model still tells
+  apart the very examples it was made to forget (a membership leak). Without a held-out
+  ``audit.forget_eval`` there are no non-members and the probe says so.
 
 Each probe measures the released model; nothing here changes its weights.
 """
@@ -22,6 +28,7 @@ from rrtool.context import RunContext
 from rrtool.evaluators.suite import EvaluationSuite, Headline
 
 RELEARN_EXAMPLES = 16
+MEMBERSHIP_EXAMPLES = 64
 
 ELICITATION_TEMPLATES: dict[str, dict[str, str]] = {
     "ner": {
@@ -133,8 +140,76 @@ def elicitation(ctx: RunContext, after: float | None) -> dict[str, Any]:
     }
 
 
+def membership_sets(
+    ctx: RunContext, suite: EvaluationSuite, before: dict[str, Any]
+) -> tuple[list[Any], list[Any]] | str:
+    """(members, non-members) as training examples, or why the probe cannot run."""
+    from rrtool.release.lora import Example
+    from rrtool.release.phase import load_examples
+    from rrtool.tasks import prompt_text
+
+    spec = ctx.spec
+    if spec.audit.forget_eval is None or spec.audit.forget_eval == spec.reveal.contexts:
+        return (
+            "not run: needs audit.forget_eval with data Reveal did not see (the non-members); "
+            "the forget measure defaults to Reveal's own contexts"
+        )
+    members, _ = load_examples(ctx)
+    seen = {prompt_text(e.prompt) for e in members}
+    answers = {a["id"]: a["completion"] for a in before.get("forget", {}).get("answers", [])}
+    non_members = [
+        Example(item.prompt, answers[item.id])
+        for item in suite.forget_items
+        if item.id in answers
+        and answers[item.id].strip() not in ("", "[]")
+        and prompt_text(item.prompt) not in seen
+    ]
+    if not non_members:
+        return "not run: the base model gave no non-empty answer on audit.forget_eval"
+    rng = random.Random(ctx.spec.seed)
+    pick = lambda xs: rng.sample(xs, min(MEMBERSHIP_EXAMPLES, len(xs)))  # noqa: E731
+    return pick(members), pick(non_members)
+
+
+def membership_scores(ctx: RunContext, sets: tuple[list[Any], list[Any]]) -> dict[str, list[float]]:
+    from rrtool.evaluators.membership import min_k_plus_plus
+
+    handle = ctx.model()
+    chat = (
+        bool(getattr(handle.tokenizer, "chat_template", None))
+        and ctx.spec.target.kind != "toxicity"
+    )
+    members, non_members = sets
+    return {
+        "members": min_k_plus_plus(handle.model, handle.tokenizer, members, chat=chat),
+        "non_members": min_k_plus_plus(handle.model, handle.tokenizer, non_members, chat=chat),
+    }
+
+
+def membership(base: dict[str, list[float]], released: dict[str, list[float]]) -> dict[str, Any]:
+    from rrtool.evaluators.membership import DEFAULT_K, auc
+
+    before = auc(base["members"], base["non_members"])
+    after = auc(released["members"], released["non_members"])
+    return {
+        "status": "done",
+        "members": len(base["members"]),
+        "non_members": len(base["non_members"]),
+        "auc_before": before,
+        "auc_after": after,
+        "definition": f"Min-K%++ (k = {DEFAULT_K:.0%}) on completion tokens; AUC of Reveal's "
+        "forget examples (trained on) over the base model's answers on audit.forget_eval "
+        "(never seen); 0.5 = indistinguishable",
+    }
+
+
 def run_probes(
-    ctx: RunContext, suite: EvaluationSuite, before: float | None, after: float | None
+    ctx: RunContext,
+    suite: EvaluationSuite,
+    before: float | None,
+    after: float | None,
+    membership_base: dict[str, Any] | None,
+    sets: tuple[list[Any], list[Any]] | str | None,
 ) -> dict[str, Any]:
     wanted = ctx.spec.audit.probes
     out: dict[str, Any] = {}
@@ -143,8 +218,8 @@ def run_probes(
     if wanted.elicitation:
         out["elicitation"] = elicitation(ctx, after)
     if wanted.membership:
-        out["membership"] = {
-            "status": "not run: Min-K%++ needs held-out forget data (a non-member set); "
-            "not implemented in this version"
-        }
+        if isinstance(sets, str) or sets is None or membership_base is None:
+            out["membership"] = {"status": sets if isinstance(sets, str) else "not run"}
+        else:
+            out["membership"] = membership(membership_base, membership_scores(ctx, sets))
     return out

@@ -184,6 +184,12 @@ def describe(probe: dict[str, Any]) -> str:
     """One line for the console and the report."""
     if probe.get("status") != "done":
         return probe.get("status", "?")
+    if "auc_after" in probe:
+        return (
+            f"Min-K%++ AUC {_fmt(probe['auc_before'])} (base) -> {_fmt(probe['auc_after'])} "
+            f"(released), {probe['members']} members vs {probe['non_members']} non-members "
+            "(0.5 = indistinguishable)"
+        )
     if "recovered" in probe:
         return (
             f"{probe['metric']} {_fmt(probe['after'])} -> {_fmt(probe['after_relearning'])} after "

@@ -96,6 +96,7 @@ class EvaluationSuite:
         self.forget_source = forget_source
         self.utility_source = utility_source
         self.measures: dict[str, Measure] = {}
+        self.forget_items: list[Item] = []  # the forget measurement's prompts
         self.headlines: dict[str, Headline] = {}
         self._generator_cache: Generator | None = None
         self._generator_for: Any = None
@@ -209,6 +210,7 @@ class EvaluationSuite:
         queries = task_queries(kind, source.format, records, self.template)
         queries = _sample(queries, self.size, spec.seed)
         items = [Item(q.id, q.prompt, q.reference) for q in queries]
+        self.forget_items = items
         if kind == "toxicity":
             params = SamplingParams(
                 max_new_tokens=20,
@@ -265,6 +267,8 @@ class EvaluationSuite:
             )
         for split, key in (("forget", "forget"), ("retain", "utility")):
             items = [Item(q.id, q.prompt, q.reference) for q in queries if q.split == split]
+            if split == "forget":
+                self.forget_items = items
             if not items:
                 continue
             types = sorted({q.type or "" for q in queries if q.split == split})

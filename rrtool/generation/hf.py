@@ -257,7 +257,10 @@ class HFGenerator:
             if "cache" in inspect.signature(self.model.forward).parameters
             else "past_key_values"
         )
-        cache = DynamicCache(config=self.model.config)
+        try:  # transformers 5 builds per-layer caches (sliding windows) from the config
+            cache = DynamicCache(config=self.model.config)
+        except TypeError:  # transformers 4: one kind of layer cache
+            cache = DynamicCache()
         self.model(input_ids=head, use_cache=True, **{key: cache})
         cache.batch_repeat_interleave(len(rows))
         tails = [r[shared:] for r in rows]

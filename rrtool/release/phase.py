@@ -191,6 +191,12 @@ class _Release:
                 task, completed=done, total=total, description=f"train {step.name} loss {loss:.3f}"
             )
 
+        # O-LoRA (off unless release.lora.orthogonal_weight > 0): a retain module is pushed
+        # away from the subspaces of the forget modules already applied.
+        orthogonal = cfg.orthogonal_weight if step.kind == "retain" else 0.0
+        applied_forget = [
+            self.modules[e["module"]] for e in self.state["stack"] if e["kind"] == "forget"
+        ]
         module = train_lora(
             self.model,
             self.handle.tokenizer,
@@ -200,6 +206,8 @@ class _Release:
             kind=step.kind,
             chat=self.chat,
             progress=report,
+            orthogonal_to=applied_forget if orthogonal > 0 else None,
+            orthogonal_weight=orthogonal,
         )
         target = self.moddir / f"{step.name}.safetensors"
         try:
