@@ -42,7 +42,10 @@ def _env() -> dict[str, str]:
 
 def _state_len(root: Path) -> int:
     for path in (root / "mlruns").rglob("release/state.json"):
-        return len(json.loads(path.read_text())["stack"])
+        try:
+            return len(json.loads(path.read_text())["stack"])
+        except ValueError:  # caught mid-copy: look again
+            return 0
     return 0
 
 
