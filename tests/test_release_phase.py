@@ -321,3 +321,12 @@ def test_o_lora_penalty_reaches_retain_modules_only(invoke, write_spec, tmp_path
         for name in ("F0", "R1", "F1", "R2", "F2")
     }  # fmt: skip
     assert info == {"F0": 0.0, "R1": 0.5, "F1": 0.0, "R2": 0.5, "F2": 0.0}
+
+
+def test_bf16_autocast_option_reaches_training(invoke, write_spec, tmp_path: Path) -> None:
+    spec = release_spec({"iterations": 0, "lora": {"r": 4, "epochs": 1, "bf16_autocast": True}})
+    result = invoke("run", write_spec(spec), "--phase", "release")
+    assert result.exit_code == 0, result.stderr
+    client, run = _run(tmp_path)
+    meta = json.loads(_read(client, run.info.run_id, "release/modules/F0.json", tmp_path))
+    assert meta["info"]["autocast_bf16"] is True

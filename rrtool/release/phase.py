@@ -208,6 +208,7 @@ class _Release:
             progress=report,
             orthogonal_to=applied_forget if orthogonal > 0 else None,
             orthogonal_weight=orthogonal,
+            autocast_bf16=cfg.bf16_autocast,
         )
         target = self.moddir / f"{step.name}.safetensors"
         try:
