@@ -350,16 +350,22 @@ def build_tiny_model(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
     return LlamaForCausalLM(config)
 
 
+def build_tiny_model_for(tokenizer: Any, **overrides: Any) -> Any:
+    """``build_tiny_model`` sized for ``tokenizer``, with its BOS/EOS/PAD ids."""
+    return build_tiny_model(
+        len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
+
+
 def ensure_tiny_random_checkpoint() -> Path:
     target = cache_dir() / "models" / f"tiny-random-v{TINY_VERSION}"
     if (target / "config.json").exists():
         return target
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(
-        len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    model = build_tiny_model_for(tokenizer)
     _save_atomically(model, tokenizer, target)
     return target

@@ -25,8 +25,8 @@ from rrtool.tracking import (
     Store,
     Tracker,
     flatten,
+    mlflow_client,
     package_versions,
-    prepare_mlflow,
     resolve_store,
     run_tags,
 )
@@ -43,10 +43,7 @@ def spec_hash(loaded: LoadedSpec) -> str:
 
 def find_resumable(store: Store, experiment: str, digest: str) -> str | None:
     """The newest unfinished run of the same spec, if any."""
-    prepare_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=store.uri)
+    client = mlflow_client(store)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None

@@ -185,6 +185,16 @@ def _quiet_mlflow_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def mlflow_client(store: Store) -> Any:
+    """An ``MlflowClient`` for ``store``: telemetry and progress bars settled before mlflow is
+    imported, its loggers quietened after (it configures them on import)."""
+    prepare_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    _quiet_mlflow_logs()
+    return MlflowClient(tracking_uri=store.uri)
+
+
 class Tracker:
     """One MLflow run, addressed explicitly by client and run id."""
 
@@ -195,13 +205,9 @@ class Tracker:
 
     @classmethod
     def start(cls, store: Store, experiment: str, run_name: str, tags: dict[str, str]) -> Tracker:
-        prepare_mlflow()
+        client = mlflow_client(store)
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
-        _quiet_mlflow_logs()  # after the import: mlflow configures its loggers on import
-
-        client = MlflowClient(tracking_uri=store.uri)
         try:
             found = client.get_experiment_by_name(experiment)
             experiment_id = (
@@ -217,11 +223,7 @@ class Tracker:
     @classmethod
     def resume(cls, store: Store, run_id: str) -> Tracker:
         """Reopen an existing run (crash or interruption) to continue writing into it."""
-        prepare_mlflow()
-        from mlflow.tracking import MlflowClient
-
-        _quiet_mlflow_logs()
-        client = MlflowClient(tracking_uri=store.uri)
+        client = mlflow_client(store)
         client.update_run(run_id, status="RUNNING")
         return cls(client, run_id, store)
 

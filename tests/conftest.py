@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,30 @@ def tiny_spec(**sections: Any) -> dict[str, Any]:
     }
     spec.update(sections)
     return spec
+
+
+def only_run(store: Path | str) -> tuple[Any, Any]:
+    """(client, run) of the one run in the ``rrtool`` experiment of a store: a directory
+    holding the embedded ``mlflow.db``, or a tracking URI."""
+    from mlflow.tracking import MlflowClient
+
+    uri = store if isinstance(store, str) else f"sqlite:///{store / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("rrtool")
+    assert experiment is not None, f"no rrtool experiment in {uri}"
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, f"expected one run in {uri}, found {len(runs)}"
+    return client, runs[0]
+
+
+def read_artifact(client: Any, run_id: str, path: str, tmp: Path) -> str:
+    """A run artifact's text, downloaded under ``tmp``."""
+    return Path(client.download_artifacts(run_id, path, str(tmp))).read_text()
+
+
+def read_jsonl(client: Any, run_id: str, path: str, tmp: Path) -> list[dict[str, Any]]:
+    """A JSON-lines run artifact, one record per line."""
+    return [json.loads(line) for line in read_artifact(client, run_id, path, tmp).splitlines()]
 
 
 def plugin_site(root: Path, oracle: str, module: str, source: str) -> Path:

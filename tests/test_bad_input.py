@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from rrtool.errors import TrainingDiverged, UserError
-from tests.conftest import plugin_site, tiny_spec
+from tests.conftest import only_run, plugin_site, read_jsonl, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,18 +26,6 @@ FAST = (
     *("--set", "release.lora.epochs=1", "--set", "audit.eval_size=2"),
     *("--set", "release.iterations=1"),
 )
-
-
-def _run(uri: str) -> tuple[MlflowClient, object]:
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("rrtool")
-    (run,) = client.search_runs([experiment.experiment_id])
-    return client, run
-
-
-def _jsonl(client: MlflowClient, run_id: str, path: str, tmp: Path) -> list[dict]:
-    local = Path(client.download_artifacts(run_id, path, str(tmp)))
-    return [json.loads(line) for line in local.read_text().splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------------- reveal
@@ -84,8 +71,8 @@ def test_an_oracle_that_raises_or_gives_nan_loses_no_generation(tmp_path: Path) 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "oracle `flaky` failed" in done.stderr and "Traceback" not in done.stderr
-    client, run = _run(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    records = _jsonl(client, run.info.run_id, "reveal/progress.jsonl", tmp_path / "d")
+    client, run = only_run(tmp_path)
+    records = read_jsonl(client, run.info.run_id, "reveal/progress.jsonl", tmp_path / "d")
     assert len(records) == 12 * 2  # 12 passages x (person, location): every generation kept
     first_chunk = [r for r in records if "service down" in (r["relevance_error"] or "")]
     assert len(first_chunk) == 8 and all(r["relevance"] is None for r in first_chunk)
@@ -152,7 +139,7 @@ def test_target_modules_that_match_nothing(invoke, write_spec, tmp_path: Path) -
     assert result.exit_code == 2
     assert "release.lora.target_modules: ['qkv_fused'] matches no module" in result.stderr
     assert "q_proj" in result.stderr  # what it could have named
-    _, run = _run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, run = only_run(tmp_path)
     assert run.data.tags["rrtool.phase.reveal"] == "done"  # Reveal's work is kept
     assert run.data.tags["rrtool.status"] == "failed"
 
@@ -182,8 +169,8 @@ def test_nan_loss_stops_that_module_and_keeps_the_run(
     monkeypatch.setattr(release_phase, "train_lora", train)
     result = invoke("run", write_spec(tiny_spec()), *FAST)
     assert result.exit_code == 0, result.stderr
-    client, run = _run(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    steps = _jsonl(client, run.info.run_id, "release/steps.jsonl", tmp_path / "d")
+    client, run = only_run(tmp_path)
+    steps = read_jsonl(client, run.info.run_id, "release/steps.jsonl", tmp_path / "d")
     assert [s["module"] for s in steps] == ["F0", "R1"]
     assert steps[0]["coefficient"] < 0 and "failed" not in steps[0]
     assert "loss is nan" in steps[1]["failed"]
@@ -226,6 +213,6 @@ def test_a_full_disk_while_saving_a_module(
     assert result.exit_code == 2
     assert "cannot save module F0" in result.stderr and "No space left on device" in result.stderr
     assert "--resume" in result.stderr
-    client, run = _run(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    forget = _jsonl(client, run.info.run_id, "reveal/forget.jsonl", tmp_path / "d")
+    client, run = only_run(tmp_path)
+    forget = read_jsonl(client, run.info.run_id, "reveal/forget.jsonl", tmp_path / "d")
     assert forget  # Reveal's data is still in the run

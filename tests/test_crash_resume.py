@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_spec
+from tests.conftest import only_run, read_artifact, tiny_spec
 
 SETS = [
     "reveal.contexts.limit=30",
@@ -72,14 +72,9 @@ def _kill_when(root: Path, cmd: list[str], ready: Callable[[], bool], log: str) 
 
 
 def _finished(root: Path) -> tuple[MlflowClient, object]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("rrtool").experiment_id])
+    client, run = only_run(root)
     assert run.data.tags["rrtool.status"] == "finished"
     return client, run
-
-
-def _artifact(client: MlflowClient, run_id: str, path: str, tmp: Path) -> str:
-    return Path(client.download_artifacts(run_id, path, str(tmp))).read_text()
 
 
 def _export(root: Path) -> dict:
@@ -123,16 +118,20 @@ def test_sigkill_in_release_and_audit_then_resume_equals_an_uninterrupted_run(
     c2, run2 = _finished(crashed)
     steps1 = [
         json.loads(x)
-        for x in _artifact(c1, run1.info.run_id, "release/steps.jsonl", tmp_path / "a").splitlines()
+        for x in read_artifact(
+            c1, run1.info.run_id, "release/steps.jsonl", tmp_path / "a"
+        ).splitlines()
     ]
     steps2 = [
         json.loads(x)
-        for x in _artifact(c2, run2.info.run_id, "release/steps.jsonl", tmp_path / "b").splitlines()
+        for x in read_artifact(
+            c2, run2.info.run_id, "release/steps.jsonl", tmp_path / "b"
+        ).splitlines()
     ]
     key = lambda s: (s["module"], s["sha256"], s["coefficient"], s["s"], s["u"])  # noqa: E731
     assert [key(s) for s in steps2] == [key(s) for s in steps1]  # none twice, none missing
-    summary1 = json.loads(_artifact(c1, run1.info.run_id, "audit/summary.json", tmp_path / "c"))
-    summary2 = json.loads(_artifact(c2, run2.info.run_id, "audit/summary.json", tmp_path / "d"))
+    summary1 = json.loads(read_artifact(c1, run1.info.run_id, "audit/summary.json", tmp_path / "c"))
+    summary2 = json.loads(read_artifact(c2, run2.info.run_id, "audit/summary.json", tmp_path / "d"))
     assert summary2 == summary1
     w1, w2 = _export(clean), _export(crashed)
     assert w1.keys() == w2.keys()

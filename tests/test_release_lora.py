@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rrtool.errors import UserError
-from rrtool.models import build_tiny_model, build_tiny_tokenizer, load_model
+from rrtool.models import build_tiny_model_for, build_tiny_tokenizer, load_model
 from rrtool.release.compose import ScaledAdapter
 from rrtool.release.lora import IGNORE_INDEX, Example, LoraModule, encode_example, train_lora
 from rrtool.spec import LoraSpec, ModelSpec
@@ -33,11 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def tiny() -> tuple[Any, Any]:
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(
-        len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    model = build_tiny_model_for(
+        tokenizer,
         # The default init (0.02) caps logits near uniform whatever LoRA learns (RMSNorm
         # fixes |h| and lm_head is not adapted); a wider init gives a learnable task.
         initializer_range=0.3,

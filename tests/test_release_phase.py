@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from rrtool.context import RunContext
@@ -25,7 +24,7 @@ from rrtool.reveal.phase import run_reveal
 from rrtool.spec import RulesSpec, WeightSearchSpec
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Tracker, resolve_store
-from tests.conftest import tiny_spec
+from tests.conftest import only_run, read_artifact, read_jsonl, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,19 +112,6 @@ def test_lambda_takes_the_smallest_weight_that_recovers_utility() -> None:
 
 
 # -------------------------------------------------------------------------- runs (CLI)
-def _run(tmp_path: Path) -> tuple[MlflowClient, object]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("rrtool")
-    (run,) = client.search_runs([experiment.experiment_id])
-    return client, run
-
-
-def _read(client: MlflowClient, run_id: str, path: str, tmp: Path) -> str:
-    return Path(client.download_artifacts(run_id, path, str(tmp))).read_text()
-
-
-def _jsonl(client: MlflowClient, run_id: str, path: str, tmp: Path) -> list[dict]:
-    return [json.loads(x) for x in _read(client, run_id, path, tmp).splitlines() if x.strip()]
 
 
 def test_release_records_modules_steps_candidates_and_state(
@@ -134,12 +120,12 @@ def test_release_records_modules_steps_candidates_and_state(
     spec = release_spec({"iterations": 2})
     result = invoke("run", write_spec(spec), "--phase", "release")
     assert result.exit_code == 0, result.stderr
-    client, run = _run(tmp_path)
+    client, run = only_run(tmp_path)
     run_id, down = run.info.run_id, tmp_path / "down"
     assert run.data.tags["rrtool.phase.release"] == "done"
     assert run.data.tags["rrtool.release.stop_reason"] == "all 2 iteration(s) done"
 
-    steps = _jsonl(client, run_id, "release/steps.jsonl", down)
+    steps = read_jsonl(client, run_id, "release/steps.jsonl", down)
     assert [s["module"] for s in steps] == ["F0", "R1", "F1", "R2", "F2"]
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
     assert all(
@@ -151,7 +137,7 @@ def test_release_records_modules_steps_candidates_and_state(
         f"{m}.{ext}" for m in ("F0", "R1", "F1", "R2", "F2") for ext in ("safetensors", "json")
     }
 
-    candidates = _jsonl(client, run_id, "release/candidates.jsonl", down)
+    candidates = read_jsonl(client, run_id, "release/candidates.jsonl", down)
     for step in steps:
         tried = [c for c in candidates if c["step"] == step["step"]]
         assert 1 <= len(tried) <= 3
@@ -159,13 +145,13 @@ def test_release_records_modules_steps_candidates_and_state(
         assert chosen["weight"] == step["weight"] and chosen["reason"] == step["weight_from"]
         assert {"s", "u", "accepted", "rule"} <= set(chosen)
 
-    state = json.loads(_read(client, run_id, "release/state.json", down))
+    state = json.loads(read_artifact(client, run_id, "release/state.json", down))
     assert [e["sha256"] for e in state["stack"]] == [s["sha256"] for s in steps]
     assert state["stop_reason"] == "all 2 iteration(s) done"
     history = client.get_metric_history(run_id, "release/forget")
     assert sorted(m.step for m in history) == [0, 1, 2, 3, 4, 5]
     assert len(client.get_metric_history(run_id, "release/weight")) == 5
-    similarity = _jsonl(client, run_id, "release/similarity.jsonl", down)
+    similarity = read_jsonl(client, run_id, "release/similarity.jsonl", down)
     assert [r["iteration"] for r in similarity] == [1, 2] and similarity[0]["layers"]
 
 
@@ -175,12 +161,12 @@ def test_explicit_weights_are_used_exactly_without_search(
     weights = {"mu0": 0.3, "lambdas": [0.2], "mus": [0.45]}
     result = invoke("run", write_spec(release_spec({"weights": weights})), "--phase", "release")
     assert result.exit_code == 0, result.stderr
-    client, run = _run(tmp_path)
-    steps = _jsonl(client, run.info.run_id, "release/steps.jsonl", tmp_path / "d")
+    client, run = only_run(tmp_path)
+    steps = read_jsonl(client, run.info.run_id, "release/steps.jsonl", tmp_path / "d")
     assert [s["weight"] for s in steps] == [0.3, 0.2, 0.45]
     assert [s["coefficient"] for s in steps] == [-0.3, 0.2, -0.45]
     assert {s["weight_from"] for s in steps} == {"explicit"}
-    assert _jsonl(client, run.info.run_id, "release/candidates.jsonl", tmp_path / "d") == []
+    assert read_jsonl(client, run.info.run_id, "release/candidates.jsonl", tmp_path / "d") == []
     logged = [m.value for m in client.get_metric_history(run.info.run_id, "release/weight")]
     assert sorted(logged) == pytest.approx(sorted([0.3, 0.2, 0.45]))
 
@@ -189,9 +175,9 @@ def test_stopping_rule_ends_release_early(invoke, write_spec, tmp_path: Path) ->
     # Any F1 in [0, 1] meets forget_score 1.0: the stop comes right after F0.
     spec = release_spec({"iterations": 2, "weights": {"mu0": 0.1}}, {"forget_score": 1.0})
     assert invoke("run", write_spec(spec), "--phase", "release").exit_code == 0
-    client, run = _run(tmp_path)
+    client, run = only_run(tmp_path)
     assert run.data.tags["rrtool.release.stop_reason"].startswith("forget score")
-    state = json.loads(_read(client, run.info.run_id, "release/state.json", tmp_path / "d"))
+    state = json.loads(read_artifact(client, run.info.run_id, "release/state.json", tmp_path / "d"))
     assert [e["module"] for e in state["stack"]] == ["F0"]
 
 
@@ -314,9 +300,9 @@ def test_o_lora_penalty_reaches_retain_modules_only(invoke, write_spec, tmp_path
                                                    "orthogonal_weight": 0.5}})  # fmt: skip
     result = invoke("run", write_spec(spec), "--phase", "release")
     assert result.exit_code == 0, result.stderr
-    client, run = _run(tmp_path)
+    client, run = only_run(tmp_path)
     info = {
-        name: json.loads(_read(client, run.info.run_id, f"release/modules/{name}.json", tmp_path))
+        name: json.loads(read_artifact(client, run.info.run_id, f"release/modules/{name}.json", tmp_path))
         ["info"]["orthogonal_weight"]
         for name in ("F0", "R1", "F1", "R2", "F2")
     }  # fmt: skip
@@ -327,6 +313,6 @@ def test_bf16_autocast_option_reaches_training(invoke, write_spec, tmp_path: Pat
     spec = release_spec({"iterations": 0, "lora": {"r": 4, "epochs": 1, "bf16_autocast": True}})
     result = invoke("run", write_spec(spec), "--phase", "release")
     assert result.exit_code == 0, result.stderr
-    client, run = _run(tmp_path)
-    meta = json.loads(_read(client, run.info.run_id, "release/modules/F0.json", tmp_path))
+    client, run = only_run(tmp_path)
+    meta = json.loads(read_artifact(client, run.info.run_id, "release/modules/F0.json", tmp_path))
     assert meta["info"]["autocast_bf16"] is True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,10 +10,9 @@ import time
 from pathlib import Path
 
 import yaml
-from mlflow.tracking import MlflowClient
 
 from rrtool.reveal.phase import NER_EXEMPLAR_TEXT, ner_prompt
-from tests.conftest import tiny_spec
+from tests.conftest import only_run, read_jsonl, tiny_spec
 
 
 def reveal_spec(**reveal: object) -> dict:
@@ -25,18 +23,6 @@ def reveal_spec(**reveal: object) -> dict:
     }
     section.update(reveal)
     return tiny_spec(reveal=section)
-
-
-def _run_artifacts(tmp_path: Path) -> tuple[MlflowClient, object]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("rrtool")
-    runs = client.search_runs([experiment.experiment_id])
-    return client, runs
-
-
-def _jsonl(client: MlflowClient, run_id: str, path: str, tmp: Path) -> list[dict]:
-    local = Path(client.download_artifacts(run_id, path, str(tmp)))
-    return [json.loads(line) for line in local.read_text().splitlines()]
 
 
 def test_ner_prompt_is_a_one_shot_conversation() -> None:
@@ -51,13 +37,12 @@ def test_ner_prompt_is_a_one_shot_conversation() -> None:
 def test_reveal_records_forget_and_retain_data(invoke, write_spec, tmp_path: Path) -> None:
     result = invoke("run", write_spec(reveal_spec()), "--phase", "reveal")
     assert result.exit_code == 0, result.stderr
-    client, runs = _run_artifacts(tmp_path)
-    (run,) = runs
+    client, run = only_run(tmp_path)
     assert run.data.tags["rrtool.phase.reveal"] == "done"
     assert run.data.tags["rrtool.status"] == "stopped"
     down = tmp_path / "down"
-    forget = _jsonl(client, run.info.run_id, "reveal/forget.jsonl", down)
-    retain = _jsonl(client, run.info.run_id, "reveal/retain.jsonl", down)
+    forget = read_jsonl(client, run.info.run_id, "reveal/forget.jsonl", down)
+    retain = read_jsonl(client, run.info.run_id, "reveal/retain.jsonl", down)
     # 50 records of the built-in set = 10 passages; one forget and one retain type each.
     assert {r["type"] for r in forget} == {"person"} and {r["type"] for r in retain} == {"location"}
     assert 1 <= len(forget) <= 10 and 1 <= len(retain) <= 10
@@ -115,10 +100,8 @@ def test_sigkill_during_reveal_then_resume_loses_nothing(tmp_path: Path, write_s
     already = int(resumed.stderr.split("reveal: resuming, ")[1].split(" of ")[0])
     assert already >= recorded
 
-    client, runs = _run_artifacts(tmp_path)
-    assert len(runs) == 1, "resume must continue the same run, not start another"
-    run = runs[0]
-    progress = _jsonl(client, run.info.run_id, "reveal/progress.jsonl", tmp_path / "d1")
+    client, run = only_run(tmp_path)  # resume continued the same run, not another
+    progress = read_jsonl(client, run.info.run_id, "reveal/progress.jsonl", tmp_path / "d1")
     ids = [r["query_id"] for r in progress]
     assert len(ids) == len(set(ids)) == 120  # 60 passages x (person, location), none twice
 
@@ -136,8 +119,8 @@ def test_sigkill_during_reveal_then_resume_loses_nothing(tmp_path: Path, write_s
         timeout=600,
     )
     assert clean.returncode == 0, clean.stderr
-    client2, (run2,) = _run_artifacts(fresh)
-    a = _jsonl(client, run.info.run_id, "reveal/forget.jsonl", tmp_path / "d2")
-    b = _jsonl(client2, run2.info.run_id, "reveal/forget.jsonl", tmp_path / "d3")
+    client2, run2 = only_run(fresh)
+    a = read_jsonl(client, run.info.run_id, "reveal/forget.jsonl", tmp_path / "d2")
+    b = read_jsonl(client2, run2.info.run_id, "reveal/forget.jsonl", tmp_path / "d3")
     key = lambda r: (r["id"], r["completion"])  # noqa: E731
     assert sorted(map(key, a)) == sorted(map(key, b))

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.progress import Progress
 
@@ -22,6 +21,7 @@ from rrtool.context import RunContext
 from rrtool.reveal.search import InstructionSearch, first_sentence
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Tracker, resolve_store
+from tests.conftest import only_run, read_artifact, read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,21 +57,6 @@ def search_spec(outer: int = 2, inner: int = 2) -> dict[str, Any]:
     }
 
 
-def _only_run(root: Path) -> tuple[MlflowClient, Any]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("rrtool")
-    (run,) = client.search_runs([experiment.experiment_id])
-    return client, run
-
-
-def _artifact(client: MlflowClient, run_id: str, path: str, tmp: Path) -> str:
-    return Path(client.download_artifacts(run_id, path, str(tmp))).read_text()
-
-
-def _jsonl(client: MlflowClient, run_id: str, path: str, tmp: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in _artifact(client, run_id, path, tmp).splitlines()]
-
-
 def test_first_sentence() -> None:
     assert first_sentence(" write a poem. Then stop.") == "write a poem."
     assert first_sentence("say hi\nand more") == "say hi"
@@ -81,11 +66,11 @@ def test_first_sentence() -> None:
 def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_path: Path) -> None:
     result = invoke("run", write_spec(search_spec()), "--phase", "reveal")
     assert result.exit_code == 0, result.stderr
-    client, run = _only_run(tmp_path)
+    client, run = only_run(tmp_path)
     assert run.data.tags["rrtool.phase.reveal"] == "done"
     run_id, down = run.info.run_id, tmp_path / "down"
 
-    trials = _jsonl(client, run_id, "reveal/trials.jsonl", down)
+    trials = read_jsonl(client, run_id, "reveal/trials.jsonl", down)
     scored = [t for t in trials if t["kind"] != "rescore"]
     # 2 random arms, then 2 outer x 2 inner UCB rounds; the top 3 re-scored before outer 1.
     assert [t["trial"] for t in scored] == [1, 2, 3, 4, 5, 6]
@@ -109,7 +94,7 @@ def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_p
     for name in ("reveal/relevance", "reveal/diversity"):
         assert len(client.get_metric_history(run_id, name)) == 6
 
-    forget = _jsonl(client, run_id, "reveal/forget.jsonl", down)
+    forget = read_jsonl(client, run_id, "reveal/forget.jsonl", down)
     # Each outer iteration adds the best instruction applied to all 8 contexts (deduplicated).
     assert 8 <= len(forget) <= 16
     assert len({(r["prompt"], r["completion"]) for r in forget}) == len(forget)
@@ -119,7 +104,7 @@ def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_p
         assert 0 <= record["relevance"] <= 1 and 0 <= record["diversity"] <= 1
     assert run.data.metrics["reveal/forget_examples"] == len(forget)
     assert run.data.metrics["reveal/trials"] == 6
-    state = json.loads(_artifact(client, run_id, "reveal/search_state.json", down))
+    state = json.loads(read_artifact(client, run_id, "reveal/search_state.json", down))
     assert state["outer"] == 2 and state["trial"] == 6
 
 
@@ -180,9 +165,9 @@ def test_sigkill_during_search_then_resume_matches_an_uninterrupted_run(
         finally:
             proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    client, run = _only_run(tmp_path)
+    client, run = only_run(tmp_path)
     killed = json.loads(
-        _artifact(client, run.info.run_id, "reveal/search_state.json", tmp_path / "k")
+        read_artifact(client, run.info.run_id, "reveal/search_state.json", tmp_path / "k")
     )
 
     resumed = subprocess.run(
@@ -191,12 +176,12 @@ def test_sigkill_during_search_then_resume_matches_an_uninterrupted_run(
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming search at outer {killed['outer']}" in resumed.stderr
 
-    client, run = _only_run(tmp_path)
+    client, run = only_run(tmp_path)
     run_id = run.info.run_id
-    trials = _jsonl(client, run_id, "reveal/trials.jsonl", tmp_path / "d1")
+    trials = read_jsonl(client, run_id, "reveal/trials.jsonl", tmp_path / "d1")
     numbers = [t["trial"] for t in trials if t["trial"] is not None]
     assert numbers == list(range(1, 2 + 4 * 3 + 1))  # no trial twice, none missing
-    state = json.loads(_artifact(client, run_id, "reveal/search_state.json", tmp_path / "d1"))
+    state = json.loads(read_artifact(client, run_id, "reveal/search_state.json", tmp_path / "d1"))
     # Every instruction generated before the kill was reused, not generated again.
     assert state["trials"][: len(killed["trials"])] == killed["trials"]
     resumed_trials = state["trials"][len(killed["trials"]) :]
@@ -209,9 +194,9 @@ def test_sigkill_during_search_then_resume_matches_an_uninterrupted_run(
     monkeypatch.chdir(fresh)
     result = invoke("run", str(fresh / "spec.yaml"), "--phase", "reveal")
     assert result.exit_code == 0, result.stderr
-    client2, run2 = _only_run(fresh)
-    clean = _jsonl(client2, run2.info.run_id, "reveal/trials.jsonl", tmp_path / "d2")
+    client2, run2 = only_run(fresh)
+    clean = read_jsonl(client2, run2.info.run_id, "reveal/trials.jsonl", tmp_path / "d2")
     assert clean == trials
-    a = _jsonl(client, run_id, "reveal/forget.jsonl", tmp_path / "d3")
-    b = _jsonl(client2, run2.info.run_id, "reveal/forget.jsonl", tmp_path / "d4")
+    a = read_jsonl(client, run_id, "reveal/forget.jsonl", tmp_path / "d3")
+    b = read_jsonl(client2, run2.info.run_id, "reveal/forget.jsonl", tmp_path / "d4")
     assert a == b

@@ -11,7 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from rrtool.tracking import Store, flatten, resolve_store
-from tests.conftest import tiny_spec
+from tests.conftest import only_run, read_artifact, tiny_spec
 
 # Keep runs short: 2 passages' worth of built-in NER records, 4 new tokens per answer.
 FAST = (
@@ -21,20 +21,6 @@ FAST = (
 )
 
 
-def _only_run(uri: str):
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("rrtool")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    return client, runs[0]
-
-
-def _artifact(client: MlflowClient, run_id: str, path: str, tmp: Path) -> str:
-    local = client.download_artifacts(run_id, path, str(tmp))
-    return Path(local).read_text()
-
-
 def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path: Path) -> None:
     spec_path = write_spec(tiny_spec())
     result = invoke("run", spec_path, "--set", "release.iterations=1", *FAST)
@@ -42,7 +28,7 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     assert "audit: forget macro_f1" in result.stderr
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlruns").is_dir()
 
-    client, run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "tiny"
     assert run.data.tags["rrtool.status"] == "finished"
@@ -55,17 +41,17 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
 
     down = tmp_path / "down"
     down.mkdir()
-    resolved = yaml.safe_load(_artifact(client, run.info.run_id, "spec/resolved.yaml", down))
+    resolved = yaml.safe_load(read_artifact(client, run.info.run_id, "spec/resolved.yaml", down))
     assert resolved["release"]["iterations"] == 1  # the override, not the file's default
     assert resolved["release"]["lora"]["r"] == 8  # defaults are spelled out
-    as_written = json.loads(_artifact(client, run.info.run_id, "spec/as_written.json", down))
+    as_written = json.loads(read_artifact(client, run.info.run_id, "spec/as_written.json", down))
     assert as_written["release"]["iterations"] == 1 and "weights" not in as_written["release"]
     assert as_written["reveal"]["contexts"]["limit"] == 10
-    plan = json.loads(_artifact(client, run.info.run_id, "plan.json", down))
+    plan = json.loads(read_artifact(client, run.info.run_id, "plan.json", down))
     assert [p["name"] for p in plan["phases"]] == ["reveal", "release", "audit"]
-    env = json.loads(_artifact(client, run.info.run_id, "environment.json", down))
+    env = json.loads(read_artifact(client, run.info.run_id, "environment.json", down))
     assert env["rrtool"] and env["torch"].startswith("2.")
-    model = json.loads(_artifact(client, run.info.run_id, "model.json", down))
+    model = json.loads(read_artifact(client, run.info.run_id, "model.json", down))
     assert model["parameters"] == 37_456 and model["dtype"] == "float32"
 
 
@@ -78,7 +64,7 @@ def test_git_sha_is_recorded_when_running_from_a_checkout(
     if sha is None:
         pytest.skip("rrtool is not running from a git checkout here")
     assert invoke("run", write_spec(tiny_spec()), *FAST).exit_code == 0
-    _, run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.data.tags["rrtool.git_sha"] == sha
     assert run.data.tags["mlflow.source.git.commit"] == sha.removesuffix("-dirty")
 
@@ -127,7 +113,7 @@ def test_flatten_spells_nested_keys() -> None:
 def test_no_secret_env_reaches_params(invoke, write_spec, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PERSPECTIVE_API_KEY", "sk-test-secret-value")
     assert invoke("run", write_spec(tiny_spec()), *FAST).exit_code == 0
-    _, run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     blob = json.dumps([run.data.params, run.data.tags])
     assert "sk-test-secret-value" not in blob
     for root, _, files in os.walk(tmp_path / "mlruns"):

@@ -15,20 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from rrtool.errors import UserError
-from rrtool.tracking import Store, prepare_mlflow
+from rrtool.tracking import Store, mlflow_client
 
 FORMAT = "rrtool.audit/1"
 PHASES = ("reveal", "release", "audit")
-
-
-def _client(store: Store) -> Any:
-    prepare_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    from rrtool.tracking import _quiet_mlflow_logs
-
-    _quiet_mlflow_logs()
-    return MlflowClient(tracking_uri=store.uri)
 
 
 def _rrtool_runs(client: Any, max_results: int = 1000) -> list[Any]:
@@ -53,7 +43,7 @@ def _rrtool_runs(client: Any, max_results: int = 1000) -> list[Any]:
 
 def list_runs(store: Store, limit: int = 50) -> list[dict[str, Any]]:
     """Recent rrtool runs, newest first, with status and headline numbers."""
-    client = _client(store)
+    client = mlflow_client(store)
     rows = []
     for run in _rrtool_runs(client, limit):
         tags = run.data.tags
@@ -75,24 +65,27 @@ def list_runs(store: Store, limit: int = 50) -> list[dict[str, Any]]:
 
 def find_run(store: Store, ref: str | None) -> Any:
     """A run by id, unique id prefix or run name; the latest rrtool run when ``ref`` is None."""
-    client = _client(store)
+    client = mlflow_client(store)
     runs = _rrtool_runs(client)
     if not runs:
         raise UserError(f"no rrtool runs in {store.uri} (run `rrtool run SPEC` first)")
     if ref is None:
         return client, runs[0]
     exact = [r for r in runs if r.info.run_id == ref]
-    matches = exact or [r for r in runs if r.info.run_id.startswith(ref)]
-    matches = matches or [r for r in runs if r.info.run_name == ref]
-    if len(matches) == 1 or (matches and matches[0].info.run_name == ref and not exact):
-        return client, matches[0]
+    if exact:
+        return client, exact[0]
+    prefixed = [r for r in runs if r.info.run_id.startswith(ref)]
+    if len(prefixed) > 1:
+        ids = ", ".join(r.info.run_id[:12] for r in prefixed[:5])
+        raise UserError(f"`{ref}` matches {len(prefixed)} runs ({ids}); give more of the id")
+    # A run name may be reused: the newest run of that name (runs are newest first).
+    matches = prefixed or [r for r in runs if r.info.run_name == ref]
     if not matches:
         raise UserError(
             f"no run `{ref}` in {store.uri} (give a run id, a unique prefix of one, or a run "
             "name; `rrtool runs` lists them)"
         )
-    ids = ", ".join(r.info.run_id[:12] for r in matches[:5])
-    raise UserError(f"`{ref}` matches {len(matches)} runs ({ids}); give more of the id")
+    return client, matches[0]
 
 
 def _time(millis: int | None) -> str | None:

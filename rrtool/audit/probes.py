@@ -68,17 +68,14 @@ def relearning(
 ) -> dict[str, Any]:
     from rrtool.release.compose import ScaledAdapter
     from rrtool.release.lora import train_lora
-    from rrtool.release.phase import load_examples
+    from rrtool.release.phase import load_examples, trains_in_chat_format
 
     forget, _ = load_examples(ctx)
     rng = random.Random(ctx.spec.seed)
     chosen = rng.sample(forget, min(RELEARN_EXAMPLES, len(forget)))
     cfg = ctx.spec.release.lora.model_copy(update={"epochs": 1})
     handle = ctx.model()
-    chat = (
-        bool(getattr(handle.tokenizer, "chat_template", None))
-        and ctx.spec.target.kind != "toxicity"
-    )
+    chat = trains_in_chat_format(ctx)
     ctx.console.print(f"audit: relearning probe: training on {len(chosen)} forget examples ...")
     module = train_lora(
         handle.model, handle.tokenizer, chosen, cfg, seed=ctx.spec.seed, kind="forget", chat=chat
@@ -173,12 +170,10 @@ def membership_sets(
 
 def membership_scores(ctx: RunContext, sets: tuple[list[Any], list[Any]]) -> dict[str, list[float]]:
     from rrtool.evaluators.membership import min_k_plus_plus
+    from rrtool.release.phase import trains_in_chat_format
 
     handle = ctx.model()
-    chat = (
-        bool(getattr(handle.tokenizer, "chat_template", None))
-        and ctx.spec.target.kind != "toxicity"
-    )
+    chat = trains_in_chat_format(ctx)
     members, non_members = sets
     return {
         "members": min_k_plus_plus(handle.model, handle.tokenizer, members, chat=chat),

@@ -280,9 +280,10 @@ def _markdown(report: dict[str, Any]) -> str:
             )
     out.append("\n## Robustness probes\n")
     out.append(md_table(["probe", "result", "definition"], _probe_rows(report)))
-    if _elicitation_rows(report):
+    elicitation = _elicitation_rows(report)
+    if elicitation:
         out.append("\n### Elicitation variants\n")
-        out.append(md_table(["variant", "value", "template"], _elicitation_rows(report)))
+        out.append(md_table(["variant", "value", "template"], elicitation))
     out.append("\n## Cost\n")
     out.append(md_table(["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report)))
     out.append("\n## Environment\n")
@@ -414,6 +415,16 @@ def _answers_html(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _elicitation_html(report: dict[str, Any]) -> str:
+    rows = _elicitation_rows(report)
+    if not rows:
+        return ""
+    return (
+        "<h3>Elicitation: the forget measure per prompt variant (released model)</h3>"
+        + html_table(["variant", "value", "template"], rows, numeric=(1,))
+    )
+
+
 def _html(report: dict[str, Any]) -> str:
     title = _title(report)
     spec = report.get("spec") or {}
@@ -453,12 +464,7 @@ def _html(report: dict[str, Any]) -> str:
         _answers_html(report),
         "<h2>Robustness probes</h2>",
         html_table(["probe", "result", "definition"], _probe_rows(report)),
-        "<h3>Elicitation: the forget measure per prompt variant (released model)</h3>"
-        if _elicitation_rows(report)
-        else "",
-        html_table(["variant", "value", "template"], _elicitation_rows(report), numeric=(1,))
-        if _elicitation_rows(report)
-        else "",
+        _elicitation_html(report),
         "<h2>Cost</h2>",
         html_table(
             ["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report), numeric=(2, 3)

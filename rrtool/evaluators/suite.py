@@ -33,7 +33,7 @@ from rrtool.evaluators import gsm8k
 from rrtool.evaluators.base import Evaluation
 from rrtool.evaluators.generated import Item, oracle_evaluation
 from rrtool.evaluators.perplexity import perplexity
-from rrtool.generation.base import Generator, SamplingParams, make_generator
+from rrtool.generation.base import Generator, SamplingParams, has_chat_template, make_generator
 from rrtool.reveal.phase import ner_queries, task_queries
 from rrtool.spec import DataSource
 
@@ -103,30 +103,25 @@ class EvaluationSuite:
         self._forget()
         self._utility()
 
+    @staticmethod
+    def _audit_options(ctx: RunContext) -> dict[str, Any]:
+        spec, audit = ctx.spec, ctx.spec.audit
+        return {
+            "size": audit.eval_size,
+            "toxicity_samples": audit.toxicity_samples,
+            "forget_source": audit.forget_eval or spec.reveal.contexts,
+            "utility_source": audit.retain_eval or spec.retain.data,
+        }
+
     @classmethod
     def for_audit(cls, ctx: RunContext) -> EvaluationSuite:
         """The audit's sizes and held-out sets (``audit.*``)."""
-        spec, audit = ctx.spec, ctx.spec.audit
-        return cls(
-            ctx,
-            size=audit.eval_size,
-            toxicity_samples=audit.toxicity_samples,
-            forget_source=audit.forget_eval or spec.reveal.contexts,
-            utility_source=audit.retain_eval or spec.retain.data,
-        )
+        return cls(ctx, **cls._audit_options(ctx))
 
     @classmethod
     def for_elicitation(cls, ctx: RunContext, template: str) -> EvaluationSuite:
         """The audit's forget measurement with the forget prompts phrased by ``template``."""
-        audit = cls.for_audit(ctx)
-        return cls(
-            ctx,
-            size=audit.size,
-            toxicity_samples=audit.toxicity_samples,
-            forget_source=audit.forget_source,
-            utility_source=audit.utility_source,
-            template=template,
-        )
+        return cls(ctx, **cls._audit_options(ctx), template=template)
 
     @classmethod
     def for_release(cls, ctx: RunContext) -> EvaluationSuite:
@@ -155,7 +150,7 @@ class EvaluationSuite:
         return self._generator_cache
 
     def _chat(self) -> bool:
-        return bool(getattr(self.ctx.model().tokenizer, "chat_template", None))
+        return has_chat_template(self.ctx.model().tokenizer)
 
     def _greedy(self) -> SamplingParams:
         gen = self.spec.reveal.generation

@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
+from rrtool.generation.base import has_chat_template
 from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
 from rrtool.release.evaluate import Evaluator, Scores
@@ -98,6 +99,12 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     return forget, retain
 
 
+def trains_in_chat_format(ctx: RunContext) -> bool:
+    """Whether LoRA examples are rendered with the model's chat template: when it has one,
+    except for toxicity, whose examples are plain continuations of a text."""
+    return has_chat_template(ctx.model().tokenizer) and ctx.spec.target.kind != "toxicity"
+
+
 def _stale(forget_scores: list[float], min_progress: float) -> int:
     """Iterations since the forget score last dropped by ``min_progress`` below its best."""
     best, stale = forget_scores[0], 0
@@ -128,8 +135,7 @@ class _Release:
         self.candidates: list[dict[str, Any]] = []
         self.similarity: list[dict[str, Any]] = []
         self.modules: dict[str, LoraModule] = {}  # by name; small (r x in + out x r per layer)
-        self.chat = bool(getattr(self.handle.tokenizer, "chat_template", None))
-        self.chat = self.chat and self.spec.target.kind != "toxicity"
+        self.chat = trains_in_chat_format(ctx)
 
     # ----------------------------------------------------------------- state
     def _iteration_start(self, position: int) -> bool:
