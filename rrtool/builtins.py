@@ -31,3 +31,11 @@ BUILTIN_EMBEDDERS: dict[str, str] = {
 def builtin_name(ref: str) -> str | None:
     """``builtin:foo`` -> ``foo``; anything else -> None."""
     return ref[len(BUILTIN_PREFIX) :] if ref.startswith(BUILTIN_PREFIX) else None
+
+
+HUB_PREFIX = "hf:"
+
+
+def hub_name(ref: str) -> str | None:
+    """``hf:openai/gsm8k`` -> ``openai/gsm8k`` (a hub dataset id); anything else -> None."""
+    return ref[len(HUB_PREFIX) :] if ref.startswith(HUB_PREFIX) else None

@@ -1,34 +1,40 @@
-"""Data loaders for the formats rrtool reads, with errors that name FILE:LINE.
+"""Data loaders for the formats rrtool reads, with errors that name where the bad row is.
 
-Each loader returns plain records (dicts) in file order. The planner calls
-``load_records`` before any compute, so a malformed file fails in seconds, not
-after an hour of generation.
+A data source is a local file (errors say FILE:LINE), a built-in set, or a hub dataset
+(``hf:NAME``; errors say ``hf:NAME[split] row N``). Files and hub datasets go through
+the same per-format parsers, so a record is checked the same way wherever it came
+from. Each loader returns plain records (dicts) in source order. The planner calls
+``load_records`` before any compute, so a malformed source fails in seconds, not after
+an hour of generation.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rrtool.builtins import BUILTIN_DATA, builtin_name
+from rrtool.builtins import BUILTIN_DATA, builtin_name, hub_name
 from rrtool.errors import UserError
 from rrtool.spec import DataSource
 
 Record = dict[str, Any]
+# (where, record): `where` locates the record for error messages ("file.jsonl:12").
+Row = tuple[str, Any]
 
 
 def resolve_path(source: DataSource) -> Path:
-    """The file behind a data source; built-in sets (names checked by the spec) resolve
-    inside the package."""
+    """The file behind a file-backed data source; built-in sets (names checked by the
+    spec) resolve inside the package."""
     name = builtin_name(source.path)
     if name is None:
         return Path(source.path)
     return Path(str(resources.files("rrtool") / "builtin_data" / BUILTIN_DATA[name][0]))
 
 
+# --------------------------------------------------------------------------- row sources
 def _open_text(path: Path) -> str:
     if path.is_dir():
         raise UserError(f"{path}: is a directory (expected a data file)")
@@ -40,7 +46,7 @@ def _open_text(path: Path) -> str:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, Record]]:
+def _json_lines(path: Path) -> Iterator[Row]:
     for number, line in enumerate(_open_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -51,60 +57,100 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Record]]:
                 f"{path}:{number}: invalid JSON at column {exc.colno}: {exc.msg} "
                 "(expected one JSON object per line)"
             ) from None
+        yield f"{path}:{number}", record
+
+
+def _json_list(path: Path) -> Iterator[Row]:
+    try:
+        items = json.loads(_open_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(items, list):
+        raise UserError(f"{path}:1: got a JSON {type(items).__name__} (expected a list)")
+    for index, item in enumerate(items):
+        yield f"{path}:1: [{index}]", item
+
+
+def _text_lines(path: Path) -> Iterator[Row]:
+    for number, line in enumerate(_open_text(path).splitlines(), start=1):
+        yield f"{path}:{number}", {"text": line}
+
+
+def _hub_rows(source: DataSource) -> Iterator[Row]:
+    """Rows of a hub dataset through `datasets.load_dataset` (its cache, its offline
+    switches: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            f"{source.path}: reading hub datasets needs the `datasets` package "
+            "(pip install 'rrtool[hub]'), or download the data and give a file path"
+        ) from None
+    name = hub_name(source.path)
+    split = source.split or "test"
+    try:
+        table = datasets.load_dataset(name, source.config, split=split, revision=source.revision)
+    # datasets reports a missing dataset, config or split, a lost connection and an
+    # offline cache miss with many unrelated exception types; all are the user's to fix.
+    except Exception as exc:  # noqa: BLE001
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{source.path}: could not load the hub dataset (config {source.config!r}, "
+            f"split {split!r}): {reason[:300]} (check the name, `config` and `split`, and "
+            "that the hub is reachable or the dataset is in the local cache)"
+        ) from None
+    for index, row in enumerate(table):
+        yield f"{source.path}[{split}] row {index}", row
+
+
+# --------------------------------------------------------------------------- parsers
+def _objects(rows: Iterable[Row]) -> Iterator[Row]:
+    for where, record in rows:
         if not isinstance(record, dict):
             raise UserError(
-                f"{path}:{number}: got a JSON {type(record).__name__} "
-                "(expected one JSON object per line)"
+                f"{where}: got a JSON {type(record).__name__} (expected one JSON object per line)"
             )
-        yield number, record
+        yield where, record
 
 
-def _require(path: Path, line: int, record: Record, fmt: str, keys: dict[str, type]) -> None:
+def _require(where: str, record: Record, fmt: str, keys: dict[str, type]) -> None:
     for key, kind in keys.items():
         if key not in record:
-            raise UserError(f"{path}:{line}: missing field `{key}` (expected a {fmt} record)")
+            raise UserError(f"{where}: missing field `{key}` (expected a {fmt} record)")
         if not isinstance(record[key], kind):
             raise UserError(
-                f"{path}:{line}: field `{key}` is {type(record[key]).__name__} "
+                f"{where}: field `{key}` is {type(record[key]).__name__} "
                 f"(expected {kind.__name__} in a {fmt} record)"
             )
 
 
-def _checked_jsonl(fmt: str, keys: dict[str, type]) -> Callable[[Path], list[Record]]:
-    def load(path: Path) -> list[Record]:
+def _checked(fmt: str, keys: dict[str, type]) -> Callable[[Iterable[Row]], list[Record]]:
+    def parse(rows: Iterable[Row]) -> list[Record]:
         records = []
-        for line, record in _json_lines(path):
-            _require(path, line, record, fmt, keys)
+        for where, record in _objects(rows):
+            _require(where, record, fmt, keys)
             records.append(record)
         return records
 
-    return load
+    return parse
 
 
-def _load_rtp(path: Path) -> list[Record]:
+def _parse_rtp(rows: Iterable[Row]) -> list[Record]:
     records = []
-    for line, record in _json_lines(path):
+    for where, record in _objects(rows):
         prompt = record.get("prompt")
         if not isinstance(prompt, dict) or not isinstance(prompt.get("text"), str):
             raise UserError(
-                f"{path}:{line}: missing `prompt.text` (expected a RealToxicityPrompts record)"
+                f"{where}: missing `prompt.text` (expected a RealToxicityPrompts record)"
             )
         records.append(record)
     return records
 
 
-def _load_universalner(path: Path) -> list[Record]:
+def _parse_universalner(rows: Iterable[Row]) -> list[Record]:
     """UniversalNER conversations -> one record per (text, type) query."""
-    text = _open_text(path)
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(items, list):
-        raise UserError(f"{path}:1: got a JSON {type(items).__name__} (expected a list)")
     records = []
-    for index, item in enumerate(items):
-        where = f"{path}:1: [{index}]"
+    for index, (where, item) in enumerate(rows):
         turns = item.get("conversations") if isinstance(item, dict) else None
         if not isinstance(turns, list) or len(turns) < 4:
             raise UserError(f"{where}: expected `conversations` with at least 4 turns")
@@ -134,31 +180,42 @@ def _load_universalner(path: Path) -> list[Record]:
     return records
 
 
-def _load_text(path: Path) -> list[Record]:
-    lines = [line.strip() for line in _open_text(path).splitlines()]
-    records = [{"text": line} for line in lines if line]
-    if not records:
-        raise UserError(f"{path}:1: the file is empty (expected raw text)")
+def _parse_text(rows: Iterable[Row]) -> list[Record]:
+    """A raw corpus: one record per non-empty line (a hub row's `text` may hold several)."""
+    records = []
+    for where, row in _objects(rows):
+        _require(where, row, "text", {"text": str})
+        records.extend({"text": line.strip()} for line in row["text"].splitlines() if line.strip())
     return records
 
 
-LOADERS: dict[str, Callable[[Path], list[Record]]] = {
-    "jsonl": lambda path: [record for _, record in _json_lines(path)],
-    "universalner": _load_universalner,
-    "mbpp": _checked_jsonl("MBPP", {"text": str, "test_list": list}),
-    "mbppplus": _checked_jsonl(
+PARSERS: dict[str, Callable[[Iterable[Row]], list[Record]]] = {
+    "jsonl": lambda rows: [record for _, record in _objects(rows)],
+    "universalner": _parse_universalner,
+    "mbpp": _checked("MBPP", {"text": str, "test_list": list}),
+    "mbppplus": _checked(
         "MBPP+", {"task_id": str, "prompt": str, "entry_point": str, "base_input": list}
     ),
-    "gsm8k": _checked_jsonl("GSM8K", {"question": str, "answer": str}),
-    "rtp": _load_rtp,
-    "text": _load_text,
+    "gsm8k": _checked("GSM8K", {"question": str, "answer": str}),
+    "rtp": _parse_rtp,
+    "text": _parse_text,
+}
+
+# How each format is laid out in a file (a hub dataset is always a sequence of rows).
+FILE_ROWS: dict[str, Callable[[Path], Iterator[Row]]] = {
+    "universalner": _json_list,
+    "text": _text_lines,
 }
 
 
 def load_records(source: DataSource) -> list[Record]:
     """Parse a data source fully (honouring ``limit``); raises ``UserError`` on bad data."""
-    path = resolve_path(source)
-    records = LOADERS[source.format](path)
+    if source.is_hub:
+        origin, rows = source.path, _hub_rows(source)
+    else:
+        path = resolve_path(source)
+        origin, rows = str(path), FILE_ROWS.get(source.format, _json_lines)(path)
+    records = PARSERS[source.format](rows)
     if not records:
-        raise UserError(f"{path}: no records (expected at least one {source.format} record)")
+        raise UserError(f"{origin}: no records (expected at least one {source.format} record)")
     return records[: source.limit] if source.limit else records

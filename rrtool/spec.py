@@ -20,7 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from rrtool.builtins import BUILTIN_DATA, BUILTIN_EMBEDDERS, BUILTIN_MODELS, builtin_name
+from rrtool.builtins import (
+    BUILTIN_DATA,
+    BUILTIN_EMBEDDERS,
+    BUILTIN_MODELS,
+    builtin_name,
+    hub_name,
+)
 
 
 class _Section(BaseModel):
@@ -33,12 +39,14 @@ DataFormat = Literal["jsonl", "universalner", "mbpp", "mbppplus", "gsm8k", "rtp"
 
 
 class DataSource(_Section):
-    """A local data file (or a built-in set) and how to read it."""
+    """A local data file, a built-in set, or a hub dataset, and how to read it."""
 
     path: str = Field(
         description=(
-            "File path, relative to the spec file, or a built-in set such as "
-            "`builtin:ner_passages` (sets the project ships; see `rrtool/builtin_data/`)."
+            "File path, relative to the spec file; a built-in set such as "
+            "`builtin:ner_passages` (sets the project ships; see `rrtool/builtin_data/`); "
+            "or a Hugging Face hub dataset such as `hf:openai/gsm8k` (needs the `datasets` "
+            "package and a reachable hub or a cached copy; see `config`, `split`, `revision`)."
         )
     )
     format: DataFormat = Field(
@@ -50,6 +58,21 @@ class DataSource(_Section):
     )
     limit: int | None = Field(
         default=None, ge=1, description="Use at most this many records (first N, in file order)."
+    )
+    config: str | None = Field(
+        default=None,
+        description="Hub datasets only: the configuration name (e.g. `main` for openai/gsm8k).",
+    )
+    split: str | None = Field(
+        default=None,
+        description="Hub datasets only: the split to read (default `test`).",
+    )
+    revision: str | None = Field(
+        default=None,
+        description=(
+            "Hub datasets only: a git revision (tag, branch or commit) to pin the data to, "
+            "so a rerun reads the same rows."
+        ),
     )
 
     @model_validator(mode="before")
@@ -71,6 +94,11 @@ class DataSource(_Section):
         if name is not None:
             _check_builtin(name, BUILTIN_DATA, "data set")
             return value
+        hub = hub_name(value)
+        if hub is not None:
+            if not hub.strip():
+                raise ValueError("names no dataset (expected e.g. `hf:openai/gsm8k`)")
+            return value
         base = (info.context or {}).get("base_dir")
         path = Path(value).expanduser()
         if base is not None and not path.is_absolute():
@@ -85,11 +113,22 @@ class DataSource(_Section):
                 f"built-in set `{self.path}` is in format `{BUILTIN_DATA[name][1]}` "
                 f"(got format `{self.format}`)"
             )
+        if not self.is_hub:
+            given = [k for k in ("config", "split", "revision") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"`{given[0]}` applies only to hub datasets "
+                    f"(a `path` starting with `hf:`; got `{self.path}`)"
+                )
         return self
 
     @property
     def is_builtin(self) -> bool:
         return builtin_name(self.path) is not None
+
+    @property
+    def is_hub(self) -> bool:
+        return hub_name(self.path) is not None
 
 
 def _check_builtin(name: str, table: dict[str, Any], what: str) -> None:
