@@ -8,6 +8,7 @@ status ``stopped`` (resumable once they exist).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -29,6 +30,7 @@ from rrtool.tracking import (
     package_versions,
     resolve_store,
     run_tags,
+    store_failure,
 )
 
 RESUMABLE = ("running", "failed", "interrupted", "stopped")
@@ -213,8 +215,17 @@ def run_spec(
             f"`rrtool run {loaded.source.file} --resume`"
         )
         raise
-    except BaseException:
-        tracker.finish("FAILED", "failed")
+    except BaseException as exc:
+        reason = store_failure(exc)
+        # The store itself may be what failed; the run then stays "running", which
+        # --resume accepts as well.
+        with contextlib.suppress(Exception):
+            tracker.finish("FAILED", "failed")
+        if reason is not None:
+            raise UserError(
+                f"{store.uri}: the tracking store failed ({reason}); what was recorded before "
+                "is kept there. When the store is back, run the same command with --resume"
+            ) from None
         raise
     if phases != PHASES:  # --phase: the job is not over; `--resume` continues it
         tracker.finish("FINISHED", "stopped")

@@ -11,12 +11,15 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -185,6 +188,33 @@ def _quiet_mlflow_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@contextmanager
+def sqlite_store_lock(store: Store) -> Iterator[None]:
+    """Hold an exclusive lock on a SQLite store's directory (no-op for other stores).
+
+    Two runs started at once on a new store would both run MLflow's schema migrations
+    (the loser dies on "duplicate column") and both create the experiment; the lock
+    makes the second wait for the first. It is an advisory ``flock`` on the directory
+    itself, so it leaves no lock file behind and dies with its process.
+    """
+    if not store.uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent first runs are not serialised there
+        yield
+        return
+    folder = Path(store.uri.removeprefix("sqlite:///").split("?", 1)[0]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def mlflow_client(store: Store) -> Any:
     """An ``MlflowClient`` for ``store``: telemetry and progress bars settled before mlflow is
     imported, its loggers quietened after (it configures them on import)."""
@@ -192,7 +222,12 @@ def mlflow_client(store: Store) -> Any:
     from mlflow.tracking import MlflowClient
 
     _quiet_mlflow_logs()
-    return MlflowClient(tracking_uri=store.uri)
+    with sqlite_store_lock(store):
+        # Opening the store (at construction or at the first request, depending on the
+        # MLflow version) creates and migrates a new SQLite database.
+        client = MlflowClient(tracking_uri=store.uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 class Tracker:
@@ -209,12 +244,13 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            found = client.get_experiment_by_name(experiment)
-            experiment_id = (
-                found.experiment_id
-                if found is not None
-                else client.create_experiment(experiment, artifact_location=store.artifact_root)
-            )
+            with sqlite_store_lock(store):  # two first runs must not both create it
+                found = client.get_experiment_by_name(experiment)
+                experiment_id = (
+                    found.experiment_id
+                    if found is not None
+                    else client.create_experiment(experiment, artifact_location=store.artifact_root)
+                )
             run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         except MlflowException as exc:
             raise UserError(f"{store.uri}: cannot start a run ({exc.message})") from None
@@ -281,6 +317,28 @@ class Tracker:
         """``status`` is MLflow's (FINISHED/FAILED/KILLED); ``rrtool_status`` says where it stopped."""
         self.client.set_tag(self.run_id, "rrtool.status", rrtool_status)
         self.client.set_terminated(self.run_id, status=status)
+
+
+def store_failure(exc: BaseException) -> str | None:
+    """A short reason if ``exc`` is the tracking store failing (a lost server, a database
+    that can no longer be written), else None: those are the user's to fix and the run can
+    be resumed, while any other exception is a bug and keeps its traceback."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        kind = type(current)
+        text = str(current)
+        if kind.__name__ == "MlflowException" and text.startswith("API request to"):
+            # "API request to URL failed with exception ...[Errno 111] Connection refused"
+            found = re.search(r"\[Errno -?\d+\] ([^\"')]+)", text)
+            return found.group(1).strip() if found else text.split(" with exception ")[-1][:200]
+        if kind.__module__.startswith("requests.") and isinstance(current, OSError):
+            return f"{kind.__name__}: {text[:200]}"
+        if kind.__module__.startswith("sqlalchemy.") and kind.__name__ == "OperationalError":
+            return text.splitlines()[0][:200]
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def run_tags(spec_name: str) -> dict[str, str]:
