@@ -24,6 +24,7 @@ import pytest
 from rrtool_oracles.perspective import CACHE_FILE, OracleError, PerspectiveOracle, TokenBucket
 
 from rrtool.oracles.contract import Oracle, Requirements, Sample
+from tests.conftest import tiny_spec
 
 KEY = "sk-test-S3CR3T+key/42"  # '+' and '/' so a URL-encoded leak would be caught too
 KEY_ENV = "RRTOOL_TEST_PERSPECTIVE_KEY"
@@ -456,3 +457,49 @@ def _assert_no_key(*texts: str) -> None:
     for form in (KEY, urllib.parse.quote(KEY, safe=""), urllib.parse.quote_plus(KEY)):
         for text in texts:
             assert form not in text
+
+
+def test_a_whole_run_and_its_reports_never_hold_the_key(
+    server: _Emulator, invoke, write_spec, tmp_path: Path
+) -> None:
+    """The key is used for every score of a real run (tiny model, toxicity target), then the
+    MLflow store (database and artifacts), the scratch directory, the reports in every format
+    and everything the commands printed are searched for it, plain and URL-encoded."""
+    spec = tiny_spec(
+        target={"kind": "toxicity", "description": "Toxic continuations"},
+        oracle={
+            "name": "perspective",
+            "options": {"url": server.url, "api_key_env": KEY_ENV, "qps": 1000.0},
+        },
+        reveal={
+            "strategy": "direct",
+            "contexts": {"path": "builtin:toxicity_prompts", "format": "rtp", "limit": 4},
+            "generation": {"max_new_tokens": 4},
+        },
+        retain={"data": {"path": "builtin:wiki_text", "format": "text", "limit": 8}},
+        release={"iterations": 1, "lora": {"epochs": 1}, "search": {"budget": 2, "eval_size": 2}},
+        audit={"eval_size": 2, "toxicity_samples": 2, "probes": {"elicitation": True}},
+    )
+    outputs = []
+    result = invoke("run", write_spec(spec))
+    outputs.append(result.output)
+    assert result.exit_code == 0, result.output
+    assert len(server.requests) > 0  # the key was really used
+    assert all(r["query"]["key"] == [KEY] for r in server.requests)
+    for fmt in ("html", "md", "json"):
+        result = invoke("audit", "--report", fmt, "--out", tmp_path / f"report.{fmt}")
+        outputs.append(result.output)
+        assert result.exit_code == 0, result.output
+    outputs.append(invoke("runs", "--json").output)
+
+    leaks = {KEY.encode(), urllib.parse.quote(KEY, safe="").encode(), KEY.split("+")[1].encode()}
+    searched = 0
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            searched += 1
+            data = path.read_bytes()
+            assert not any(leak in data for leak in leaks), f"the key is in {path}"
+    assert searched > 20  # the store, its artifacts and the reports were there to search
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "report.html").is_file()
+    for output in outputs:
+        assert not any(leak.decode() in output for leak in leaks)
