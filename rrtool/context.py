@@ -62,10 +62,9 @@ class RunContext:
 
     def generator(self) -> Generator:
         if self._generator is None:
-            from rrtool.generation.base import make_generator
+            from rrtool.generation.base import generator_for
 
-            gen = self.spec.reveal.generation
-            self._generator = make_generator(gen.backend, self.model(), batch_size=gen.batch_size)
+            self._generator = generator_for(self.spec.reveal.generation, self.model())
         return self._generator
 
     def oracle(self, name: str | None = None, options: dict[str, Any] | None = None) -> Oracle:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rrtool.data import load_records
@@ -291,10 +292,16 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         1, len(spec.target.forget_types) + len(spec.target.retain_types)
     )
     evals = (searched * search.budget + 1 + 1 + 2 * iterations) * per_eval
+    launcher = ""
+    if lora.accelerate_config is not None:
+        launcher = f"; accelerate launch --config_file {Path(lora.accelerate_config).name}"
+    elif lora.processes > 1:
+        launcher = f"; {lora.processes} processes under accelerate launch"
     steps = [
         Step(
             "forget F0",
-            f"train forget LoRA (r={lora.r}, {lora.target_modules}) on ~{forget_n} examples, "
+            f"train forget LoRA (r={lora.r}, {lora.target_modules}{launcher}) on ~{forget_n} "
+            "examples, "
             f"subtract mu0 = {how(weights.mu0)}",
             {"training_steps": forget_steps},
         ),

@@ -238,6 +238,26 @@ class GenerationSpec(_Section):
     backend: Literal["hf", "vllm"] = Field(
         default="hf", description="`hf` (transformers) or `vllm` (when installed)."
     )
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        description="vLLM only: GPUs the engine shards the model over (its "
+        "`tensor_parallel_size`).",
+    )
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM only: further `vllm.LLM` engine arguments, passed as given (e.g. "
+        "`max_model_len`, `gpu_memory_utilization`, `quantization`).",
+    )
+
+    @model_validator(mode="after")
+    def _vllm_only(self) -> GenerationSpec:
+        if self.backend != "vllm":
+            if self.tensor_parallel_size != 1:
+                raise ValueError("`tensor_parallel_size` applies only to backend: vllm")
+            if self.engine_options:
+                raise ValueError("`engine_options` applies only to backend: vllm")
+        return self
 
 
 class InstructionSearchSpec(_Section):
@@ -377,6 +397,38 @@ class LoraSpec(_Section):
         "the forget modules applied so far, so adding R_i does not undo their forgetting "
         "(0 = off).",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="Data-parallel processes per module: more than 1 trains each module "
+        "under `accelerate launch` (DDP; gloo on CPU, NCCL on GPUs), each process holding a "
+        "copy of the model; the update matches one process up to float rounding (dropout "
+        "masks differ). Multi-GPU/multi-node settings: `accelerate_config`.",
+    )
+    accelerate_config: str | None = Field(
+        default=None,
+        description="An `accelerate config` YAML (relative to the spec file) passed to "
+        "`accelerate launch --config_file`; its process count and backend win over "
+        "`processes`. Setting it trains under `accelerate launch` even with 1 process.",
+    )
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _config_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        base = (info.context or {}).get("base_dir")
+        path = Path(value).expanduser()
+        if base is not None and not path.is_absolute():
+            path = Path(base) / path
+        if not path.is_file():
+            raise ValueError(f"no such file: {path} (expected an `accelerate config` YAML)")
+        return str(path)
+
+    @property
+    def launches_processes(self) -> bool:
+        return self.processes > 1 or self.accelerate_config is not None
 
     @field_validator("target_modules")
     @classmethod

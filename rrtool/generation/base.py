@@ -229,6 +229,14 @@ def make_generator(backend: str, handle: LoadedModel, *, batch_size: int, **kw: 
     raise UserError(f"generation.backend: unknown backend `{backend}` (expected `hf` or `vllm`)")
 
 
+def generator_for(spec: GenerationSpec, handle: LoadedModel) -> Generator:
+    """The generator a spec's ``generation`` section asks for (engine options for vLLM)."""
+    engine: dict[str, Any] = {}
+    if spec.backend == "vllm":
+        engine = {"tensor_parallel_size": spec.tensor_parallel_size, **spec.engine_options}
+    return make_generator(spec.backend, handle, batch_size=spec.batch_size, **engine)
+
+
 def vllm_missing_message() -> str:
     return (
         "generation.backend is `vllm` but vLLM is not installed "

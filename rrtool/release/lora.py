@@ -240,6 +240,7 @@ def train_lora(
     autocast_bf16: bool = False,
     orthogonal_to: Sequence[LoraModule] | None = None,
     orthogonal_weight: float = 0.0,
+    accelerator: Any | None = None,
 ) -> LoraModule:
     """Train a LoRA on the model's current weights and return it as a ``LoraModule``.
 
@@ -248,6 +249,11 @@ def train_lora(
     (step, total_steps, loss) after each optimiser step. ``orthogonal_to`` with a positive
     ``orthogonal_weight`` adds O-LoRA's penalty sum ||A_new A_prev^T||_F^2 over shared layers.
     The same seed on the same weights and data gives identical A and B (on CPU).
+
+    ``accelerator`` (an ``accelerate.Accelerator`` of several processes, each holding the
+    same model and examples) trains data-parallel under DDP: each process runs its share of
+    every step's micro-batches and DDP sums the gradients, so a step's update is the one a
+    single process computes (up to float summation order; dropout masks differ per process).
     """
     from peft import LoraConfig, LoraModel
     from peft.tuners.lora import LoraLayer
@@ -315,11 +321,12 @@ def train_lora(
             previous = _previous_factors(layers, orthogonal_to or [], device)
             generator = torch.Generator().manual_seed(seed)
             model.train()
+            share = _Share.of(accelerator, model)
             step = 0
             for _epoch in range(cfg.epochs):
                 order = torch.randperm(len(rows), generator=generator).tolist()
                 for group in _step_groups(order, cfg.batch_size, cfg.gradient_accumulation):
-                    loss = _accumulate(model, rows, group, pad_id, device, autocast_bf16)
+                    loss = _accumulate(model, rows, group, pad_id, device, autocast_bf16, share)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"{kind} module: loss is {loss} at step {step + 1} of {total_steps} "
@@ -327,7 +334,13 @@ def train_lora(
                         )
                     if orthogonal_weight > 0 and previous:
                         penalty = orthogonal_weight * _orthogonal_penalty(layers, previous)
-                        penalty.backward()
+                        # autograd.grad, not backward(): a backward outside a forward would
+                        # trip DDP's gradient hooks; every process adds the same penalty.
+                        factors = [layers[n].lora_A[_ADAPTER].weight for n in previous]
+                        for weight, grad in zip(
+                            factors, torch.autograd.grad(penalty, factors), strict=True
+                        ):
+                            weight.grad = grad if weight.grad is None else weight.grad + grad
                     torch.nn.utils.clip_grad_norm_(params, 1.0)  # HF Trainer's default
                     optimiser.step()
                     optimiser.zero_grad(set_to_none=True)
@@ -387,6 +400,45 @@ def _linear_names(model: Any) -> list[str]:
     )
 
 
+@dataclass
+class _Share:
+    """This process's part of each step under data parallelism (everything, alone)."""
+
+    forward: Any  # the model, or its DDP wrapper (whose backward sums gradients)
+    rank: int = 0
+    processes: int = 1
+    accelerator: Any | None = None
+
+    @classmethod
+    def of(cls, accelerator: Any | None, model: Any) -> _Share:
+        if accelerator is None or accelerator.num_processes <= 1:
+            return cls(model)
+        # prepare_model wraps in DDP, which broadcasts rank 0's parameters (the same LoRA
+        # initialisation everywhere, from the shared seed, anyway) and sums gradients.
+        wrapped = accelerator.prepare_model(model, device_placement=False)
+        return cls(wrapped, accelerator.process_index, accelerator.num_processes, accelerator)
+
+    def micro_batches(self, group: list[list[int]]) -> list[tuple[list[int], float]]:
+        """(indices, weight) to run here: every ``processes``-th micro-batch of the step.
+
+        DDP needs the same number of backward passes in every process, so a process short
+        of a micro-batch runs one with weight 0 (no gradient, the collective still happens).
+        """
+        mine = [(micro, 1.0) for micro in group[self.rank :: self.processes]]
+        rounds = math.ceil(len(group) / self.processes)
+        return mine + [(group[0], 0.0)] * (rounds - len(mine))
+
+    def sync_only_last(self, index: int, count: int) -> contextlib.AbstractContextManager:
+        if self.accelerator is None or index == count - 1:
+            return contextlib.nullcontext()
+        return self.accelerator.no_sync(self.forward)
+
+    def total(self, value: float, device: torch.device) -> float:
+        if self.accelerator is None:
+            return value
+        return float(self.accelerator.reduce(torch.tensor([value], device=device), "sum"))
+
+
 def _accumulate(
     model: Any,
     rows: Sequence[tuple[list[int], list[int]]],
@@ -394,18 +446,25 @@ def _accumulate(
     pad_id: int,
     device: torch.device,
     autocast_bf16: bool,
+    share: _Share | None = None,
 ) -> float:
     """Accumulate gradients over the micro-batches of one step; return its token-mean loss.
 
     Each micro-batch's summed loss is divided by the completion tokens of the whole step, so
-    accumulation gives the same gradient as one large batch.
+    accumulation gives the same gradient as one large batch. Under data parallelism the
+    divisor is the same (every process knows the whole step) and DDP's gradient average over
+    processes is undone by scaling with their number, so the processes' gradients add up to
+    the single-process one.
     """
+    share = share or _Share(model)
     batches = [_collate([rows[i] for i in micro], pad_id) for micro in group]
     tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    runs = share.micro_batches(group)
+    by_micro = {id(micro): batch for micro, batch in zip(group, batches, strict=True)}
     selective = _selective_logits(model)
     total = 0.0
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for index, (micro, weight) in enumerate(runs):
+        batch = {k: v.to(device) for k, v in by_micro[id(micro)].items()}
         labels = batch["labels"]
         # Position t predicts token t + 1: only positions followed by a completion token carry
         # loss. Projecting just those onto the vocabulary (not all ~200 positions of a row)
@@ -414,23 +473,24 @@ def _accumulate(
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
         targets = labels[:, 1:][keep[:, :-1]]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            if selective:
-                logits = model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    logits_to_keep=keep,
-                ).logits.reshape(-1, model.config.get_text_config().vocab_size)
-            else:
-                logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits[keep]
-        # Cross-entropy in fp32 even under autocast: bf16 log-softmax over a large
-        # vocabulary loses the small differences training depends on.
-        loss_sum = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-        (loss_sum / max(tokens, 1)).backward()
-        total += float(loss_sum.detach())
-    return total / max(tokens, 1)
+        with share.sync_only_last(index, len(runs)):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                if selective:
+                    logits = share.forward(
+                        input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"],
+                        logits_to_keep=keep,
+                    ).logits.reshape(-1, model.config.get_text_config().vocab_size)
+                else:
+                    logits = share.forward(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    ).logits[keep]
+            # Cross-entropy in fp32 even under autocast: bf16 log-softmax over a large
+            # vocabulary loses the small differences training depends on.
+            loss_sum = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            (loss_sum * (weight * share.processes / max(tokens, 1))).backward()
+        total += weight * float(loss_sum.detach())
+    return share.total(total, device) / max(tokens, 1)
 
 
 def _selective_logits(model: Any) -> bool:

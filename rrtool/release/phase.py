@@ -36,6 +36,7 @@ from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
 from rrtool.generation.base import has_chat_template
 from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
+from rrtool.release.distributed import train_in_processes
 from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.lora import Example, LoraModule, train_lora
 from rrtool.release.stack import MODULES, STATE, download_module
@@ -203,19 +204,28 @@ class _Release:
         applied_forget = [
             self.modules[e["module"]] for e in self.state["stack"] if e["kind"] == "forget"
         ]
-        module = train_lora(
-            self.model,
-            self.handle.tokenizer,
-            examples,
-            cfg,
-            seed=seed,
-            kind=step.kind,
-            chat=self.chat,
-            progress=report,
-            orthogonal_to=applied_forget if orthogonal > 0 else None,
-            orthogonal_weight=orthogonal,
-            autocast_bf16=cfg.bf16_autocast,
-        )
+        common: dict[str, Any] = {
+            "seed": seed,
+            "kind": step.kind,
+            "chat": self.chat,
+            "progress": report,
+            "orthogonal_to": applied_forget if orthogonal > 0 else None,
+            "orthogonal_weight": orthogonal,
+            "autocast_bf16": cfg.bf16_autocast,
+        }
+        if cfg.launches_processes:
+            stack = [(self.modules[e["module"]], e["coefficient"]) for e in self.state["stack"]]
+            module = train_in_processes(
+                self.spec.model,
+                stack,
+                examples,
+                cfg,
+                workdir=self.ctx.workdir / "training",
+                cpu=next(self.model.parameters()).device.type == "cpu",
+                **common,
+            )
+        else:
+            module = train_lora(self.model, self.handle.tokenizer, examples, cfg, **common)
         target = self.moddir / f"{step.name}.safetensors"
         try:
             path = module.save(target)
