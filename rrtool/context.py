@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from rrtool.oracles.contract import Oracle
 
 
+# Where a run keeps its partial files (relative to the working directory), one folder per run.
+SCRATCH = Path(".rrtool") / "runs"
+
+
 @dataclass
 class RunContext:
     loaded: LoadedSpec

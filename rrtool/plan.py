@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rrtool.context import SCRATCH
 from rrtool.data import load_records
 from rrtool.errors import SpecError, UserError
 from rrtool.models import resolve_model
 from rrtool.oracles.registry import create_oracle, entry_points, unknown_oracle_message
 from rrtool.spec import DataSource, Spec
 from rrtool.spec_loader import LoadedSpec
-from rrtool.tracking import check_store, resolve_store
+from rrtool.tracking import check_store, resolve_store, writable_dir
 
 # Scorers that are evaluators shipped in rrtool itself rather than oracle plugins.
 BUILTIN_EVALUATORS = {
@@ -169,6 +170,7 @@ def preflight(
     for key, source in (
         (("reveal", "contexts"), spec.reveal.contexts),
         (("retain", "data"), spec.retain.data),
+        (("release", "forget_data"), spec.release.forget_data),
         (("audit", "forget_eval"), spec.audit.forget_eval),
         (("audit", "retain_eval"), spec.audit.retain_eval),
     ):
@@ -179,6 +181,12 @@ def preflight(
     except UserError as exc:
         where = loaded.locate("tracking", "uri") if store.origin == "spec" else f"{store.origin}"
         errors.extend(f"{where}: {m}" for m in exc.messages)
+    scratch = Path.cwd() / SCRATCH
+    if not writable_dir(scratch):
+        errors.append(
+            f"{scratch}: not writable (rrtool keeps a run's partial files there; "
+            "run from a writable directory)"
+        )
     if errors:
         raise SpecError(*errors)
     return checks, inputs, warnings, store.uri
@@ -297,12 +305,21 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         launcher = f"; accelerate launch --config_file {Path(lora.accelerate_config).name}"
     elif lora.processes > 1:
         launcher = f"; {lora.processes} processes under accelerate launch"
+    if release.forget_data is not None:
+        forget_n = inputs.counts.get("release.forget_data", forget_n)
+        forget_steps = _steps_for(forget_n, spec)
+    source = "external" if release.forget_data is not None else "Reveal's"
+    train, apply = {
+        "iterative": ("train forget LoRA", "subtract mu0"),
+        "single_subtraction": ("train forget LoRA", "subtract mu0"),
+        "gradient_ascent": ("train a LoRA by gradient ascent", "add it, weight"),
+        "npo": (f"train a LoRA by NPO (beta {release.npo_beta:g})", "add it, weight"),
+    }[release.strategy]
     steps = [
         Step(
             "forget F0",
-            f"train forget LoRA (r={lora.r}, {lora.target_modules}{launcher}) on ~{forget_n} "
-            "examples, "
-            f"subtract mu0 = {how(weights.mu0)}",
+            f"{train} (r={lora.r}, {lora.target_modules}{launcher}) on ~{forget_n} {source} "
+            f"forget examples, {apply} = {how(weights.mu0)}",
             {"training_steps": forget_steps},
         ),
     ]
@@ -335,9 +352,13 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     if stop.patience is not None:
         rules.append(f"no progress for {stop.patience} iteration(s)")
     steps.append(Step("stopping", "; ".join(rules)))
-    summary = (
-        f"subtract forget LoRA (mu0), then {iterations} x [add retain LoRA, subtract forget LoRA]"
-    )
+    summary = {
+        "iterative": f"subtract forget LoRA (mu0), then {iterations} x [add retain LoRA, "
+        "subtract forget LoRA]",
+        "single_subtraction": "baseline: subtract one forget LoRA",
+        "gradient_ascent": "baseline: gradient ascent on the forget data (one LoRA)",
+        "npo": "baseline: NPO on the forget data (one LoRA)",
+    }[release.strategy]
     return Phase("release", summary, steps)
 
 

@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 
 from rrtool.console import print_plan
-from rrtool.context import RunContext
+from rrtool.context import SCRATCH, RunContext
 from rrtool.errors import PhaseNotImplemented, UserError
 from rrtool.plan import build_plan
 from rrtool.spec_loader import LoadedSpec
@@ -189,7 +189,7 @@ def run_spec(
     print_plan(plan, console)
     store = resolve_store(tracking_flag, spec.tracking.uri)
     tracker, resumed = _open_run(loaded, store, resume, console)
-    ctx = RunContext(loaded, tracker, console, Path(".rrtool") / "runs" / tracker.run_id)
+    ctx = RunContext(loaded, tracker, console, SCRATCH / tracker.run_id)
     try:
         if not resumed:
             _record_inputs(ctx, plan.to_dict())

@@ -339,6 +339,15 @@ class RevealSpec(_Section):
             _check_builtin(name, BUILTIN_EMBEDDERS, "embedding model")
         return value
 
+    @model_validator(mode="after")
+    def _search_backend(self) -> RevealSpec:
+        if self.strategy == "neuralucb" and self.generation.backend == "vllm":
+            raise ValueError(
+                "strategy `neuralucb` needs the model's last-token features, which only "
+                "generation.backend `hf` gives (use strategy `direct` with vllm)"
+            )
+        return self
+
 
 # ------------------------------------------------------------------------- retain
 class RetainSpec(_Section):
@@ -497,9 +506,22 @@ class WeightSearchSpec(_Section):
 class ReleaseSpec(_Section):
     """Stage 2: subtract forget LoRA, add retain LoRA, subtract forget LoRA, ..."""
 
-    strategy: Literal["iterative"] = Field(
+    strategy: Literal["iterative", "single_subtraction", "gradient_ascent", "npo"] = Field(
         default="iterative",
-        description="`iterative`: Reveal & Release composition (other strategies: later).",
+        description="`iterative`: Reveal & Release (F0, then [+R_i, -F_i] per iteration). "
+        "Baselines, each one module on the forget data with its weight chosen by the same "
+        "forget rule: `single_subtraction` (one forget LoRA subtracted; with `forget_data` the "
+        "paper's PEM-external), `gradient_ascent` (a LoRA trained to raise the forget loss, "
+        "added), `npo` (Negative Preference Optimisation against the model before it, added).",
+    )
+    forget_data: DataSource | None = Field(
+        default=None,
+        description="External forget data instead of Reveal's generations (the paper's "
+        "internal vs external ablation): NER passages (`universalner`; the gold entities of "
+        "the forget types become the answers) or any format `retain.data` takes.",
+    )
+    npo_beta: float = Field(
+        default=0.1, gt=0.0, le=100.0, description="NPO's inverse temperature (`npo` only)."
     )
     iterations: int = Field(
         default=3,
@@ -633,7 +655,10 @@ class Spec(_Section):
 
     @property
     def effective_iterations(self) -> int:
-        """Release iterations after applying the hard cap in ``stopping``."""
+        """Release iterations after applying the hard cap in ``stopping`` (0 for the
+        one-module baseline strategies)."""
+        if self.release.strategy != "iterative":
+            return 0
         cap = self.stopping.max_iterations
         return self.release.iterations if cap is None else min(cap, self.release.iterations)
 

@@ -84,7 +84,7 @@ def _sqlite_artifact_root(uri: str) -> str | None:
     return (db.resolve().parent / DEFAULT_ARTIFACTS).as_uri()
 
 
-def _writable_dir(path: Path) -> bool:
+def writable_dir(path: Path) -> bool:
     """True if we can create files in ``path`` (or in the ancestor it would be made under).
 
     A real probe file, not ``os.access``: root passes ``os.access`` even on read-only mounts.
@@ -119,14 +119,14 @@ def check_store(store: Store, timeout: float = 3.0) -> str:
         db = Path(uri[len("sqlite:///") :])
         if db.is_dir():
             raise UserError(f"{uri}: {db} is a directory (expected a database file)")
-        if not _writable_dir(db.parent):
+        if not writable_dir(db.parent):
             raise UserError(f"{uri}: {db.parent} is not writable")
         return f"sqlite store {db}" + ("" if db.exists() else " (created on first run)")
     local = Path(uri[len("file://") :]) if uri.startswith("file://") else None
     if local is None and "://" not in uri:
         local = Path(uri)
     if local is not None:
-        if not _writable_dir(local):
+        if not writable_dir(local):
             raise UserError(f"{uri}: {local} is not writable")
         return f"file store {local}"
     return f"tracking store {uri} (not checked: scheme handled by MLflow)"

@@ -79,8 +79,13 @@ def test_missing_split_and_unreachable_hub_are_clear(
     assert message.startswith(f"{path}: could not load the hub dataset")
     assert "split 'validation'" in message and "validation" in message.split(":", 2)[-1]
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # Offline as a user would set it; the libraries read the variables once, at import.
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     with pytest.raises(UserError) as caught:
         load_records(DataSource(path="hf:rrtool-tests/no-such-dataset", format="gsm8k"))
     assert caught.value.messages[0].startswith(

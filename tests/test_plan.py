@@ -189,3 +189,22 @@ def test_example_specs_plan(name: str, invoke) -> None:
     # Generous bound: a regression to loading weights or importing torch would take far longer
     # on these machines is caught by the benchmark; this only catches pathological slowness.
     assert time.perf_counter() - started < 60
+
+
+def test_unwritable_scratch_directory_fails_before_compute(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = write_spec(tiny_spec(tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"}))
+    monkeypatch.chdir("/proc")  # procfs refuses new files, even for root
+    with pytest.raises(SpecError) as caught:
+        build_plan(load_spec(spec))
+    (message,) = caught.value.messages
+    assert message.startswith("/proc/.rrtool/runs: not writable")
+
+
+def test_neuralucb_needs_the_hf_backend(write_spec) -> None:
+    spec = tiny_spec()
+    spec["reveal"] |= {"strategy": "neuralucb", "generation": {"backend": "vllm"}}
+    with pytest.raises(SpecError) as caught:
+        load_spec(write_spec(spec))
+    assert "needs the model's last-token features" in caught.value.messages[0]

@@ -392,3 +392,51 @@ def test_selective_lm_head_gives_the_full_logits_loss_and_gradients(
     assert fast.loss_curve == pytest.approx(full.loss_curve, rel=1e-5)
     for name in full.names:
         assert torch.allclose(fast.delta(name), full.delta(name), rtol=1e-4, atol=1e-7), name
+
+
+# ------------------------------------------------------------------ unlearning objectives
+def _one_step(model: Any, tokenizer: Any, objective: str) -> LoraModule:
+    """One optimiser step over all examples (B starts at 0, so only B moves)."""
+    cfg = _cfg(epochs=1, batch_size=len(EXAMPLES))
+    return train_lora(
+        model, tokenizer, EXAMPLES, cfg, seed=0, kind="forget", chat=False, objective=objective
+    )
+
+
+def test_gradient_ascent_is_the_mirror_of_learning(model: Any, tokenizer: Any) -> None:
+    learn = _one_step(model, tokenizer, "nll")
+    ascend = _one_step(model, tokenizer, "gradient_ascent")
+    assert ascend.loss_curve == pytest.approx([-learn.loss_curve[0]], rel=1e-6)
+    for name in learn.A:
+        assert torch.equal(ascend.A[name], learn.A[name])  # same init; no A gradient at B = 0
+        assert torch.allclose(ascend.B[name], -learn.B[name], atol=1e-7)
+        assert learn.B[name].abs().max() > 0
+    assert ascend.info["objective"] == "gradient_ascent"
+
+
+def test_npo_starts_at_its_reference_and_moves_like_gradient_ascent(
+    model: Any, tokenizer: Any
+) -> None:
+    """At B = 0 the policy is its reference: each sequence's loss is (2 / beta) ln 2, and the
+    gradient is gradient ascent's (per sequence instead of per token), so Adam's first step,
+    which is invariant to the gradient's scale, moves B the same way."""
+    beta = 0.1
+    npo = _one_step(model, tokenizer, "npo")
+    ascend = _one_step(model, tokenizer, "gradient_ascent")
+    assert npo.loss_curve[0] == pytest.approx(2 / beta * math.log(2), rel=1e-5)
+    for name in npo.B:
+        assert torch.allclose(npo.B[name], ascend.B[name], rtol=1e-3, atol=1e-6)
+    assert npo.info["objective"] == "npo" and npo.info["npo_beta"] == beta
+
+
+def test_npo_is_bounded_where_gradient_ascent_is_not(model: Any, tokenizer: Any) -> None:
+    """NPO's loss saturates (-> 0) as the forget data becomes unlikely; GA's falls without
+    bound. After the same training both have made the examples less likely."""
+    cfg = _cfg(epochs=6, batch_size=4, learning_rate=5e-2)
+    runs = {
+        goal: train_lora(model, tokenizer, EXAMPLES, cfg, seed=0, kind="forget", chat=False,
+                         objective=goal)
+        for goal in ("gradient_ascent", "npo")
+    }  # fmt: skip
+    assert runs["gradient_ascent"].loss_curve[-1] < runs["gradient_ascent"].loss_curve[0]
+    assert 0 < runs["npo"].loss_curve[-1] < runs["npo"].loss_curve[0]

@@ -241,6 +241,8 @@ def train_lora(
     orthogonal_to: Sequence[LoraModule] | None = None,
     orthogonal_weight: float = 0.0,
     accelerator: Any | None = None,
+    objective: str = "nll",
+    npo_beta: float = 0.1,
 ) -> LoraModule:
     """Train a LoRA on the model's current weights and return it as a ``LoraModule``.
 
@@ -254,12 +256,16 @@ def train_lora(
     same model and examples) trains data-parallel under DDP: each process runs its share of
     every step's micro-batches and DDP sums the gradients, so a step's update is the one a
     single process computes (up to float summation order; dropout masks differ per process).
+    ``objective`` is ``nll`` (learn the examples), ``gradient_ascent`` or ``npo`` (baselines:
+    unlearn them; NPO's reference is the model as it was before this LoRA, with ``npo_beta``).
     """
     from peft import LoraConfig, LoraModel
     from peft.tuners.lora import LoraLayer
 
     if kind not in ("forget", "retain"):
         raise ValueError(f"kind must be 'forget' or 'retain', got {kind!r}")
+    if objective not in ("nll", "gradient_ascent", "npo"):
+        raise ValueError(f"objective must be nll, gradient_ascent or npo, got {objective!r}")
     if not examples:
         raise UserError(f"no training examples for the {kind} module")
     rows = [encode_example(tokenizer, ex, cfg.max_length, chat) for ex in examples]
@@ -322,11 +328,29 @@ def train_lora(
             generator = torch.Generator().manual_seed(seed)
             model.train()
             share = _Share.of(accelerator, model)
+            selective = _selective_logits(model)
+
+            def reference_nll(batch: dict[str, Tensor], keep: Tensor, targets: Tensor) -> Tensor:
+                # The model before this LoRA: the same forward with the adapter switched off.
+                tuner.disable_adapter_layers()
+                try:
+                    with torch.no_grad():
+                        logits = _kept_logits(model, model, batch, keep, selective, autocast_bf16)
+                        nll = torch.nn.functional.cross_entropy(
+                            logits.float(), targets, reduction="none"
+                        )
+                finally:
+                    tuner.enable_adapter_layers()
+                return _row_sums(nll, keep)
+
+            goal = _Objective(objective, npo_beta, reference_nll if objective == "npo" else None)
             step = 0
             for _epoch in range(cfg.epochs):
                 order = torch.randperm(len(rows), generator=generator).tolist()
                 for group in _step_groups(order, cfg.batch_size, cfg.gradient_accumulation):
-                    loss = _accumulate(model, rows, group, pad_id, device, autocast_bf16, share)
+                    loss = _accumulate(
+                        model, rows, group, pad_id, device, autocast_bf16, share, goal
+                    )
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"{kind} module: loss is {loss} at step {step + 1} of {total_steps} "
@@ -377,6 +401,8 @@ def train_lora(
             "chat": chat,
             "autocast_bf16": autocast_bf16,
             "orthogonal_weight": orthogonal_weight if orthogonal_to else 0.0,
+            "objective": objective,
+            **({"npo_beta": npo_beta} if objective == "npo" else {}),
         },
     )
 
@@ -439,6 +465,44 @@ class _Share:
         return float(self.accelerator.reduce(torch.tensor([value], device=device), "sum"))
 
 
+@dataclass
+class _Objective:
+    """What a module is trained to do with its examples.
+
+    ``nll``: learn them (the forget and retain modules of Reveal & Release). ``gradient_ascent``:
+    the negated token-mean NLL (the GA baseline). ``npo``: Negative Preference Optimisation
+    (Zhang et al. 2024), (2 / beta) * softplus(beta * log(pi / pi_ref)) per sequence, where
+    pi_ref is the model before this LoRA (``reference`` gives its per-row NLL).
+    """
+
+    kind: str = "nll"
+    beta: float = 0.1
+    reference: Callable[[dict[str, Tensor], Tensor, Tensor], Tensor] | None = None
+
+
+def _kept_logits(
+    forward: Any, model: Any, batch: dict[str, Tensor], keep: Tensor, selective: bool, bf16: bool
+) -> Tensor:
+    """Logits of the positions in ``keep`` (row-major order), through ``forward``."""
+    with torch.autocast(keep.device.type, dtype=torch.bfloat16, enabled=bf16):
+        if selective:
+            out = forward(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                logits_to_keep=keep,
+            ).logits
+            return out.reshape(-1, model.config.get_text_config().vocab_size)
+        return forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
+            keep
+        ]
+
+
+def _row_sums(values: Tensor, keep: Tensor) -> Tensor:
+    """Per-row sums of values laid out like ``keep``'s True positions (row-major)."""
+    rows = keep.nonzero()[:, 0]
+    return torch.zeros(keep.shape[0], device=values.device).index_add_(0, rows, values)
+
+
 def _accumulate(
     model: Any,
     rows: Sequence[tuple[list[int], list[int]]],
@@ -447,18 +511,24 @@ def _accumulate(
     device: torch.device,
     autocast_bf16: bool,
     share: _Share | None = None,
+    objective: _Objective | None = None,
 ) -> float:
-    """Accumulate gradients over the micro-batches of one step; return its token-mean loss.
+    """Accumulate gradients over the micro-batches of one step; return its loss.
 
-    Each micro-batch's summed loss is divided by the completion tokens of the whole step, so
-    accumulation gives the same gradient as one large batch. Under data parallelism the
-    divisor is the same (every process knows the whole step) and DDP's gradient average over
-    processes is undone by scaling with their number, so the processes' gradients add up to
-    the single-process one.
+    Each micro-batch's summed loss is divided by the completion tokens of the whole step
+    (sequences, for NPO's per-sequence loss), so accumulation gives the same gradient as one
+    large batch. Under data parallelism the divisor is the same (every process knows the
+    whole step) and DDP's gradient average over processes is undone by scaling with their
+    number, so the processes' gradients add up to the single-process one.
     """
     share = share or _Share(model)
+    objective = objective or _Objective()
     batches = [_collate([rows[i] for i in micro], pad_id) for micro in group]
-    tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    if objective.kind == "npo":
+        normaliser = sum(len(micro) for micro in group)
+    else:
+        normaliser = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    normaliser = max(normaliser, 1)
     runs = share.micro_batches(group)
     by_micro = {id(micro): batch for micro, batch in zip(group, batches, strict=True)}
     selective = _selective_logits(model)
@@ -474,23 +544,23 @@ def _accumulate(
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
         targets = labels[:, 1:][keep[:, :-1]]
         with share.sync_only_last(index, len(runs)):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                if selective:
-                    logits = share.forward(
-                        input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"],
-                        logits_to_keep=keep,
-                    ).logits.reshape(-1, model.config.get_text_config().vocab_size)
-                else:
-                    logits = share.forward(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    ).logits[keep]
+            logits = _kept_logits(share.forward, model, batch, keep, selective, autocast_bf16)
             # Cross-entropy in fp32 even under autocast: bf16 log-softmax over a large
             # vocabulary loses the small differences training depends on.
-            loss_sum = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-            (loss_sum * (weight * share.processes / max(tokens, 1))).backward()
+            token_nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+            if objective.kind == "nll":
+                loss_sum = token_nll.sum()
+            elif objective.kind == "gradient_ascent":
+                loss_sum = -token_nll.sum()
+            else:
+                assert objective.reference is not None
+                reference = objective.reference(batch, keep, targets)
+                log_ratio = reference - _row_sums(token_nll, keep)  # log pi - log pi_ref
+                beta = objective.beta
+                loss_sum = (2.0 / beta) * torch.nn.functional.softplus(beta * log_ratio).sum()
+            (loss_sum * (weight * share.processes / normaliser)).backward()
         total += weight * float(loss_sum.detach())
-    return share.total(total, device) / max(tokens, 1)
+    return share.total(total, device) / normaliser
 
 
 def _selective_logits(model: Any) -> bool:

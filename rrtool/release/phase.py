@@ -41,7 +41,7 @@ from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.lora import Example, LoraModule, train_lora
 from rrtool.release.stack import MODULES, STATE, download_module
 from rrtool.release.weights import Step, explicit_weight, schedule, search_weight
-from rrtool.reveal.phase import FORGET, RETAIN
+from rrtool.reveal.phase import FORGET, RETAIN, ner_queries
 from rrtool.spec import DataSource
 from rrtool.tasks import samples_from_records
 
@@ -72,15 +72,39 @@ def external_examples(source: DataSource) -> list[Example]:
     return [Example(s.prompt, s.completion) for s in samples_from_records(source.format, records)]
 
 
+def external_forget_examples(ctx: RunContext) -> list[Example]:
+    """Forget examples from ``release.forget_data``: for NER passages, the same queries Reveal
+    asks, answered with the data's gold entities of the forget types; other formats as
+    ``retain.data`` reads them."""
+    source = ctx.spec.release.forget_data
+    assert source is not None
+    target = ctx.spec.target
+    if target.kind == "ner" and source.format == "universalner":
+        queries = ner_queries(
+            load_records(source), target.forget_types, [], ctx.spec.reveal.template,
+            has_chat_template(ctx.model().tokenizer),
+        )  # fmt: skip
+        return [
+            Example(q.prompt, json.dumps(q.reference.get("entities", []), ensure_ascii=False))
+            for q in queries
+            if "entities" in q.reference
+        ]
+    return external_examples(source)
+
+
 def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     """Forget examples (Reveal's forget answers, empty answers skipped) and retain examples
     (``retain.data`` if given, else Reveal's self-generated retain answers)."""
-    forget_records = ctx.tracker.read_jsonl(FORGET) or []
-    forget = [
-        Example(r["prompt"], r["completion"])
-        for r in forget_records
-        if r["completion"].strip() not in ("", "[]")  # "nothing found" teaches no target
-    ]
+    if ctx.spec.release.forget_data is not None:
+        forget_records = external_forget_examples(ctx)
+        origin = f"{ctx.spec.release.forget_data.path} (release.forget_data)"
+    else:
+        forget_records = [
+            Example(r["prompt"], r["completion"]) for r in ctx.tracker.read_jsonl(FORGET) or []
+        ]
+        origin = "Reveal's forget records"
+    # "Nothing found" teaches no target.
+    forget = [e for e in forget_records if e.completion.strip() not in ("", "[]")]
     if ctx.spec.retain.data is not None:
         retain = [e for e in external_examples(ctx.spec.retain.data) if e.completion.strip()]
     else:
@@ -91,8 +115,8 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
         ]
     if not forget:
         raise UserError(
-            f"release: no forget examples in the run ({len(forget_records)} Reveal forget "
-            "records, none with a non-empty answer); run Reveal first"
+            f"release: no forget examples ({len(forget_records)} from {origin}, none with a "
+            "non-empty answer)"
         )
     if not retain and ctx.spec.effective_iterations > 0:
         where = ctx.spec.retain.data.path if ctx.spec.retain.data else "reveal/retain.jsonl"
@@ -205,6 +229,8 @@ class _Release:
             self.modules[e["module"]] for e in self.state["stack"] if e["kind"] == "forget"
         ]
         common: dict[str, Any] = {
+            "objective": step.objective,
+            "npo_beta": self.spec.release.npo_beta,
             "seed": seed,
             "kind": step.kind,
             "chat": self.chat,
@@ -418,7 +444,7 @@ class _Release:
         stack = self.state["stack"]
         last = stack[-1] if stack else {"s": self.state["s0"], "u": self.state["u0"]}
         current = Scores(last["s"], last["u"], {})
-        plan = schedule(self.spec.effective_iterations)
+        plan = schedule(self.spec.effective_iterations, self.spec.release.strategy)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -475,10 +501,6 @@ def utility_reference(state: dict[str, Any]) -> float:
 
 def run_release(ctx: RunContext) -> dict[str, Any]:
     """Run Release to completion (resuming from ``release/state.json``); returns a summary."""
-    if ctx.spec.release.strategy != "iterative":
-        raise PhaseNotImplemented(
-            f"release.strategy `{ctx.spec.release.strategy}` is not implemented"
-        )
     release = _Release(ctx)
     ctx.model_state = "modified"  # from here on the loaded weights are not the base's
     release.restore()

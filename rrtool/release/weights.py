@@ -72,14 +72,22 @@ class Step:
     name: str  # F0, R1, F1, ...
     kind: str  # forget | retain
     iteration: int
+    objective: str = "nll"  # how the module is trained: nll | gradient_ascent | npo
 
     @property
     def sign(self) -> float:
-        return -1.0 if self.kind == "forget" else 1.0
+        """A forget module learnt the target and is subtracted; a retain module, or one
+        trained to unlearn (gradient ascent, NPO), is added."""
+        return -1.0 if self.kind == "forget" and self.objective == "nll" else 1.0
 
 
-def schedule(iterations: int) -> list[Step]:
-    """F0, then [R_i, F_i] for each iteration."""
+OBJECTIVES = {"gradient_ascent": "gradient_ascent", "npo": "npo"}  # strategy -> objective
+
+
+def schedule(iterations: int, strategy: str = "iterative") -> list[Step]:
+    """F0, then [R_i, F_i] for each iteration; the baselines are F0 alone."""
+    if strategy != "iterative":
+        return [Step(1, "F0", "forget", 0, OBJECTIVES.get(strategy, "nll"))]
     steps = [Step(1, "F0", "forget", 0)]
     for i in range(1, iterations + 1):
         steps.append(Step(len(steps) + 1, f"R{i}", "retain", i))
