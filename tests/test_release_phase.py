@@ -316,3 +316,49 @@ def test_bf16_autocast_option_reaches_training(invoke, write_spec, tmp_path: Pat
     client, run = only_run(tmp_path)
     meta = json.loads(read_artifact(client, run.info.run_id, "release/modules/F0.json", tmp_path))
     assert meta["info"]["autocast_bf16"] is True
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sign", "objective"),
+    [("single_subtraction", -1, "nll"), ("gradient_ascent", 1, "gradient_ascent"),
+     ("npo", 1, "npo")],
+)  # fmt: skip
+def test_baseline_strategies_apply_one_module(
+    strategy: str, sign: int, objective: str, invoke, write_spec, tmp_path: Path
+) -> None:
+    """One module from the forget data, its weight from the same forget rule; no retain
+    module is trained whatever `iterations` says."""
+    spec = release_spec({"strategy": strategy, "iterations": 3})
+    plan = invoke("plan", write_spec(spec))
+    assert plan.exit_code == 0, plan.output
+    assert "baseline" in plan.output and "iteration 1" not in plan.output
+    result = invoke("run", write_spec(spec), "--phase", "release")
+    assert result.exit_code == 0, result.stderr
+    client, run = only_run(tmp_path)
+    steps = read_jsonl(client, run.info.run_id, "release/steps.jsonl", tmp_path / "d")
+    assert [s["module"] for s in steps] == ["F0"]
+    assert math.copysign(1, steps[0]["coefficient"]) == sign
+    sidecar = json.loads(
+        read_artifact(client, run.info.run_id, "release/modules/F0.json", tmp_path / "d")
+    )
+    assert sidecar["info"]["objective"] == objective
+
+
+def test_external_forget_data_replaces_reveals(invoke, write_spec, tmp_path: Path) -> None:
+    """NER passages as external forget data: Reveal's queries answered with the gold
+    entities of the forget type (the paper's PEM-external with single_subtraction)."""
+    from rrtool.data import load_records
+    from rrtool.spec import DataSource
+
+    source = {"path": "builtin:ner_passages", "format": "universalner", "limit": 40}
+    spec = release_spec({"strategy": "single_subtraction", "forget_data": source})
+    result = invoke("run", write_spec(spec), "--phase", "release")
+    assert result.exit_code == 0, result.stderr
+    client, run = only_run(tmp_path)
+    sidecar = json.loads(
+        read_artifact(client, run.info.run_id, "release/modules/F0.json", tmp_path / "d")
+    )
+    gold = [
+        r for r in load_records(DataSource(**source)) if r["type"] == "person" and r["entities"]
+    ]
+    assert sidecar["info"]["examples"] == len(gold) > 0
