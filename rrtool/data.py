@@ -209,7 +209,8 @@ FILE_ROWS: dict[str, Callable[[Path], Iterator[Row]]] = {
 
 
 def load_records(source: DataSource) -> list[Record]:
-    """Parse a data source fully (honouring ``limit``); raises ``UserError`` on bad data."""
+    """Parse a data source fully (honouring ``offset`` and ``limit``); raises ``UserError``
+    on bad data."""
     if source.is_hub:
         origin, rows = source.path, _hub_rows(source)
     else:
@@ -218,4 +219,11 @@ def load_records(source: DataSource) -> list[Record]:
     records = PARSERS[source.format](rows)
     if not records:
         raise UserError(f"{origin}: no records (expected at least one {source.format} record)")
-    return records[: source.limit] if source.limit else records
+    end = source.offset + source.limit if source.limit else None
+    chosen = records[source.offset : end]
+    if not chosen:
+        raise UserError(
+            f"{origin}: offset {source.offset} skips all {len(records)} records "
+            "(expected an offset below the record count)"
+        )
+    return chosen

@@ -59,6 +59,12 @@ class DataSource(_Section):
     limit: int | None = Field(
         default=None, ge=1, description="Use at most this many records (first N, in file order)."
     )
+    offset: int = Field(
+        default=0,
+        ge=0,
+        description="Skip this many records first (with `limit`, a slice: e.g. search on the "
+        "first 480 records, evaluate on the rest).",
+    )
     config: str | None = Field(
         default=None,
         description="Hub datasets only: the configuration name (e.g. `main` for openai/gsm8k).",

@@ -28,11 +28,19 @@ def test_builtin_ner_has_the_papers_types() -> None:
             assert entity in record["text"]
 
 
-def test_limit_takes_the_first_records() -> None:
+def test_limit_takes_the_first_records_and_offset_skips() -> None:
     full = load_records(DataSource(path="builtin:math_problems", format="gsm8k"))
     assert (
         load_records(DataSource(path="builtin:math_problems", format="gsm8k", limit=3)) == full[:3]
     )
+    sliced = DataSource(path="builtin:math_problems", format="gsm8k", offset=3, limit=2)
+    assert load_records(sliced) == full[3:5]
+    assert (
+        load_records(DataSource(path="builtin:math_problems", format="gsm8k", offset=3))
+        == (full[3:])
+    )
+    with pytest.raises(UserError, match=f"offset {len(full)} skips all {len(full)} records"):
+        load_records(DataSource(path="builtin:math_problems", format="gsm8k", offset=len(full)))
 
 
 SHARED = [
