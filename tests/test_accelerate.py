@@ -51,8 +51,10 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("accumulation", [2, 3])  # 3: one process is a micro-batch short
-def test_two_processes_match_one(accumulation: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("accumulation", "objective"), [(2, "nll"), (3, "nll"), (2, "npo")]
+)  # 3: one process is a micro-batch short; npo: a reference forward in every process
+def test_two_processes_match_one(accumulation: int, objective: str, tmp_path: Path) -> None:
     cfg = LoraSpec(r=4, alpha=8, dropout=0.0, epochs=2, batch_size=2,
                    gradient_accumulation=accumulation, learning_rate=1e-2)  # fmt: skip
     examples = _examples(22)
@@ -60,20 +62,21 @@ def test_two_processes_match_one(accumulation: int, tmp_path: Path) -> None:
     stack = _random_stack(handle.model)
     apply_stack(handle.model, stack)
     single = train_lora(
-        handle.model, handle.tokenizer, examples, cfg, seed=3, kind="forget", chat=False
-    )
+        handle.model, handle.tokenizer, examples, cfg, seed=3, kind="forget", chat=False,
+        objective=objective,
+    )  # fmt: skip
     seen: list[tuple[int, int, float]] = []
     group = train_in_processes(
         MODEL, stack, examples, cfg.model_copy(update={"processes": 2}), seed=3,
-        kind="forget", chat=False, workdir=tmp_path, cpu=True,
+        kind="forget", chat=False, workdir=tmp_path, cpu=True, objective=objective,
         progress=lambda *a: seen.append(a),
     )  # fmt: skip
-    assert group.info["processes"] == 2
+    assert group.info["processes"] == 2 and group.info["objective"] == objective
     assert set(group.A) == set(single.A)
     worst = max(
         max(_close(group.A[n], single.A[n]), _close(group.B[n], single.B[n])) for n in single.A
     )
-    print(f"accumulation {accumulation}: worst relative difference {worst:.2e}")
+    print(f"accumulation {accumulation}, {objective}: worst relative difference {worst:.2e}")
     assert worst < 1e-4, worst
     assert group.loss_curve == pytest.approx(single.loss_curve, rel=1e-5)
     assert [s[0] for s in seen] == list(range(1, len(single.loss_curve) + 1))
@@ -81,8 +84,9 @@ def test_two_processes_match_one(accumulation: int, tmp_path: Path) -> None:
     # Without the stack the group would train on other weights: the check above can fail.
     handle_base = load_model(MODEL)
     other = train_lora(
-        handle_base.model, handle_base.tokenizer, examples, cfg, seed=3, kind="forget", chat=False
-    )
+        handle_base.model, handle_base.tokenizer, examples, cfg, seed=3, kind="forget", chat=False,
+        objective=objective,
+    )  # fmt: skip
     assert max(_close(other.B[n], single.B[n]) for n in single.B) > 1e-3
 
 

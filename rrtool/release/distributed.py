@@ -78,6 +78,8 @@ def train_in_processes(
     autocast_bf16: bool = False,
     orthogonal_to: Sequence[LoraModule] | None = None,
     orthogonal_weight: float = 0.0,
+    objective: str = "nll",
+    npo_beta: float = 0.1,
 ) -> LoraModule:
     """Train one module in an ``accelerate launch`` process group; same contract as
     ``train_lora`` on a model holding base + ``stack``."""
@@ -108,6 +110,8 @@ def train_in_processes(
                 "stack": entries,
                 "orthogonal_to": orthogonal,
                 "orthogonal_weight": orthogonal_weight,
+                "objective": objective,
+                "npo_beta": npo_beta,
             },
             indent=1,
         )
@@ -178,6 +182,8 @@ def _worker(job: Path) -> None:
         orthogonal_to=[LoraModule.load(job / f) for f in spec["orthogonal_to"]] or None,
         orthogonal_weight=spec["orthogonal_weight"],
         accelerator=accelerator,
+        objective=spec["objective"],
+        npo_beta=spec["npo_beta"],
     )
     module.info["processes"] = accelerator.num_processes
     if accelerator.is_main_process:
