@@ -238,15 +238,20 @@ def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
     search = reveal.search
     trials = search.initial_evaluations + reveal.outer_iterations * reveal.inner_iterations
     per_trial = reveal.contexts_per_trial * gen.num_samples
+    if reveal.strategy == "neuralucb":
+        steps.append(
+            Step(
+                "features",
+                f"precompute last-token features for a pool of {search.pool_size} soft prompts",
+                {"forward_passes": search.pool_size},
+            )
+        )
+    chooser = "UCB-chosen" if reveal.strategy == "neuralucb" else "uniformly drawn"
     steps += [
         Step(
-            "features",
-            f"precompute last-token features for a pool of {search.pool_size} soft prompts",
-            {"forward_passes": search.pool_size},
-        ),
-        Step(
             "search",
-            f"{reveal.outer_iterations} outer x {reveal.inner_iterations} inner instruction trials "
+            f"{reveal.outer_iterations} outer x {reveal.inner_iterations} inner {chooser} "
+            "instruction trials "
             f"(+{search.initial_evaluations} random initial), each {reveal.contexts_per_trial} contexts x "
             f"{gen.num_samples} samples of <= {gen.max_new_tokens} tokens; top-{reveal.top_k} re-scored "
             f"per outer loop (cached generations); alpha={reveal.alpha}",
@@ -269,7 +274,8 @@ def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
         ),
     ]
     forget = reveal.outer_iterations * contexts * gen.num_samples
-    return Phase("reveal", "NeuralUCB instruction search + Vendi diversity", steps), forget, 0
+    title = "NeuralUCB" if reveal.strategy == "neuralucb" else "random (baseline)"
+    return Phase("reveal", f"{title} instruction search + Vendi diversity", steps), forget, 0
 
 
 def _steps_for(examples: int, spec: Spec) -> int:

@@ -292,11 +292,13 @@ class InstructionSearchSpec(_Section):
 class RevealSpec(_Section):
     """Stage 1: the model generates its own forget data."""
 
-    strategy: Literal["neuralucb", "direct"] = Field(
+    strategy: Literal["neuralucb", "random", "direct"] = Field(
         default="neuralucb",
         description=(
-            "`neuralucb`: bandit search over instructions; `direct`: one fixed instruction "
-            "template over the contexts (the paper's NER mode, and a baseline)."
+            "`neuralucb`: bandit search over instructions; `random`: the same search with "
+            "each inner step's instruction drawn uniformly from the untried pool (a baseline "
+            "with the same evaluation budget); `direct`: one fixed instruction template over "
+            "the contexts (the paper's NER mode, and a baseline)."
         ),
     )
     contexts: DataSource = Field(

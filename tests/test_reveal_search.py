@@ -200,3 +200,25 @@ def test_sigkill_during_search_then_resume_matches_an_uninterrupted_run(
     a = read_jsonl(client, run_id, "reveal/forget.jsonl", tmp_path / "d3")
     b = read_jsonl(client2, run2.info.run_id, "reveal/forget.jsonl", tmp_path / "d4")
     assert a == b
+
+
+def test_random_strategy_spends_the_same_budget_on_uniform_draws(
+    invoke, write_spec, tmp_path: Path
+) -> None:
+    """The baseline for the search: the same trials, collections and records, with inner
+    instructions drawn uniformly from the untried pool (reproducibly, from the seed)."""
+    arms = []
+    for store in ("a", "b"):
+        spec = search_spec() | {"tracking": {"uri": f"sqlite:///{tmp_path / store}.db"}}
+        spec["reveal"]["strategy"] = "random"
+        result = invoke("run", write_spec(spec), "--phase", "reveal")
+        assert result.exit_code == 0, result.stderr
+        client, run = only_run(f"sqlite:///{tmp_path / store}.db")
+        trials = read_jsonl(client, run.info.run_id, "reveal/trials.jsonl", tmp_path / store)
+        scored = [t for t in trials if t["kind"] != "rescore"]
+        assert [t["kind"] for t in scored] == ["initial"] * 2 + ["random"] * 4
+        assert len({t["arm"] for t in scored[:4]}) == 4  # no arm drawn twice in an outer loop
+        assert run.data.metrics["reveal/trials"] == 6
+        assert read_jsonl(client, run.info.run_id, "reveal/forget.jsonl", tmp_path / store)
+        arms.append([t["arm"] for t in scored])
+    assert arms[0] == arms[1]

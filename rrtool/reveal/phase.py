@@ -212,7 +212,7 @@ def _relevance(
 def run_reveal(ctx: RunContext) -> dict[str, int]:
     """Run Reveal to completion (resuming if the run holds progress); returns record counts."""
     spec = ctx.spec
-    if spec.reveal.strategy == "neuralucb":
+    if spec.reveal.strategy in ("neuralucb", "random"):
         from rrtool.reveal.search import run_search
 
         return run_search(ctx)

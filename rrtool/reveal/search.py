@@ -170,6 +170,8 @@ class InstructionSearch:
             elif event[0] == "select":
                 if self.bandit.select() != event[1]:
                     self.ctx.console.print("reveal: warning: bandit replay diverged")
+            elif event[0] == "pick":  # `random`: the choice left no state in the bandit
+                pass
             else:
                 self.bandit.reset([(a, r) for a, r in event[1]])
 
@@ -247,6 +249,22 @@ class InstructionSearch:
             # relevance counts as 0, so the bandit learns to avoid it), the search goes on.
             "error": self.state["cache"][instruction].get("error"),
         }
+
+    def next_arm(self) -> int:
+        """The pool point an inner step scores: the bandit's UCB choice, or for ``random`` a
+        uniform draw among the untried points (seeded by the trial number, so a resumed run
+        draws the same). Raises ``ValueError`` when every point has been tried."""
+        assert self.bandit is not None
+        if self.reveal.strategy == "random":
+            untried = sorted(set(range(len(self.pool))) - set(self.bandit.observations))
+            if not untried:
+                raise ValueError("every pool point observed")
+            arm = random.Random(self.seed * 1_000_003 + self.state["trial"]).choice(untried)
+            self.state["events"].append(["pick", arm])
+            return arm
+        arm = self.bandit.select()
+        self.state["events"].append(["select", arm])
+        return arm
 
     def trial(self, arm: int, kind: str, inner: int | None) -> dict[str, Any]:
         """Score pool point ``arm``, feed the bandit, and return the numbered trial record."""
@@ -345,7 +363,8 @@ class InstructionSearch:
 
 
 def run_search(ctx: RunContext) -> dict[str, int]:
-    """Run (or resume) the NeuralUCB Reveal to completion; returns record counts."""
+    """Run (or resume) the NeuralUCB (or ``random``) Reveal to completion; returns record
+    counts."""
     text = ctx.tracker.read_text(STATE)
     search = InstructionSearch(ctx, json.loads(text) if text else None)
     state, reveal = search.state, ctx.spec.reveal
@@ -370,7 +389,11 @@ def run_search(ctx: RunContext) -> dict[str, int]:
         TimeRemainingColumn(),
         console=ctx.console,
     ) as progress:
-        search.build_bandit(search.pool_features(progress))
+        # `random` never asks the bandit to choose, so the model's features are not needed.
+        if reveal.strategy == "random":
+            search.build_bandit(torch.zeros(len(search.pool), 1))
+        else:
+            search.build_bandit(search.pool_features(progress))
         assert search.bandit is not None
         task = progress.add_task("steps", total=total, completed=done)
         while state["initial"] < len(initial):
@@ -383,13 +406,13 @@ def run_search(ctx: RunContext) -> dict[str, int]:
                 search.save(search.rescore())
             while state["inner"] < reveal.inner_iterations:
                 try:
-                    arm = search.bandit.select()
+                    arm = search.next_arm()
                 except ValueError:  # every pool point observed: nothing left to try
                     progress.advance(task, reveal.inner_iterations - state["inner"])
                     state["inner"] = reveal.inner_iterations
                     break
-                state["events"].append(["select", arm])
-                record = search.trial(arm, "ucb", state["inner"])
+                kind = "ucb" if reveal.strategy == "neuralucb" else "random"
+                record = search.trial(arm, kind, state["inner"])
                 state["inner"] += 1
                 search.save([record])
                 progress.advance(task)

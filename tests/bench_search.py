@@ -1,0 +1,150 @@
+"""Benchmark: does the NeuralUCB instruction search beat a plain instruction and random choice?
+
+Runs Reveal of `specs/coding.yaml` (SmolLM2, MBPP-style prompts, pass@1 in the sandbox) three
+times in one MLflow store: `neuralucb`, `random` (the same trials and collections, inner
+instructions drawn uniformly from the untried pool: the same evaluation budget) and `direct`
+(the task's plain instruction over every context). Each is scored the same way on the forget
+data it produced, the last collection of the search (the best instruction of the last outer
+loop over all contexts) or direct's answers: mean relevance (pass@1 of the model's answers),
+normalised Vendi diversity of the answers (the Reveal embedder), and their weighted harmonic
+mean with the spec's alpha, the score the search optimises. The searches also report their
+mean and best trial score.
+
+    python tests/bench_search.py --out reports/search            # ~20 min on 2 cores
+    python tests/bench_search.py --quick --out /tmp/search       # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ("neuralucb", "random", "direct")
+
+
+def run(strategy: str, store: str, quick: bool, log: Path) -> tuple[str, float]:
+    sets = [f"reveal.strategy={strategy}", f"tracking.run_name=search {strategy}"]
+    if quick:
+        sets += ["reveal.contexts.limit=8", "reveal.outer_iterations=1",
+                 "reveal.inner_iterations=2", "reveal.search.initial_evaluations=2",
+                 "reveal.search.pool_size=16", "reveal.contexts_per_trial=2",
+                 "reveal.generation.max_new_tokens=32"]  # fmt: skip
+    command = [sys.executable, "-m", "rrtool", "run", str(ROOT / "specs" / "coding.yaml")]
+    command += ["--phase", "reveal", "--tracking-uri", store]
+    command += [a for s in sets for a in ("--set", s)]
+    started = time.perf_counter()
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
+    if done.returncode != 0:
+        sys.exit(f"{strategy}: rrtool run failed (exit {done.returncode}); see {log}")
+    run_id = next(
+        line.split()[1]
+        for line in reversed(log.read_text().splitlines())
+        if line.startswith("run ")
+    )
+    return run_id, time.perf_counter() - started
+
+
+def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, Any]:
+    import tempfile
+
+    from rrtool.reveal.scoring import combined_score
+    from rrtool.reveal.vendi import VendiAccumulator
+    from rrtool.tracking import mlflow_client, resolve_store
+
+    client = mlflow_client(resolve_store(store))
+    run = client.get_run(run_id)
+
+    def jsonl(path: str) -> list[dict[str, Any]]:
+        names = {Path(f.path).name for f in client.list_artifacts(run_id, "reveal")}
+        if Path(path).name not in names:
+            return []
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(run_id, path, tmp)).read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    forget = jsonl("reveal/forget.jsonl")
+    last = max((r.get("outer") or 0 for r in forget), default=0)
+    final = [r for r in forget if (r.get("outer") or 0) == last]
+    scored = [r["relevance"] for r in final if r.get("relevance") is not None]
+    relevance = sum(scored) / len(scored) if scored else 0.0
+    vectors = embedder.encode([r["completion"] for r in final])
+    vendi = VendiAccumulator(vectors.shape[1])
+    vendi.add(vectors)
+    diversity = vendi.normalised_score_with()
+    trials = [t for t in jsonl("reveal/trials.jsonl") if t["kind"] != "rescore"]
+    return {
+        "run": run_id,
+        "records": len(final),
+        "relevance": relevance,
+        "diversity": diversity,
+        "score": combined_score(relevance, diversity, alpha),
+        "trials": len(trials),
+        "mean_trial_score": sum(t["score"] for t in trials) / len(trials) if trials else None,
+        "best_trial_score": max((t["score"] for t in trials), default=None),
+        "reveal_s": run.data.metrics.get("phase/reveal/seconds"),
+        "generated_tokens_per_s": run.data.metrics.get("reveal/tokens_per_second"),
+    }
+
+
+def _f(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def markdown(rows: list[dict[str, Any]], alpha: float) -> str:
+    lines = [
+        f"Forget data scored alike (alpha = {alpha}): mean pass@1 of the answers, normalised "
+        "Vendi diversity, and their weighted harmonic mean.",
+        "",
+        "| strategy | records | relevance | diversity | score | trials | mean trial score | "
+        "best trial score | Reveal s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {r['records']} | {_f(r['relevance'])} | {_f(r['diversity'])} | "
+            f"{_f(r['score'])} | {r['trials']} | {_f(r['mean_trial_score'])} | "
+            f"{_f(r['best_trial_score'])} | {r['reveal_s'] or 0:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "search")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run)")
+    parser.add_argument("--only", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    store = f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
+    import yaml
+
+    from rrtool.reveal.embedder import SentenceEmbedder
+
+    spec = yaml.safe_load((ROOT / "specs" / "coding.yaml").read_text())
+    alpha = float(spec["reveal"].get("alpha", 0.5))
+    embedder = SentenceEmbedder(spec["reveal"].get("embedding_model", "builtin:all-minilm-l6-v2"))
+    rows = []
+    for strategy in args.only:
+        print(f"{strategy} ...", flush=True)
+        run_id, wall = run(strategy, store, args.quick, args.out / f"{strategy}.log")
+        rows.append(
+            {"strategy": strategy, "wall_s": wall} | measure(store, run_id, alpha, embedder)
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    (args.out / "search.json").write_text(json.dumps({"alpha": alpha, "rows": rows}, indent=1))
+    table = markdown(rows, alpha)
+    (args.out / "search.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
