@@ -94,7 +94,7 @@ CASES = [
         lambda s: s.replace("strategy: direct", "strategy: neuralucbb"),
         "reveal.strategy",
         "neuralucbb",
-        ["expected one of: neuralucb, direct", "did you mean `neuralucb`"],
+        ["expected one of: neuralucb, random, direct", "did you mean `neuralucb`"],
     ),
     (
         "unknown model alias",
