@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from bench_support import run_rrtool
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("neuralucb", "random", "direct")
@@ -36,20 +35,10 @@ def run(strategy: str, store: str, quick: bool, log: Path) -> tuple[str, float]:
                  "reveal.inner_iterations=2", "reveal.search.initial_evaluations=2",
                  "reveal.search.pool_size=16", "reveal.contexts_per_trial=2",
                  "reveal.generation.max_new_tokens=32"]  # fmt: skip
-    command = [sys.executable, "-m", "rrtool", "run", str(ROOT / "specs" / "coding.yaml")]
-    command += ["--phase", "reveal", "--tracking-uri", store]
-    command += [a for s in sets for a in ("--set", s)]
-    started = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
-    if done.returncode != 0:
-        sys.exit(f"{strategy}: rrtool run failed (exit {done.returncode}); see {log}")
-    run_id = next(
-        line.split()[1]
-        for line in reversed(log.read_text().splitlines())
-        if line.startswith("run ")
-    )
-    return run_id, time.perf_counter() - started
+    args = ["run", str(ROOT / "specs" / "coding.yaml")]
+    args += ["--phase", "reveal", "--tracking-uri", store]
+    args += [a for s in sets for a in ("--set", s)]
+    return run_rrtool(args, log)
 
 
 def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, Any]:

@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from bench_support import run_rrtool
 
 ROOT = Path(__file__).resolve().parents[1]
 NER = ROOT.parent / "shared" / "data" / "ner"
@@ -67,19 +66,9 @@ def run_row(name: str, store: str, quick: bool, log: Path) -> tuple[str, float]:
     sets = [*_common(quick), *ROWS[name], f"tracking.run_name=bench {name}"]
     if "external" in name:
         sets += _external(quick)
-    command = [sys.executable, "-m", "rrtool", "run", str(ROOT / "specs" / "person_ner.yaml")]
-    command += ["--tracking-uri", store, *[a for s in sets for a in ("--set", s)]]
-    started = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent)
-    if done.returncode != 0:
-        sys.exit(f"{name}: rrtool run failed (exit {done.returncode}); see {log}")
-    run_id = next(
-        line.split()[1]
-        for line in reversed(log.read_text().splitlines())
-        if line.startswith("run ")
-    )
-    return run_id, time.perf_counter() - started
+    args = ["run", str(ROOT / "specs" / "person_ner.yaml")]
+    args += ["--tracking-uri", store, *[a for s in sets for a in ("--set", s)]]
+    return run_rrtool(args, log)
 
 
 def _row(name: str, report: dict[str, Any], wall: float) -> dict[str, Any]:

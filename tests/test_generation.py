@@ -298,14 +298,19 @@ class _FakeLLM:
         return out
 
 
-def test_vllm_backend_interface_with_a_fake_engine(
-    handle: LoadedModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _install_fake_vllm(handle: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import vllm`` give a module whose ``LLM`` is a ``_FakeLLM``."""
     fake = types.ModuleType("vllm")
     fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
     fake.LLM = lambda **kw: _FakeLLM(handle.tokenizer, **kw)  # type: ignore[attr-defined]
     fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vllm", fake)
+
+
+def test_vllm_backend_interface_with_a_fake_engine(
+    handle: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_fake_vllm(handle, monkeypatch)
 
     generator = make_generator("vllm", handle, batch_size=4, max_model_len=256)
     llm = _FakeLLM.instances[-1]
@@ -341,10 +346,7 @@ def test_spec_engine_options_reach_vllm(
     from rrtool.generation.base import generator_for
     from rrtool.spec import GenerationSpec
 
-    fake = types.ModuleType("vllm")
-    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
-    fake.LLM = lambda **kw: _FakeLLM(handle.tokenizer, **kw)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "vllm", fake)
+    _install_fake_vllm(handle, monkeypatch)
     spec = GenerationSpec(
         backend="vllm", tensor_parallel_size=4, engine_options={"max_model_len": 4096}
     )
