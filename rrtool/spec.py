@@ -105,11 +105,7 @@ class DataSource(_Section):
             if not hub.strip():
                 raise ValueError("names no dataset (expected e.g. `hf:openai/gsm8k`)")
             return value
-        base = (info.context or {}).get("base_dir")
-        path = Path(value).expanduser()
-        if base is not None and not path.is_absolute():
-            path = Path(base) / path
-        return str(path)
+        return str(_from_spec_dir(value, info))
 
     @model_validator(mode="after")
     def _builtin_format(self) -> DataSource:
@@ -135,6 +131,16 @@ class DataSource(_Section):
     @property
     def is_hub(self) -> bool:
         return hub_name(self.path) is not None
+
+
+def _from_spec_dir(value: str, info: ValidationInfo) -> Path:
+    """A path as written in the spec: relative paths are relative to the spec file's folder
+    (the loader passes it as the validation context's ``base_dir``)."""
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    return path
 
 
 def _check_builtin(name: str, table: dict[str, Any], what: str) -> None:
@@ -435,10 +441,7 @@ class LoraSpec(_Section):
     def _config_file(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        base = (info.context or {}).get("base_dir")
-        path = Path(value).expanduser()
-        if base is not None and not path.is_absolute():
-            path = Path(base) / path
+        path = _from_spec_dir(value, info)
         if not path.is_file():
             raise ValueError(f"no such file: {path} (expected an `accelerate config` YAML)")
         return str(path)

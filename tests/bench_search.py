@@ -42,22 +42,14 @@ def run(strategy: str, store: str, quick: bool, log: Path) -> tuple[str, float]:
 
 
 def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, Any]:
-    import tempfile
-
     from rrtool.reveal.scoring import combined_score
     from rrtool.reveal.vendi import VendiAccumulator
-    from rrtool.tracking import mlflow_client, resolve_store
+    from rrtool.tracking import Tracker, mlflow_client, resolve_store
 
-    client = mlflow_client(resolve_store(store))
-    run = client.get_run(run_id)
-
-    def jsonl(path: str) -> list[dict[str, Any]]:
-        names = {Path(f.path).name for f in client.list_artifacts(run_id, "reveal")}
-        if Path(path).name not in names:
-            return []
-        with tempfile.TemporaryDirectory() as tmp:
-            text = Path(client.download_artifacts(run_id, path, tmp)).read_text()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    where = resolve_store(store)
+    tracker = Tracker(mlflow_client(where), run_id, where)
+    run = tracker.client.get_run(run_id)
+    jsonl = lambda path: tracker.read_jsonl(path) or []  # noqa: E731 - absent: nothing recorded
 
     forget = jsonl("reveal/forget.jsonl")
     last = max((r.get("outer") or 0 for r in forget), default=0)
