@@ -34,6 +34,24 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_cache: Path
     monkeypatch.delenv("RRTOOL_LOAD_PLUGINS", raising=False)
 
 
+# Overrides that make a run of ``tiny_spec`` take seconds: 10 NER records, 4 new tokens, one
+# iteration, 2 candidate weights on 2 passages, one epoch, a 2-passage audit.
+FAST_SETS = (
+    "reveal.contexts.limit=10",
+    "reveal.generation.max_new_tokens=4",
+    "release.iterations=1",
+    "release.search.budget=2",
+    "release.search.eval_size=2",
+    "release.lora.epochs=1",
+    "audit.eval_size=2",
+)
+
+
+def set_flags(*overrides: str) -> list[str]:
+    """``--set KEY=VALUE`` arguments for the CLI, one pair per override."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
 def tiny_spec(**sections: Any) -> dict[str, Any]:
     """A small valid spec (tiny random model, built-in NER passages); sections override."""
     spec: dict[str, Any] = {

@@ -91,12 +91,10 @@ def test_two_processes_match_one(accumulation: int, objective: str, tmp_path: Pa
 
 
 def test_release_trains_its_modules_in_a_process_group(invoke, write_spec, tmp_path: Path) -> None:
-    from tests.conftest import only_run, read_artifact, tiny_spec
+    from tests.conftest import FAST_SETS, only_run, read_artifact, set_flags, tiny_spec
 
-    sets = ["reveal.contexts.limit=10", "reveal.generation.max_new_tokens=4",
-            "release.iterations=1", "release.search.budget=2", "release.search.eval_size=2",
-            "release.lora.epochs=1", "release.lora.processes=2", "audit.eval_size=2"]  # fmt: skip
-    result = invoke("run", write_spec(tiny_spec()), *[a for s in sets for a in ("--set", s)])
+    flags = set_flags(*FAST_SETS, "release.lora.processes=2")
+    result = invoke("run", write_spec(tiny_spec()), *flags)
     assert result.exit_code == 0, result.output
     client, run = only_run(tmp_path)
     assert run.data.tags["rrtool.status"] == "finished"

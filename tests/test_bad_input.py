@@ -16,16 +16,11 @@ import yaml
 from rich.console import Console
 
 from rrtool.errors import TrainingDiverged, UserError
-from tests.conftest import only_run, plugin_site, read_jsonl, tiny_spec
+from tests.conftest import FAST_SETS, only_run, plugin_site, read_jsonl, set_flags, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = (
-    *("--set", "reveal.contexts.limit=10", "--set", "reveal.generation.max_new_tokens=4"),
-    *("--set", "release.search.budget=2", "--set", "release.search.eval_size=2"),
-    *("--set", "release.lora.epochs=1", "--set", "audit.eval_size=2"),
-    *("--set", "release.iterations=1"),
-)
+FAST = tuple(set_flags(*FAST_SETS))
 
 
 # ------------------------------------------------------------------------- reveal

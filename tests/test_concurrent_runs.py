@@ -14,11 +14,7 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import read_artifact, read_jsonl, tiny_spec
-
-SETS = ["reveal.contexts.limit=10", "reveal.generation.max_new_tokens=4", "release.iterations=1",
-        "release.search.budget=2", "release.search.eval_size=2", "release.lora.epochs=1",
-        "audit.eval_size=2"]  # fmt: skip
+from tests.conftest import FAST_SETS, read_artifact, read_jsonl, set_flags, tiny_spec
 
 
 def test_two_runs_at_once_on_a_new_store(tmp_path: Path) -> None:
@@ -29,7 +25,7 @@ def test_two_runs_at_once_on_a_new_store(tmp_path: Path) -> None:
         command = [sys.executable, "-m", "rrtool", "run", f"{name}.yaml"]
         processes.append(
             subprocess.Popen(
-                [*command, *[a for s in SETS for a in ("--set", s)]],
+                [*command, *set_flags(*FAST_SETS)],
                 cwd=tmp_path,
                 env=os.environ | {"OMP_NUM_THREADS": "1"},
                 stdout=subprocess.PIPE,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import tiny_spec
+from tests.conftest import FAST_SETS, set_flags, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -82,10 +82,7 @@ def test_run_on_a_server_then_audit_from_another_process(
     server: str, invoke, write_spec, tmp_path: Path
 ) -> None:
     spec = write_spec(tiny_spec())
-    sets = ["reveal.contexts.limit=10", "reveal.generation.max_new_tokens=4",
-            "release.iterations=1", "release.search.budget=2", "release.search.eval_size=2",
-            "release.lora.epochs=1", "audit.eval_size=2"]  # fmt: skip
-    result = invoke("run", spec, "--tracking-uri", server, *[a for s in sets for a in ("--set", s)])
+    result = invoke("run", spec, "--tracking-uri", server, *set_flags(*FAST_SETS))
     assert result.exit_code == 0, result.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
@@ -116,11 +113,8 @@ def test_a_lost_server_is_a_clear_error_and_the_run_resumes(tmp_path: Path) -> N
     uri = f"http://127.0.0.1:{port}"
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(tiny_spec()))
-    sets = ["reveal.contexts.limit=10", "reveal.generation.max_new_tokens=4",
-            "release.iterations=1", "release.search.budget=2", "release.search.eval_size=2",
-            "release.lora.epochs=1", "audit.eval_size=2"]  # fmt: skip
     command = [sys.executable, "-m", "rrtool", "run", str(spec), "--tracking-uri", uri]
-    command += [a for s in sets for a in ("--set", s)]
+    command += set_flags(*FAST_SETS)
     # No retries: MLflow's default (7, exponential backoff) would wait minutes per request.
     env = os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
