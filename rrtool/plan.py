@@ -315,18 +315,41 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         forget_n = inputs.counts.get("release.forget_data", forget_n)
         forget_steps = _steps_for(forget_n, spec)
     source = "external" if release.forget_data is not None else "Reveal's"
+    chosen = {"empty_list": "`[]`", "refusal": "the refusal", "retain": "retain answers"}
+    lora_text = f"r={lora.r}, {lora.target_modules}{launcher}"
     train, apply = {
         "iterative": ("train forget LoRA", "subtract mu0"),
         "single_subtraction": ("train forget LoRA", "subtract mu0"),
+        "ext_sub": (
+            f"train expert LoRA E0 on ~{retain_n} retain examples (added whole) and an "
+            "anti-expert LoRA",
+            "subtract its deficiency D0 (Ext-Sub), alpha",
+        ),
         "gradient_ascent": ("train a LoRA by gradient ascent", "add it, weight"),
         "npo": (f"train a LoRA by NPO (beta {release.npo_beta:g})", "add it, weight"),
+        "dpo": (
+            f"train a LoRA by DPO (beta {release.dpo_beta:g}; chosen: "
+            f"{chosen[spec.dpo_chosen]}, rejected: the forget answers)",
+            "add it, weight",
+        ),
+        "cmd": ("", ""),
     }[release.strategy]
+    detail = (
+        f"{train} ({lora_text}) on ~{forget_n} {source} forget examples, {apply} = "
+        f"{how(weights.mu0)}"
+    )
+    if release.strategy == "cmd":
+        detail = (
+            f"the model rewrites the toxic segments of up to ~{forget_n} {source} contexts and "
+            f"continues the cleaned texts; a LoRA ({lora_text}) learns the non-toxic "
+            f"continuations from the original contexts, added with weight = {how(weights.mu0)}"
+        )
+    ext_sub = release.strategy == "ext_sub"
     steps = [
         Step(
-            "forget F0",
-            f"{train} (r={lora.r}, {lora.target_modules}{launcher}) on ~{forget_n} {source} "
-            f"forget examples, {apply} = {how(weights.mu0)}",
-            {"training_steps": forget_steps},
+            "ext_sub E0, D0" if ext_sub else "forget F0",
+            detail,
+            {"training_steps": forget_steps + (retain_steps if ext_sub else 0)},
         ),
     ]
     for i in range(1, iterations + 1):
@@ -362,8 +385,11 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         "iterative": f"subtract forget LoRA (mu0), then {iterations} x [add retain LoRA, "
         "subtract forget LoRA]",
         "single_subtraction": "baseline: subtract one forget LoRA",
+        "ext_sub": "baseline: Ext-Sub (add an expert LoRA, subtract the anti-expert's deficiency)",
         "gradient_ascent": "baseline: gradient ascent on the forget data (one LoRA)",
         "npo": "baseline: NPO on the forget data (one LoRA)",
+        "dpo": "baseline: DPO against the model before it (one LoRA)",
+        "cmd": "baseline: CMD self-detoxification (one LoRA)",
     }[release.strategy]
     return Phase("release", summary, steps)
 

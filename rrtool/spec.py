@@ -517,13 +517,19 @@ class WeightSearchSpec(_Section):
 class ReleaseSpec(_Section):
     """Stage 2: subtract forget LoRA, add retain LoRA, subtract forget LoRA, ..."""
 
-    strategy: Literal["iterative", "single_subtraction", "gradient_ascent", "npo"] = Field(
+    strategy: Literal[
+        "iterative", "single_subtraction", "ext_sub", "gradient_ascent", "npo", "dpo", "cmd"
+    ] = Field(
         default="iterative",
         description="`iterative`: Reveal & Release (F0, then [+R_i, -F_i] per iteration). "
-        "Baselines, each one module on the forget data with its weight chosen by the same "
-        "forget rule: `single_subtraction` (one forget LoRA subtracted; with `forget_data` the "
-        "paper's PEM-external), `gradient_ascent` (a LoRA trained to raise the forget loss, "
-        "added), `npo` (Negative Preference Optimisation against the model before it, added).",
+        "Baselines, each with its weight chosen by the same forget rule: `single_subtraction` "
+        "(one forget LoRA subtracted; with `forget_data` the paper's PEM-external), `ext_sub` "
+        "(Ext-Sub: an expert LoRA on the retain data added whole, then the anti-expert's "
+        "deficiency subtracted), `gradient_ascent` (a LoRA trained to raise the forget loss, "
+        "added), `npo` (Negative Preference Optimisation against the model before it, added), "
+        "`dpo` (LoRA DPO, forget answers rejected, `dpo_chosen` answers chosen, added), `cmd` "
+        "(toxicity only: the model rewrites the toxic segments of each context and a LoRA "
+        "learns its continuation of the cleaned context from the original one, added).",
     )
     forget_data: DataSource | None = Field(
         default=None,
@@ -533,6 +539,21 @@ class ReleaseSpec(_Section):
     )
     npo_beta: float = Field(
         default=0.1, gt=0.0, le=100.0, description="NPO's inverse temperature (`npo` only)."
+    )
+    dpo_beta: float = Field(
+        default=0.1, gt=0.0, le=100.0, description="DPO's inverse temperature (`dpo` only)."
+    )
+    dpo_chosen: Literal["auto", "refusal", "retain"] = Field(
+        default="auto",
+        description="`dpo`: the preferred answer paired with each forget answer: `refusal` "
+        "(`release.refusal`), `retain` (retain-data answers, in turn) or `auto` (NER: `[]`, "
+        "the answer of a model that no longer sees the type; toxicity: `retain`; others: "
+        "`refusal`).",
+    )
+    refusal: str = Field(
+        default="I'm sorry, but I can't help with that.",
+        min_length=1,
+        description="The refusal DPO prefers (`dpo_chosen: refusal`).",
     )
     iterations: int = Field(
         default=3,
@@ -665,6 +686,25 @@ class Spec(_Section):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Tracking store.")
 
     @property
+    def needs_retain_examples(self) -> bool:
+        """Whether Release trains on retain examples (retain modules, Ext-Sub's expert, or
+        DPO's retained-behaviour answers)."""
+        release = self.release
+        return (
+            self.effective_iterations > 0
+            or release.strategy == "ext_sub"
+            or (release.strategy == "dpo" and self.dpo_chosen == "retain")
+        )
+
+    @property
+    def dpo_chosen(self) -> str:
+        """``release.dpo_chosen`` with ``auto`` resolved for the target kind."""
+        chosen = self.release.dpo_chosen
+        if chosen != "auto":
+            return chosen
+        return {"ner": "empty_list", "toxicity": "retain"}.get(self.target.kind, "refusal")
+
+    @property
     def effective_iterations(self) -> int:
         """Release iterations after applying the hard cap in ``stopping`` (0 for the
         one-module baseline strategies)."""
@@ -682,5 +722,10 @@ class Spec(_Section):
         ):
             raise ValueError(
                 "retain.self_generated with target.kind `ner` needs target.retain_types"
+            )
+        if self.release.strategy == "cmd" and self.target.kind != "toxicity":
+            raise ValueError(
+                f"release.strategy `cmd` rewrites toxic contexts: it needs target.kind "
+                f"`toxicity` (got `{self.target.kind}`)"
             )
         return self

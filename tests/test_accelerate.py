@@ -29,6 +29,7 @@ def _examples(count: int) -> list[Example]:
         Example(
             prompt=f"Which people are named in: {words[i % 10]} met {words[(i + 3) % 10]}?",
             completion=f'["{words[i % 10]}", "{words[(i + 3) % 10]}"]' + " ok" * (i % 4),
+            rejected="[]" + " no" * (i % 3),  # used by DPO only
         )
         for i in range(count)
     ]
@@ -52,8 +53,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(
-    ("accumulation", "objective"), [(2, "nll"), (3, "nll"), (2, "npo")]
-)  # 3: one process is a micro-batch short; npo: a reference forward in every process
+    ("accumulation", "objective"), [(2, "nll"), (3, "nll"), (2, "dpo")]
+)  # 3: one process is a micro-batch short; dpo: a reference forward in every process, and
+# two sequences per example (NPO takes the same reference path)
 def test_two_processes_match_one(accumulation: int, objective: str, tmp_path: Path) -> None:
     cfg = LoraSpec(r=4, alpha=8, dropout=0.0, epochs=2, batch_size=2,
                    gradient_accumulation=accumulation, learning_rate=1e-2)  # fmt: skip

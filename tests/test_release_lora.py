@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -440,3 +441,78 @@ def test_npo_is_bounded_where_gradient_ascent_is_not(model: Any, tokenizer: Any)
     }  # fmt: skip
     assert runs["gradient_ascent"].loss_curve[-1] < runs["gradient_ascent"].loss_curve[0]
     assert 0 < runs["npo"].loss_curve[-1] < runs["npo"].loss_curve[0]
+
+
+PAIRS = [
+    Example(prompt=ex.prompt, completion="I would rather not say.", rejected=ex.completion)
+    for ex in EXAMPLES
+]
+
+
+def _log_prob(model: Any, tokenizer: Any, prompt: str, answer: str) -> float:
+    """Summed log-probability of ``answer`` after ``prompt`` (plain encoding, EOS included)."""
+    ids, labels = encode_example(tokenizer, Example(prompt, answer), 64, chat=False)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+    target = torch.tensor(labels[1:])
+    keep = target != IGNORE_INDEX
+    return -float(torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum"))
+
+
+def test_dpo_starts_at_ln2_and_learns_the_preference(model: Any, tokenizer: Any) -> None:
+    """At B = 0 the policy is its reference, so every pair's loss is ln 2; training raises
+    the chosen answer's log-probability relative to the rejected one's (the DPO margin)."""
+    cfg = _cfg(epochs=4, batch_size=4, learning_rate=2e-2)
+    before = [
+        _log_prob(model, tokenizer, ex.prompt, ex.completion)
+        - _log_prob(model, tokenizer, ex.prompt, ex.rejected)
+        for ex in PAIRS
+    ]
+    dpo = train_lora(
+        model, tokenizer, PAIRS, cfg, seed=0, kind="forget", chat=False, objective="dpo",
+        dpo_beta=0.5,
+    )  # fmt: skip
+    assert dpo.loss_curve[0] == pytest.approx(math.log(2), rel=1e-6)
+    assert dpo.loss_curve[-1] < 0.5 * math.log(2)
+    assert dpo.info["objective"] == "dpo" and dpo.info["dpo_beta"] == 0.5
+    with ScaledAdapter(model, dpo, 1.0):
+        after = [
+            _log_prob(model, tokenizer, ex.prompt, ex.completion)
+            - _log_prob(model, tokenizer, ex.prompt, ex.rejected)
+            for ex in PAIRS
+        ]
+    assert min(a - b for a, b in zip(after, before, strict=True)) > 0
+
+
+def test_dpo_loss_pairs_each_chosen_answer_with_its_own_rejected_one(
+    model: Any, tokenizer: Any
+) -> None:
+    """The trainer's DPO loss against an independent computation: with a zero reference NLL
+    the loss of pair i is softplus(-beta * (log pi(chosen_i) - log pi(rejected_i))), averaged
+    over pairs; answers of different lengths, so a pairing or padding slip shows."""
+    from rrtool.release.lora import _accumulate, _Objective
+
+    pairs = [
+        Example(ex.prompt, "No." + " idea" * i, rejected=ex.completion + " yes" * (3 - i % 3))
+        for i, ex in enumerate(EXAMPLES[:5])
+    ]
+    rows = [
+        [encode_example(tokenizer, replace(ex, completion=a), 64, chat=False)
+         for a in (ex.completion, ex.rejected)]
+        for ex in pairs
+    ]  # fmt: skip
+    beta = 0.7
+    zero_reference = lambda batch, keep, targets: torch.zeros(keep.shape[0])  # noqa: E731
+    # (_accumulate also runs the backward: into the fixture's own copy of the model)
+    loss = _accumulate(
+        model, rows, [[0, 1], [2, 3, 4]], tokenizer.pad_token_id, torch.device("cpu"),
+        False, None, _Objective("dpo", beta, zero_reference),
+    )  # fmt: skip
+    want = sum(
+        math.log1p(math.exp(-beta * (_log_prob(model, tokenizer, ex.prompt, ex.completion)
+                                     - _log_prob(model, tokenizer, ex.prompt, ex.rejected))))
+        for ex in pairs
+    ) / len(pairs)  # fmt: skip
+    assert loss == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="rejected"):
+        train_lora(model, tokenizer, EXAMPLES, _cfg(), seed=0, kind="forget", objective="dpo")

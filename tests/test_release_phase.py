@@ -321,7 +321,7 @@ def test_bf16_autocast_option_reaches_training(invoke, write_spec, tmp_path: Pat
 @pytest.mark.parametrize(
     ("strategy", "sign", "objective"),
     [("single_subtraction", -1, "nll"), ("gradient_ascent", 1, "gradient_ascent"),
-     ("npo", 1, "npo")],
+     ("npo", 1, "npo"), ("dpo", 1, "dpo")],
 )  # fmt: skip
 def test_baseline_strategies_apply_one_module(
     strategy: str, sign: int, objective: str, invoke, write_spec, tmp_path: Path
@@ -362,3 +362,73 @@ def test_external_forget_data_replaces_reveals(invoke, write_spec, tmp_path: Pat
         r for r in load_records(DataSource(**source)) if r["type"] == "person" and r["entities"]
     ]
     assert sidecar["info"]["examples"] == len(gold) > 0
+
+
+def test_dpo_pairs_forget_answers_with_the_chosen_kind(write_spec, tmp_path: Path) -> None:
+    """auto on NER prefers `[]`; `refusal` the spec's text; `retain` retain answers in turn."""
+    from rrtool.release.lora import Example
+
+    forget = [Example(f"q{i}", f'["P{i}"]') for i in range(3)]
+    retain = [Example("r0", "kept 0"), Example("r1", "kept 1")]
+
+    def pairs(**release: str) -> list[Example]:
+        spec = load_spec(write_spec(release_spec({"strategy": "dpo", **release})))
+        ctx = RunContext(spec, None, Console(file=io.StringIO()), tmp_path)  # type: ignore[arg-type]
+        return release_phase.dpo_pairs(ctx, forget, retain)
+
+    assert [(p.prompt, p.completion, p.rejected) for p in pairs()] == [
+        (f"q{i}", "[]", f'["P{i}"]') for i in range(3)
+    ]
+    assert {p.completion for p in pairs(dpo_chosen="refusal", refusal="No.")} == {"No."}
+    assert [p.completion for p in pairs(dpo_chosen="retain")] == ["kept 0", "kept 1", "kept 0"]
+
+
+def test_ext_sub_adds_the_expert_subtracts_the_deficiency_and_resumes(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E0 (expert, +1), then D0 (the deficiency of anti-expert A0, subtracted with a searched
+    weight). Both E0 and A0 are trained on the base weights. A run resumed after E0 trains
+    nothing: it downloads A0 and rebuilds the same D0."""
+    from rrtool.release.ext_sub import deficiency
+    from rrtool.release.lora import train_lora
+
+    spec_path = write_spec(
+        release_spec({"strategy": "ext_sub", "search": {"budget": 2, "eval_size": 3}})
+    )
+    store = resolve_store(None, None)
+    tracker = Tracker.start(store, "rrtool", "ext-sub", {})
+    ctx = _context(spec_path, tracker, tmp_path)
+    run_reveal(ctx)
+    summary = release_phase.run_release(ctx)
+    assert summary["modules"] == 2
+    steps = tracker.read_jsonl("release/steps.jsonl")
+    assert [(s["module"], s["kind"]) for s in steps] == [("E0", "retain"), ("D0", "forget")]
+    assert steps[0]["coefficient"] == 1.0 and steps[1]["coefficient"] < 0
+    state = json.loads(tracker.read_text("release/state.json"))
+    anti = release_phase.download_module(tracker, state["anti_expert"], tmp_path / "dl")
+    expert, defic = (
+        release_phase.download_module(tracker, e, tmp_path / "dl") for e in state["stack"]
+    )
+    assert expert.kind == "retain" and anti.kind == "forget" and defic.r == 2 * anti.r
+    assert defic.sha256() == deficiency(expert, anti).sha256()
+    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")
+    # A0 saw the base weights, not base + E0: the same seed on a fresh base reproduces it.
+    forget, _ = release_phase.load_examples(ctx)
+    handle = load_model(ctx.spec.model)
+    again = train_lora(
+        handle.model, handle.tokenizer, forget, ctx.spec.release.lora, seed=ctx.spec.seed + 2,
+        kind="forget", chat=release_phase.trains_in_chat_format(ctx),
+    )  # fmt: skip
+    assert again.sha256() == anti.sha256()
+
+    # Crash right after E0 was applied: the resumed run trains nothing and gets the same D0.
+    tracker.log_dict(
+        {**state, "stack": state["stack"][:1], "stop_reason": None}, "release/state.json"
+    )
+    trained: list[str] = []
+    monkeypatch.setattr(release_phase, "train_lora", lambda *a, **k: trained.append("x"))
+    resumed = _context(spec_path, Tracker.resume(store, tracker.run_id), tmp_path / "fresh")
+    release_phase.run_release(resumed)
+    assert trained == []
+    final = json.loads(tracker.read_text("release/state.json"))
+    assert final["stack"][1]["sha256"] == defic.sha256()

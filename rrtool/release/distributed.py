@@ -80,6 +80,7 @@ def train_in_processes(
     orthogonal_weight: float = 0.0,
     objective: str = "nll",
     npo_beta: float = 0.1,
+    dpo_beta: float = 0.1,
 ) -> LoraModule:
     """Train one module in an ``accelerate launch`` process group; same contract as
     ``train_lora`` on a model holding base + ``stack``."""
@@ -112,6 +113,7 @@ def train_in_processes(
                 "orthogonal_weight": orthogonal_weight,
                 "objective": objective,
                 "npo_beta": npo_beta,
+                "dpo_beta": dpo_beta,
             },
             indent=1,
         )
@@ -184,6 +186,7 @@ def _worker(job: Path) -> None:
         accelerator=accelerator,
         objective=spec["objective"],
         npo_beta=spec["npo_beta"],
+        dpo_beta=spec["dpo_beta"],
     )
     module.info["processes"] = accelerator.num_processes
     if accelerator.is_main_process:

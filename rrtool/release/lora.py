@@ -14,7 +14,7 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,19 @@ from rrtool.spec import LoraSpec
 FORMAT = "rrtool-lora"
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt, padding)
+OBJECTIVES = ("nll", "gradient_ascent", "npo", "dpo")
 _ADAPTER = "rrtool"
 
 
 @dataclass(frozen=True)
 class Example:
     """One training pair: the loss is on the completion only. The prompt is a text, or a
-    conversation (list of chat messages) that the completion answers."""
+    conversation (list of chat messages) that the completion answers. For DPO the completion
+    is the preferred answer and ``rejected`` the dispreferred one."""
 
     prompt: str | list[dict[str, str]]
     completion: str
+    rejected: str | None = None
 
 
 @dataclass
@@ -243,6 +246,7 @@ def train_lora(
     accelerator: Any | None = None,
     objective: str = "nll",
     npo_beta: float = 0.1,
+    dpo_beta: float = 0.1,
 ) -> LoraModule:
     """Train a LoRA on the model's current weights and return it as a ``LoraModule``.
 
@@ -257,18 +261,29 @@ def train_lora(
     every step's micro-batches and DDP sums the gradients, so a step's update is the one a
     single process computes (up to float summation order; dropout masks differ per process).
     ``objective`` is ``nll`` (learn the examples), ``gradient_ascent`` or ``npo`` (baselines:
-    unlearn them; NPO's reference is the model as it was before this LoRA, with ``npo_beta``).
+    unlearn them; NPO's reference is the model as it was before this LoRA, with ``npo_beta``),
+    or ``dpo`` (prefer each example's completion over its ``rejected`` answer, against the
+    same reference, with ``dpo_beta``).
     """
     from peft import LoraConfig, LoraModel
     from peft.tuners.lora import LoraLayer
 
     if kind not in ("forget", "retain"):
         raise ValueError(f"kind must be 'forget' or 'retain', got {kind!r}")
-    if objective not in ("nll", "gradient_ascent", "npo"):
-        raise ValueError(f"objective must be nll, gradient_ascent or npo, got {objective!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if not examples:
         raise UserError(f"no training examples for the {kind} module")
-    rows = [encode_example(tokenizer, ex, cfg.max_length, chat) for ex in examples]
+    if objective == "dpo" and any(ex.rejected is None for ex in examples):
+        raise ValueError("DPO needs a rejected answer on every example")
+    # One group of sequences per example: the example itself, or (chosen, rejected) for DPO.
+    rows = [
+        [
+            encode_example(tokenizer, replace(ex, completion=answer), cfg.max_length, chat)
+            for answer in ([ex.completion, ex.rejected] if objective == "dpo" else [ex.completion])
+        ]
+        for ex in examples
+    ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     steps_per_epoch = math.ceil(math.ceil(len(rows) / cfg.batch_size) / cfg.gradient_accumulation)
@@ -343,7 +358,11 @@ def train_lora(
                     tuner.enable_adapter_layers()
                 return _row_sums(nll, keep)
 
-            goal = _Objective(objective, npo_beta, reference_nll if objective == "npo" else None)
+            goal = _Objective(
+                objective,
+                dpo_beta if objective == "dpo" else npo_beta,
+                reference_nll if objective in ("npo", "dpo") else None,
+            )
             step = 0
             for _epoch in range(cfg.epochs):
                 order = torch.randperm(len(rows), generator=generator).tolist()
@@ -403,6 +422,7 @@ def train_lora(
             "orthogonal_weight": orthogonal_weight if orthogonal_to else 0.0,
             "objective": objective,
             **({"npo_beta": npo_beta} if objective == "npo" else {}),
+            **({"dpo_beta": dpo_beta} if objective == "dpo" else {}),
         },
     )
 
@@ -472,7 +492,9 @@ class _Objective:
     ``nll``: learn them (the forget and retain modules of Reveal & Release). ``gradient_ascent``:
     the negated token-mean NLL (the GA baseline). ``npo``: Negative Preference Optimisation
     (Zhang et al. 2024), (2 / beta) * softplus(beta * log(pi / pi_ref)) per sequence, where
-    pi_ref is the model before this LoRA (``reference`` gives its per-row NLL).
+    pi_ref is the model before this LoRA (``reference`` gives its per-row NLL). ``dpo``
+    (Rafailov et al. 2023): -log sigmoid(beta * (log pi/pi_ref (chosen) - log pi/pi_ref
+    (rejected))) per example, the same reference.
     """
 
     kind: str = "nll"
@@ -505,7 +527,7 @@ def _row_sums(values: Tensor, keep: Tensor) -> Tensor:
 
 def _accumulate(
     model: Any,
-    rows: Sequence[tuple[list[int], list[int]]],
+    rows: Sequence[Sequence[tuple[list[int], list[int]]]],
     group: list[list[int]],
     pad_id: int,
     device: torch.device,
@@ -515,16 +537,17 @@ def _accumulate(
 ) -> float:
     """Accumulate gradients over the micro-batches of one step; return its loss.
 
-    Each micro-batch's summed loss is divided by the completion tokens of the whole step
-    (sequences, for NPO's per-sequence loss), so accumulation gives the same gradient as one
+    ``rows[i]`` holds example i's sequences (one; DPO: chosen, then rejected). Each
+    micro-batch's summed loss is divided by the completion tokens of the whole step (examples,
+    for NPO's and DPO's per-sequence losses), so accumulation gives the same gradient as one
     large batch. Under data parallelism the divisor is the same (every process knows the
     whole step) and DDP's gradient average over processes is undone by scaling with their
     number, so the processes' gradients add up to the single-process one.
     """
     share = share or _Share(model)
     objective = objective or _Objective()
-    batches = [_collate([rows[i] for i in micro], pad_id) for micro in group]
-    if objective.kind == "npo":
+    batches = [_collate([seq for i in micro for seq in rows[i]], pad_id) for micro in group]
+    if objective.kind in ("npo", "dpo"):
         normaliser = sum(len(micro) for micro in group)
     else:
         normaliser = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
@@ -557,7 +580,11 @@ def _accumulate(
                 reference = objective.reference(batch, keep, targets)
                 log_ratio = reference - _row_sums(token_nll, keep)  # log pi - log pi_ref
                 beta = objective.beta
-                loss_sum = (2.0 / beta) * torch.nn.functional.softplus(beta * log_ratio).sum()
+                if objective.kind == "npo":
+                    loss_sum = (2.0 / beta) * torch.nn.functional.softplus(beta * log_ratio).sum()
+                else:  # dpo: rows alternate chosen, rejected
+                    margin = beta * (log_ratio[0::2] - log_ratio[1::2])
+                    loss_sum = torch.nn.functional.softplus(-margin).sum()
             (loss_sum * (weight * share.processes / normaliser)).backward()
         total += weight * float(loss_sum.detach())
     return share.total(total, device) / normaliser

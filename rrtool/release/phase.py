@@ -34,10 +34,12 @@ from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
 from rrtool.generation.base import has_chat_template
+from rrtool.release import cmd
 from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
 from rrtool.release.distributed import train_in_processes
 from rrtool.release.evaluate import Evaluator, Scores
+from rrtool.release.ext_sub import deficiency
 from rrtool.release.lora import Example, LoraModule, train_lora
 from rrtool.release.stack import MODULES, STATE, download_module
 from rrtool.release.weights import Step, explicit_weight, schedule, search_weight
@@ -49,6 +51,7 @@ STEPS = "release/steps.jsonl"
 CANDIDATES = "release/candidates.jsonl"
 SIMILARITY = "release/similarity.jsonl"
 STOP_TAG = "rrtool.release.stop_reason"
+ANTI_EXPERT = "A0"  # Ext-Sub's anti-expert: recorded, never applied itself
 
 __all__ = ["PhaseNotImplemented", "run_release", "schedule"]
 
@@ -118,10 +121,34 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
             f"release: no forget examples ({len(forget_records)} from {origin}, none with a "
             "non-empty answer)"
         )
-    if not retain and ctx.spec.effective_iterations > 0:
+    if not retain and ctx.spec.needs_retain_examples:
         where = ctx.spec.retain.data.path if ctx.spec.retain.data else "reveal/retain.jsonl"
         raise UserError(f"release: no retain examples ({where} gave none with text)")
     return forget, retain
+
+
+def dpo_pairs(ctx: RunContext, forget: list[Example], retain: list[Example]) -> list[Example]:
+    """DPO's preference pairs: each forget answer rejected, the ``release.dpo_chosen`` answer
+    chosen (see the spec field)."""
+    chosen = ctx.spec.dpo_chosen
+    if chosen == "retain":
+        answers = [retain[i % len(retain)].completion for i in range(len(forget))]
+    else:
+        answers = ["[]" if chosen == "empty_list" else ctx.spec.release.refusal] * len(forget)
+    return [
+        Example(ex.prompt, answer, rejected=ex.completion)
+        for ex, answer in zip(forget, answers, strict=True)
+    ]
+
+
+def cmd_contexts(ctx: RunContext) -> list[str]:
+    """The contexts CMD cleans: ``release.forget_data``'s prompts, else the distinct contexts
+    of Reveal's forget records, in order."""
+    if ctx.spec.release.forget_data is not None:
+        contexts = [str(e.prompt) for e in external_examples(ctx.spec.release.forget_data)]
+    else:
+        contexts = [r["context"] for r in ctx.tracker.read_jsonl(FORGET) or []]
+    return [c for c in dict.fromkeys(contexts) if c.strip()]
 
 
 def trains_in_chat_format(ctx: RunContext) -> bool:
@@ -165,7 +192,8 @@ class _Release:
     # ----------------------------------------------------------------- state
     def _iteration_start(self, position: int) -> bool:
         """Whether stack position ``position`` (0-based) is where an iteration >= 1 begins."""
-        return position >= 1 and position % 2 == 1
+        iterative = self.spec.release.strategy == "iterative"
+        return iterative and position >= 1 and position % 2 == 1
 
     def _take_snapshot(self) -> None:
         if self.spec.stopping.utility_floor is not None and self.masters is not None:
@@ -211,28 +239,87 @@ class _Release:
         self.tracker.log_dict(self.state, STATE)
 
     # ------------------------------------------------------------------ steps
+    def _examples(self, step: Step, progress: Progress) -> list[Example]:
+        """What the step's module is trained on."""
+        if step.objective == "dpo":
+            return dpo_pairs(self.ctx, self.forget, self.retain)
+        if step.objective == "cmd":
+            return self._cmd_examples(progress)
+        return self.forget if step.kind == "forget" else self.retain
+
+    def _cmd_examples(self, progress: Progress) -> list[Example]:
+        records = self.tracker.read_jsonl(cmd.RECORDS)
+        if records is None:
+            task = progress.add_task("cmd", total=None)
+
+            def report(what: str, done: int, total: int) -> None:
+                progress.update(task, description=what, completed=done, total=total)
+
+            records = cmd.build(self.ctx, cmd_contexts(self.ctx), report)
+            self.tracker.log_jsonl(records, cmd.RECORDS)
+        examples = cmd.examples(records)
+        if not examples:
+            raise UserError(
+                f"release (cmd): none of the {len(records)} cleaned contexts got a non-toxic "
+                f"continuation (see {cmd.RECORDS} in the run)"
+            )
+        self.ctx.console.print(
+            f"release: cmd cleaned {len(records)} contexts, {len(examples)} non-toxic "
+            "continuations to learn"
+        )
+        return examples
+
     def _train(self, step: Step, progress: Progress) -> LoraModule:
+        if step.objective == "ext_sub" and step.kind == "forget":
+            return self._save(step.name, self._deficiency())
+        module = self._fit(step.name, step.kind, step, self._examples(step, progress), progress)
+        if step.objective == "ext_sub":
+            # Ext-Sub's anti-expert: trained on the same weights as the expert (before the
+            # expert is added), kept for D0 (recorded, so a resumed run can download it).
+            anti = self._fit(ANTI_EXPERT, "forget", step, self.forget, progress, offset=1)
+            self._save(ANTI_EXPERT, anti)
+            self.state["anti_expert"] = {
+                "module": ANTI_EXPERT,
+                "artifact": f"{MODULES}/{ANTI_EXPERT}.safetensors",
+                "sha256": anti.sha256(),
+            }
+        return self._save(step.name, module)
+
+    def _deficiency(self) -> LoraModule:
+        if ANTI_EXPERT not in self.modules:
+            self.modules[ANTI_EXPERT] = self._download(self.state["anti_expert"])
+        return deficiency(self.modules["E0"], self.modules[ANTI_EXPERT])
+
+    def _fit(
+        self,
+        name: str,
+        kind: str,
+        step: Step,
+        examples: list[Example],
+        progress: Progress,
+        offset: int = 0,
+    ) -> LoraModule:
         cfg = self.spec.release.lora
-        examples = self.forget if step.kind == "forget" else self.retain
-        task = progress.add_task(f"train {step.name}", total=None)
-        seed = (cfg.seed if cfg.seed is not None else self.spec.seed) + step.number
+        task = progress.add_task(f"train {name}", total=None)
+        seed = (cfg.seed if cfg.seed is not None else self.spec.seed) + step.number + offset
 
         def report(done: int, total: int, loss: float) -> None:
             progress.update(
-                task, completed=done, total=total, description=f"train {step.name} loss {loss:.3f}"
+                task, completed=done, total=total, description=f"train {name} loss {loss:.3f}"
             )
 
         # O-LoRA (off unless release.lora.orthogonal_weight > 0): a retain module is pushed
         # away from the subspaces of the forget modules already applied.
-        orthogonal = cfg.orthogonal_weight if step.kind == "retain" else 0.0
+        orthogonal = cfg.orthogonal_weight if kind == "retain" else 0.0
         applied_forget = [
             self.modules[e["module"]] for e in self.state["stack"] if e["kind"] == "forget"
         ]
         common: dict[str, Any] = {
-            "objective": step.objective,
+            "objective": step.training_objective if kind == step.kind else "nll",
             "npo_beta": self.spec.release.npo_beta,
+            "dpo_beta": self.spec.release.dpo_beta,
             "seed": seed,
-            "kind": step.kind,
+            "kind": kind,
             "chat": self.chat,
             "progress": report,
             "orthogonal_to": applied_forget if orthogonal > 0 else None,
@@ -252,18 +339,22 @@ class _Release:
             )
         else:
             module = train_lora(self.model, self.handle.tokenizer, examples, cfg, **common)
-        target = self.moddir / f"{step.name}.safetensors"
+        return module
+
+    def _save(self, name: str, module: LoraModule) -> LoraModule:
+        """Write the module and record it in the run (``release/modules/NAME``)."""
+        target = self.moddir / f"{name}.safetensors"
         try:
             path = module.save(target)
         except OSError as exc:
             raise UserError(
-                f"release: cannot save module {step.name} to {target} ({exc.strerror or exc}); "
+                f"release: cannot save module {name} to {target} ({exc.strerror or exc}); "
                 "every step before it is recorded in the run: free space, then continue with "
                 "`rrtool run SPEC --resume`"
             ) from None
         for file in (path, path.with_suffix(".json")):
             self.tracker.client.log_artifact(self.tracker.run_id, str(file), MODULES)
-        self.modules[step.name] = module
+        self.modules[name] = module
         return module
 
     def _weight(

@@ -72,20 +72,33 @@ class Step:
     name: str  # F0, R1, F1, ...
     kind: str  # forget | retain
     iteration: int
-    objective: str = "nll"  # how the module is trained: nll | gradient_ascent | npo
+    # How the module is made: nll (learn the examples) | gradient_ascent | npo | dpo | cmd
+    # (learn the model's own continuations of cleaned contexts) | ext_sub (E0: the expert,
+    # trained with nll; D0: Ext-Sub's deficiency, computed from the expert and anti-expert).
+    objective: str = "nll"
 
     @property
     def sign(self) -> float:
-        """A forget module learnt the target and is subtracted; a retain module, or one
-        trained to unlearn (gradient ascent, NPO), is added."""
-        return -1.0 if self.kind == "forget" and self.objective == "nll" else 1.0
+        """A forget module that learnt the target (or Ext-Sub's deficiency of one) is
+        subtracted; a retain module, or one trained away from the target (gradient ascent,
+        NPO, DPO, CMD), is added."""
+        return -1.0 if self.kind == "forget" and self.objective in ("nll", "ext_sub") else 1.0
+
+    @property
+    def training_objective(self) -> str:
+        """The loss ``train_lora`` minimises for this step."""
+        return self.objective if self.objective in ("gradient_ascent", "npo", "dpo") else "nll"
 
 
-OBJECTIVES = {"gradient_ascent": "gradient_ascent", "npo": "npo"}  # strategy -> objective
+# strategy -> objective of its one forget-side module
+OBJECTIVES = {"gradient_ascent": "gradient_ascent", "npo": "npo", "dpo": "dpo", "cmd": "cmd"}
 
 
 def schedule(iterations: int, strategy: str = "iterative") -> list[Step]:
-    """F0, then [R_i, F_i] for each iteration; the baselines are F0 alone."""
+    """F0, then [R_i, F_i] for each iteration; the baselines are F0 alone, except Ext-Sub:
+    its expert E0 (added at full weight), then its deficiency D0 (subtracted)."""
+    if strategy == "ext_sub":
+        return [Step(1, "E0", "retain", 0, "ext_sub"), Step(2, "D0", "forget", 0, "ext_sub")]
     if strategy != "iterative":
         return [Step(1, "F0", "forget", 0, OBJECTIVES.get(strategy, "nll"))]
     steps = [Step(1, "F0", "forget", 0)]
@@ -97,7 +110,9 @@ def schedule(iterations: int, strategy: str = "iterative") -> list[Step]:
 
 def explicit_weight(weights: WeightsSpec, step: Step) -> float | None:
     """The spec's weight for ``step`` (a magnitude), or None when it is to be searched."""
-    if step.name == "F0":
+    if step.objective == "ext_sub" and step.kind == "retain":
+        return 1.0  # Ext-Sub adds its expert whole; only the deficiency's weight is tuned
+    if step.iteration == 0:
         return weights.mu0
     given = weights.lambdas if step.kind == "retain" else weights.mus
     return None if given is None else given[step.iteration - 1]
