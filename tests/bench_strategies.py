@@ -35,8 +35,17 @@ ROWS: dict[str, list[str]] = {
     "iterative": ["release.strategy=iterative"],
     "single_subtraction (internal)": ["release.strategy=single_subtraction"],
     "single_subtraction (external, PEM-external)": ["release.strategy=single_subtraction"],
+    "ext_sub": ["release.strategy=ext_sub"],
     "gradient_ascent": ["release.strategy=gradient_ascent"],
     "npo": ["release.strategy=npo"],
+    "dpo": ["release.strategy=dpo"],
+    # The paper's slower forgetting rule, with a finer weight search (what was tried after
+    # every row above forgot the retained types with Person).
+    "iterative (60% rule, budget 8)": [
+        "release.strategy=iterative",
+        "release.rules.forget_fraction=0.6",
+        "release.search.budget=8",
+    ],
 }
 
 
@@ -125,6 +134,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmark")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run)")
     parser.add_argument("--only", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add the rows to OUT/benchmark.json (replacing rows of the same name) instead of "
+        "starting a new table",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,7 +147,12 @@ def main() -> None:
     from rrtool.audit.collect import collect
     from rrtool.tracking import resolve_store
 
-    rows = []
+    rows: list[dict[str, Any]] = []
+    previous = args.out / "benchmark.json"
+    if args.append and previous.is_file():
+        rows = [
+            r for r in json.loads(previous.read_text())["rows"] if r["strategy"] not in args.only
+        ]
     for name in args.only:
         print(f"{name} ...", flush=True)
         slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")

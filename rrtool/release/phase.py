@@ -1,4 +1,11 @@
-"""Stage 2 (Release) as a phase: ``release.strategy: iterative``.
+"""Stage 2 (Release) as a phase: ``release.strategy: iterative`` and the baselines.
+
+The baselines (``weights.schedule``) are one forget-side module F0 trained on the forget data
+(``single_subtraction``: nll, subtracted; ``gradient_ascent``, ``npo``, ``dpo``: trained away
+from the target, added; ``cmd``: nll on the model's continuations of cleaned contexts, see
+``cmd.py``, added), or Ext-Sub's two steps (E0, the expert, added whole; D0, the deficiency of
+an anti-expert A0 trained on the same weights, subtracted; see ``ext_sub.py``). Their weights
+come from the same mu search as F0's.
 
 Schedule: train F0 on the model and subtract it (mu0); then for i = 1..n train R_i on the
 current model and add it (lambda_i), train F_i on the updated model and subtract it (mu_i).
@@ -315,6 +322,7 @@ class _Release:
             self.modules[e["module"]] for e in self.state["stack"] if e["kind"] == "forget"
         ]
         common: dict[str, Any] = {
+            # Ext-Sub's anti-expert (a forget module fitted during the retain step E0) learns.
             "objective": step.training_objective if kind == step.kind else "nll",
             "npo_beta": self.spec.release.npo_beta,
             "dpo_beta": self.spec.release.dpo_beta,
