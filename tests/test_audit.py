@@ -98,6 +98,7 @@ def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path
     assert text.startswith("# rrtool audit: tiny")
     assert "| step | module | weight applied | forget score | utility |" in text
     assert "x F0 |" in text and "x R2 |" in text
+    assert "iterative (Reveal's forget data)" in text  # the strategy a reviewer must see
     assert "## Answers before and after" in text and "```yaml" in text
     assert "### Elicitation variants" in text and "| relearning |" in text
 

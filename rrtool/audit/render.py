@@ -66,6 +66,7 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("Run", f"{run['id']} ({run['name']}, experiment {run['experiment']})"),
         ("Status", run["status"] + (f": {run['stop_reason']}" if run.get("stop_reason") else "")),
+        ("Release strategy", _strategy(spec)),
         ("Release stopped", report["release"].get("stop_reason") or "–"),
         ("Store", run["store"]),
         ("Started / ended", f"{run.get('started') or '–'} / {run.get('ended') or '–'}"),
@@ -73,6 +74,15 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("Report generated", report["generated_at"]),
     ]
     return facts
+
+
+def _strategy(spec: dict[str, Any]) -> str:
+    """How the forget data became an edit, and where the forget data came from."""
+    release = spec.get("release") or {}
+    strategy = release.get("strategy") or "iterative"
+    source = release.get("forget_data")
+    origin = f"external forget data {source.get('path')}" if source else "Reveal's forget data"
+    return f"{strategy} ({origin})"
 
 
 def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
