@@ -274,3 +274,34 @@ def test_membership_probe_with_held_out_passages(invoke, write_spec, tmp_path: P
     assert probe["status"] == "done", probe
     assert probe["members"] > 0 and probe["non_members"] > 0
     assert 0.0 <= probe["auc_before"] <= 1.0 and 0.0 <= probe["auc_after"] <= 1.0
+
+
+def test_coding_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
+    """The coding path end to end: pass@1 in the sandbox as the forget measure, GSM8K accuracy
+    as utility, GSM8K-style retain data (the random model solves nothing: this checks the
+    pipeline and what it records, not forgetting)."""
+    spec = Path(__file__).resolve().parents[1] / "specs" / "coding.yaml"
+    sets = [
+        "model.id=builtin:tiny-random",
+        *("reveal.outer_iterations=1", "reveal.inner_iterations=1", "reveal.top_k=1"),
+        *("reveal.search.pool_size=10", "reveal.search.initial_evaluations=1"),
+        *("reveal.contexts_per_trial=2", "reveal.contexts.limit=4"),
+        "reveal.generation.max_new_tokens=16",
+        *("release.iterations=1", "release.search.budget=2", "release.search.eval_size=2"),
+        *("retain.data.limit=8", "audit.eval_size=2", "audit.gsm8k_shots=1"),
+        *("stopping.utility_floor=null", "audit.probes.relearning=false"),
+        *("audit.probes.elicitation=false", "audit.probes.membership=false"),
+    ]
+    result = invoke("run", spec, *[a for s in sets for a in ("--set", s)])
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "c.json"
+    assert invoke("audit", "--report", "json", "--out", out).exit_code == 0
+    report = json.loads(out.read_text())
+    summary = report["audit"]["summary"]
+    assert summary["forget"]["metric"] == "pass@1"
+    assert summary["utility"] == summary["utility"] | {
+        "metric": "flexible_accuracy",
+        "better": "higher",
+    }
+    assert summary["forget"]["before"] == 0.0 == summary["forget"]["after"]
+    assert [s["module"] for s in report["steps"]] == ["base", "F0", "R1", "F1"]
