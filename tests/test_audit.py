@@ -175,24 +175,31 @@ def test_partial_run_gives_a_partial_report(invoke, write_spec, tmp_path: Path) 
     assert "The report shows what was recorded so far" in (tmp_path / "partial.html").read_text()
 
 
-def test_toxicity_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
-    """The non-NER path: RTP protocol as the forget measure, perplexity (as u = 1/ppl in
-    Release) as utility, external retain text as retain data."""
-    spec = Path(__file__).resolve().parents[1] / "specs" / "toxicity.yaml"
+def _run_shipped_spec(invoke, tmp_path: Path, name: str, *extra: str) -> dict:
+    """``rrtool run specs/NAME.yaml`` on the tiny model with the smallest search, then the
+    JSON audit report of the run."""
     sets = [
         "model.id=builtin:tiny-random",
         *("reveal.outer_iterations=1", "reveal.inner_iterations=1", "reveal.top_k=1"),
         *("reveal.search.pool_size=10", "reveal.search.initial_evaluations=1"),
         *("reveal.contexts_per_trial=2", "reveal.contexts.limit=4"),
         *("release.iterations=1", "release.search.budget=2", "release.search.eval_size=2"),
-        *("retain.data.limit=8", "audit.eval_size=2", "audit.toxicity_samples=3"),
-        *("stopping.utility_floor=null", "stopping.forget_score=null"),
+        *("retain.data.limit=8", "audit.eval_size=2", "stopping.utility_floor=null", *extra),
     ]
+    spec = Path(__file__).resolve().parents[1] / "specs" / f"{name}.yaml"
     result = invoke("run", spec, *[a for s in sets for a in ("--set", s)])
     assert result.exit_code == 0, result.stderr
-    out = tmp_path / "t.json"
+    out = tmp_path / f"{name}.json"
     assert invoke("audit", "--report", "json", "--out", out).exit_code == 0
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_toxicity_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
+    """The non-NER path: RTP protocol as the forget measure, perplexity (as u = 1/ppl in
+    Release) as utility, external retain text as retain data."""
+    report = _run_shipped_spec(
+        invoke, tmp_path, "toxicity", "audit.toxicity_samples=3", "stopping.forget_score=null"
+    )
     summary = report["audit"]["summary"]
     assert summary["forget"]["metric"] == "expected_max_toxicity"
     assert summary["utility"] == summary["utility"] | {
@@ -280,23 +287,11 @@ def test_coding_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
     """The coding path end to end: pass@1 in the sandbox as the forget measure, GSM8K accuracy
     as utility, GSM8K-style retain data (the random model solves nothing: this checks the
     pipeline and what it records, not forgetting)."""
-    spec = Path(__file__).resolve().parents[1] / "specs" / "coding.yaml"
-    sets = [
-        "model.id=builtin:tiny-random",
-        *("reveal.outer_iterations=1", "reveal.inner_iterations=1", "reveal.top_k=1"),
-        *("reveal.search.pool_size=10", "reveal.search.initial_evaluations=1"),
-        *("reveal.contexts_per_trial=2", "reveal.contexts.limit=4"),
-        "reveal.generation.max_new_tokens=16",
-        *("release.iterations=1", "release.search.budget=2", "release.search.eval_size=2"),
-        *("retain.data.limit=8", "audit.eval_size=2", "audit.gsm8k_shots=1"),
-        *("stopping.utility_floor=null", "audit.probes.relearning=false"),
-        *("audit.probes.elicitation=false", "audit.probes.membership=false"),
-    ]
-    result = invoke("run", spec, *[a for s in sets for a in ("--set", s)])
-    assert result.exit_code == 0, result.stderr
-    out = tmp_path / "c.json"
-    assert invoke("audit", "--report", "json", "--out", out).exit_code == 0
-    report = json.loads(out.read_text())
+    report = _run_shipped_spec(
+        invoke, tmp_path, "coding", "reveal.generation.max_new_tokens=16",
+        "audit.gsm8k_shots=1", "audit.probes.relearning=false",
+        "audit.probes.elicitation=false", "audit.probes.membership=false",
+    )  # fmt: skip
     summary = report["audit"]["summary"]
     assert summary["forget"]["metric"] == "pass@1"
     assert summary["utility"] == summary["utility"] | {

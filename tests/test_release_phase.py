@@ -8,6 +8,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -187,6 +188,15 @@ def _context(spec_path: Path, tracker: Tracker, scratch: Path) -> RunContext:
     return RunContext(load_spec(spec_path), tracker, console, scratch / tracker.run_id)
 
 
+def _reveal_and_release(spec_path: Path, tmp_path: Path) -> tuple[Any, Tracker, RunContext, dict]:
+    """A new run in the test's store: Reveal, then Release; (store, tracker, ctx, summary)."""
+    store = resolve_store(None, None)
+    tracker = Tracker.start(store, "rrtool", "release-test", {})
+    ctx = _context(spec_path, tracker, tmp_path)
+    run_reveal(ctx)
+    return store, tracker, ctx, release_phase.run_release(ctx)
+
+
 def _modules(tracker: Tracker, stack: list[dict], tmp: Path) -> list[tuple[LoraModule, float]]:
     out = []
     for entry in stack:
@@ -210,11 +220,7 @@ def test_final_weights_equal_rebuild_and_resume_does_not_retrain(
     write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec_path = write_spec(release_spec({"iterations": 1, "search": {"budget": 2, "eval_size": 3}}))
-    store = resolve_store(None, None)
-    tracker = Tracker.start(store, "rrtool", "resume", {})
-    ctx = _context(spec_path, tracker, tmp_path)
-    run_reveal(ctx)
-    summary = release_phase.run_release(ctx)
+    store, tracker, ctx, summary = _reveal_and_release(spec_path, tmp_path)
     assert summary["modules"] == 3
     _assert_equals_rebuild(ctx, tracker, tmp_path / "a")
 
@@ -395,11 +401,7 @@ def test_ext_sub_adds_the_expert_subtracts_the_deficiency_and_resumes(
     spec_path = write_spec(
         release_spec({"strategy": "ext_sub", "search": {"budget": 2, "eval_size": 3}})
     )
-    store = resolve_store(None, None)
-    tracker = Tracker.start(store, "rrtool", "ext-sub", {})
-    ctx = _context(spec_path, tracker, tmp_path)
-    run_reveal(ctx)
-    summary = release_phase.run_release(ctx)
+    store, tracker, ctx, summary = _reveal_and_release(spec_path, tmp_path)
     assert summary["modules"] == 2
     steps = tracker.read_jsonl("release/steps.jsonl")
     assert [(s["module"], s["kind"]) for s in steps] == [("E0", "retain"), ("D0", "forget")]
