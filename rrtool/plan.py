@@ -317,32 +317,32 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     source = "external" if release.forget_data is not None else "Reveal's"
     chosen = {"empty_list": "`[]`", "refusal": "the refusal", "retain": "retain answers"}
     lora_text = f"r={lora.r}, {lora.target_modules}{launcher}"
-    train, apply = {
-        "iterative": ("train forget LoRA", "subtract mu0"),
-        "single_subtraction": ("train forget LoRA", "subtract mu0"),
-        "ext_sub": (
-            f"train expert LoRA E0 on ~{retain_n} retain examples (added whole) and an "
-            "anti-expert LoRA",
-            "subtract its deficiency D0 (Ext-Sub), alpha",
-        ),
-        "gradient_ascent": ("train a LoRA by gradient ascent", "add it, weight"),
-        "npo": (f"train a LoRA by NPO (beta {release.npo_beta:g})", "add it, weight"),
-        "dpo": (
-            f"train a LoRA by DPO (beta {release.dpo_beta:g}; chosen: "
-            f"{chosen[spec.dpo_chosen]}, rejected: the forget answers)",
-            "add it, weight",
-        ),
-        "cmd": ("", ""),
-    }[release.strategy]
-    detail = (
-        f"{train} ({lora_text}) on ~{forget_n} {source} forget examples, {apply} = "
-        f"{how(weights.mu0)}"
-    )
     if release.strategy == "cmd":
         detail = (
             f"the model rewrites the toxic segments of up to ~{forget_n} {source} contexts and "
             f"continues the cleaned texts; a LoRA ({lora_text}) learns the non-toxic "
             f"continuations from the original contexts, added with weight = {how(weights.mu0)}"
+        )
+    else:
+        train, apply = {
+            "iterative": ("train forget LoRA", "subtract mu0"),
+            "single_subtraction": ("train forget LoRA", "subtract mu0"),
+            "ext_sub": (
+                f"train expert LoRA E0 on ~{retain_n} retain examples (added whole) and an "
+                "anti-expert LoRA",
+                "subtract its deficiency D0 (Ext-Sub), alpha",
+            ),
+            "gradient_ascent": ("train a LoRA by gradient ascent", "add it, weight"),
+            "npo": (f"train a LoRA by NPO (beta {release.npo_beta:g})", "add it, weight"),
+            "dpo": (
+                f"train a LoRA by DPO (beta {release.dpo_beta:g}; chosen: "
+                f"{chosen[spec.dpo_chosen]}, rejected: the forget answers)",
+                "add it, weight",
+            ),
+        }[release.strategy]
+        detail = (
+            f"{train} ({lora_text}) on ~{forget_n} {source} forget examples, {apply} = "
+            f"{how(weights.mu0)}"
         )
     ext_sub = release.strategy == "ext_sub"
     steps = [

@@ -76,10 +76,12 @@ def build(
     generator = ctx.generator()
     reveal = ctx.spec.reveal.generation
     pieces = [segments(c) for c in contexts]
-    flat = [p for ps in pieces for p in ps]
-    progress("cmd: scoring segments", 0, len(flat))
-    flat_scores = score([p for p in flat])
-    toxic = sorted({p for p, s in zip(flat, flat_scores, strict=True) if s >= score.threshold})
+    # Each distinct segment is scored once (contexts repeat clauses; a remote oracle is slow
+    # and rate-limited).
+    distinct = list(dict.fromkeys(p for ps in pieces for p in ps))
+    progress("cmd: scoring segments", 0, len(distinct))
+    by_segment = dict(zip(distinct, score(distinct), strict=True))
+    toxic = sorted(p for p, s in by_segment.items() if s >= score.threshold)
     progress("cmd: rewriting toxic segments", 0, len(toxic))
     rewrite_params = SamplingParams(max_new_tokens=max(32, reveal.max_new_tokens), temperature=0)
     rewritten = generator.generate(
@@ -90,7 +92,6 @@ def build(
     rewrite_scores = dict(zip(toxic, score([rewrites[p] for p in toxic]), strict=True))
 
     records: list[dict[str, Any]] = []
-    by_segment = dict(zip(flat, flat_scores, strict=True))
     for context, parts in zip(contexts, pieces, strict=True):
         cleaned, detail = [], []
         for part in parts:
