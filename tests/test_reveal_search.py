@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from rrtool.context import RunContext
+from rrtool.reveal.phase import build_queries
 from rrtool.reveal.search import InstructionSearch, first_sentence
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Tracker, resolve_store
-from tests.conftest import only_run, read_artifact, read_jsonl
+from tests.conftest import only_run, read_artifact, read_jsonl, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -106,6 +107,33 @@ def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_p
     assert run.data.metrics["reveal/trials"] == 6
     state = json.loads(read_artifact(client, run_id, "reveal/search_state.json", down))
     assert state["outer"] == 2 and state["trial"] == 6
+
+
+def test_ner_search_also_writes_the_self_generated_retain_data(
+    invoke, write_spec, tmp_path: Path
+) -> None:
+    # The search writes forget data only; the retained types' answers (what `release` needs
+    # with retain.self_generated) must still come out of Reveal, not fail Release later.
+    search = search_spec()["reveal"]
+    reveal = {**tiny_spec()["reveal"], **{k: search[k] for k in ("strategy", "search")}}
+    reveal.update(outer_iterations=1, inner_iterations=1, contexts_per_trial=2)
+    reveal["contexts"] = {**reveal["contexts"], "limit": 10}
+    reveal["generation"] = {"max_new_tokens": 4, "temperature": 0, "batch_size": 8}
+    path = write_spec(tiny_spec(reveal=reveal))
+    result = invoke("run", path, "--phase", "reveal")
+    assert result.exit_code == 0, result.stderr
+    client, run = only_run(tmp_path)
+    down = tmp_path / "down"
+    retain = read_jsonl(client, run.info.run_id, "reveal/retain.jsonl", down)
+    # One greedy answer per retain query (passage x retained type), with its direct prompt.
+    ctx = RunContext(load_spec(path), None, Console(quiet=True), tmp_path)  # type: ignore[arg-type]
+    wanted = [q for q in build_queries(ctx) if q.split == "retain"]
+    assert len(wanted) >= 2
+    assert [(r["query_id"], r["prompt"]) for r in retain] == [(q.id, q.prompt) for q in wanted]
+    assert all(r["split"] == "retain" and r["type"] == "location" for r in retain)
+    forget = read_jsonl(client, run.info.run_id, "reveal/forget.jsonl", down)
+    assert forget and all(r["split"] == "forget" and r["type"] == "person" for r in forget)
+    assert run.data.metrics["reveal/retain_examples"] == len(wanted)
 
 
 def test_repeated_instruction_costs_no_generation(write_spec, tmp_path: Path) -> None:

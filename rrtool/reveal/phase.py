@@ -221,7 +221,16 @@ def run_reveal(ctx: RunContext) -> dict[str, int]:
             f"reveal.strategy `{spec.reveal.strategy}` is not implemented in this version "
             "(use `direct`)"
         )
-    queries = build_queries(ctx)
+    started = time.perf_counter()
+    records, generator = generate_direct(ctx, build_queries(ctx))
+    return _finish(ctx, records, time.perf_counter() - started, generator)
+
+
+def generate_direct(ctx: RunContext, queries: list[Query]) -> tuple[list[dict[str, Any]], Any]:
+    """Each query's prompt through the model as is (the `direct` strategy), resumable:
+    records already in ``reveal/progress.jsonl`` are kept, not regenerated. Returns the
+    records and the generator used (None when nothing was left to generate)."""
+    spec = ctx.spec
     done = {r["id"]: r for r in ctx.tracker.read_jsonl(PROGRESS) or []}
     finished = {r["query_id"] for r in done.values()}
     todo = [q for q in queries if q.id not in finished]
@@ -233,7 +242,6 @@ def run_reveal(ctx: RunContext) -> dict[str, int]:
     params = SamplingParams.from_spec(gen_spec, spec.seed)
     generator = ctx.generator() if todo else None
     chunk_size = gen_spec.batch_size * 4
-    started = time.perf_counter()
     with Progress(
         TextColumn("reveal"),
         BarColumn(),
@@ -280,7 +288,7 @@ def run_reveal(ctx: RunContext) -> dict[str, int]:
                 }
             # Upload after every chunk: a crash loses at most the chunk in flight.
             ctx.tracker.log_jsonl(list(done.values()), PROGRESS)
-    return _finish(ctx, list(done.values()), time.perf_counter() - started, generator)
+    return list(done.values()), generator
 
 
 def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

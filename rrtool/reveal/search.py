@@ -31,7 +31,7 @@ from rrtool.errors import UserError
 from rrtool.generation.base import SamplingParams, encode_prompt
 from rrtool.reveal.embedder import SentenceEmbedder
 from rrtool.reveal.neuralucb import NeuralUCB, SoftPromptProjection, sobol_pool
-from rrtool.reveal.phase import Query, _finish, _relevance, build_queries
+from rrtool.reveal.phase import Query, _finish, _relevance, build_queries, generate_direct
 from rrtool.reveal.scoring import combined_score
 from rrtool.reveal.vendi import VendiAccumulator
 from rrtool.tasks import prompt_text, samples_from_records
@@ -79,8 +79,11 @@ class InstructionSearch:
         spec = ctx.spec
         self.ctx, self.reveal, self.search = ctx, spec.reveal, spec.reveal.search
         self.seed, self.kind = spec.seed, spec.target.kind
-        # NER retain queries stay with `direct`: the search writes forget data only.
-        self.queries = [q for q in build_queries(ctx) if q.split == "forget"]
+        # The search writes forget data only; NER retain queries are answered as `direct`
+        # does, after it (see run_search).
+        queries = build_queries(ctx)
+        self.queries = [q for q in queries if q.split == "forget"]
+        self.retain_queries = [q for q in queries if q.split == "retain"]
         if not self.queries:
             raise UserError("reveal.contexts: no contexts to search instructions over")
         self.generator = ctx.generator()
@@ -422,4 +425,8 @@ def run_search(ctx: RunContext) -> dict[str, int]:
     ctx.tracker.log_metrics(
         {"reveal/trials": state["trial"], "reveal/best_score": state["best_so_far"]}
     )
-    return _finish(ctx, state["collected"], time.perf_counter() - started, search.generator)
+    # Retain answers (NER with retain.self_generated) need no instruction search: the
+    # model answers the retained types' queries as `direct` would.
+    retain, _ = generate_direct(ctx, search.retain_queries)
+    records = state["collected"] + retain
+    return _finish(ctx, records, time.perf_counter() - started, search.generator)
