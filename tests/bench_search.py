@@ -1,16 +1,18 @@
 """Benchmark: does the NeuralUCB instruction search beat a plain instruction and random choice?
 
-Runs Reveal of `specs/coding.yaml` (SmolLM2, MBPP-style prompts, pass@1 in the sandbox) three
-times in one MLflow store: `neuralucb`, `random` (the same trials and collections, inner
+Runs Reveal of a spec (default `specs/coding.yaml`: SmolLM2, MBPP-style prompts, pass@1 in the
+sandbox; `--spec specs/toxicity.yaml` for the toxicity oracle) three times per seed in one
+MLflow store: `neuralucb`, `random` (the same trials and collections, inner
 instructions drawn uniformly from the untried pool: the same evaluation budget) and `direct`
 (the task's plain instruction over every context). Each is scored the same way on the forget
 data it produced, the last collection of the search (the best instruction of the last outer
-loop over all contexts) or direct's answers: mean relevance (pass@1 of the model's answers),
+loop over all contexts) or direct's answers: mean relevance (the spec's oracle),
 normalised Vendi diversity of the answers (the Reveal embedder), and their weighted harmonic
 mean with the spec's alpha, the score the search optimises. The searches also report their
 mean and best trial score.
 
     python tests/bench_search.py --out reports/search            # ~20 min on 2 cores
+    python tests/bench_search.py --spec specs/toxicity.yaml --seeds 0 1 2 --out reports/tox
     python tests/bench_search.py --quick --out /tmp/search       # a smoke run
 """
 
@@ -28,14 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("neuralucb", "random", "direct")
 
 
-def run(strategy: str, store: str, quick: bool, log: Path) -> tuple[str, float]:
-    sets = [f"reveal.strategy={strategy}", f"tracking.run_name=search {strategy}"]
+def run(
+    spec: Path, strategy: str, seed: int, store: str, quick: bool, log: Path
+) -> tuple[str, float]:
+    sets = [f"reveal.strategy={strategy}", f"seed={seed}"]
+    sets.append(f"tracking.run_name=search {spec.stem} {strategy} seed {seed}")
     if quick:
         sets += ["reveal.contexts.limit=8", "reveal.outer_iterations=1",
                  "reveal.inner_iterations=2", "reveal.search.initial_evaluations=2",
                  "reveal.search.pool_size=16", "reveal.contexts_per_trial=2",
                  "reveal.generation.max_new_tokens=32"]  # fmt: skip
-    args = ["run", str(ROOT / "specs" / "coding.yaml")]
+    args = ["run", str(spec)]
     args += ["--phase", "reveal", "--tracking-uri", store]
     args += [a for s in sets for a in ("--set", s)]
     return run_rrtool(args, log)
@@ -68,6 +73,7 @@ def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, A
         "diversity": diversity,
         "score": combined_score(relevance, diversity, alpha),
         "trials": len(trials),
+        "distinct_instructions": len({t["instruction"] for t in trials}),
         "mean_trial_score": sum(t["score"] for t in trials) / len(trials) if trials else None,
         "best_trial_score": max((t["score"] for t in trials), default=None),
         "reveal_s": run.data.metrics.get("phase/reveal/seconds"),
@@ -79,21 +85,34 @@ def _f(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def markdown(rows: list[dict[str, Any]], alpha: float) -> str:
+def markdown(rows: list[dict[str, Any]], alpha: float, oracle: str) -> str:
     lines = [
-        f"Forget data scored alike (alpha = {alpha}): mean pass@1 of the answers, normalised "
-        "Vendi diversity, and their weighted harmonic mean.",
+        f"Forget data scored alike (alpha = {alpha}): mean relevance of the answers "
+        f"(`{oracle}`), normalised Vendi diversity, and their weighted harmonic mean.",
         "",
-        "| strategy | records | relevance | diversity | score | trials | mean trial score | "
-        "best trial score | Reveal s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| strategy | seed | records | relevance | diversity | score | trials | "
+        "distinct instructions | mean trial score | best trial score | Reveal s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['strategy']} | {r['records']} | {_f(r['relevance'])} | {_f(r['diversity'])} | "
-            f"{_f(r['score'])} | {r['trials']} | {_f(r['mean_trial_score'])} | "
+            f"| {r['strategy']} | {r['seed']} | {r['records']} | {_f(r['relevance'])} | "
+            f"{_f(r['diversity'])} | {_f(r['score'])} | {r['trials']} | "
+            f"{r['distinct_instructions'] or ''} | {_f(r['mean_trial_score'])} | "
             f"{_f(r['best_trial_score'])} | {r['reveal_s'] or 0:.0f} |"
         )
+    seeds = {r["seed"] for r in rows}
+    if len(seeds) > 1:
+        lines += ["", f"Mean over the {len(seeds)} seeds:", ""]
+        lines += ["| strategy | relevance | diversity | score |", "|---|---|---|---|"]
+        for strategy in dict.fromkeys(r["strategy"] for r in rows):
+            mine = [r for r in rows if r["strategy"] == strategy]
+            mean = {k: sum(r[k] for r in mine) / len(mine) for k in ("relevance", "diversity")}
+            mean["score"] = sum(r["score"] for r in mine) / len(mine)
+            lines.append(
+                f"| {strategy} | {_f(mean['relevance'])} | {_f(mean['diversity'])} | "
+                f"{_f(mean['score'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -102,6 +121,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "search")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a smoke run)")
     parser.add_argument("--only", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--spec", type=Path, default=ROOT / "specs" / "coding.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the spec's")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,19 +131,21 @@ def main() -> None:
 
     from rrtool.reveal.embedder import SentenceEmbedder
 
-    spec = yaml.safe_load((ROOT / "specs" / "coding.yaml").read_text())
+    args.spec = args.spec.resolve()  # rrtool runs in another directory
+    spec = yaml.safe_load(args.spec.read_text())
     alpha = float(spec["reveal"].get("alpha", 0.5))
     embedder = SentenceEmbedder(spec["reveal"].get("embedding_model", "builtin:all-minilm-l6-v2"))
     rows = []
-    for strategy in args.only:
-        print(f"{strategy} ...", flush=True)
-        run_id, wall = run(strategy, store, args.quick, args.out / f"{strategy}.log")
-        rows.append(
-            {"strategy": strategy, "wall_s": wall} | measure(store, run_id, alpha, embedder)
-        )
-        print(json.dumps(rows[-1]), flush=True)
+    for seed in args.seeds or [int(spec.get("seed", 0))]:
+        for strategy in args.only:
+            print(f"{strategy} seed {seed} ...", flush=True)
+            log = args.out / f"{strategy}-{seed}.log"
+            run_id, wall = run(args.spec, strategy, seed, store, args.quick, log)
+            measured = measure(store, run_id, alpha, embedder)
+            rows.append({"strategy": strategy, "seed": seed, "wall_s": wall} | measured)
+            print(json.dumps(rows[-1]), flush=True)
     (args.out / "search.json").write_text(json.dumps({"alpha": alpha, "rows": rows}, indent=1))
-    table = markdown(rows, alpha)
+    table = markdown(rows, alpha, spec["oracle"]["name"])
     (args.out / "search.md").write_text(table)
     print(table)
 

@@ -427,6 +427,6 @@ def run_search(ctx: RunContext) -> dict[str, int]:
     )
     # Retain answers (NER with retain.self_generated) need no instruction search: the
     # model answers the retained types' queries as `direct` would.
-    retain, _ = generate_direct(ctx, search.retain_queries)
+    retain = generate_direct(ctx, search.retain_queries)[0] if search.retain_queries else []
     records = state["collected"] + retain
     return _finish(ctx, records, time.perf_counter() - started, search.generator)
