@@ -31,9 +31,9 @@ STRATEGIES = ("neuralucb", "random", "direct")
 
 
 def run(
-    spec: Path, strategy: str, seed: int, store: str, quick: bool, log: Path
+    spec: Path, strategy: str, seed: int, store: str, quick: bool, log: Path, extra: list[str]
 ) -> tuple[str, float]:
-    sets = [f"reveal.strategy={strategy}", f"seed={seed}"]
+    sets = [f"reveal.strategy={strategy}", f"seed={seed}", *extra]
     sets.append(f"tracking.run_name=search {spec.stem} {strategy} seed {seed}")
     if quick:
         sets += ["reveal.contexts.limit=8", "reveal.outer_iterations=1",
@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--spec", type=Path, default=ROOT / "specs" / "coding.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the spec's")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="spec override (repeat)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -140,7 +143,7 @@ def main() -> None:
         for strategy in args.only:
             print(f"{strategy} seed {seed} ...", flush=True)
             log = args.out / f"{strategy}-{seed}.log"
-            run_id, wall = run(args.spec, strategy, seed, store, args.quick, log)
+            run_id, wall = run(args.spec, strategy, seed, store, args.quick, log, args.set)
             measured = measure(store, run_id, alpha, embedder)
             rows.append({"strategy": strategy, "seed": seed, "wall_s": wall} | measured)
             print(json.dumps(rows[-1]), flush=True)
