@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -137,18 +138,44 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cuda() -> object | None:
+    """torch.cuda when this process has put work on a GPU, else None (torch is never
+    imported just to ask: a CPU-only run has nothing to report)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda
+
+
+def _reset_peak_gpu() -> None:
+    cuda = _cuda()
+    for device in range(cuda.device_count() if cuda else 0):
+        cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gpu_mb() -> float | None:
+    """Peak GPU memory allocated by torch since the last reset, over this process's GPUs
+    (host RAM is what ``peak_rss_mb`` measures; a GPU user's limit is this one)."""
+    cuda = _cuda()
+    if cuda is None:
+        return None
+    return sum(cuda.max_memory_allocated(d) for d in range(cuda.device_count())) / 2**20
+
+
 def _timed_phase(ctx: RunContext, name: str) -> str | None:
     """Run a phase and record its wall time and peak memory (``phase/NAME/*`` metrics)."""
     per_phase = _reset_peak_rss()
+    _reset_peak_gpu()
     started = time.perf_counter()
     try:
         return _run_phase(ctx, name)
     finally:
         seconds = time.perf_counter() - started
-        peak = _peak_rss_mb()
-        ctx.tracker.log_metrics(
-            {f"phase/{name}/seconds": seconds, f"phase/{name}/peak_rss_mb": peak}
-        )
+        peak, gpu = _peak_rss_mb(), _peak_gpu_mb()
+        metrics = {f"phase/{name}/seconds": seconds, f"phase/{name}/peak_rss_mb": peak}
+        if gpu is not None:
+            metrics[f"phase/{name}/peak_gpu_mb"] = gpu
+        ctx.tracker.log_metrics(metrics)
         # Resetting the kernel's peak counter also resets what getrusage (and /usr/bin/time)
         # report, so the run's peak is kept here: the largest phase peak seen so far.
         previous = ctx.tracker.client.get_run(ctx.tracker.run_id).data.metrics
@@ -156,7 +183,8 @@ def _timed_phase(ctx: RunContext, name: str) -> str | None:
             {"run/peak_rss_mb": max(peak, previous.get("run/peak_rss_mb", 0.0))}
         )
         scope = "phase" if per_phase else "process so far"
-        ctx.console.print(f"{name}: {seconds:.1f} s, peak memory {peak:,.0f} MB ({scope})")
+        on_gpu = "" if gpu is None else f", peak GPU memory {gpu:,.0f} MB"
+        ctx.console.print(f"{name}: {seconds:.1f} s, peak memory {peak:,.0f} MB ({scope}){on_gpu}")
 
 
 def _run_phase(ctx: RunContext, name: str) -> str | None:

@@ -76,6 +76,8 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert report["audit"]["scorers"] == ["oracle ner_f1"]
     assert [p["name"] for p in report["phases"]] == ["reveal", "release", "audit"]
     assert all(p["done"] and p["seconds"] > 0 and p["peak_rss_mb"] > 0 for p in report["phases"])
+    # No GPU here: no GPU figure is made up (the report's GPU column is only for GPU runs).
+    assert all(p["peak_gpu_mb"] is None for p in report["phases"])
     assert report["spec"]["release"]["iterations"] == 2
     probes = report["audit"]["probes"]
     relearning = probes["relearning"]
@@ -300,3 +302,28 @@ def test_coding_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
     }
     assert summary["forget"]["before"] == 0.0 == summary["forget"]["after"]
     assert [s["module"] for s in report["steps"]] == ["base", "F0", "R1", "F1"]
+
+
+def test_cost_table_has_a_gpu_column_only_for_runs_that_used_a_gpu() -> None:
+    from rrtool.audit.render import _phase_table
+
+    cpu = {"phases": [{"name": "reveal", "done": True, "seconds": 2.0, "peak_rss_mb": 900.0}]}
+    head, rows = _phase_table(cpu)
+    assert head[-1] == "peak memory (MB)" and len(rows[0]) == 4
+    gpu = {
+        "phases": [
+            {
+                "name": "reveal",
+                "done": True,
+                "seconds": 2.0,
+                "peak_rss_mb": 9e2,
+                "peak_gpu_mb": 1.5e3,
+            },
+            {"name": "release", "done": False, "seconds": None, "peak_rss_mb": None},
+        ]
+    }
+    head, rows = _phase_table(gpu)
+    assert head[-1] == "peak GPU memory (MB)"
+    assert [len(r) for r in rows] == [5, 5]
+    assert rows[0][-1] == "1500"
+    assert rows[1][-1] == rows[1][2]  # the placeholder: nothing for a phase that did not run

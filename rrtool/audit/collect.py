@@ -233,6 +233,7 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
                     "done": tags.get(f"rrtool.phase.{name}") == "done",
                     "seconds": metrics.get(f"phase/{name}/seconds"),
                     "peak_rss_mb": metrics.get(f"phase/{name}/peak_rss_mb"),
+                    "peak_gpu_mb": metrics.get(f"phase/{name}/peak_gpu_mb"),
                 }
                 for name in PHASES
             ],

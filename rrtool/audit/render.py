@@ -178,16 +178,20 @@ def _module_rows(report: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-def _phase_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [
-        [
-            p["name"],
-            "done" if p["done"] else "not done",
-            num(p["seconds"]),
-            num(p["peak_rss_mb"]),
-        ]
-        for p in report["phases"]
+def _phase_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Head and rows of the phases table; the GPU column only for runs that used a GPU."""
+    phases = report["phases"]
+    gpu = any(p.get("peak_gpu_mb") is not None for p in phases)
+    head = ["phase", "state", "seconds", "peak memory (MB)"]
+    rows = [
+        [p["name"], "done" if p["done"] else "not done", num(p["seconds"]), num(p["peak_rss_mb"])]
+        for p in phases
     ]
+    if gpu:
+        head.append("peak GPU memory (MB)")
+        for row, p in zip(rows, phases, strict=True):
+            row.append(num(p.get("peak_gpu_mb")))
+    return head, rows
 
 
 def describe(probe: dict[str, Any]) -> str:
@@ -295,7 +299,7 @@ def _markdown(report: dict[str, Any]) -> str:
         out.append("\n### Elicitation variants\n")
         out.append(md_table(["variant", "value", "template"], elicitation))
     out.append("\n## Cost\n")
-    out.append(md_table(["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report)))
+    out.append(md_table(*_phase_table(report)))
     out.append("\n## Environment\n")
     out.append(md_table(["package", "version"], _environment_rows(report)))
     out.append(
@@ -476,9 +480,7 @@ def _html(report: dict[str, Any]) -> str:
         html_table(["probe", "result", "definition"], _probe_rows(report)),
         _elicitation_html(report),
         "<h2>Cost</h2>",
-        html_table(
-            ["phase", "state", "seconds", "peak memory (MB)"], _phase_rows(report), numeric=(2, 3)
-        ),
+        html_table(*_phase_table(report), numeric=(2, 3, 4)),
         "<h2>Environment</h2>",
         html_table(["package", "version"], _environment_rows(report)),
         "<h2>Spec (resolved)</h2>",
