@@ -484,6 +484,35 @@ def test_dpo_starts_at_ln2_and_learns_the_preference(model: Any, tokenizer: Any)
     assert min(a - b for a, b in zip(after, before, strict=True)) > 0
 
 
+def test_dpo_micro_batches_hold_batch_size_sequences_and_keep_the_steps() -> None:
+    """A DPO example is two sequences: its micro-batches hold half the examples, so a forward
+    pass is no larger than NLL's, while every optimiser step covers the same examples."""
+    from rrtool.release.lora import _step_groups
+
+    order = list(range(23))
+    for batch_size, accumulation in ((4, 1), (4, 3), (5, 2), (1, 2)):
+        plain = list(_step_groups(order, batch_size, accumulation))
+        paired = list(_step_groups(order, batch_size, accumulation, sequences_per_example=2))
+        assert [sum(g, []) for g in paired] == [sum(g, []) for g in plain]
+        assert all(len(micro) * 2 <= max(batch_size, 2) for g in paired for micro in g)
+        assert all(len(micro) <= batch_size for g in plain for micro in g)
+
+
+def test_dpo_training_forwards_at_most_batch_size_sequences(model: Any, tokenizer: Any) -> None:
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        train_lora(
+            model, tokenizer, PAIRS, _cfg(batch_size=4), seed=0, kind="forget", chat=False,
+            objective="dpo",
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert sizes and max(sizes) == 4  # two pairs: chosen + rejected each
+
+
 def test_dpo_loss_pairs_each_chosen_answer_with_its_own_rejected_one(
     model: Any, tokenizer: Any
 ) -> None:

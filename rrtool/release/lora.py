@@ -222,11 +222,21 @@ def _collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def _step_groups(order: list[int], batch_size: int, accumulation: int) -> Iterator[list[list[int]]]:
-    """Optimiser steps of one epoch, each a list of micro-batches of example indices."""
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for i in range(0, len(batches), accumulation):
-        yield batches[i : i + accumulation]
+def _step_groups(
+    order: list[int], batch_size: int, accumulation: int, sequences_per_example: int = 1
+) -> Iterator[list[list[int]]]:
+    """Optimiser steps of one epoch (``batch_size * accumulation`` examples each), each a
+    list of micro-batches of example indices holding at most ``batch_size`` sequences.
+
+    A DPO example is two sequences (chosen, rejected): its micro-batches hold half as many
+    examples, so a forward pass is no larger than for the other objectives. The step, and so
+    the update, is the same (losses are normalised over the whole step); only the peak memory
+    changes (on SmolLM2 DPO peaked at 7.8 GB against ~4.5 GB for the others before this)."""
+    per_step = batch_size * accumulation
+    per_micro = max(1, batch_size // sequences_per_example)
+    for start in range(0, len(order), per_step):
+        step = order[start : start + per_step]
+        yield [step[i : i + per_micro] for i in range(0, len(step), per_micro)]
 
 
 # --------------------------------------------------------------------- training
@@ -366,7 +376,10 @@ def train_lora(
             step = 0
             for _epoch in range(cfg.epochs):
                 order = torch.randperm(len(rows), generator=generator).tolist()
-                for group in _step_groups(order, cfg.batch_size, cfg.gradient_accumulation):
+                sequences = 2 if objective == "dpo" else 1
+                for group in _step_groups(
+                    order, cfg.batch_size, cfg.gradient_accumulation, sequences
+                ):
                     loss = _accumulate(
                         model, rows, group, pad_id, device, autocast_bf16, share, goal
                     )
