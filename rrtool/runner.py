@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -138,7 +139,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cuda() -> object | None:
+def _cuda() -> Any:
     """torch.cuda when this process has put work on a GPU, else None (torch is never
     imported just to ask: a CPU-only run has nothing to report)."""
     torch = sys.modules.get("torch")
