@@ -107,8 +107,8 @@ def markdown(rows: list[dict[str, Any]], alpha: float, oracle: str) -> str:
         lines += ["| strategy | relevance | diversity | score |", "|---|---|---|---|"]
         for strategy in dict.fromkeys(r["strategy"] for r in rows):
             mine = [r for r in rows if r["strategy"] == strategy]
-            mean = {k: sum(r[k] for r in mine) / len(mine) for k in ("relevance", "diversity")}
-            mean["score"] = sum(r["score"] for r in mine) / len(mine)
+            keys = ("relevance", "diversity", "score")
+            mean = {k: sum(r[k] for r in mine) / len(mine) for k in keys}
             lines.append(
                 f"| {strategy} | {_f(mean['relevance'])} | {_f(mean['diversity'])} | "
                 f"{_f(mean['score'])} |"

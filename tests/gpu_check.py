@@ -44,7 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import FAST_SETS, set_flags, tiny_spec  # noqa: E402
+from tests.conftest import FAST_SETS, only_run, set_flags, tiny_spec  # noqa: E402
 
 RESULTS: dict[str, Any] = {}
 
@@ -127,11 +127,7 @@ def pipeline_check(workdir: Path, out: Path, device: str, name: str, sets: list[
     overrides = set_flags(*FAST_SETS, f"model.device={device}", *sets)
     rrtool(["run", str(spec), *overrides], workdir, log)
     rrtool(["audit", "--report", "html", "--out", "report.html"], workdir, log)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("rrtool")
-    run = client.search_runs([experiment.experiment_id])[0]
+    client, run = only_run(workdir)
     model = json.loads(Path(client.download_artifacts(run.info.run_id, "model.json")).read_text())
     wanted = ("phase/", "reveal/", "release/", "audit/forget/macro_f1", "audit/utility/macro_f1")
     metrics = {k: round(v, 4) for k, v in run.data.metrics.items() if k.startswith(wanted)}
