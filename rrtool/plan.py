@@ -254,7 +254,9 @@ def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
             "instruction trials "
             f"(+{search.initial_evaluations} random initial), each {reveal.contexts_per_trial} contexts x "
             f"{gen.num_samples} samples of <= {gen.max_new_tokens} tokens; top-{reveal.top_k} re-scored "
-            f"per outer loop (cached generations); alpha={reveal.alpha}",
+            f"per outer loop (cached generations); a pick of an already-scored instruction "
+            f"re-scores it for free (no generations) and picks again, up to "
+            f"{search.free_repeats} times per step; alpha={reveal.alpha}",
             {
                 "generations": trials * (per_trial + 1),
                 "generated_tokens": trials

@@ -291,6 +291,15 @@ class InstructionSearchSpec(_Section):
     exemplars: int = Field(
         default=3, ge=0, description="Context exemplars shown when decoding an instruction."
     )
+    free_repeats: int = Field(
+        default=8,
+        ge=0,
+        description="Picks per inner step that may land on an already-scored instruction "
+        "(the same text from another pool point, or an arm of an earlier outer loop) without "
+        "using the step: they cost no generation, only a diversity re-score, and the bandit "
+        "still learns their score; after that many the step counts anyway. 0 = every pick "
+        "counts.",
+    )
     ucb_lambda: float = Field(default=0.1, gt=0, description="Regulariser lambda of NeuralUCB.")
     ucb_nu: float = Field(default=1.0, ge=0, description="Exploration scale nu of NeuralUCB.")
 

@@ -9,7 +9,9 @@ data it produced, the last collection of the search (the best instruction of the
 loop over all contexts) or direct's answers: mean relevance (the spec's oracle),
 normalised Vendi diversity of the answers (the Reveal embedder), and their weighted harmonic
 mean with the spec's alpha, the score the search optimises. The searches also report their
-mean and best trial score.
+trials (all picks; in brackets those that generated, i.e. the budget: a pick of an instruction
+already scored is a free re-score), the mean score of the generated trials and the best trial
+score.
 
     python tests/bench_search.py --out reports/search            # ~20 min on 2 cores
     python tests/bench_search.py --spec specs/toxicity.yaml --seeds 0 1 2 --out reports/tox
@@ -66,6 +68,9 @@ def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, A
     vendi.add(vectors)
     diversity = vendi.normalised_score_with()
     trials = [t for t in jsonl("reveal/trials.jsonl") if t["kind"] != "rescore"]
+    # Trial quality over the instructions the search paid generations for (a cached pick
+    # re-scores an earlier one and would count it twice).
+    generated = [t for t in trials if not t["cached"]]
     return {
         "run": run_id,
         "records": len(final),
@@ -74,7 +79,10 @@ def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, A
         "score": combined_score(relevance, diversity, alpha),
         "trials": len(trials),
         "distinct_instructions": len({t["instruction"] for t in trials}),
-        "mean_trial_score": sum(t["score"] for t in trials) / len(trials) if trials else None,
+        "generated_trials": len(generated),
+        "mean_trial_score": (
+            sum(t["score"] for t in generated) / len(generated) if generated else None
+        ),
         "best_trial_score": max((t["score"] for t in trials), default=None),
         "reveal_s": run.data.metrics.get("phase/reveal/seconds"),
         "generated_tokens_per_s": run.data.metrics.get("reveal/tokens_per_second"),
@@ -90,28 +98,35 @@ def markdown(rows: list[dict[str, Any]], alpha: float, oracle: str) -> str:
         f"Forget data scored alike (alpha = {alpha}): mean relevance of the answers "
         f"(`{oracle}`), normalised Vendi diversity, and their weighted harmonic mean.",
         "",
-        "| strategy | seed | records | relevance | diversity | score | trials | "
+        "| strategy | seed | records | relevance | diversity | score | trials (generated) | "
         "distinct instructions | mean trial score | best trial score | Reveal s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['strategy']} | {r['seed']} | {r['records']} | {_f(r['relevance'])} | "
-            f"{_f(r['diversity'])} | {_f(r['score'])} | {r['trials']} | "
+            f"{_f(r['diversity'])} | {_f(r['score'])} | "
+            f"{r['trials']} ({r.get('generated_trials', '?')}) | "
             f"{r['distinct_instructions'] or ''} | {_f(r['mean_trial_score'])} | "
             f"{_f(r['best_trial_score'])} | {r['reveal_s'] or 0:.0f} |"
         )
     seeds = {r["seed"] for r in rows}
     if len(seeds) > 1:
         lines += ["", f"Mean over the {len(seeds)} seeds:", ""]
-        lines += ["| strategy | relevance | diversity | score |", "|---|---|---|---|"]
+        lines += [
+            "| strategy | relevance | diversity | score | mean trial score |",
+            "|---|---|---|---|---|",
+        ]
         for strategy in dict.fromkeys(r["strategy"] for r in rows):
             mine = [r for r in rows if r["strategy"] == strategy]
-            keys = ("relevance", "diversity", "score")
-            mean = {k: sum(r[k] for r in mine) / len(mine) for k in keys}
+            keys = ("relevance", "diversity", "score", "mean_trial_score")
+            mean = {
+                k: sum(v) / len(v) if (v := [r[k] for r in mine if r[k] is not None]) else None
+                for k in keys
+            }
             lines.append(
                 f"| {strategy} | {_f(mean['relevance'])} | {_f(mean['diversity'])} | "
-                f"{_f(mean['score'])} |"
+                f"{_f(mean['score'])} | {_f(mean['mean_trial_score'])} |"
             )
     return "\n".join(lines) + "\n"
 

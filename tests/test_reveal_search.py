@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from rrtool.context import RunContext
+from rrtool.generation.base import Completion
 from rrtool.reveal.phase import build_queries
-from rrtool.reveal.search import InstructionSearch, first_sentence
+from rrtool.reveal.search import InstructionSearch, decoded_instruction, first_sentence
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Tracker, resolve_store
 from tests.conftest import only_run, read_artifact, read_jsonl, tiny_spec
@@ -64,8 +65,22 @@ def test_first_sentence() -> None:
     assert first_sentence("  \n ") == ""
 
 
+def test_decoded_instruction_is_the_first_sentence_closed_where_the_stop_cut_it() -> None:
+    # What HF and vLLM return once a stop string matched: the text before it.
+    assert decoded_instruction(Completion("write a report", 4, "stop")) == "write a report."
+    assert decoded_instruction(Completion("Say hi!", 3, "stop")) == "Say hi!"  # EOS after "!"
+    # Cut at the token limit: kept as decoded (a sentence end inside is still honoured).
+    assert decoded_instruction(Completion("write a report, but", 8, "length")) == (
+        "write a report, but"
+    )
+    assert decoded_instruction(Completion("Be rude. Then", 8, "length")) == "Be rude."
+    assert decoded_instruction(Completion(" \n", 2, "stop")) == ""  # the caller's fallback
+
+
 def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_path: Path) -> None:
-    result = invoke("run", write_spec(search_spec()), "--phase", "reveal")
+    spec = search_spec()
+    spec["reveal"]["search"]["free_repeats"] = 0  # every pick is a step: exact trial counts
+    result = invoke("run", write_spec(spec), "--phase", "reveal")
     assert result.exit_code == 0, result.stderr
     client, run = only_run(tmp_path)
     assert run.data.tags["rrtool.phase.reveal"] == "done"
@@ -134,6 +149,34 @@ def test_ner_search_also_writes_the_self_generated_retain_data(
     forget = read_jsonl(client, run.info.run_id, "reveal/forget.jsonl", down)
     assert forget and all(r["split"] == "forget" and r["type"] == "person" for r in forget)
     assert run.data.metrics["reveal/retain_examples"] == len(wanted)
+
+
+def test_cached_picks_do_not_use_up_inner_steps(invoke, write_spec, tmp_path: Path) -> None:
+    # The tiny random model decodes many pool points to the same few texts, and after the
+    # outer reset the bandit re-picks earlier arms: both are cached picks.
+    spec = search_spec(outer=2, inner=3)
+    spec["reveal"]["search"]["free_repeats"] = 2
+    result = invoke("run", write_spec(spec), "--phase", "reveal")
+    assert result.exit_code == 0, result.stderr
+    client, run = only_run(tmp_path)
+    trials = read_jsonl(client, run.info.run_id, "reveal/trials.jsonl", tmp_path / "down")
+    steps: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for t in trials:
+        if t["kind"] == "ucb":
+            steps.setdefault((t["outer"], t["inner"]), []).append(t)
+    assert sorted(steps) == [(o, i) for o in range(2) for i in range(3)]
+    # A step ends at its first instruction generated for, or after 2 free cached picks.
+    for picks in steps.values():
+        assert all(p["cached"] for p in picks[:-1]) and len(picks) <= 3
+        assert not picks[-1]["cached"] or len(picks) == 3
+    assert any(len(picks) > 1 for picks in steps.values()), "no cached pick was exercised"
+    # Every trial is numbered, and the bandit never re-picks an arm it observed this outer loop.
+    assert [t["trial"] for t in trials if t["trial"]] == list(
+        range(1, 3 + sum(map(len, steps.values())))
+    )
+    for outer in range(2):
+        arms = [p["arm"] for (o, _), picks in steps.items() if o == outer for p in picks]
+        assert len(arms) == len(set(arms))
 
 
 def test_repeated_instruction_costs_no_generation(write_spec, tmp_path: Path) -> None:
@@ -208,7 +251,9 @@ def test_sigkill_during_search_then_resume_matches_an_uninterrupted_run(
     run_id = run.info.run_id
     trials = read_jsonl(client, run_id, "reveal/trials.jsonl", tmp_path / "d1")
     numbers = [t["trial"] for t in trials if t["trial"] is not None]
-    assert numbers == list(range(1, 2 + 4 * 3 + 1))  # no trial twice, none missing
+    assert numbers == list(range(1, len(numbers) + 1))  # no trial twice, none missing
+    # 2 initial + 4 x 3 inner steps, plus the cached picks that did not use a step up.
+    assert len(numbers) >= 2 + 4 * 3
     state = json.loads(read_artifact(client, run_id, "reveal/search_state.json", tmp_path / "d1"))
     # Every instruction generated before the kill was reused, not generated again.
     assert state["trials"][: len(killed["trials"])] == killed["trials"]
@@ -244,9 +289,12 @@ def test_random_strategy_spends_the_same_budget_on_uniform_draws(
         client, run = only_run(f"sqlite:///{tmp_path / store}.db")
         trials = read_jsonl(client, run.info.run_id, "reveal/trials.jsonl", tmp_path / store)
         scored = [t for t in trials if t["kind"] != "rescore"]
-        assert [t["kind"] for t in scored] == ["initial"] * 2 + ["random"] * 4
-        assert len({t["arm"] for t in scored[:4]}) == 4  # no arm drawn twice in an outer loop
-        assert run.data.metrics["reveal/trials"] == 6
+        assert [t["kind"] for t in scored] == ["initial"] * 2 + ["random"] * (len(scored) - 2)
+        # The same inner steps as the bandit's, under the same cached-pick rule.
+        assert {(t["outer"], t["inner"]) for t in scored[2:]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+        outer0 = [t["arm"] for t in scored if t["outer"] == 0]
+        assert len(outer0) == len(set(outer0))  # no arm drawn twice in an outer loop
+        assert run.data.metrics["reveal/trials"] == len(scored)
         assert read_jsonl(client, run.info.run_id, "reveal/forget.jsonl", tmp_path / store)
         arms.append([t["arm"] for t in scored])
     assert arms[0] == arms[1]

@@ -1,12 +1,13 @@
 """Reveal with ``strategy: neuralucb``: a NeuralUCB search over instructions (INSTINCT-style).
 
 Each pool point z is projected to soft tokens; the model decodes ``[soft tokens] + exemplars +
-"The instruction was to"`` greedily into an instruction (first sentence kept). An instruction
-is scored on a fixed, seeded subset of the contexts: relevance (mean oracle score) and Vendi
-diversity against the data collected so far, mixed by :func:`combined_score`. After each
-outer iteration the best instruction is applied to *all* contexts and its generations join
-D_selfgen (the forget data); the next outer iteration re-scores the top-k instructions against
-the grown D (diversity only: generations are cached) and restarts the bandit from them.
+"The instruction was to"`` greedily into an instruction (first sentence kept; decoding stops
+at its end). An instruction is scored on a fixed, seeded subset of the contexts: relevance
+(mean oracle score) and Vendi diversity against the data collected so far, mixed by
+:func:`combined_score`. After each outer iteration the best instruction is applied to *all*
+contexts and its generations join D_selfgen (the forget data); the next outer iteration
+re-scores the top-k instructions against the grown D (diversity only: generations are cached)
+and restarts the bandit from them.
 
 Resumable: after every step the search state (bandit events, decoded instructions, cached
 generations, collected data, counters) goes to ``reveal/search_state.json``; a resumed run
@@ -28,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import UserError
-from rrtool.generation.base import SamplingParams, encode_prompt
+from rrtool.generation.base import Completion, SamplingParams, encode_prompt
 from rrtool.reveal.embedder import SentenceEmbedder
 from rrtool.reveal.neuralucb import NeuralUCB, SoftPromptProjection, sobol_pool
 from rrtool.reveal.phase import Query, _finish, _relevance, build_queries, generate_direct
@@ -39,6 +40,10 @@ from rrtool.tasks import prompt_text, samples_from_records
 STATE = "reveal/search_state.json"
 TRIALS = "reveal/trials.jsonl"
 DECODE_CUE = "The instruction was to"
+# Only the first sentence is kept, so decoding stops where `first_sentence` would cut: after
+# sentence-ending punctuation followed by whitespace, or at a line break. (Decoding ran to
+# max_instruction_tokens before; a first sentence is typically a fraction of that.)
+SENTENCE_STOPS = (". ", "! ", "? ", "\n")
 # Used when the model decodes nothing usable: the trial still runs (and scores what it gets).
 FALLBACK = {
     "toxicity": "Continue the text.",
@@ -54,6 +59,19 @@ def first_sentence(text: str) -> str:
     return _SENTENCE_END.split(text.strip(), maxsplit=1)[0].strip()
 
 
+def decoded_instruction(completion: Completion) -> str:
+    """The instruction in a decoding stopped by :data:`SENTENCE_STOPS`: its first sentence.
+
+    The stop string takes the sentence's end with it (and a sentence may also end at a line
+    break or EOS): such a sentence is closed with a full stop, so every stopped instruction
+    reads as a sentence. One cut at the token limit is kept as it is.
+    """
+    sentence = first_sentence(completion.text)
+    if sentence and completion.finish_reason == "stop" and sentence[-1] not in ".!?":
+        sentence += "."
+    return sentence
+
+
 def _fresh_state() -> dict[str, Any]:
     """Counters point at the next step to run; ``events`` replays the bandit on resume."""
     return {
@@ -63,6 +81,7 @@ def _fresh_state() -> dict[str, Any]:
         "outer": 0,
         "inner": 0,
         "reset_for": 0,
+        "repeats": 0,  # cached picks in a row within the current inner step
         "best_so_far": 0.0,
         "events": [],
         "arms": {},  # pool index -> decoded instruction
@@ -89,7 +108,10 @@ class InstructionSearch:
         self.generator = ctx.generator()
         self.params = SamplingParams.from_spec(self.reveal.generation, spec.seed)
         self.decode_params = SamplingParams(
-            max_new_tokens=self.search.max_instruction_tokens, temperature=0.0, seed=spec.seed
+            max_new_tokens=self.search.max_instruction_tokens,
+            temperature=0.0,
+            seed=spec.seed,
+            stop=SENTENCE_STOPS,
         )
         # Toxicity is a plain continuation task; the others are instructions to a chat model.
         self.chat = self.kind != "toxicity"
@@ -188,7 +210,7 @@ class InstructionSearch:
                 prefix, [self.decode_prompt], self.decode_params, chat=False
             )
             fallback = FALLBACK.get(self.kind, FALLBACK["custom"])
-            arms[str(arm)] = first_sentence(outs[0].text) or fallback
+            arms[str(arm)] = decoded_instruction(outs[0]) or fallback
         return arms[str(arm)]
 
     def prompt(self, instruction: str, query: Query) -> str:
@@ -416,9 +438,19 @@ def run_search(ctx: RunContext) -> dict[str, int]:
                     break
                 kind = "ucb" if reveal.strategy == "neuralucb" else "random"
                 record = search.trial(arm, kind, state["inner"])
-                state["inner"] += 1
+                # The budget is the instructions generated for: a pick whose instruction was
+                # already scored generated nothing, so (up to free_repeats in a row) the step
+                # picks again, with that score now known to the bandit. Without this, the
+                # arms re-picked after an outer reset (and pool points that decode to the
+                # same text) used up steps; in one measured run, all 8 of an outer loop's.
+                repeats = state.get("repeats", 0)  # states saved by earlier releases lack it
+                if record["cached"] and repeats < reveal.search.free_repeats:
+                    state["repeats"] = repeats + 1
+                else:
+                    state["repeats"] = 0
+                    state["inner"] += 1
+                    progress.advance(task)
                 search.save([record])
-                progress.advance(task)
             search.collect(progress)
             search.save([])
             progress.advance(task)
