@@ -5,6 +5,7 @@ bf16 (``model.dtype: auto`` on CUDA), tensors placed on the model's device, LoRA
 merging against bf16 weights with fp32 master copies, soft-prompt decoding on CUDA. Run:
 
     python tests/gpu_check.py --out DIR [--device cuda] [--smollm2-shape DIR]
+        [--quick | --only CHECK ...]
 
 Every check runs even when an earlier one failed; ``DIR/gpu_check.json`` records each one's
 outcome (``ok``, seconds, numbers, or the traceback), ``DIR/*.log`` the CLI runs' output.
@@ -254,20 +255,14 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="one `rrtool run` (iterative) and the speed rows"
     )
+    parser.add_argument(
+        "--only", nargs="+", metavar="CHECK", help="run just these checks (e.g. run:neuralucb)"
+    )
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/rrtool-gpu-check"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RRTOOL_CACHE_DIR", str(args.scratch / "cache"))
     os.environ["HF_HUB_OFFLINE"] = "1"
-
-    if not args.quick:
-        check("generation", args.out)(lambda: generation_check(args.device))
-    for strategy in ("iterative",) if args.quick else ("iterative", "dpo", "npo", "ext_sub"):
-        check(f"run:{strategy}", args.out)(
-            lambda s=strategy: pipeline_check(
-                args.scratch / s, args.out, args.device, s, [f"release.strategy={s}"]
-            )
-        )
 
     def neuralucb() -> dict[str, Any]:
         embedder = tiny_embedder(args.scratch / "embedder")
@@ -279,12 +274,28 @@ def main() -> None:
         ]
         return pipeline_check(args.scratch / "neuralucb", args.out, args.device, "neuralucb", sets)
 
-    if not args.quick:
-        check("run:neuralucb", args.out)(neuralucb)
-    if args.smollm2_shape is not None:
-        check("throughput", args.out)(
-            lambda: throughput_check(args.smollm2_shape, args.device, args.scratch)
+    checks: dict[str, Callable[[], dict[str, Any]]] = {
+        "generation": lambda: generation_check(args.device)
+    }
+    for strategy in ("iterative", "dpo", "npo", "ext_sub"):
+        checks[f"run:{strategy}"] = lambda s=strategy: pipeline_check(
+            args.scratch / s, args.out, args.device, s, [f"release.strategy={s}"]
         )
+    checks["run:neuralucb"] = neuralucb
+    if args.smollm2_shape is not None:
+        checks["throughput"] = lambda: throughput_check(
+            args.smollm2_shape, args.device, args.scratch
+        )
+    unknown = sorted(set(args.only or ()) - set(checks))
+    if unknown:
+        parser.error(f"--only: unknown check(s) {unknown}; known: {sorted(checks)}")
+    for name, fn in checks.items():
+        if args.only:
+            if name not in args.only:
+                continue
+        elif args.quick and name not in ("run:iterative", "throughput"):
+            continue
+        check(name, args.out)(fn)
     failed = [name for name, result in RESULTS.items() if not result["ok"]]
     print(json.dumps(RESULTS, indent=2))
     sys.exit(1 if failed else 0)
