@@ -323,7 +323,10 @@ class RevealSpec(_Section):
         default=3, ge=1, description="Outer loop m: each adds the best instruction's data."
     )
     inner_iterations: int = Field(
-        default=20, ge=1, description="Inner loop n: bandit rounds per outer iteration."
+        default=20,
+        ge=1,
+        description="Inner loop n: steps per outer iteration, each ending at a pick that "
+        "generates (a new instruction; see `search.free_repeats`).",
     )
     top_k: int = Field(
         default=10, ge=1, description="Best prompts re-scored to re-initialise each outer loop."
