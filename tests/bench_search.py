@@ -106,7 +106,7 @@ def markdown(rows: list[dict[str, Any]], alpha: float, oracle: str) -> str:
         lines.append(
             f"| {r['strategy']} | {r['seed']} | {r['records']} | {_f(r['relevance'])} | "
             f"{_f(r['diversity'])} | {_f(r['score'])} | "
-            f"{r['trials']} ({r.get('generated_trials', '?')}) | "
+            f"{r['trials']} ({r['generated_trials']}) | "
             f"{r['distinct_instructions'] or ''} | {_f(r['mean_trial_score'])} | "
             f"{_f(r['best_trial_score'])} | {r['reveal_s'] or 0:.0f} |"
         )

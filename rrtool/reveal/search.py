@@ -368,6 +368,7 @@ class InstructionSearch:
         self.state["collected"].extend(new)
         self.state["outer"] += 1
         self.state["inner"] = 0
+        self.state["repeats"] = 0  # a step cut short (pool exhausted) leaves none for the next
 
     def restore_collected(self) -> None:
         """Re-embed D in the batches it was added in (same inputs give the same numbers)."""
