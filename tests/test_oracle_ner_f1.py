@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from rrtool_oracles.ner_f1 import NerF1Oracle, build_query, normalise, parse_prediction
 
@@ -184,3 +186,255 @@ def test_score_ignores_unknown_kwargs() -> None:
     samples = [_sample('["Ada"]', ["Ada"])]
     scores = oracle.score(samples, future_context=object())
     assert oracle.aggregate(samples, scores, future_context=1)["person/f1"] == 1.0
+
+
+# --- format-robust measures -------------------------------------------------------
+
+PASSAGE = (
+    "Helena Stroud, the Prime Minister of Varn, met Imre Kallas in Korth"
+    " to sign the annual trade treaty."
+)
+GOLD = ["Helena Stroud", "Imre Kallas"]
+
+
+def _query(
+    completion: str,
+    entities: list[str] | None = None,
+    entity_type: str = "person",
+    passage: str = PASSAGE,
+    sid: str = "q",
+) -> Sample:
+    return Sample(
+        id=sid,
+        prompt=build_query(passage, entity_type),
+        completion=completion,
+        reference={"type": entity_type, "entities": GOLD if entities is None else entities},
+    )
+
+
+def _details(completion: str, entities: list[str] | None = None, **kw: Any) -> dict:
+    (score,) = NerF1Oracle().score([_query(completion, entities, **kw)])
+    return dict(score.details)
+
+
+def _robust(d: dict) -> tuple[int, int, int]:
+    return d["robust_tp"], d["robust_fp"], d["robust_fn"]
+
+
+def test_json_answer_naming_the_person() -> None:
+    d = _details('["Helena Stroud"]')
+    assert d["parse_error"] is False and (d["tp"], d["fp"], d["fn"]) == (1, 0, 1)
+    assert d["mentioned"] == ["helena stroud"]
+    assert d["robust_predicted"] == ["helena stroud"]
+    assert _robust(d) == (1, 0, 1)
+    assert d["echo"] is False and d["empty"] is False
+
+
+def test_json_without_spaces_still_names_both() -> None:
+    # normalise() deletes '","' and would glue "stroudimre": matching splits on separators.
+    d = _details('["Helena Stroud","Imre Kallas"]')
+    assert d["mentioned"] == ["helena stroud", "imre kallas"]
+    assert _robust(d) == (2, 0, 0)
+
+
+def test_prose_answer_naming_the_person() -> None:
+    (score,) = NerF1Oracle().score(
+        [
+            _query(
+                "The person described is Helena Stroud, the Prime Minister of Varn.",
+                ["Helena Stroud"],
+            )
+        ]
+    )
+    d = score.details
+    assert score.score == 0.0 and d["parse_error"] is True  # strict F1 is fooled
+    assert d["mentioned"] == ["helena stroud"]
+    # capitalised runs; the sentence-initial "The" is dropped
+    assert d["robust_predicted"] == ["helena stroud", "prime minister", "varn"]
+    assert _robust(d) == (1, 2, 0)
+    assert d["echo"] is False
+
+
+def test_bare_name_without_brackets() -> None:
+    d = _details("Imre Kallas")
+    assert d["parse_error"] is True
+    assert d["mentioned"] == ["imre kallas"]
+    assert d["robust_predicted"] == ["imre kallas"]
+    assert _robust(d) == (1, 0, 1)
+
+
+def test_bullet_list() -> None:
+    d = _details("Here they are:\n- Helena Stroud: Prime Minister\n- Imre Kallas\n- Mara Quint")
+    assert d["mentioned"] == ["helena stroud", "imre kallas"]
+    assert d["robust_predicted"] == ["helena stroud", "imre kallas", "mara quint"]
+    assert _robust(d) == (2, 1, 0)  # the invented Mara Quint is a false positive
+    numbered = _details("1. Imre Kallas\n2. Helena Stroud")
+    assert numbered["robust_predicted"] == ["helena stroud", "imre kallas"]
+    assert _robust(numbered) == (2, 0, 0)
+
+
+def test_comma_and_quoted_items() -> None:
+    d = _details("Helena Stroud, Mara Quint and Imre Kallas")
+    assert d["robust_predicted"] == ["helena stroud", "imre kallas", "mara quint"]
+    assert _robust(d) == (2, 1, 0)
+    # quoted strings win over prose: the lowercase "bob marsh" is no capitalised run
+    quoted = _details("The answer is 'Helena Stroud' or maybe \"bob marsh\".")
+    assert quoted["robust_predicted"] == ["bob marsh", "helena stroud"]
+    assert _robust(quoted) == (1, 1, 1)
+    repr_list = _details("['Helena Stroud', 'Imre Kallas']")  # Python repr: strict parse fails
+    assert repr_list["parse_error"] is True
+    assert _robust(repr_list) == (2, 0, 0)
+
+
+def test_possessive_names_the_person() -> None:
+    d = _details("Helena Stroud's office")
+    assert d["mentioned"] == ["helena stroud"]
+    assert _robust(d) == (1, 0, 1)  # "helena strouds office" is about Helena Stroud
+
+
+def test_echo_of_the_passage() -> None:
+    d = _details(PASSAGE)
+    assert d["echo"] is True
+    assert d["mentioned"] == ["helena stroud", "imre kallas"]  # an echo still names them
+    assert d["robust_tp"] == 2
+    assert _details("Text: " + PASSAGE.upper())["echo"] is True  # normalised words
+
+
+def test_echo_threshold_on_4grams() -> None:
+    words = PASSAGE.split()  # 17 words, normalised 15 ("the" dropped twice) -> 12 4-grams
+    # a truncated echo keeping 11 of 15 normalised words: 8/12 = 67% >= 60%
+    assert _details(" ".join(words[:12]))["echo"] is True
+    # 10 of 15 normalised words: 7/12 = 58% < 60%
+    assert _details(" ".join(words[:11]))["echo"] is False
+    # a genuine sentence reusing a phrase of the passage
+    assert _details("Helena Stroud, the Prime Minister of Varn.")["echo"] is False
+
+
+def test_echo_of_a_short_passage_and_of_other_prompts() -> None:
+    assert _details("Ada met Bo", ["Ada"], passage="Ada met Bo.")["echo"] is True
+    assert _details("Ada met Boris", ["Ada"], passage="Ada met Bo.")["echo"] is False
+    # the query that ends a one-shot prompt is the one whose passage counts
+    one_shot = (
+        "Extract.\n\nText: Marie Curie went to Paris.\nWhat describes person in the text?\n"
+        '["Marie Curie"]\n\n' + build_query(PASSAGE, "person") + "\n"
+    )
+    sample = Sample(
+        id="o", prompt=one_shot, completion=PASSAGE, reference={"type": "person", "entities": GOLD}
+    )
+    assert NerF1Oracle().score([sample])[0].details["echo"] is True
+    # a prompt not in the UniversalNER form: no passage, no echo
+    odd = Sample(
+        id="x", prompt=PASSAGE, completion=PASSAGE, reference={"type": "person", "entities": GOLD}
+    )
+    assert NerF1Oracle().score([odd])[0].details["echo"] is False
+
+
+@pytest.mark.parametrize("answer", ["[]", "There is no person.", "None", "I don't know."])
+def test_answer_naming_nobody(answer: str) -> None:
+    d = _details(answer)
+    assert d["mentioned"] == []
+    assert d["robust_predicted"] == []
+    assert _robust(d) == (0, 0, 2)
+    assert d["echo"] is False and d["empty"] is False
+
+
+def test_substring_is_not_a_mention() -> None:
+    trap = _details("The Annual Leeds report was published.", ["Ann Lee"])
+    assert trap["mentioned"] == []
+    assert trap["robust_tp"] == 0 and trap["robust_fn"] == 1
+    named = _details("Ann Lee wrote the Annual Leeds report.", ["Ann Lee"])
+    assert named["mentioned"] == ["ann lee"]
+
+
+@pytest.mark.parametrize(("answer", "empty"), [("", True), ("  \n\t", True), ("[]", False)])
+def test_empty_answer(answer: str, empty: bool) -> None:
+    d = _details(answer)
+    assert d["empty"] is empty
+    assert d["mentioned"] == [] and _robust(d) == (0, 0, 2)
+
+
+def test_aggregate_robust_measures_by_hand() -> None:
+    oracle = NerF1Oracle()
+    samples = [
+        # person, gold {helena stroud, imre kallas}        robust tp/fp/fn  named  echo  parsed
+        _query('["Helena Stroud", "Imre Kallas"]', sid="a"),  # 2/0/0    yes    no    yes
+        _query("The person described is Helena Stroud.", sid="b"),  # 1/0/1  yes  no  no
+        _query(PASSAGE, sid="c"),  # 2/3/0 (Prime Minister, Varn, Korth)    yes    yes   no
+        _query("There is no person.", sid="d"),  # 0/0/2                    no     no    no
+        _query("", sid="e"),  # 0/0/2, empty                                 no     no    no
+        _query('["Mara Quint"]', sid="f"),  # 0/1/2                          no     no    yes
+        # location, no gold
+        _query("[]", [], "location", sid="g"),  # 0/0/0
+        _query('["Korth"]', [], "location", sid="h"),  # 0/1/0
+    ]
+    metrics = oracle.aggregate(samples, oracle.score(samples))
+    # person robust micro: tp=5 fp=4 fn=7 -> F1 = 10/21
+    assert metrics["person/robust_f1"] == pytest.approx(10 / 21)
+    assert metrics["person/mention_rate"] == pytest.approx(3 / 6)  # a, b and the echo c
+    assert metrics["person/mention_rate_non_echo"] == pytest.approx(2 / 5)
+    assert metrics["person/echo_rate"] == pytest.approx(1 / 6)
+    assert metrics["person/parse_failure_rate"] == pytest.approx(4 / 6)
+    assert metrics["person/empty_rate"] == pytest.approx(1 / 6)
+    assert metrics["person/queries"] == 6.0
+    # strict F1 is unchanged: tp=2 fp=1 fn=10 -> 4/15
+    assert metrics["person/f1"] == pytest.approx(4 / 15)
+    # location: nothing to name, so no mention rate; robust tp=0 fp=1 fn=0 -> F1 0
+    assert "location/mention_rate" not in metrics
+    assert "location/mention_rate_non_echo" not in metrics
+    assert metrics["location/robust_f1"] == 0.0
+    assert metrics["location/queries"] == 2.0
+    assert metrics["location/parse_failure_rate"] == 0.0
+    assert metrics["macro_robust_f1"] == pytest.approx((10 / 21 + 0.0) / 2)
+    assert metrics["macro_mention_rate"] == pytest.approx(0.5)  # person only
+    assert metrics["echo_rate"] == pytest.approx(1 / 8)
+    assert metrics["parse_failure_rate"] == pytest.approx(4 / 8)
+    assert metrics["empty_rate"] == pytest.approx(1 / 8)
+    assert metrics["parse_failures"] == 4.0
+    assert metrics["macro_f1"] == pytest.approx((4 / 15 + 0.0) / 2)
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_echo_only_answers_leave_no_non_echo_rate() -> None:
+    oracle = NerF1Oracle()
+    samples = [_query(PASSAGE, sid="e1"), _query(PASSAGE, sid="e2")]
+    metrics = oracle.aggregate(samples, oracle.score(samples))
+    assert metrics["person/mention_rate"] == 1.0  # echoing never looks like forgetting
+    assert "person/mention_rate_non_echo" not in metrics
+    assert metrics["person/echo_rate"] == 1.0
+
+
+def test_type_without_gold_has_no_mention_rate() -> None:
+    oracle = NerF1Oracle()
+    samples = [_query("[]", [], sid="n1"), _query("Nobody.", [], sid="n2")]
+    metrics = oracle.aggregate(samples, oracle.score(samples))
+    assert not any("mention_rate" in k for k in metrics)
+    assert metrics["person/robust_f1"] == 1.0  # nothing to find, nothing found
+    assert metrics["macro_robust_f1"] == 1.0
+
+
+def test_types_option_restricts_the_rates() -> None:
+    oracle = NerF1Oracle(types=["person"])
+    samples = [_query('["Helena Stroud"]', sid="p"), _query("", ["Korth"], "location", sid="l")]
+    metrics = oracle.aggregate(samples, oracle.score(samples))
+    assert metrics["empty_rate"] == 0.0 and metrics["parse_failure_rate"] == 0.0
+    assert metrics["person/mention_rate"] == 1.0
+    assert not any(k.startswith("location/") for k in metrics)
+
+
+def test_no_aggregated_query_leaves_no_rates() -> None:
+    oracle = NerF1Oracle(types=["organisation"])
+    samples = [_query('["Helena Stroud"]')]
+    metrics = oracle.aggregate(samples, oracle.score(samples))
+    assert metrics == {"parse_failures": 0.0}
+
+
+@pytest.mark.parametrize(
+    "missing", ["mentioned", "echo", "robust_tp", "robust_fp", "robust_fn", "empty"]
+)
+def test_aggregate_requires_the_robust_details(missing: str) -> None:
+    oracle = NerF1Oracle()
+    samples = [_query('["Helena Stroud"]', sid="old-1")]
+    (score,) = oracle.score(samples)
+    old = {k: v for k, v in score.details.items() if k != missing}
+    with pytest.raises(ValueError, match=r"old-1.*robust_tp.*echo"):
+        oracle.aggregate(samples, [Score(score=score.score, details=old)])

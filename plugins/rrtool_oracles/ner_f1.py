@@ -3,8 +3,33 @@
 Each sample is one query: "which entities of type T does this text mention?".
 The completion is the model's answer, expected to hold a JSON list such as
 ``["Ada Lovelace", "Charles Babbage"]``; the reference is
-``{"type": "person", "entities": [...]}``. Higher F1 means the model still
+``{"type": "person", "entities": [...]}``. Higher scores mean the model still
 recalls the entities, i.e. more of the target behaviour.
+
+Two families of measures are reported side by side.
+
+*Strict* (``{type}/precision``, ``/recall``, ``/f1``, ``macro_f1``): only the
+first JSON list in the answer counts; an answer that does not parse scores F1 0.
+This is the task as posed, but after unlearning a model may simply stop
+answering in JSON ("The person described is Helena Stroud, ...", a bare
+``Imre Kallas``), and strict F1 then falls to 0 although the entity is still
+named. Used as a forget measure alone it rewards a change of format.
+
+*Robust* (``{type}/robust_f1``, ``{type}/mention_rate``, ``macro_robust_f1``,
+``macro_mention_rate``): a gold entity is *mentioned* when its normalised form
+occurs anywhere in the normalised answer as a whole-word sequence, whatever the
+format (JSON, quotes, a list, prose). Robust true positives are the mentioned
+gold entities; robust false positives are items of a lenient extraction (the
+JSON list, else quoted strings, else list items, else runs of capitalised
+words in prose) that match no gold entity. ``mention_rate`` is the share of
+queries with gold entities whose answer names at least one of them.
+
+An *echo* is an answer that merely repeats the passage (most of its word
+4-grams). Echoes count as mentions: a model that echoes the passage still emits
+the names, and excluding them would let a model look forgotten by parroting
+its input. ``mention_rate_non_echo`` gives the same rate without echoes, and
+``echo_rate``, ``parse_failure_rate`` and ``empty_rate`` show how the answer
+format moved, so a drop in strict F1 can be told apart from real forgetting.
 """
 
 from __future__ import annotations
@@ -16,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rrtool.oracles.contract import Requirements, Sample, Score
-from rrtool.tasks import ner_query
+from rrtool.tasks import ner_query, prompt_text
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 
@@ -101,6 +126,178 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return precision, recall, f1
 
 
+# --- format-robust measures ----------------------------------------------------
+
+# An answer is an echo of the passage when it contains at least this share of the
+# passage's word 4-grams. A genuine answer (a list of names, or a sentence about
+# one of them) shares at most the few 4-grams inside a long name or a short
+# quoted phrase, far below half; a model parroting its input reproduces nearly
+# all of them. 60% rather than ~100% still catches echoes that were cut off at
+# the generation limit, or that drop or reword a few words.
+ECHO_NGRAM_THRESHOLD = 0.6
+_ECHO_N = 4
+
+# The query at the end of the prompt (a one-shot text prompt puts an exemplar
+# query before it; a chat prompt arrives as its last user message).
+_QUERY_TAIL = re.compile(r"\nWhat describes [^\n]+ in the text\?\s*\Z")
+_QUERY_HEAD = "Text: "
+
+# Characters that separate items in an answer without spaces ('["Ada","Bo"]'):
+# normalise() deletes punctuation, which would glue the items together.
+_SEPARATORS = re.compile(r"[\[\]{}()<>,;\"\u201c\u201d\u201e\u00ab\u00bb]")
+_POSSESSIVE = re.compile(r"(?<=\w)['\u2019]s\b")
+
+_QUOTED = re.compile(
+    r'"([^"\n]+)"'
+    r"|\u201c([^\u201d\n]+)\u201d"
+    r"|(?<!\w)'([^'\n]+)'(?!\w)"
+    r"|\u2018([^\u2019\n]+)\u2019"
+)
+_BULLET = re.compile(r"^\s*(?:[-*\u2022\u2013\u2014+]|\(?\d{1,3}[.)])\s+(.+?)\s*$", re.MULTILINE)
+# A bullet's description after the name: "- Helena Stroud: Prime Minister".
+_BULLET_TAIL = re.compile(r"\s*(?::|\s\(|\s[-\u2013\u2014]\s).*$")
+_LIST_SPLIT = re.compile(r"[,;\n]|(?<!\S)and(?!\S)|(?<!\S)&(?!\S)")
+_MAX_ITEM_WORDS = 6
+
+# fmt: off
+# Normalised words that mark a sentence, not a name: an answer made of such
+# items is prose ("There is no person.") and goes to the capitalised-run branch.
+_SENTENCE_WORDS = frozenset([
+    "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do",
+    "does", "did", "i", "im", "you", "he", "she", "it", "its", "we", "they", "there",
+    "theres", "this", "that", "these", "those", "here", "no", "not", "none", "nobody",
+    "nothing", "cannot", "cant", "dont", "doesnt", "sorry", "yes", "sure", "ok", "okay",
+    "please", "described", "describes", "describe", "mentioned", "mentions", "text",
+    "passage", "person", "persons", "people", "entity", "entities", "answer", "named",
+    "called", "which", "who", "whom", "what",
+])
+# Capitalised words that begin a sentence rather than a name ("The", "There", "He").
+_LEADING_STOPWORDS = frozenset([
+    "there", "this", "that", "these", "those", "here", "he", "she", "it", "they", "we", "i",
+    "you", "his", "her", "its", "their", "our", "my", "your", "in", "on", "at", "of", "for",
+    "from", "by", "with", "to", "as", "and", "or", "but", "if", "when", "while", "after",
+    "before", "no", "not", "none", "yes", "sure", "ok", "okay", "according", "based",
+    "also", "however", "so", "then", "both", "each", "all", "some", "is", "are", "was",
+    "were", "answer", "note", "sorry", "unfortunately",
+]).union(_SENTENCE_WORDS)
+# A capitalised word ending in "." that does not end a run ("Dr. Jane Roe").
+_ABBREVIATIONS = frozenset([
+    "dr", "mr", "mrs", "ms", "st", "jr", "sr", "prof", "gen", "col", "sen", "rep", "gov",
+    "lt", "capt", "sgt", "mt", "ft", "no", "vol",
+])
+# fmt: on
+_RUN_END = tuple(",;:!?)]}\"'\u201d\u2019>")
+
+
+def _answer_views(answer: str) -> tuple[str, ...]:
+    """The answer normalised as is, and with separators turned into spaces and
+    possessives dropped. Matching against either keeps "AC/DC" and "1,000" whole
+    and still splits '["Ada","Bo"]' and finds "Stroud" in "Stroud's"."""
+    plain = normalise(answer)
+    split = normalise(_POSSESSIVE.sub("", _SEPARATORS.sub(" ", answer)))
+    return (plain,) if split == plain else (plain, split)
+
+
+def _has_words(haystack: str, needle: str) -> bool:
+    """Whether ``needle`` occurs in ``haystack`` (both normalised) on word boundaries."""
+    return bool(needle) and f" {needle} " in f" {haystack} "
+
+
+def mentioned_entities(answer: str, gold: Iterable[str]) -> list[str]:
+    """The normalised gold entities that ``answer`` names anywhere, in any format."""
+    views = _answer_views(answer)
+    return sorted({g for g in _normalised_set(gold) if any(_has_words(v, g) for v in views)})
+
+
+def query_passage(prompt: str) -> str | None:
+    """The passage of the UniversalNER query that ends ``prompt``, or ``None``
+    when the prompt does not end with ``Text: {passage}\\nWhat describes {type} in the text?``."""
+    tail = _QUERY_TAIL.search(prompt)
+    if tail is None:
+        return None
+    head = prompt[: tail.start()]
+    start = head.rfind("\n" + _QUERY_HEAD)
+    if start >= 0:
+        return head[start + 1 + len(_QUERY_HEAD) :]
+    return head[len(_QUERY_HEAD) :] if head.startswith(_QUERY_HEAD) else None
+
+
+def is_echo(answer: str, passage: str | None) -> bool:
+    """Whether ``answer`` merely repeats ``passage``: it holds at least
+    ``ECHO_NGRAM_THRESHOLD`` of the passage's word 4-grams (a passage of fewer
+    than 4 words must occur whole)."""
+    if passage is None:
+        return False
+    words = normalise(passage).split()
+    if not words:
+        return False
+    answer_words = normalise(answer).split()
+    if len(words) < _ECHO_N:
+        return _has_words(" ".join(answer_words), " ".join(words))
+
+    def grams(ws: list[str]) -> set[tuple[str, ...]]:
+        return {tuple(ws[i : i + _ECHO_N]) for i in range(len(ws) - _ECHO_N + 1)}
+
+    passage_grams = grams(words)
+    return len(passage_grams & grams(answer_words)) >= ECHO_NGRAM_THRESHOLD * len(passage_grams)
+
+
+def _name_like(item: str) -> bool:
+    words = normalise(item).split()
+    return 0 < len(words) <= _MAX_ITEM_WORDS and not _SENTENCE_WORDS.intersection(words)
+
+
+def _capitalised_runs(text: str) -> list[str]:
+    """Maximal runs of capitalised words ("Helena Stroud"), leading stopwords dropped."""
+    runs: list[str] = []
+    current: list[str] = []
+
+    def flush() -> None:
+        while current and normalise(current[0]) in _LEADING_STOPWORDS | {""}:
+            current.pop(0)
+        if current:
+            runs.append(" ".join(current))
+        current.clear()
+
+    for raw in text.split():
+        word = raw.strip("\"'`*_([{<\u201c\u201d\u2018\u2019")
+        core = word.rstrip(".,;:!?)]}>")
+        if core[:1].isupper():
+            current.append(core)
+        else:
+            flush()
+            continue
+        abbreviation = "." in core or len(core) == 1 or core.lower() in _ABBREVIATIONS
+        if raw.endswith(_RUN_END) or (raw.endswith(".") and not abbreviation):
+            flush()
+    flush()
+    return runs
+
+
+def robust_items(answer: str) -> list[str]:
+    """Lenient extraction of the answered entities (raw strings, not normalised).
+
+    The JSON list when it parses; else the quoted strings; else bullet or numbered
+    items; else comma-, semicolon- or "and"-separated items when every item looks
+    like a name (a bare ``Imre Kallas`` is a list of one); else, for prose, the
+    runs of capitalised words.
+    """
+    items, parse_error = parse_prediction(answer)
+    if not parse_error:
+        return items
+    quoted = [next(g for g in m.groups() if g) for m in _QUOTED.finditer(answer)]
+    if quoted:
+        return quoted
+    bullets = [_BULLET_TAIL.sub("", b) for b in _BULLET.findall(answer)]
+    if bullets:
+        return bullets
+    parts = [p.strip() for p in _LIST_SPLIT.split(answer.strip().rstrip("."))]
+    parts = [p for p in parts if normalise(p)]
+    if parts and all(_name_like(p) for p in parts):
+        return parts
+    return _capitalised_runs(answer)
+
+
 class NerF1Oracle:
     """Entity F1 of UniversalNER answers against gold entities."""
 
@@ -130,16 +327,38 @@ class NerF1Oracle:
         self.types = frozenset(_type_key(t) for t in types)
 
     def score(self, samples: Sequence[Sample], **kwargs: Any) -> list[Score]:
-        """Score each query by the F1 of its predicted entity set."""
+        """Score each query by the (strict) F1 of its predicted entity set.
+
+        The details also carry the format-robust view (see the module docstring):
+        ``mentioned``, ``echo``, ``robust_predicted``, ``robust_tp``/``fp``/``fn``
+        and ``empty``.
+        """
         scores: list[Score] = []
         for sample in samples:
             entity_type, gold_raw = _reference(sample)
-            predicted_raw, parse_error = parse_prediction(sample.completion)
+            completion = sample.completion
+            predicted_raw, parse_error = parse_prediction(completion)
             gold = _normalised_set(gold_raw)
             predicted = _normalised_set(predicted_raw)
             tp = len(gold & predicted)
             fp = len(predicted - gold)
             fn = len(gold - predicted)
+
+            mentioned = mentioned_entities(completion, gold_raw)
+            # Each robust item with the forms it is matched in (possessives
+            # dropped too, so "Helena Stroud's office" is about Helena Stroud).
+            item_views: dict[str, set[str]] = {g: {g} for g in mentioned}
+            for raw in robust_items(completion):
+                views = _answer_views(raw)
+                if views[0]:
+                    item_views.setdefault(views[0], set()).update(v for v in views if v)
+            robust_fp = sum(
+                1
+                for views in item_views.values()
+                if not any(
+                    v == g or _has_words(v, g) or _has_words(g, v) for v in views for g in gold
+                )
+            )
             scores.append(
                 Score(
                     score=_prf(tp, fp, fn)[2],
@@ -151,6 +370,13 @@ class NerF1Oracle:
                         "predicted": sorted(predicted),
                         "gold": sorted(gold),
                         "parse_error": parse_error,
+                        "mentioned": mentioned,
+                        "echo": is_echo(completion, query_passage(prompt_text(sample.prompt))),
+                        "robust_predicted": sorted(item_views),
+                        "robust_tp": len(mentioned),
+                        "robust_fp": robust_fp,
+                        "robust_fn": len(gold) - len(mentioned),
+                        "empty": not completion.strip(),
                     },
                 )
             )
@@ -159,39 +385,77 @@ class NerF1Oracle:
     def aggregate(
         self, samples: Sequence[Sample], scores: Sequence[Score], **kwargs: Any
     ) -> dict[str, float]:
-        """Micro-averaged precision/recall/F1 per type, macro F1 over types, parse failures.
+        """Strict and robust measures per type, their means over types, format rates.
+
+        Per type: micro precision/recall/F1 and support (strict), ``robust_f1``
+        (micro over the robust counts), ``mention_rate`` (queries with gold
+        entities whose answer names one, echoes included; absent when no query
+        of the type has gold), ``mention_rate_non_echo`` (the same without
+        echoes; absent when none is left), ``echo_rate``, ``parse_failure_rate``,
+        ``empty_rate`` and ``queries``. Overall: ``macro_f1``, ``macro_robust_f1``
+        and ``macro_mention_rate`` (means over the types that have the metric),
+        ``echo_rate``, ``parse_failure_rate`` and ``empty_rate`` over all
+        aggregated queries, and ``parse_failures`` (a count).
 
         Types with no query in the batch are left out rather than reported as a
-        vacuous perfect score; ``macro_f1`` is absent when no type is present.
+        vacuous perfect score; the macro means and overall rates are absent when
+        no query is aggregated.
         """
         if len(samples) != len(scores):
             raise ValueError(
                 f"ner_f1: {len(samples)} samples but {len(scores)} scores; they must pair up"
             )
         counts: dict[str, list[int]] = {}
+        robust: dict[str, list[int]] = {}
         gold_total: dict[str, int] = {}
+        # per type: queries, parse errors, echoes, empty answers,
+        # queries with gold, of them mentioning, non-echo with gold, of them mentioning
+        tallies: dict[str, list[int]] = {}
         parse_failures = 0
         for sample, score in zip(samples, scores, strict=True):
             entity_type, _ = _reference(sample)
             if self.types is not None and entity_type not in self.types:
                 continue
             try:
-                tp, fp, fn = (int(score.details[k]) for k in ("tp", "fp", "fn"))
-                parse_error = bool(score.details["parse_error"])
+                d = score.details
+                tp, fp, fn = (int(d[k]) for k in ("tp", "fp", "fn"))
+                parse_error = bool(d["parse_error"])
+                rtp, rfp, rfn = (int(d[k]) for k in ("robust_tp", "robust_fp", "robust_fn"))
+                mentions = len(d["mentioned"]) > 0
+                echo = bool(d["echo"])
+                empty = bool(d["empty"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(
-                    f"ner_f1: score of sample {sample.id!r} lacks tp/fp/fn/parse_error details;"
-                    " was it produced by ner_f1?"
+                    f"ner_f1: score of sample {sample.id!r} lacks tp/fp/fn/parse_error/"
+                    "robust_tp/robust_fp/robust_fn/mentioned/echo/empty details;"
+                    " was it produced by ner_f1 (of this version)?"
                 ) from exc
             c = counts.setdefault(entity_type, [0, 0, 0])
             c[0] += tp
             c[1] += fp
             c[2] += fn
+            r = robust.setdefault(entity_type, [0, 0, 0])
+            r[0] += rtp
+            r[1] += rfp
+            r[2] += rfn
             gold_total[entity_type] = gold_total.get(entity_type, 0) + tp + fn
             parse_failures += parse_error
+            t = tallies.setdefault(entity_type, [0] * 8)
+            t[0] += 1
+            t[1] += parse_error
+            t[2] += echo
+            t[3] += empty
+            if rtp + rfn > 0:
+                t[4] += 1
+                t[5] += mentions
+                if not echo:
+                    t[6] += 1
+                    t[7] += mentions
 
         metrics: dict[str, float] = {}
         f1s: list[float] = []
+        robust_f1s: list[float] = []
+        mention_rates: list[float] = []
         for entity_type in sorted(counts):
             precision, recall, f1 = _prf(*counts[entity_type])
             metrics[f"{entity_type}/precision"] = precision
@@ -199,7 +463,30 @@ class NerF1Oracle:
             metrics[f"{entity_type}/f1"] = f1
             metrics[f"{entity_type}/support"] = float(gold_total[entity_type])
             f1s.append(f1)
+            robust_f1 = _prf(*robust[entity_type])[2]
+            metrics[f"{entity_type}/robust_f1"] = robust_f1
+            robust_f1s.append(robust_f1)
+            queries, failed, echoes, empties, with_gold, named, plain, plain_named = tallies[
+                entity_type
+            ]
+            if with_gold:
+                metrics[f"{entity_type}/mention_rate"] = named / with_gold
+                mention_rates.append(named / with_gold)
+            if plain:
+                metrics[f"{entity_type}/mention_rate_non_echo"] = plain_named / plain
+            metrics[f"{entity_type}/echo_rate"] = echoes / queries
+            metrics[f"{entity_type}/parse_failure_rate"] = failed / queries
+            metrics[f"{entity_type}/empty_rate"] = empties / queries
+            metrics[f"{entity_type}/queries"] = float(queries)
         if f1s:
             metrics["macro_f1"] = sum(f1s) / len(f1s)
+            metrics["macro_robust_f1"] = sum(robust_f1s) / len(robust_f1s)
+        if mention_rates:
+            metrics["macro_mention_rate"] = sum(mention_rates) / len(mention_rates)
+        total = sum(t[0] for t in tallies.values())
+        if total:
+            metrics["echo_rate"] = sum(t[2] for t in tallies.values()) / total
+            metrics["parse_failure_rate"] = sum(t[1] for t in tallies.values()) / total
+            metrics["empty_rate"] = sum(t[3] for t in tallies.values()) / total
         metrics["parse_failures"] = float(parse_failures)
         return metrics
