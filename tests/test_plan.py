@@ -39,9 +39,9 @@ def test_ner_direct_estimates_follow_passages_and_types(invoke, write_spec) -> N
         invoke, write_spec(tiny_spec()), "--set", "reveal.generation.max_new_tokens=10"
     )
     (extract,) = plan["phases"][0]["steps"]
-    # 60 built-in passages x (1 forget + 1 retain type)
-    assert extract["estimate"] == {"generations": 120, "generated_tokens": 1200}
-    assert "60 passages" in extract["detail"]
+    # 150 built-in passages x (1 forget + 1 retain type)
+    assert extract["estimate"] == {"generations": 300, "generated_tokens": 3000}
+    assert "150 passages" in extract["detail"]
 
 
 def test_release_steps_follow_iterations_and_data(invoke, write_spec) -> None:
@@ -59,10 +59,11 @@ def test_release_steps_follow_iterations_and_data(invoke, write_spec) -> None:
     ]
     per_iteration = more["phases"][1]["steps"][1]["estimate"]["training_steps"]
     assert more["totals"]["training_steps"] - base["totals"]["training_steps"] == 2 * per_iteration
-    # 60 forget examples, batch 8, 2 epochs -> ceil(60/8) * 2 = 16 steps
-    assert more["phases"][1]["steps"][0]["estimate"]["training_steps"] == 16
+    # 150 forget examples, batch 8, 2 epochs -> ceil(150/8) * 2 = 38 steps
+    assert more["phases"][1]["steps"][0]["estimate"]["training_steps"] == 38
     halved = plan_json(invoke, spec, "--set", "release.lora.gradient_accumulation=2")
-    assert halved["phases"][1]["steps"][0]["estimate"]["training_steps"] == 8
+    # effective batch 16 -> ceil(150/16) * 2 = 20 steps
+    assert halved["phases"][1]["steps"][0]["estimate"]["training_steps"] == 20
 
 
 def test_explicit_weights_are_not_searched(invoke, write_spec) -> None:
@@ -132,7 +133,7 @@ def test_neuralucb_estimates(invoke, write_spec) -> None:
 def test_checks_report_what_was_found(invoke, write_spec) -> None:
     plan = plan_json(invoke, write_spec(tiny_spec()))
     checks = {c["name"]: c["detail"] for c in plan["checks"]}
-    assert checks["reveal.contexts"].startswith("300 universalner records")
+    assert checks["reveal.contexts"].startswith("750 universalner records")
     assert checks["oracle"].startswith("ner_f1:")
     assert "sqlite store" in checks["tracking"] and "embedded default" in checks["tracking"]
 

@@ -76,7 +76,8 @@ def _wait_for_progress(root: Path, proc: subprocess.Popen, min_lines: int, timeo
 
 def test_sigkill_during_reveal_then_resume_loses_nothing(tmp_path: Path, write_spec) -> None:
     spec = reveal_spec(
-        contexts={"path": "builtin:ner_passages", "format": "universalner"},
+        # The first 300 records: the original 60 passages of the built-in set.
+        contexts={"path": "builtin:ner_passages", "format": "universalner", "limit": 300},
         generation={"max_new_tokens": 48, "temperature": 0, "batch_size": 2},
     )
     path = write_spec(spec)
