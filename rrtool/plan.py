@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rrtool import splits
 from rrtool.context import SCRATCH
 from rrtool.data import load_records
 from rrtool.errors import SpecError, UserError
 from rrtool.models import resolve_model
 from rrtool.oracles.registry import create_oracle, entry_points, unknown_oracle_message
+from rrtool.release.weights import ladder, ladder_ratio
 from rrtool.spec import DataSource, Spec
 from rrtool.spec_loader import LoadedSpec
 from rrtool.tracking import check_store, resolve_store, writable_dir
@@ -103,6 +105,70 @@ def _check_data(
     )
 
 
+def _check_splits(
+    loaded: LoadedSpec,
+    inputs: _Inputs,
+    checks: list[Check],
+    errors: list[str],
+    warnings: list[str],
+) -> None:
+    """The Reveal / search / audit cut of the shared sources (``rrtool.splits``): sizes (the
+    estimates count Reveal's part only), empty splits (errors), and measurements that will not
+    be held out (warnings)."""
+    spec = loaded.spec
+    for key, source in (
+        ("reveal.contexts", spec.reveal.contexts),
+        ("retain.data", spec.retain.data),
+    ):
+        if source is None:
+            continue
+        try:
+            records = load_records(source)
+            parts = [splits.part_of(records, source, role, spec) for role in splits.ROLES]
+        except UserError as exc:
+            errors.extend(f"{loaded.locate('splits')}: {m}" for m in exc.messages)
+            continue
+        inputs.counts[key] = len(parts[0].records)
+        if key == "reveal.contexts" and source.format == "universalner":
+            inputs.passages = parts[0].units
+        sizes = " / ".join(f"{p.units} {p.role}" for p in parts)
+        checks.append(Check(f"splits ({key})", f"{sizes} units of {parts[0].total_units}"))
+    audit = spec.audit
+    for role, share in (("search", spec.splits.search), ("audit", spec.splits.audit)):
+        explicit = role == "audit" and audit.forget_eval is not None
+        if share == 0 and not explicit:
+            warnings.append(
+                f"splits.{role} is 0: the {role} reads all of reveal.contexts, the data Reveal "
+                f"generates from; its numbers are in-sample (and labelled so)"
+            )
+    for key, given, shared in (
+        ("forget_eval", audit.forget_eval, spec.reveal.contexts),
+        ("retain_eval", audit.retain_eval, spec.retain.data),
+    ):
+        if given is not None and shared is not None and splits.overlap(given, shared):
+            warnings.append(
+                f"audit.{key} ({given.path}) overlaps the data Reveal and the weight search read "
+                "(same source, intersecting rows): its numbers are in-sample (and labelled so); "
+                "give disjoint rows with offset/limit"
+            )
+    if (
+        spec.stopping.max_iterations is not None
+        and spec.effective_iterations < spec.release.iterations
+    ):
+        warnings.append(
+            f"stopping.max_iterations ({spec.stopping.max_iterations}) caps release.iterations "
+            f"({spec.release.iterations}): {spec.effective_iterations} iteration(s) will run"
+        )
+    ratio = ladder_ratio(spec.release.search, spec.release.rules.mode)
+    if ratio is not None and ratio > 3.5 and spec.release.rules.mode == "tradeoff":
+        warnings.append(
+            f"release.search: neighbouring candidate weights are {ratio:.1f}x apart (budget "
+            f"{spec.release.search.budget}, min_weight {spec.release.search.min_weight:g}, "
+            f"max_weight {spec.release.search.max_weight:g}); raise the budget or narrow the range "
+            "for a finer choice"
+        )
+
+
 def _check_scorer(
     loaded: LoadedSpec,
     key: tuple[str, ...],
@@ -175,6 +241,8 @@ def preflight(
         (("audit", "retain_eval"), spec.audit.retain_eval),
     ):
         _check_data(loaded, key, source, inputs, checks, errors)
+    if not errors:
+        _check_splits(loaded, inputs, checks, errors, warnings)
     store = resolve_store(tracking_flag, spec.tracking.uri)
     try:
         checks.append(Check("tracking", f"{check_store(store)} [{store.origin}]"))
@@ -299,8 +367,11 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     def how(given: float | None) -> str:
         return f"{given:g} (given)" if given is not None else f"searched, budget {search.budget}"
 
-    searched = (weights.mu0 is None) + iterations * (
-        (weights.lambdas is None) + (weights.mus is None)
+    retain_first = release.strategy == "iterative" and release.schedule == "retain_first"
+    searched = (
+        (weights.mu0 is None)
+        + (retain_first and weights.lambda0 is None)
+        + iterations * ((weights.lambdas is None) + (weights.mus is None))
     )
     # One evaluation = eval_size passages x every forget and retained type (NER), scored for both
     # forget and utility; plus the base model and a re-score of the merged model after each step.
@@ -347,7 +418,18 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
             f"{how(weights.mu0)}"
         )
     ext_sub = release.strategy == "ext_sub"
-    steps = [
+    steps = (
+        []
+        if not retain_first
+        else [
+            Step(
+                "retain R0",
+                f"train retain LoRA R0 on ~{retain_n} examples, add lambda0 = {how(weights.lambda0)}",
+                {"training_steps": retain_steps},
+            )
+        ]
+    )
+    steps += [
         Step(
             "ext_sub E0, D0" if ext_sub else "forget F0",
             detail,
@@ -368,9 +450,10 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     steps.append(
         Step(
             "weight search",
-            f"{searched} weights x <= {search.budget} candidates, each {per_eval} prompts "
-            f"(rules: forget >= {release.rules.forget_fraction:.0%} of what remains, "
-            f"utility >= {release.rules.utility_recovery:.0%} of what the last forget step took)",
+            f"{searched} weights x {search.budget} candidates (ladder "
+            f"{', '.join(f'{w:.3g}' for w in ladder(search, release.rules.mode))}, then "
+            f"{'bisection around the best' if release.rules.mode == 'tradeoff' else 'bisection'}"
+            f"), each {per_eval} prompts of the search split; {_rules_text(spec)}",
             {"evaluations": evals},
         )
     )
@@ -394,6 +477,23 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         "cmd": "baseline: CMD self-detoxification (one LoRA)",
     }[release.strategy]
     return Phase("release", summary, steps)
+
+
+def _rules_text(spec: Spec) -> str:
+    rules = spec.release.rules
+    if rules.mode == "paper":
+        return (
+            f"paper's literal rules: the smallest weight forgetting >= {rules.forget_fraction:.0%}"
+            " of what remains, else raw trade-off; lambda recovers >= "
+            f"{rules.utility_recovery:.0%} of what the last forget step took"
+        )
+    return (
+        f"a forget weight is acceptable if it forgets >= {rules.forget_fraction:.0%} of what "
+        "remains or loses a smaller share of utility than of forget score, and keeps utility >= "
+        f"{rules.step_utility_floor:.0%} of base; lambda: utility >= "
+        f"{rules.utility_recovery:.0%} of what the last forget step took; among acceptable "
+        "weights the best combined objective (relative forget drop + relative utility change)"
+    )
 
 
 def _audit_phase(spec: Spec) -> Phase:

@@ -490,11 +490,26 @@ class WeightsSpec(_Section):
         default=None,
         description="Forget weights mu_1..mu_n, one per iteration (magnitudes in [0, 100]).",
     )
+    lambda0: Weight | None = Field(
+        default=None,
+        description="Weight of the retain module R0 that `release.schedule: retain_first` adds "
+        "before F0.",
+    )
 
 
 class RulesSpec(_Section):
     """The rules the weight search enforces (the paper's, made explicit)."""
 
+    mode: Literal["tradeoff", "paper"] = Field(
+        default="tradeoff",
+        description="`tradeoff`: a forget weight is acceptable when it forgets `forget_fraction` "
+        "OR loses a smaller share of utility than of forget score, (s0-s)/s0 > (u0-u)/u0, and "
+        "keeps utility above `step_utility_floor`; among acceptable weights the one with the "
+        "best combined objective (relative forget drop + relative utility change) is taken, and "
+        "the whole budget is spent (ladder, then bisection around the best). `paper`: the "
+        "paper's literal rules, for the ablation: the smallest weight that forgets "
+        "`forget_fraction`, else raw differences (s0-s) > (u0-u), no floor.",
+    )
     forget_fraction: float = Field(
         default=0.9,
         gt=0.0,
@@ -508,6 +523,14 @@ class RulesSpec(_Section):
         le=1.5,
         description="lambda_i must bring utility back to this share of what it was just before "
         "the preceding forget subtraction.",
+    )
+    step_utility_floor: float = Field(
+        default=0.5,
+        ge=0.0,
+        lt=1.0,
+        description="`tradeoff` mode: no forget weight may take utility below this share of the "
+        "base model's (the paper's Table 8 dips to 60% of base at mu0 and the next retain step "
+        "restores 99%, so the default leaves room for that; 0 = no per-step floor).",
     )
 
 
@@ -567,6 +590,12 @@ class ReleaseSpec(_Section):
         min_length=1,
         description="The refusal DPO prefers (`dpo_chosen: refusal`).",
     )
+    schedule: Literal["forget_first", "retain_first"] = Field(
+        default="forget_first",
+        description="`iterative` only: `forget_first` is the paper's F0, [R_i, F_i]...; "
+        "`retain_first` adds a retain module R0 (searched like lambda) before F0, so the "
+        "format the forget module shares with the retained behaviour is reinforced first.",
+    )
     iterations: int = Field(
         default=3,
         ge=0,
@@ -599,23 +628,38 @@ class StoppingSpec(_Section):
     """When Release stops early. The reason is recorded."""
 
     max_iterations: int | None = Field(
-        default=None, ge=0, description="Hard cap on iterations (default: release.iterations)."
+        default=None,
+        ge=0,
+        description="Hard cap on iterations (default: release.iterations; the plan warns when "
+        "it caps them).",
     )
     forget_score: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Stop once the forget score is at or below."
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Stop once the forget score is at or below, at a state that meets "
+        "`utility_floor`.",
     )
     utility_floor: float | None = Field(
         default=None,
         gt=0.0,
         le=1.0,
-        description="Stop (and keep the previous step) if utility falls below this share of "
-        "the base model's.",
+        description="The released model's utility must be at least this share of the base "
+        "model's: a forget step may dip below it only when a retain step follows; a retain step "
+        "that leaves utility below it ends Release; a final state below it is replaced by the "
+        "best state seen that meets it (post-retain states included), or by the base model.",
     )
     patience: int | None = Field(
-        default=None, ge=1, description="Stop after this many iterations without progress."
+        default=None,
+        ge=1,
+        description="Stop after this many iterations without the combined objective "
+        "(relative forget drop minus relative utility loss, from the base) improving by "
+        "`min_progress`.",
     )
     min_progress: float = Field(
-        default=0.01, ge=0.0, description="Forget-score drop that counts as progress."
+        default=0.01,
+        ge=0.0,
+        description="Gain of the combined objective that counts as progress.",
     )
 
 
@@ -663,6 +707,36 @@ class AuditSpec(_Section):
     probes: ProbesSpec = Field(default_factory=ProbesSpec, description="Robustness probes.")
 
 
+# ------------------------------------------------------------------------- splits
+class SplitsSpec(_Section):
+    """Disjoint shares of `reveal.contexts` and `retain.data` (see `rrtool/splits.py`): the
+    rest is what Reveal generates from and retain modules train on."""
+
+    search: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the units (NER passages, prompts, problems, text lines) the "
+        "weight search decides on; 0 = the search reads the whole source (in-sample).",
+    )
+    audit: float = Field(
+        default=0.4,
+        ge=0.0,
+        lt=1.0,
+        description="Share the audit reports on when `audit.forget_eval` / `retain_eval` are "
+        "not given; 0 = the audit reads the whole source (in-sample, and labelled so).",
+    )
+
+    @model_validator(mode="after")
+    def _room_left(self) -> SplitsSpec:
+        if self.search + self.audit >= 1.0:
+            raise ValueError(
+                f"search ({self.search}) + audit ({self.audit}) must stay below 1: the rest is "
+                "what Reveal generates from"
+            )
+        return self
+
+
 # ----------------------------------------------------------------------- tracking
 class TrackingSpec(_Section):
     """Where everything is recorded (MLflow)."""
@@ -694,6 +768,10 @@ class Spec(_Section):
         default_factory=ReleaseSpec, description="Stage 2: LoRA composition."
     )
     stopping: StoppingSpec = Field(default_factory=StoppingSpec, description="Stopping rules.")
+    splits: SplitsSpec = Field(
+        default_factory=SplitsSpec,
+        description="Disjoint Reveal / search / audit shares of the shared data.",
+    )
     audit: AuditSpec = Field(default_factory=AuditSpec, description="Stage 3: audit.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Tracking store.")
 

@@ -37,7 +37,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_cache: Path
 # Overrides that make a run of ``tiny_spec`` take seconds: 10 NER records, 4 new tokens, one
 # iteration, 2 candidate weights on 2 passages, one epoch, a 2-passage audit.
 FAST_SETS = (
-    "reveal.contexts.limit=10",
+    "reveal.contexts.limit=25",
     "reveal.generation.max_new_tokens=4",
     "release.iterations=1",
     "release.search.budget=2",

@@ -21,7 +21,7 @@ from tests.conftest import tiny_spec
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = (
-    "reveal.contexts.limit=10",
+    "reveal.contexts.limit=25",
     "reveal.generation.max_new_tokens=4",
     "release.iterations=2",
     "release.search.budget=2",
@@ -69,8 +69,22 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert all(m["bytes"] > 0 for m in report["release"]["modules"])
     summary = report["audit"]["summary"]
     assert set(summary) == {"forget", "utility"}
-    assert summary["forget"]["metric"] == "macro_f1" and summary["forget"]["better"] == "lower"
-    assert set(report["audit"]["before"]["forget"]["metrics"]) >= {"person/f1", "macro_f1"}
+    forget = summary["forget"]
+    assert forget["metric"] == "macro_mention_rate" and forget["better"] == "lower"
+    assert set(report["audit"]["before"]["forget"]["metrics"]) >= {
+        "person/f1", "macro_f1", "person/mention_rate", "parse_failure_rate", "degenerate_rate"
+    }  # fmt: skip
+    # Held-out: the audit split of the passages, disjoint from Reveal's and the search's.
+    for key in ("forget", "utility"):
+        data = summary[key]["data"]
+        assert data["held_out"] and data["role"] == "audit" and data["split"], data
+        assert "held-out" in data["text"]
+        assert isinstance(summary[key]["verdict"], str) and summary[key]["verdict"]
+    # Strict F1 and the parse-failure rate stand next to the robust headline.
+    assert [a["metric"] for a in forget["also"]][:2] == ["macro_f1", "macro_robust_f1"]
+    # Intervals are recorded, replicates are not shown in the report.
+    assert "intervals" in report["audit"]["before"]["forget"]
+    assert "replicates" not in report["audit"]["before"]["forget"]
     answers = report["audit"]["answers"]["forget"]
     assert len(answers) == 2 and {"before", "after", "prompt"} <= set(answers[0])
     assert report["audit"]["scorers"] == ["oracle ner_f1"]
@@ -88,7 +102,8 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert [v["name"] for v in elicitation["variants"]] == ["paraphrase", "few-shot", "bare"]
     worst = max(v["value"] for v in elicitation["variants"])  # forget: lower is better
     assert elicitation["worst"]["value"] == worst
-    assert probes["membership"]["status"].startswith("not run")
+    # The audit split is held out, so the membership probe has its non-members.
+    assert "Reveal did not see" not in probes["membership"]["status"]
     assert len(report["release"]["candidates"]) >= 5
 
 
@@ -142,7 +157,7 @@ def test_runs_lists_status_and_headlines(invoke, finished_run) -> None:
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)
     assert rows[0]["id"] == run_id and rows[0]["status"] == "finished"
-    assert rows[0]["forget"].startswith("macro_f1 ") and " -> " in rows[0]["utility"]
+    assert rows[0]["forget"].startswith("macro_mention_rate ") and " -> " in rows[0]["utility"]
 
 
 def test_unknown_run_and_missing_store_are_user_errors(invoke, finished_run, tmp_path) -> None:
@@ -163,7 +178,7 @@ def test_partial_run_gives_a_partial_report(invoke, write_spec, tmp_path: Path) 
             "--phase",
             "reveal",
             "--set",
-            "reveal.contexts.limit=4",
+            "reveal.contexts.limit=25",
             "--set",
             "reveal.generation.max_new_tokens=2",
         ).exit_code

@@ -39,9 +39,16 @@ def test_ner_direct_estimates_follow_passages_and_types(invoke, write_spec) -> N
         invoke, write_spec(tiny_spec()), "--set", "reveal.generation.max_new_tokens=10"
     )
     (extract,) = plan["phases"][0]["steps"]
-    # 150 built-in passages x (1 forget + 1 retain type)
-    assert extract["estimate"] == {"generations": 300, "generated_tokens": 3000}
-    assert "150 passages" in extract["detail"]
+    # Reveal's split of the 150 built-in passages (40%: 60) x (1 forget + 1 retain type)
+    assert extract["estimate"] == {"generations": 120, "generated_tokens": 1200}
+    assert "60 passages" in extract["detail"]
+    checks = {c["name"]: c["detail"] for c in plan["checks"]}
+    assert checks["splits (reveal.contexts)"] == "60 reveal / 30 search / 60 audit units of 150"
+    unsplit = plan_json(
+        invoke, write_spec(tiny_spec()), "--set", "splits.search=0", "--set", "splits.audit=0"
+    )
+    assert "150 passages" in unsplit["phases"][0]["steps"][0]["detail"]
+    assert any("splits.audit is 0" in w and "in-sample" in w for w in unsplit["warnings"])
 
 
 def test_release_steps_follow_iterations_and_data(invoke, write_spec) -> None:
@@ -59,11 +66,11 @@ def test_release_steps_follow_iterations_and_data(invoke, write_spec) -> None:
     ]
     per_iteration = more["phases"][1]["steps"][1]["estimate"]["training_steps"]
     assert more["totals"]["training_steps"] - base["totals"]["training_steps"] == 2 * per_iteration
-    # 150 forget examples, batch 8, 2 epochs -> ceil(150/8) * 2 = 38 steps
-    assert more["phases"][1]["steps"][0]["estimate"]["training_steps"] == 38
+    # 60 forget examples (Reveal's split), batch 8, 2 epochs -> ceil(60/8) * 2 = 16 steps
+    assert more["phases"][1]["steps"][0]["estimate"]["training_steps"] == 16
     halved = plan_json(invoke, spec, "--set", "release.lora.gradient_accumulation=2")
-    # effective batch 16 -> ceil(150/16) * 2 = 20 steps
-    assert halved["phases"][1]["steps"][0]["estimate"]["training_steps"] == 20
+    # effective batch 16 -> ceil(60/16) * 2 = 8 steps
+    assert halved["phases"][1]["steps"][0]["estimate"]["training_steps"] == 8
 
 
 def test_explicit_weights_are_not_searched(invoke, write_spec) -> None:
@@ -93,6 +100,8 @@ def test_stopping_cap_limits_planned_iterations(invoke, write_spec) -> None:
     assert [s["name"] for s in steps].count("iteration 1") == 1
     assert "iteration 2" not in [s["name"] for s in steps]
     assert "no progress for 2 iteration(s)" in steps[-1]["detail"]
+    warnings = plan_json(invoke, spec)["warnings"]
+    assert any("stopping.max_iterations (1) caps release.iterations (5)" in w for w in warnings)
 
 
 def test_neuralucb_estimates(invoke, write_spec) -> None:
@@ -127,7 +136,8 @@ def test_neuralucb_estimates(invoke, write_spec) -> None:
         "generations": trials * (4 * 2 + 1),
         "generated_tokens": trials * (4 * 2 * 20 + 16),
     }
-    assert steps["collect"]["generations"] == 2 * 10 * 2
+    # Reveal's split of the 10 prompts: 4 (2 search, 4 audit)
+    assert steps["collect"]["generations"] == 2 * 4 * 2
 
 
 def test_checks_report_what_was_found(invoke, write_spec) -> None:

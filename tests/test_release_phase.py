@@ -20,7 +20,7 @@ from rrtool.release import phase as release_phase
 from rrtool.release.compose import rebuild
 from rrtool.release.evaluate import Scores
 from rrtool.release.lora import LoraModule
-from rrtool.release.weights import ladder, schedule, search_weight
+from rrtool.release.weights import Start, ladder, ladder_ratio, schedule, search_weight
 from rrtool.reveal.phase import run_reveal
 from rrtool.spec import RulesSpec, WeightSearchSpec
 from rrtool.spec_loader import load_spec
@@ -42,7 +42,7 @@ def release_spec(release: dict | None = None, stopping: dict | None = None) -> d
     return tiny_spec(
         reveal={
             "strategy": "direct",
-            "contexts": {"path": "builtin:ner_passages", "format": "universalner", "limit": 30},
+            "contexts": {"path": "builtin:ner_passages", "format": "universalner", "limit": 50},
             "generation": {"max_new_tokens": 6, "temperature": 0, "batch_size": 4},
         },
         release=section,
@@ -51,65 +51,124 @@ def release_spec(release: dict | None = None, stopping: dict | None = None) -> d
 
 
 # ----------------------------------------------------------------- weight search (pure)
-RULES = RulesSpec()  # forget_fraction 0.9, utility_recovery 0.95
+RULES = RulesSpec()  # tradeoff mode: forget_fraction 0.9, utility_recovery 0.95, floor 0.5
+PAPER = RulesSpec(mode="paper")
 SEARCH = WeightSearchSpec(budget=8, min_weight=0.0, max_weight=2.0)
+START = Start(s=0.5, u=0.6, u_ref=0.6, u_base=0.6)
 
 
 def test_schedule_and_ladder() -> None:
     assert [s.name for s in schedule(2)] == ["F0", "R1", "F1", "R2", "F2"]
+    assert [s.name for s in schedule(1, order="retain_first")] == ["R0", "F0", "R1", "F1"]
     assert [s.sign for s in schedule(1)] == [-1.0, 1.0, -1.0]
-    points = ladder(SEARCH)
-    assert len(points) == 4 and points[0] == pytest.approx(2 / 64) and points[-1] == 2.0
-    assert all(b / a == pytest.approx(4.0) for a, b in zip(points, points[1:], strict=False))
-    assert ladder(WeightSearchSpec(budget=1, min_weight=0.5, max_weight=2.0)) == [1.0]
+    points = ladder(SEARCH)  # budget 8: 6 rungs 3x apart, 2 bisections
+    assert len(points) == 6 and points[-1] == 2.0
+    assert all(
+        b / a == pytest.approx(3.0, rel=1e-4) for a, b in zip(points, points[1:], strict=False)
+    )
+    paper = ladder(SEARCH, "paper")
+    assert len(paper) == 4 and paper[0] == pytest.approx(2 / 64)
+    assert ladder(WeightSearchSpec(budget=1, min_weight=0.5, max_weight=2.0)) == [2.0]
+    assert ladder_ratio(WeightSearchSpec(budget=4, max_weight=2.0)) == pytest.approx(3.0, rel=1e-4)
 
 
-def test_mu_takes_the_smallest_weight_that_forgets_enough() -> None:
+def test_total_collapse_never_passes_the_relative_tradeoff() -> None:
+    # Every weight forgets 100% and takes utility to 0: gain = loss = 1.
+    result = search_weight("mu", lambda w: (0.0 if w > 0.1 else 0.5, 0.0 if w > 0.1 else 0.6),
+                           START, SEARCH, RULES)  # fmt: skip
+    assert not any(c.accepted for c in result.candidates if c.s == 0.0)
+    assert result.reason == "none_acceptable"
+    assert result.weight == min(c.weight for c in result.candidates)
+    # The paper's literal rule takes it (s <= 10% of s0), which is what the ablation shows.
+    paper = search_weight("mu", lambda w: (0.0, 0.0), START, SEARCH, PAPER)
+    assert paper.reason == "forget_fraction"
+
+
+def test_the_relative_tradeoff_is_scale_free() -> None:
+    # Utility ~0.027 (1/perplexity): a raw-difference rule lets any forget drop win.
+    start = Start(s=0.5, u=0.027, u_ref=0.027, u_base=0.027)
+
+    def perplexity_explodes(w: float) -> tuple[float, float]:
+        return 0.5 - 0.1 * min(w, 1.0), 0.027 / (1 + 20 * w)  # 20% forget drop, ppl x21
+
+    result = search_weight("mu", perplexity_explodes, start, SEARCH, RULES)
+    assert all(not c.accepted for c in result.candidates if c.u < 0.5 * 0.027)
+    paper = search_weight("mu", perplexity_explodes, start, SEARCH, PAPER)
+    assert paper.reason == "tradeoff_raw" and paper.u < 0.1 * 0.027  # the raw rule is fooled
+
+
+def test_per_step_floor_rejects_weights_that_wreck_utility() -> None:
+    # 95% forgotten from w = 0.3, but utility falls below half of base from w = 0.2.
+    def steep(w: float) -> tuple[float, float]:
+        return (0.025 if w >= 0.3 else 0.5 - w), 0.6 * (1 - 2 * w) if w < 0.5 else 0.0
+
+    result = search_weight("mu", steep, START, SEARCH, RULES)
+    for cand in result.candidates:
+        assert cand.feasible == (cand.u >= 0.5 * 0.6)
+        assert not cand.accepted or cand.feasible
+    assert result.u >= 0.3 and result.reason in ("tradeoff", "forget_fraction")
+
+
+def test_mu_takes_the_best_combined_objective_and_spends_the_budget() -> None:
     calls: list[float] = []
 
     def evaluate(w: float) -> tuple[float, float]:
         calls.append(w)
+        # Forgetting saturates; utility falls quadratically: J peaks at an interior weight.
+        return 0.5 * math.exp(-6 * w), 0.6 * max(0.0, 1 - 0.8 * w * w)
+
+    result = search_weight("mu", evaluate, START, SEARCH, RULES)
+    assert len(calls) == len(result.candidates) == SEARCH.budget  # the whole budget
+    best = max((c for c in result.candidates if c.accepted), key=lambda c: c.objective)
+    assert result.weight == best.weight and best.chosen
+    assert sum(c.chosen for c in result.candidates) == 1
+    # The bisections went next to the best rung, not to the ends of the range.
+    extra = [w for w in calls if w not in ladder(SEARCH)]
+    rungs = ladder(SEARCH)
+    assert len(extra) == 2 and all(min(rungs) < w < max(rungs) for w in extra)
+
+
+def test_bisection_when_nothing_is_acceptable_still_spends_the_budget() -> None:
+    result = search_weight("mu", lambda w: (0.5, 0.6 - 0.1 * w), START, SEARCH, RULES)
+    assert len(result.candidates) == SEARCH.budget
+    # J is best at the smallest rung, so both bisections go below it, towards min_weight 0.
+    assert result.reason == "none_acceptable"
+    assert result.weight == pytest.approx(min(ladder(SEARCH)) / 4, rel=1e-4)
+
+
+def test_paper_mode_keeps_the_literal_rules() -> None:
+    def evaluate(w: float) -> tuple[float, float]:
         return 0.5 * math.exp(-12 * w), 0.6  # 90% forgotten from w = ln(10)/12 = 0.192
 
-    result = search_weight("mu", evaluate, 0.5, 0.6, SEARCH, RULES)
-    assert len(calls) == len(result.candidates) <= SEARCH.budget
-    assert result.reason == "rule"
-    accepted = [c.weight for c in result.candidates if c.accepted]
-    assert result.weight == min(accepted)
-    # Bisection from the ladder's 0.5 down towards the boundary 0.192.
+    result = search_weight("mu", evaluate, START, SEARCH, PAPER)
+    assert result.reason == "forget_fraction"
+    assert result.weight == min(c.weight for c in result.candidates if c.accepted)
     assert math.log(10) / 12 <= result.weight < 0.3
-    assert sum(c.chosen for c in result.candidates) == 1
 
 
-def test_mu_falls_back_to_the_best_tradeoff_then_the_smallest() -> None:
-    # Forgetting plateaus at 50% (never 90%); utility falls faster past w = 0.5.
-    def plateau(w: float) -> tuple[float, float]:
-        return 0.5 - 0.25 * min(w, 1.0), 0.6 - (0.4 * w if w > 0.5 else 0.1 * w)
-
-    result = search_weight("mu", plateau, 0.5, 0.6, SEARCH, RULES)
-    assert result.reason == "tradeoff"
-    assert not any(c.accepted for c in result.candidates)
-    ok = [c for c in result.candidates if (0.5 - c.s) > (0.6 - c.u)]
-    assert result.weight == max(ok, key=lambda c: 0.5 - c.s).weight == 0.5
-
-    result = search_weight("mu", lambda w: (0.5, 0.6 - w), 0.5, 0.6, SEARCH, RULES)
-    assert result.reason == "smallest" and result.weight == min(ladder(SEARCH))
-
-
-def test_lambda_takes_the_smallest_weight_that_recovers_utility() -> None:
+def test_lambda_recovers_utility_and_keeps_the_forgetting() -> None:
+    # More retain weight: utility back, but forgetting undone too (s rises with w).
     def recover(w: float) -> tuple[float, float]:
-        return 0.1 + 0.1 * w, 0.4 + 0.5 * min(w, 0.6)  # 0.95 x 0.8 reached at w = 0.72 / ... 0.6
+        return 0.1 + 0.2 * w, 0.4 + 0.5 * min(w, 0.6)
 
-    result = search_weight("lambda", recover, 0.1, 0.8, SEARCH, RULES)
-    assert result.reason == "highest_utility"  # u never reaches 0.76 (tops out at 0.7)
+    start = Start(s=0.1, u=0.4, u_ref=0.6, u_base=0.6)  # needs u >= 0.57
+    result = search_weight("lambda", recover, start, SEARCH, RULES)
+    assert result.reason == "utility_recovery" and result.u >= 0.95 * 0.6
+    accepted = [c for c in result.candidates if c.accepted]
+    assert result.weight == max(accepted, key=lambda c: (c.objective, -c.weight)).weight
+    # J penalises the forgetting undone beyond w = 0.6, where utility stops rising.
+    assert result.weight <= 0.7
+
+    start = Start(s=0.1, u=0.4, u_ref=0.8, u_base=0.8)  # 0.76 is out of reach (max 0.7)
+    result = search_weight("lambda", recover, start, SEARCH, RULES)
+    assert result.reason == "highest_utility"
     assert result.u == max(c.u for c in result.candidates)
 
-    result = search_weight("lambda", recover, 0.1, 0.6, SEARCH, RULES)  # needs u >= 0.57
-    assert result.reason == "rule"
-    assert result.u >= 0.95 * 0.6 and result.weight == min(
-        c.weight for c in result.candidates if c.accepted
-    )
-    assert result.weight < 0.5  # refined below the ladder's 0.5
+
+def test_candidates_record_intervals_when_the_evaluation_gives_them() -> None:
+    scores = Scores(0.2, 0.5, {}, [0.1, 0.3], [0.4, 0.6])
+    result = search_weight("mu", lambda w: scores, START, WeightSearchSpec(budget=2), RULES)
+    assert all(c.s_ci == [0.1, 0.3] and c.u_ci == [0.4, 0.6] for c in result.candidates)
 
 
 # -------------------------------------------------------------------------- runs (CLI)
@@ -129,9 +188,9 @@ def test_release_records_modules_steps_candidates_and_state(
     steps = read_jsonl(client, run_id, "release/steps.jsonl", down)
     assert [s["module"] for s in steps] == ["F0", "R1", "F1", "R2", "F2"]
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
-    assert all(
-        s["weight_from"] in {"rule", "tradeoff", "smallest", "highest_utility"} for s in steps
-    )
+    reasons = {"forget_fraction", "tradeoff", "none_acceptable", "utility_recovery",
+               "highest_utility"}  # fmt: skip
+    assert all(s["weight_from"] in reasons for s in steps)
     assert [math.copysign(1, s["coefficient"]) for s in steps] == [-1, 1, -1, 1, -1]
     files = {Path(f.path).name for f in client.list_artifacts(run_id, "release/modules")}
     assert files == {
@@ -141,10 +200,12 @@ def test_release_records_modules_steps_candidates_and_state(
     candidates = read_jsonl(client, run_id, "release/candidates.jsonl", down)
     for step in steps:
         tried = [c for c in candidates if c["step"] == step["step"]]
-        assert 1 <= len(tried) <= 3
+        assert len(tried) == 3  # the whole budget, always
         (chosen,) = [c for c in tried if c["chosen"]]
         assert chosen["weight"] == step["weight"] and chosen["reason"] == step["weight_from"]
-        assert {"s", "u", "accepted", "rule"} <= set(chosen)
+        assert {"s", "u", "accepted", "rule", "objective", "feasible", "s_ci", "u_ci"} <= set(
+            chosen
+        )
 
     state = json.loads(read_artifact(client, run_id, "release/state.json", down))
     assert [e["sha256"] for e in state["stack"]] == [s["sha256"] for s in steps]
@@ -264,28 +325,70 @@ class _ScriptedEvaluator:
         return Scores(s, u, {})
 
 
-def test_utility_floor_reverts_the_iteration_and_stops(
-    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    weights = {"mu0": 0.3, "lambdas": [0.2, 0.2], "mus": [0.4, 0.4]}
-    spec = release_spec({"iterations": 2, "weights": weights}, {"utility_floor": 0.5})
-    # base, F0, R1, F1 (utility 0.2 < 0.5 x 0.8): iteration 1 is undone, R2/F2 never trained.
-    _ScriptedEvaluator.script = [(0.6, 0.8), (0.3, 0.5), (0.35, 0.7), (0.1, 0.2)]
+def _scripted_release(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, iterations: int,
+    script: list[tuple[float, float]], stopping: dict,
+) -> tuple[dict, Tracker, RunContext]:  # fmt: skip
+    weights = {"mu0": 0.3, "lambdas": [0.2] * iterations, "mus": [0.4] * iterations}
+    spec = release_spec({"iterations": iterations, "weights": weights}, stopping)
+    _ScriptedEvaluator.script = script
     monkeypatch.setattr(release_phase, "Evaluator", _ScriptedEvaluator)
     tracker = Tracker.start(resolve_store(None, None), "rrtool", "floor", {})
     ctx = _context(write_spec(spec), tracker, tmp_path)
     run_reveal(ctx)
-    summary = release_phase.run_release(ctx)
-    assert "utility" in summary["stop_reason"] and "reverted" in summary["stop_reason"]
-    assert summary["modules"] == 1 and (summary["s"], summary["u"]) == (0.3, 0.5)
+    return release_phase.run_release(ctx), tracker, ctx
+
+
+def test_a_forget_dip_waits_for_the_retain_step_then_the_best_feasible_state_is_kept(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Floor 0.5 x 0.8 = 0.4. base, F0, R1, F1 dips to 0.2 (allowed: R2 follows), R2 does
+    # not bring it back (0.3): Release ends, at the best feasible state, R1's (J 0.29 > F0's
+    # 0.125), not at F0's as a plain revert of the iteration would.
+    script = [(0.6, 0.8), (0.3, 0.5), (0.35, 0.7), (0.1, 0.2), (0.2, 0.3)]
+    summary, tracker, ctx = _scripted_release(
+        write_spec, tmp_path, monkeypatch, 2, script, {"utility_floor": 0.5}
+    )
+    assert "R2: its retain step did not bring it back" in summary["stop_reason"]
+    assert "reverted to the state after R1" in summary["stop_reason"]
+    assert summary["modules"] == 2 and (summary["s"], summary["u"]) == (0.35, 0.7)
     steps = tracker.read_jsonl("release/steps.jsonl")
     assert [(s["module"], s["reverted"]) for s in steps] == [
         ("F0", False),
-        ("R1", True),
+        ("R1", False),
         ("F1", True),
+        ("R2", True),
     ]
     assert tracker.tags()["rrtool.release.stop_reason"] == summary["stop_reason"]
-    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")  # the model holds F0 only
+    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")  # the model holds F0 + R1
+
+
+def test_no_feasible_state_ends_at_the_base_model(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = [(0.6, 0.8), (0.1, 0.3), (0.2, 0.35)]  # F0 and R1 both below 0.4
+    summary, tracker, ctx = _scripted_release(
+        write_spec, tmp_path, monkeypatch, 1, script, {"utility_floor": 0.5}
+    )
+    assert "Release ends at the base model" in summary["stop_reason"]
+    assert summary["modules"] == 0 and (summary["s"], summary["u"]) == (0.6, 0.8)
+    state = json.loads(tracker.read_text("release/state.json"))
+    assert state["stack"] == [] and state["reverted_to"] == 0
+    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")
+
+
+def test_forget_score_stops_only_at_a_state_above_the_floor(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # F0 reaches the forget score by wrecking utility: not a stop; R1 restores it; F1 reaches
+    # the score above the floor: stop there.
+    script = [(0.6, 0.8), (0.01, 0.1), (0.3, 0.7), (0.02, 0.6)]
+    summary, _, _ = _scripted_release(
+        write_spec, tmp_path, monkeypatch, 2, script,
+        {"utility_floor": 0.5, "forget_score": 0.05},
+    )  # fmt: skip
+    assert summary["stop_reason"].startswith("forget score 0.0200")
+    assert summary["modules"] == 3
 
 
 def test_lambda_restores_the_utility_from_before_the_last_subtraction() -> None:

@@ -15,7 +15,7 @@ from tests.conftest import only_run, read_artifact, tiny_spec
 
 # Keep runs short: 2 passages' worth of built-in NER records, 4 new tokens per answer.
 FAST = (
-    *("--set", "reveal.contexts.limit=10", "--set", "reveal.generation.max_new_tokens=4"),
+    *("--set", "reveal.contexts.limit=25", "--set", "reveal.generation.max_new_tokens=4"),
     *("--set", "release.search.budget=2", "--set", "release.search.eval_size=2"),
     *("--set", "release.lora.epochs=1", "--set", "audit.eval_size=2"),
 )
@@ -25,7 +25,8 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     spec_path = write_spec(tiny_spec())
     result = invoke("run", spec_path, "--set", "release.iterations=1", *FAST)
     assert result.exit_code == 0, result.stderr
-    assert "audit: forget macro_f1" in result.stderr
+    assert "macro_mention_rate (lower is better; change" in result.stderr
+    assert "split `audit`" in result.stderr and "held-out" in result.stderr
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlruns").is_dir()
 
     client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -46,7 +47,7 @@ def test_run_records_spec_plan_versions_and_status(invoke, write_spec, tmp_path:
     assert resolved["release"]["lora"]["r"] == 8  # defaults are spelled out
     as_written = json.loads(read_artifact(client, run.info.run_id, "spec/as_written.json", down))
     assert as_written["release"]["iterations"] == 1 and "weights" not in as_written["release"]
-    assert as_written["reveal"]["contexts"]["limit"] == 10
+    assert as_written["reveal"]["contexts"]["limit"] == 25
     plan = json.loads(read_artifact(client, run.info.run_id, "plan.json", down))
     assert [p["name"] for p in plan["phases"]] == ["reveal", "release", "audit"]
     env = json.loads(read_artifact(client, run.info.run_id, "environment.json", down))

@@ -53,7 +53,7 @@ def test_keys_other_components_rely_on_exist() -> None:
         spec.reveal.alpha,
         spec.release.iterations,
         spec.release.lora.r,
-        spec.stopping.max_iterations,
+        spec.splits.audit,
     ):
         assert value is not None
     assert spec.tracking.uri is None

@@ -181,6 +181,8 @@ def _steps(state: dict[str, Any] | None, steps: list[dict[str, Any]]) -> list[di
                 "coefficient": record["coefficient"],
                 "forget": record["s"],
                 "utility": record["u"],
+                "forget_ci": record.get("s_ci"),
+                "utility_ci": record.get("u_ci"),
                 "weight_from": record.get("weight_from"),
                 "reverted": record.get("reverted", False),
                 "failed": record.get("failed"),
@@ -273,7 +275,10 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
 
 
 def _without_answers(side: dict[str, Any]) -> dict[str, Any]:
-    return {k: {kk: vv for kk, vv in v.items() if kk != "answers"} for k, v in side.items()}
+    """Each evaluation without its answers and bootstrap replicates (the summary holds what
+    the replicates were kept for: the paired intervals)."""
+    drop = ("answers", "replicates")
+    return {k: {kk: vv for kk, vv in v.items() if kk not in drop} for k, v in side.items()}
 
 
 def _load_yaml(text: str | None) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from rrtool.audit.probes import membership_scores, membership_sets, run_probes
 from rrtool.audit.render import describe
+from rrtool.audit.verdict import replicate_metrics, summarise
 from rrtool.context import RunContext
 from rrtool.evaluators.base import Evaluation
 from rrtool.evaluators.suite import EvaluationSuite
@@ -40,7 +41,16 @@ def metric_key(*parts: str) -> str:
 def _measure(ctx: RunContext, suite: EvaluationSuite, side: str) -> dict[str, Any]:
     ctx.console.print(f"audit: measuring the {side} model ...")
     results: dict[str, Evaluation] = suite.run()
-    recorded = {key: evaluation.to_dict() for key, evaluation in results.items()}
+    # Bootstrap replicates of the headline metrics are kept, so the summary can give the
+    # paired interval of each change (same units resampled on both sides).
+    recorded = {
+        key: evaluation.to_dict(
+            replicates=replicate_metrics(key, suite.headlines[key].metric)
+            if key in suite.headlines
+            else ()
+        )
+        for key, evaluation in results.items()
+    }
     step = 0 if side == "base" else 1
     metrics = {
         metric_key("audit", key, name): value
@@ -62,24 +72,6 @@ def _released(ctx: RunContext) -> None:
     apply_stack(ctx.model().model, stack)
     ctx.model_state = "released"
     ctx.console.print(f"audit: released model = base + {len(stack)} recorded module(s)")
-
-
-def summarise(
-    suite_headlines: dict[str, Any], before: dict[str, Any], after: dict[str, Any]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, headline in suite_headlines.items():
-        b = before.get(key, {}).get("metrics", {}).get(headline.metric)
-        a = after.get(key, {}).get("metrics", {}).get(headline.metric)
-        change = None if a is None or b is None or b == 0 else (a - b) / abs(b)
-        out[key] = {
-            "metric": headline.metric,
-            "better": headline.better,
-            "before": b,
-            "after": a,
-            "relative_change": change,
-        }
-    return out
 
 
 def run_audit(ctx: RunContext) -> dict[str, Any]:
@@ -115,7 +107,7 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
         tracker.log_dict(after, AFTER)
     else:
         after = json.loads(after_text)
-    summary = summarise(suite.headlines, before, after)
+    summary = summarise(suite.headlines, before, after, suite.provenance)
     tracker.log_dict(summary, SUMMARY)
     forget = summary.get("forget", {})
     probes = run_probes(
@@ -125,7 +117,13 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
     for key, row in summary.items():
         line = f"{row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])}"
         tracker.set_tags({f"rrtool.audit.{key}": line})  # for `rrtool runs`
-        ctx.console.print(f"audit: {key} {line} ({row['better']} is better)")
+        data = (row.get("data") or {}).get("text", "data not recorded")
+        ctx.console.print(
+            f"audit: {key} {_with_ci(row['before'], row['before_ci'])} -> "
+            f"{_with_ci(row['after'], row['after_ci'])} {row['metric']} ({row['better']} is "
+            f"better; change {_with_ci(row['change'], row['change_ci'])}): {row['verdict']}; "
+            f"{data}"
+        )
     for name, probe in probes.items():
         ctx.console.print(f"audit: probe {name}: {describe(probe)}")
     return summary
@@ -133,3 +131,7 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    return _fmt(value) + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")

@@ -145,11 +145,10 @@ def membership_sets(
     from rrtool.release.phase import load_examples
     from rrtool.tasks import prompt_text
 
-    spec = ctx.spec
-    if spec.audit.forget_eval is None or spec.audit.forget_eval == spec.reveal.contexts:
+    if not suite.provenance.get("forget", {}).get("held_out"):
         return (
-            "not run: needs audit.forget_eval with data Reveal did not see (the non-members); "
-            "the forget measure defaults to Reveal's own contexts"
+            "not run: needs forget data Reveal did not see (the non-members): an audit split "
+            "(splits.audit > 0) or audit.forget_eval"
         )
     members, _ = load_examples(ctx)
     seen = {prompt_text(e.prompt) for e in members}

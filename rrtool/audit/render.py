@@ -85,33 +85,53 @@ def _strategy(spec: dict[str, Any]) -> str:
     return f"{strategy} ({origin})"
 
 
+def with_ci(value: Any, interval: Sequence[float] | None, digits: int = 4) -> str:
+    """``0.364 [0.251, 0.470]``: a value and its 95% interval (the value alone without one)."""
+    if not interval:
+        return num(value, digits)
+    return f"{num(value, digits)} [{num(interval[0], 3)}, {num(interval[1], 3)}]"
+
+
+def held_out_label(row: dict[str, Any]) -> str:
+    data = row.get("data") or {}
+    if not data:
+        return "data not recorded"
+    return "held-out" if data.get("held_out") else "IN-SAMPLE"
+
+
 def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
     audit = report["audit"]
     rows = []
     for key, row in (audit.get("summary") or {}).items():
         side = (audit.get("after") or {}).get(key) or (audit.get("before") or {}).get(key) or {}
-        rows.append(
-            [
-                key,
-                row["metric"],
-                num(row["before"]),
-                num(row["after"]),
-                change(row),
-                f"{row['better']} is better",
-                side.get("scorer", "–"),
-                side.get("definition", "–"),
-            ]
-        )
+        data = row.get("data") or {}
+        lines = [(key, row, row.get("verdict") or "–")]
+        lines += [(f"{key} (also)", extra, "") for extra in row.get("also", [])]
+        for label, line, verdict in lines:
+            rows.append(
+                [
+                    label,
+                    line["metric"],
+                    with_ci(line["before"], line.get("before_ci")),
+                    with_ci(line["after"], line.get("after_ci")),
+                    with_ci(line.get("change"), line.get("change_ci")),
+                    verdict,
+                    f"{held_out_label(row)}: {data.get('text', '–')}",
+                    side.get("scorer", "–"),
+                    side.get("definition", "–") if line is row else "",
+                ]
+            )
     return rows
 
 
 SUMMARY_HEAD = [
     "measure",
     "metric",
-    "before",
-    "after",
-    "change",
-    "direction",
+    "before [95% CI]",
+    "after [95% CI]",
+    "change [paired 95% CI]",
+    "verdict",
+    "data",
     "scorer",
     "definition",
 ]
@@ -122,9 +142,18 @@ def _metric_rows(report: dict[str, Any]) -> list[list[str]]:
     after = report["audit"].get("after") or {}
     rows = []
     for key in dict.fromkeys([*before, *after]):
-        b, a = (before.get(key) or {}).get("metrics", {}), (after.get(key) or {}).get("metrics", {})
+        b_side, a_side = before.get(key) or {}, after.get(key) or {}
+        b, a = b_side.get("metrics", {}), a_side.get("metrics", {})
+        b_ci, a_ci = b_side.get("intervals", {}), a_side.get("intervals", {})
         for name in dict.fromkeys([*b, *a]):
-            rows.append([key, name, num(b.get(name)), num(a.get(name))])
+            rows.append(
+                [
+                    key,
+                    name,
+                    with_ci(b.get(name), b_ci.get(name)),
+                    with_ci(a.get(name), a_ci.get(name)),
+                ]
+            )
     return rows
 
 
@@ -138,8 +167,8 @@ def _step_rows(report: dict[str, Any]) -> list[list[str]]:
                 str(s["step"]),
                 s["module"],
                 applied,
-                num(s["forget"]),
-                num(s["utility"]),
+                with_ci(s["forget"], s.get("forget_ci")),
+                with_ci(s["utility"], s.get("utility_ci")),
                 s.get("weight_from") or "–",
                 "reverted"
                 if s.get("reverted")
@@ -158,17 +187,29 @@ def _candidate_rows(report: dict[str, Any]) -> list[list[str]]:
             str(c["step"]),
             c["module"],
             num(c["weight"]),
-            num(c["s"]),
-            num(c["u"]),
+            with_ci(c["s"], c.get("s_ci")),
+            with_ci(c["u"], c.get("u_ci")),
+            num(c.get("objective")),
             num(c.get("accepted")),
-            "chosen" if c.get("chosen") else "",
-            c.get("rule") or "",
+            c.get("rule")
+            or ("below the per-step utility floor" if c.get("feasible") is False else ""),
+            f"chosen ({c['reason']})" if c.get("chosen") else "",
         ]
         for c in report["release"]["candidates"]
     ]
 
 
-CANDIDATE_HEAD = ["step", "module", "weight", "forget", "utility", "meets rule", "", "rule"]
+CANDIDATE_HEAD = [
+    "step",
+    "module",
+    "weight",
+    "forget [95% CI]",
+    "utility [95% CI]",
+    "objective J",
+    "acceptable",
+    "accepted by",
+    "",
+]
 
 
 def _module_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -365,10 +406,14 @@ def _facts_html(report: dict[str, Any]) -> str:
 def _cards(report: dict[str, Any]) -> str:
     cards = []
     for key, row in (report["audit"].get("summary") or {}).items():
+        ci = row.get("change_ci")
+        noise = f" (paired 95% CI {num(ci[0], 3)} to {num(ci[1], 3)})" if ci else ""
         cards.append(
             f'<div class="card"><div class="muted">{escape(key)}: {escape(row["metric"])} '
-            f'({escape(row["better"])} is better)</div><div class="v">{escape(num(row["before"]))}'
-            f' → {escape(num(row["after"]))}</div><div class="muted">{escape(change(row))}</div></div>'
+            f"({escape(row['better'])} is better; {escape(held_out_label(row))})</div>"
+            f'<div class="v">{escape(num(row["before"]))} → {escape(num(row["after"]))}</div>'
+            f'<div class="muted">{escape(change(row))}{escape(noise)}</div>'
+            f"<div><b>{escape(row.get('verdict') or '–')}</b></div></div>"
         )
     if not cards:
         return '<p class="warn">No audit measurements in this run (the audit phase did not finish).</p>'
@@ -457,14 +502,16 @@ def _html(report: dict[str, Any]) -> str:
     sections += [
         _facts_html(report),
         "<h2>Result</h2>",
-        html_table(SUMMARY_HEAD, _summary_rows(report), numeric=(2, 3, 4)),
+        html_table(SUMMARY_HEAD, _summary_rows(report)),
         "<h3>All metrics</h3>",
-        html_table(["measure", "metric", "before", "after"], _metric_rows(report), numeric=(2, 3)),
+        html_table(
+            ["measure", "metric", "before [95% CI]", "after [95% CI]"], _metric_rows(report)
+        ),
         "<h2>Release: step by step</h2>",
         _step_chart(report),
-        html_table(STEP_HEAD, _step_rows(report), numeric=(0, 3, 4)),
+        html_table(STEP_HEAD, _step_rows(report), numeric=(0,)),
         "<h3>Weight-search candidates</h3>",
-        html_table(CANDIDATE_HEAD, _candidate_rows(report), numeric=(0, 2, 3, 4)),
+        html_table(CANDIDATE_HEAD, _candidate_rows(report), numeric=(0, 2, 5)),
         "<h3>Retain/forget update similarity (mean over layers, ||U1ᵀU2||_F / k)</h3>",
         html_table(["iteration", "similarity"], _similarity_rows(report), numeric=(1,)),
         "<h3>Modules (the applied stack)</h3>",

@@ -23,19 +23,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from rrtool.context import RunContext
-from rrtool.data import load_records
 from rrtool.errors import UserError
 from rrtool.evaluators import gsm8k
 from rrtool.evaluators.base import Evaluation
+from rrtool.evaluators.degeneration import degeneration
 from rrtool.evaluators.generated import Item, oracle_evaluation
 from rrtool.evaluators.perplexity import perplexity
 from rrtool.generation.base import Generator, SamplingParams, has_chat_template, make_generator
 from rrtool.reveal.phase import ner_queries, task_queries
 from rrtool.spec import DataSource
+from rrtool.splits import Part, Role, read, whole
 
 BUILTIN_UTILITY = ("perplexity", "gsm8k_accuracy")
 
@@ -58,18 +59,15 @@ def _sample(records: list[Any], size: int, seed: int) -> list[Any]:
 
 
 def _with_mean(evaluation: Evaluation) -> Evaluation:
+    """The oracle's metrics plus ``mean_score`` and the degeneration rates of the answers
+    (``rrtool.evaluators.degeneration``; the oracle's own rates, NER's ``empty_rate``, win)."""
     scores = [a["score"] for a in evaluation.answers if a.get("score") is not None]
     metrics = dict(evaluation.metrics)
     if scores:
         metrics.setdefault("mean_score", sum(scores) / len(scores))
-    return Evaluation(
-        evaluation.name,
-        metrics,
-        evaluation.definition,
-        evaluation.scorer,
-        evaluation.count,
-        evaluation.answers,
-    )
+    for name, value in degeneration([a["completion"] for a in evaluation.answers]).items():
+        metrics.setdefault(name, value)
+    return replace(evaluation, metrics=metrics)
 
 
 class EvaluationSuite:
@@ -84,9 +82,16 @@ class EvaluationSuite:
         toxicity_samples: int,
         forget_source: DataSource,
         utility_source: DataSource | None,
+        role: Role,
+        explicit: frozenset[str] = frozenset(),
         template: str | None = None,
     ) -> None:
         self.ctx = ctx
+        # Which split of the shared sources this suite reads (``rrtool.splits``); measures in
+        # ``explicit`` (forget, utility) read their own data whole.
+        self.role = role
+        self.explicit = explicit
+        self.provenance: dict[str, dict[str, Any]] = {}
         # The prompt template of the forget queries (default: Reveal's); the elicitation
         # probe measures the same items under other phrasings.
         self.template = template or ctx.spec.reveal.template
@@ -106,11 +111,15 @@ class EvaluationSuite:
     @staticmethod
     def _audit_options(ctx: RunContext) -> dict[str, Any]:
         spec, audit = ctx.spec, ctx.spec.audit
+        explicit = {"forget"} if audit.forget_eval else set()
+        explicit |= {"utility"} if audit.retain_eval else set()
         return {
             "size": audit.eval_size,
             "toxicity_samples": audit.toxicity_samples,
             "forget_source": audit.forget_eval or spec.reveal.contexts,
             "utility_source": audit.retain_eval or spec.retain.data,
+            "role": "audit",
+            "explicit": frozenset(explicit),
         }
 
     @classmethod
@@ -125,9 +134,10 @@ class EvaluationSuite:
 
     @classmethod
     def for_release(cls, ctx: RunContext) -> EvaluationSuite:
-        """Release's running scores: ``release.search.eval_size`` records of the Reveal
-        contexts and the retain data, and Reveal's samples per prompt (each candidate weight
-        is one evaluation, so the audit's 25 samples per prompt would dominate the run)."""
+        """Release's running scores: ``release.search.eval_size`` records of the search split
+        of the Reveal contexts and the retain data, and Reveal's samples per prompt (each
+        candidate weight is one evaluation, so the audit's 25 samples per prompt would
+        dominate the run)."""
         spec = ctx.spec
         return cls(
             ctx,
@@ -135,7 +145,22 @@ class EvaluationSuite:
             toxicity_samples=spec.reveal.generation.num_samples,
             forget_source=spec.reveal.contexts,
             utility_source=spec.retain.data or spec.audit.retain_eval,
+            role="search",
+            # Without retain.data the search reads the audit's utility set (recorded so).
+            explicit=frozenset() if spec.retain.data else frozenset({"utility"}),
         )
+
+    def _part(self, key: str, source: DataSource) -> Part:
+        """The records measure ``key`` reads: the suite's split of a shared source, or an
+        explicit source whole; its provenance is kept for the report."""
+        shared = self.spec.reveal.contexts if key == "forget" else self.spec.retain.data
+        part = (
+            whole(source, self.role, shared)
+            if key in self.explicit
+            else read(source, self.role, self.spec)
+        )
+        self.provenance[key] = part.describe()
+        return part
 
     # -------------------------------------------------------------- plumbing
     def _generator(self) -> Generator:
@@ -175,6 +200,7 @@ class EvaluationSuite:
         definition: str,
         oracle: tuple[str, dict[str, Any]] | None = None,
         subsets: dict[str, Callable[[dict[str, Any]], bool]] | None = None,
+        groups: list[str] | None = None,
     ) -> Measure:
         def measure() -> Evaluation:
             found = self.ctx.oracle(*oracle) if oracle else self.ctx.oracle()
@@ -188,6 +214,8 @@ class EvaluationSuite:
                     chat=chat,
                     definition=definition,
                     subsets=subsets,
+                    groups=groups,
+                    seed=self.spec.seed,
                 )
             )
 
@@ -197,7 +225,7 @@ class EvaluationSuite:
     def _forget(self) -> None:
         spec = self.spec
         source = self.forget_source
-        records = load_records(source)
+        records = self._part("forget", source).records
         kind = spec.target.kind
         if kind == "ner":
             self._ner(records)
@@ -255,27 +283,43 @@ class EvaluationSuite:
         passages = _sample(list(dict.fromkeys(q.context for q in queries)), self.size, spec.seed)
         chosen = set(passages)
         queries = [q for q in queries if q.context in chosen]
-        if not any(q.split == "forget" for q in queries):
+        if not any(q.split == "forget" and q.reference["entities"] for q in queries):
+            where = self.provenance["forget"]["text"]
             raise UserError(
-                "audit: no evaluation passage has gold entities for the forget types "
-                f"{spec.target.forget_types} (give audit.forget_eval in universalner format)"
+                f"{'release' if self.role == 'search' else 'audit'}: none of the {len(passages)} "
+                f"evaluation passages ({where}) names an entity of the forget types "
+                f"{spec.target.forget_types}, so forgetting cannot be measured: give more "
+                "passages (a larger split, eval_size or data source) or audit.forget_eval in "
+                "universalner format"
             )
+        # The retained types are asked about the same passages.
+        self.provenance["utility"] = self.provenance["forget"]
         for split, key in (("forget", "forget"), ("retain", "utility")):
-            items = [Item(q.id, q.prompt, q.reference) for q in queries if q.split == split]
+            chosen_queries = [q for q in queries if q.split == split]
+            items = [Item(q.id, q.prompt, q.reference) for q in chosen_queries]
             if split == "forget":
                 self.forget_items = items
             if not items:
                 continue
-            types = sorted({q.type or "" for q in queries if q.split == split})
+            types = sorted({q.type or "" for q in chosen_queries})
             self.measures[key] = self._oracle_measure(
                 f"ner_{key}",
                 items,
                 self._greedy(),
                 chat=self._chat(),
                 definition=f"greedy UniversalNER answers on {len(passages)} passages, types "
-                f"{', '.join(types)}; F1 per type (micro over queries), macro_f1 = their mean",
+                f"{', '.join(types)}; strict F1 per type (micro over queries; an answer that is "
+                "not a JSON list scores 0), macro_f1 = their mean; mention_rate = share of "
+                "queries with gold entities whose answer names one in any format (answers that "
+                "repeat the passage count as naming it; echo_rate reports them); "
+                "parse_failure_rate = answers that are not a JSON list",
+                groups=[q.context for q in chosen_queries],  # resampled by passage
             )
-            self.headlines[key] = Headline("macro_f1", "higher" if key == "utility" else "lower")
+        # Forgetting: is the entity still named, in any format (a format change cannot move
+        # it); utility: strict F1 of the retained types (a broken format costs utility).
+        self.headlines["forget"] = Headline("macro_mention_rate", "lower")
+        if "utility" in self.measures:
+            self.headlines["utility"] = Headline("macro_f1", "higher")
 
     # --------------------------------------------------------------- utility
     def _utility(self) -> None:
@@ -304,7 +348,7 @@ class EvaluationSuite:
             self.headlines["utility"] = Headline("flexible_accuracy", "higher")
         else:
             options = spec.retain.utility.options if spec.retain.utility else {}
-            records = load_records(source)
+            records = self._part("utility", source).records
             queries = _sample(
                 task_queries("custom", source.format, records, None), self.size, spec.seed
             )
@@ -324,7 +368,7 @@ class EvaluationSuite:
             raise UserError(
                 f"audit: perplexity needs raw text (format: text), not `{source.format}`"
             )
-        text = "\n".join(r["text"] for r in load_records(source))
+        text = "\n".join(r["text"] for r in self._part("utility", source).records)
 
         def measure() -> Evaluation:
             handle = self.ctx.model()
@@ -342,7 +386,7 @@ class EvaluationSuite:
         if source.format != "gsm8k":
             raise UserError(f"audit: GSM8K accuracy needs gsm8k records, not `{source.format}`")
         shots = self.spec.audit.gsm8k_shots
-        records = load_records(source)
+        records = self._part("utility", source).records
         exemplars, rest = gsm8k.split_shots(records, shots)
         evaluated = exemplars + _sample(rest, self.size, self.spec.seed)
         params = SamplingParams(max_new_tokens=256, temperature=0.0, stop=gsm8k.STOP)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rrtool.context import RunContext
 from rrtool.errors import UserError
@@ -25,6 +26,8 @@ class Scores:
     s: float  # forget score: lower = more forgotten
     u: float  # utility: higher = better
     details: dict[str, float]
+    s_ci: list[float] | None = None  # 95% bootstrap interval of s
+    u_ci: list[float] | None = None  # of u (on u's scale: 1/ppl's interval for perplexity)
 
 
 class Evaluator:
@@ -56,8 +59,16 @@ class Evaluator:
                 f"release: the evaluation gave no `{s_head.metric if s is None else u_head.metric}`"
                 " (did every generation fail to score?)"
             )
+        s_ci = _interval(forget, s_head.metric)
+        u_ci = _interval(utility, u_head.metric)
         if u_head.better == "lower":
             u = 1.0 / u if u > 0 else float("inf")
+            u_ci = [1.0 / u_ci[1], 1.0 / u_ci[0]] if u_ci and min(u_ci) > 0 else None
         details = {f"forget/{k}": v for k, v in forget.metrics.items()}
         details |= {f"utility/{k}": v for k, v in utility.metrics.items()}
-        return Scores(float(s), float(u), details)
+        return Scores(float(s), float(u), details, s_ci, u_ci)
+
+
+def _interval(evaluation: Any, metric: str) -> list[float] | None:
+    found = getattr(evaluation, "intervals", {}).get(metric)
+    return [float(found[0]), float(found[1])] if found else None

@@ -13,11 +13,17 @@ Weights given in the spec are used as given; the others are searched (``weights.
 new module attached unmerged. Every applied weight goes through fp32 masters (``MasterWeights``),
 so the final model equals ``rebuild(base, stack)`` bit for bit.
 
-Stopping (checked after each iteration, F0 included): the forget score reaches
-``stopping.forget_score``; utility falls below ``stopping.utility_floor`` x the base utility
-(from iteration 1 on, because R_i is what restores utility after F0: that iteration's two
-updates are reverted); ``stopping.patience`` iterations without the forget score dropping by
-``min_progress`` below its best.
+Schedule ``retain_first`` (``release.schedule``) adds R0 before F0.
+
+Stopping (checked after every step): a forget step may leave utility below
+``stopping.utility_floor`` x the base utility only while a retain step follows; a retain step
+that leaves it below ends Release, and so does the last step. ``stopping.forget_score`` ends
+Release at a state that meets the floor; ``stopping.patience`` iterations without the combined
+objective (relative forget drop minus relative utility loss, from the base) rising by
+``min_progress`` end it too. Whatever ended it, a final state below the floor is replaced by the
+best state seen that meets it (post-retain states included; by the combined objective), or by
+the base model when none does: the base masters with that prefix of the stack replayed, and
+the later steps recorded as reverted.
 
 Run records: ``release/modules/{F0,R1,F1,...}.safetensors`` (+ json sidecars),
 ``release/steps.jsonl``, ``release/candidates.jsonl``, ``release/similarity.jsonl``, metrics
@@ -37,6 +43,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from rrtool import splits
 from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
@@ -49,7 +56,14 @@ from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.ext_sub import deficiency
 from rrtool.release.lora import Example, LoraModule, train_lora
 from rrtool.release.stack import MODULES, STATE, download_module
-from rrtool.release.weights import Step, explicit_weight, schedule, search_weight
+from rrtool.release.weights import (
+    Start,
+    Step,
+    combined_objective,
+    explicit_weight,
+    schedule,
+    search_weight,
+)
 from rrtool.reveal.phase import FORGET, RETAIN, ner_queries
 from rrtool.spec import DataSource
 from rrtool.tasks import samples_from_records
@@ -63,11 +77,13 @@ ANTI_EXPERT = "A0"  # Ext-Sub's anti-expert: recorded, never applied itself
 __all__ = ["PhaseNotImplemented", "run_release", "schedule"]
 
 
-def external_examples(source: DataSource) -> list[Example]:
-    """Retain examples from a file: raw text is trained on whole (empty prompt); the
-    question/answer formats pair their prompt with the set's own answer; ``jsonl`` needs
-    ``prompt`` and ``completion`` keys."""
-    records = load_records(source)
+def external_examples(
+    source: DataSource, records: list[dict[str, Any]] | None = None
+) -> list[Example]:
+    """Retain examples from a file (``records``: a part of it already read): raw text is
+    trained on whole (empty prompt); the question/answer formats pair their prompt with the
+    set's own answer; ``jsonl`` needs ``prompt`` and ``completion`` keys."""
+    records = load_records(source) if records is None else records
     if source.format == "text":
         return [Example("", r["text"]) for r in records]
     if source.format == "jsonl":
@@ -116,7 +132,10 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     # "Nothing found" teaches no target.
     forget = [e for e in forget_records if e.completion.strip() not in ("", "[]")]
     if ctx.spec.retain.data is not None:
-        retain = [e for e in external_examples(ctx.spec.retain.data) if e.completion.strip()]
+        # Retain modules learn from the Reveal split: the search and audit splits measure.
+        source = ctx.spec.retain.data
+        part = splits.read(source, "reveal", ctx.spec)
+        retain = [e for e in external_examples(source, part.records) if e.completion.strip()]
     else:
         retain = [
             Example(r["prompt"], r["completion"])
@@ -164,12 +183,12 @@ def trains_in_chat_format(ctx: RunContext) -> bool:
     return has_chat_template(ctx.model().tokenizer) and ctx.spec.target.kind != "toxicity"
 
 
-def _stale(forget_scores: list[float], min_progress: float) -> int:
-    """Iterations since the forget score last dropped by ``min_progress`` below its best."""
-    best, stale = forget_scores[0], 0
-    for s in forget_scores[1:]:
-        if s < best - min_progress:
-            best, stale = s, 0
+def _stale(objectives: list[float], min_progress: float) -> int:
+    """Iterations since the combined objective last rose by ``min_progress`` above its best."""
+    best, stale = objectives[0], 0
+    for value in objectives[1:]:
+        if value > best + min_progress:
+            best, stale = value, 0
         else:
             stale += 1
     return stale
@@ -188,7 +207,7 @@ class _Release:
         self.forget, self.retain = load_examples(ctx)
         self.moddir = ctx.workdir / MODULES
         self.masters: MasterWeights | None = None
-        self.snapshot: dict[str, torch.Tensor] | None = None  # masters at iteration start
+        self.base_masters: dict[str, torch.Tensor] = {}  # the masters before any module
         self.state: dict[str, Any] = {}
         self.steps: list[dict[str, Any]] = []
         self.candidates: list[dict[str, Any]] = []
@@ -197,16 +216,16 @@ class _Release:
         self.chat = trains_in_chat_format(ctx)
 
     # ----------------------------------------------------------------- state
-    def _iteration_start(self, position: int) -> bool:
-        """Whether stack position ``position`` (0-based) is where an iteration >= 1 begins."""
-        iterative = self.spec.release.strategy == "iterative"
-        return iterative and position >= 1 and position % 2 == 1
-
-    def _take_snapshot(self) -> None:
-        if self.spec.stopping.utility_floor is not None and self.masters is not None:
-            self.snapshot = {
+    def _masters_for(self, module: LoraModule) -> MasterWeights:
+        """The fp32 masters, created at the first applied module, with a copy of the base
+        weights they start from (a revert replays a prefix of the stack onto it, so the
+        result equals ``rebuild(base, prefix)`` bit for bit)."""
+        if self.masters is None:
+            self.masters = MasterWeights(self.model, module.names)
+            self.base_masters = {
                 n: m.detach().to("cpu", copy=True) for n, m in self.masters.masters.items()
             }
+        return self.masters
 
     def restore(self) -> None:
         """Load the state of a resumed run: replay the stack onto the (base) model."""
@@ -226,13 +245,9 @@ class _Release:
         if self.state.get("stop_reason") or not stack:
             return
         self.ctx.console.print(f"release: resuming, {done} module(s) already applied")
-        for position, entry in enumerate(stack):
+        for entry in stack:
             module = self.modules[entry["module"]] = self._download(entry)
-            if self.masters is None:
-                self.masters = MasterWeights(self.model, module.names)
-            if self._iteration_start(position):
-                self._take_snapshot()
-            self.masters.apply(module, entry["coefficient"])
+            self._masters_for(module).apply(module, entry["coefficient"])
 
     def _download(self, entry: dict[str, Any]) -> LoraModule:
         return download_module(self.tracker, entry, self.ctx.workdir / "downloaded")
@@ -376,10 +391,9 @@ class _Release:
 
         with ScaledAdapter(self.model, module, 0.0) as adapter:
 
-            def evaluate(weight: float) -> tuple[float, float]:
+            def evaluate(weight: float) -> Scores:
                 adapter.set_weight(step.sign * weight)
-                scores = self.evaluate()
-                return scores.s, scores.u
+                return self.evaluate()
 
             def seen(cand: Any) -> None:
                 progress.update(
@@ -391,8 +405,7 @@ class _Release:
             result = search_weight(
                 "mu" if step.kind == "forget" else "lambda",
                 evaluate,
-                start.s,
-                start.u if step.kind == "forget" else utility_reference(self.state),
+                Start(start.s, start.u, utility_reference(self.state), self.state["u0"]),
                 search,
                 self.spec.release.rules,
                 progress=seen,
@@ -411,13 +424,9 @@ class _Release:
 
     def run_step(self, step: Step, start: Scores, progress: Progress) -> Scores:
         started = time.perf_counter()
-        if self._iteration_start(step.number - 1):
-            self._take_snapshot()
         module = self._train(step, progress)
         weight, how = self._weight(step, module, start, progress)
-        if self.masters is None:
-            self.masters = MasterWeights(self.model, module.names)
-        self.masters.apply(module, step.sign * weight)
+        self._masters_for(module).apply(module, step.sign * weight)
         scores = self.evaluate()  # the merged model (not the candidate's unmerged adapter)
         record = {
             "step": step.number,
@@ -431,6 +440,8 @@ class _Release:
             "sha256": module.sha256(),
             "s": scores.s,
             "u": scores.u,
+            "s_ci": scores.s_ci,
+            "u_ci": scores.u_ci,
             "seconds": round(time.perf_counter() - started, 3),
             "reverted": False,
         }
@@ -493,36 +504,78 @@ class _Release:
         if mean == mean:  # NaN when either update is zero
             self.tracker.log_metrics({"release/similarity": mean}, step=iteration)
 
-    def revert_iteration(self, iteration: int) -> None:
-        """Undo iteration ``iteration``'s two updates: restore the masters snapshot."""
-        assert self.masters is not None and self.snapshot is not None
-        with torch.no_grad():
-            for name, master in self.masters.masters.items():
-                master.copy_(self.snapshot[name])
-                self.model.get_submodule(name).weight.copy_(master)
-        self.masters.history = self.masters.history[:-2]
-        self.state["stack"] = [e for e in self.state["stack"] if e["iteration"] != iteration]
+    def revert_to(self, keep: int) -> None:
+        """Go back to the state after the first ``keep`` modules of the stack (0 = the base
+        model): the base masters with that prefix replayed, so the weights equal
+        ``rebuild(base, prefix)`` bit for bit; the later steps are marked reverted."""
+        stack = self.state["stack"]
+        if self.masters is not None:
+            with torch.no_grad():
+                for name, master in self.masters.masters.items():
+                    master.copy_(self.base_masters[name])
+                    self.model.get_submodule(name).weight.copy_(master)
+            self.masters.history = []
+            for entry in stack[:keep]:
+                self.masters.apply(self.modules[entry["module"]], entry["coefficient"])
+        dropped = {entry["step"] for entry in stack[keep:]}
         for record in self.steps:
-            if record["iteration"] == iteration:
+            if record["step"] in dropped:
                 record["reverted"] = True
+        self.state["stack"] = stack[:keep]
+        self.state["reverted_to"] = keep
 
     # -------------------------------------------------------------------- run
-    def stop_check(self, step: Step, scores: Scores) -> str | None:
+    def feasible(self, u: float) -> bool:
+        """Whether utility ``u`` meets ``stopping.utility_floor`` (always, without a floor)."""
+        floor = self.spec.stopping.utility_floor
+        return floor is None or u >= floor * self.state["u0"]
+
+    def objective(self, entry: dict[str, Any]) -> float:
+        """The combined objective of a state, from the base model (``combined_objective``)."""
+        return combined_objective(entry["s"], entry["u"], self.state["s0"], self.state["u0"])
+
+    def stop_check(self, step: Step, scores: Scores, is_last: bool) -> str | None:
         stopping = self.spec.stopping
+        floor = stopping.utility_floor
+        if not self.feasible(scores.u):
+            below = f"utility {scores.u:.4f} below {floor} x base {self.state['u0']:.4f}"
+            if step.kind == "retain":
+                return f"{below} after {step.name}: its retain step did not bring it back"
+            if is_last:
+                return f"{below} after {step.name}, with no retain step left to restore it"
+            return None  # the next retain step may restore it
+        if step.kind != "forget":
+            return None
         if stopping.forget_score is not None and scores.s <= stopping.forget_score:
             return f"forget score {scores.s:.4f} <= stopping.forget_score {stopping.forget_score}"
-        floor = stopping.utility_floor
-        if floor is not None and step.iteration >= 1 and scores.u < floor * self.state["u0"]:
-            self.revert_iteration(step.iteration)
-            return (
-                f"utility {scores.u:.4f} below {floor} x base {self.state['u0']:.4f} at "
-                f"iteration {step.iteration} (its updates reverted)"
-            )
         if stopping.patience is not None:
-            ends = [e["s"] for e in self.state["stack"] if e["kind"] == "forget"]
+            ends = [self.objective(e) for e in self.state["stack"] if e["kind"] == "forget"]
             if _stale(ends, stopping.min_progress) >= stopping.patience:
-                return f"no forget progress of {stopping.min_progress} in {stopping.patience} iteration(s)"
+                return (
+                    f"no gain of {stopping.min_progress} in the combined objective in "
+                    f"{stopping.patience} iteration(s)"
+                )
         return None
+
+    def settle(self) -> str | None:
+        """A final state below the floor is replaced by the best state seen that meets it
+        (by the combined objective; post-retain states included), else by the base model."""
+        stack = self.state["stack"]
+        if not stack or self.feasible(stack[-1]["u"]):
+            return None
+        feasible = [
+            (self.objective(e), -k, k) for k, e in enumerate(stack, 1) if self.feasible(e["u"])
+        ]
+        keep = max(feasible)[2] if feasible else 0
+        last = stack[-1]["module"]
+        self.revert_to(keep)
+        if keep == 0:
+            return f"no state after {last} met the utility floor: Release ends at the base model"
+        kept = self.state["stack"][-1]
+        return (
+            f"reverted to the state after {kept['module']} (s {kept['s']:.4g}, u "
+            f"{kept['u']:.4g}), the best state seen that meets the utility floor"
+        )
 
     def run(self) -> dict[str, Any]:
         if not self.state:
@@ -543,7 +596,8 @@ class _Release:
         stack = self.state["stack"]
         last = stack[-1] if stack else {"s": self.state["s0"], "u": self.state["u0"]}
         current = Scores(last["s"], last["u"], {})
-        plan = schedule(self.spec.effective_iterations, self.spec.release.strategy)
+        release = self.spec.release
+        plan = schedule(self.spec.effective_iterations, release.strategy, release.schedule)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -556,16 +610,20 @@ class _Release:
                 except TrainingDiverged as exc:
                     reason = self.record_failure(step, str(exc))
                     break
-                if step.kind == "forget":
-                    reason = self.stop_check(step, current)
-                    if reason:
-                        break
-        if not reason:
-            n = self.spec.effective_iterations
-            capped = n < self.spec.release.iterations
-            reason = (
-                f"stopping.max_iterations ({n}) reached" if capped else f"all {n} iteration(s) done"
-            )
+                reason = self.stop_check(step, current, step.number == len(plan))
+                if reason:
+                    break
+            if not reason:
+                n = self.spec.effective_iterations
+                capped = n < release.iterations
+                reason = (
+                    f"stopping.max_iterations ({n}) capped release.iterations ({release.iterations})"
+                    if capped
+                    else f"all {n} iteration(s) done"
+                )
+            if not self.state.get("stop_reason"):
+                settled = self.settle()
+                reason = f"{reason}; {settled}" if settled else reason
         self.state["stop_reason"] = reason
         self._upload_records()
         self.tracker.set_tags({STOP_TAG: reason})

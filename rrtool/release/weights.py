@@ -1,28 +1,39 @@
 """Release's schedule (F0, R1, F1, ...) and automatic merge-weight search (the paper picks
 mu_i and lambda_i by hand).
 
-A candidate weight is scored by an ``evaluate(w) -> (s, u)`` callable; in a run it changes the
+A candidate weight is scored by an ``evaluate(w)`` callable returning ``(s, u)`` or an object
+with ``s``, ``u`` (and optionally their intervals ``s_ci``, ``u_ci``); in a run it changes the
 unmerged adapter's scale in place (``ScaledAdapter.set_weight``), so a candidate costs one
 evaluation and no merge. Here the search only sees magnitudes: the phase turns mu into -mu.
+``s`` is the forget score (lower = more forgotten; NER: the share of answers that still name
+a forget-type entity, in any format), ``u`` the utility (higher = better).
 
-Search (at most ``search.budget`` evaluations in [min_weight, max_weight]):
+Two modes (``release.rules.mode``):
 
-1. A geometric ladder, ascending, of ``ceil(budget / 2)`` weights from ``w_lo`` to
-   ``max_weight`` (``w_lo = min_weight``, or ``max_weight / 64`` when ``min_weight`` is 0: a
-   geometric ladder cannot start at 0, and useful weights on small models are 0.05-0.5, so
-   the low end needs the resolution). The ladder stops at the first weight the rule accepts.
-2. Bisection (geometric mean; arithmetic when the lower end is 0) between the last rejected
-   weight and the first accepted one, with the remaining budget, to find the smallest weight
-   the rule accepts (the rules ask for the smallest: as little change as the target needs).
+``tradeoff`` (default). With ``s0``, ``u0`` the scores at the step's start, ``u_base`` the base
+model's utility, and relative changes ``gain = (s0 - s) / s0``, ``loss = (u0 - u) / u0``:
 
-Selection among everything evaluated (so a non-monotone response cannot fool it):
+- a forget weight (mu) is *acceptable* when it keeps ``u >= step_utility_floor x u_base`` and
+  either forgets enough (``s <= (1 - forget_fraction) x s0``, rule ``forget_fraction``) or
+  loses a smaller share of utility than of forget score (``gain > loss``, rule ``tradeoff``;
+  so total collapse, s = u = 0, never passes: gain = loss = 1);
+- a retain weight (lambda) is acceptable when ``u >= utility_recovery x u_ref`` (``u_ref``:
+  utility just before the preceding forget subtraction; rule ``utility_recovery``);
+- among acceptable weights the one with the best *combined objective*
+  ``J = (s0 - s) / s0 + (u - u0) / u0`` is chosen (forgetting gained plus utility kept; for a
+  retain weight it rewards recovery and penalises forgetting undone); equal J: the smaller
+  weight. With none acceptable: mu takes the smallest weight tried (reason
+  ``none_acceptable``: as little change as possible), lambda the highest utility.
+- search: a geometric ladder of ``budget - budget // 3`` weights, neighbours 3x apart, ending at
+  ``max_weight`` (starting at ``min_weight`` when that is set, then the ratio follows), all
+  evaluated; the rest of the budget bisects (geometric midpoint) between the best candidate
+  and its better neighbour, so the whole budget is always spent.
 
-- mu: the smallest weight with ``s_w <= (1 - forget_fraction) * s_start``; else the weight with
-  the largest forget drop among those that lose less utility than forget score
-  (``s_start - s_w > u_start - u_w``); else the smallest candidate.
-- lambda: the smallest weight with ``u_w >= utility_recovery * u_start`` (the phase passes, as
-  ``u_start``, the utility from before the preceding forget subtraction); else the weight with
-  the highest utility.
+``paper``: the paper's literal rules, kept for the ablation: a ladder of ``ceil(budget / 2)``
+weights from ``max_weight / 64``, stopping at the first weight that forgets
+``forget_fraction`` (lambda: recovers ``utility_recovery``), bisection towards the smallest such
+weight; chosen: the smallest accepted weight, else (mu) the largest forget drop among weights
+with ``(s0 - s) > (u0 - u)`` in raw differences, else the smallest weight.
 """
 
 from __future__ import annotations
@@ -34,8 +45,10 @@ from typing import Any, Literal
 
 from rrtool.spec import RulesSpec, WeightSearchSpec, WeightsSpec
 
-Evaluate = Callable[[float], tuple[float, float]]
+Interval = tuple[float, float] | None
+Evaluate = Callable[[float], Any]  # -> (s, u) or an object with s, u, s_ci, u_ci
 Kind = Literal["mu", "lambda"]
+LADDER_RATIO = 3.0  # neighbouring ladder weights (tradeoff mode): fine enough for 0.05-0.5
 
 
 @dataclass
@@ -45,8 +58,12 @@ class Candidate:
     weight: float
     s: float
     u: float
-    accepted: bool  # passes the primary rule (forget_fraction / utility_recovery)
-    rule: str  # the primary rule's name
+    accepted: bool  # acceptable under the mode's rules
+    rule: str | None  # the rule that accepted it (forget_fraction | tradeoff | utility_recovery)
+    objective: float = 0.0  # the combined objective J (see the module docstring)
+    feasible: bool = True  # u above the per-step floor (forget weights, tradeoff mode)
+    s_ci: list[float] | None = None
+    u_ci: list[float] | None = None
     chosen: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,8 +77,19 @@ class SearchResult:
     weight: float
     s: float
     u: float
-    reason: str  # rule | tradeoff | smallest | highest_utility
+    reason: str  # forget_fraction | tradeoff | utility_recovery | none_acceptable | ...
     candidates: list[Candidate] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a weight is judged against: scores at the step's start, the utility a retain weight
+    must recover (``u_ref``) and the base model's utility (the per-step floor's reference)."""
+
+    s: float
+    u: float
+    u_ref: float
+    u_base: float
 
 
 @dataclass(frozen=True)
@@ -69,7 +97,7 @@ class Step:
     """One module of the Release schedule."""
 
     number: int  # 1-based position in the stack (0 is the base model)
-    name: str  # F0, R1, F1, ...
+    name: str  # F0, R1, F1, ... (R0 first with the retain-first schedule)
     kind: str  # forget | retain
     iteration: int
     # How the module is made: nll (learn the examples) | gradient_ascent | npo | dpo | cmd
@@ -94,14 +122,18 @@ class Step:
 OBJECTIVES = {"gradient_ascent": "gradient_ascent", "npo": "npo", "dpo": "dpo", "cmd": "cmd"}
 
 
-def schedule(iterations: int, strategy: str = "iterative") -> list[Step]:
-    """F0, then [R_i, F_i] for each iteration; the baselines are F0 alone, except Ext-Sub:
-    its expert E0 (added at full weight), then its deficiency D0 (subtracted)."""
+def schedule(
+    iterations: int, strategy: str = "iterative", order: str = "forget_first"
+) -> list[Step]:
+    """F0 (after R0 with ``order="retain_first"``), then [R_i, F_i] for each iteration; the
+    baselines are F0 alone, except Ext-Sub: its expert E0 (added at full weight), then its
+    deficiency D0 (subtracted)."""
     if strategy == "ext_sub":
         return [Step(1, "E0", "retain", 0, "ext_sub"), Step(2, "D0", "forget", 0, "ext_sub")]
     if strategy != "iterative":
         return [Step(1, "F0", "forget", 0, OBJECTIVES.get(strategy, "nll"))]
-    steps = [Step(1, "F0", "forget", 0)]
+    steps = [Step(1, "R0", "retain", 0)] if order == "retain_first" else []
+    steps.append(Step(len(steps) + 1, "F0", "forget", 0))
     for i in range(1, iterations + 1):
         steps.append(Step(len(steps) + 1, f"R{i}", "retain", i))
         steps.append(Step(len(steps) + 1, f"F{i}", "forget", i))
@@ -113,34 +145,61 @@ def explicit_weight(weights: WeightsSpec, step: Step) -> float | None:
     if step.objective == "ext_sub" and step.kind == "retain":
         return 1.0  # Ext-Sub adds its expert whole; only the deficiency's weight is tuned
     if step.iteration == 0:
-        return weights.mu0
+        return weights.lambda0 if step.kind == "retain" else weights.mu0
     given = weights.lambdas if step.kind == "retain" else weights.mus
     return None if given is None else given[step.iteration - 1]
 
 
-def rule_name(kind: Kind) -> str:
-    return "forget_fraction" if kind == "mu" else "utility_recovery"
+def _relative(change: float, reference: float) -> float:
+    """``change / reference``; 0 when there is nothing to compare with (reference 0)."""
+    return change / reference if reference > 0 else 0.0
 
 
-def accepts(
-    kind: Kind, s: float, u: float, s_start: float, u_start: float, rules: RulesSpec
-) -> bool:
-    """Whether (s, u) at a candidate weight passes the primary rule of ``kind``."""
-    if kind == "mu":
-        return s <= (1.0 - rules.forget_fraction) * s_start
-    return u >= rules.utility_recovery * u_start
+def combined_objective(s: float, u: float, s0: float, u0: float) -> float:
+    """J = relative forget drop + relative utility change, both from (s0, u0)."""
+    return _relative(s0 - s, s0) + _relative(u - u0, u0)
 
 
-def ladder(search: WeightSearchSpec) -> list[float]:
-    """The ascending geometric ladder of step 1 (see the module docstring)."""
-    n = max(1, math.ceil(search.budget / 2))
+def judge(kind: Kind, s: float, u: float, start: Start, rules: RulesSpec) -> Candidate:
+    """A candidate's verdict under ``rules`` (weight filled in by the caller)."""
+    objective = combined_objective(s, u, start.s, start.u)
+    if kind == "lambda":
+        ok = u >= rules.utility_recovery * start.u_ref
+        return Candidate(0.0, s, u, ok, "utility_recovery" if ok else None, objective)
+    forgets = s <= (1.0 - rules.forget_fraction) * start.s
+    if rules.mode == "paper":
+        return Candidate(0.0, s, u, forgets, "forget_fraction" if forgets else None, objective)
+    feasible = u >= rules.step_utility_floor * start.u_base
+    gain, loss = _relative(start.s - s, start.s), _relative(start.u - u, start.u)
+    tradeoff = gain > 0 and gain > loss
+    rule = "forget_fraction" if forgets else "tradeoff" if tradeoff else None
+    return Candidate(0.0, s, u, feasible and rule is not None, rule if feasible else None,
+                     objective, feasible)  # fmt: skip
+
+
+def ladder(search: WeightSearchSpec, mode: str = "tradeoff") -> list[float]:
+    """The ascending geometric ladder of the first search stage (see the module docstring)."""
     hi = search.max_weight
-    lo = search.min_weight if search.min_weight > 0 else hi / 64
+    if mode == "paper":
+        n = max(1, math.ceil(search.budget / 2))
+        lo = search.min_weight if search.min_weight > 0 else hi / 64
+        if n == 1:
+            return [_round(math.sqrt(lo * hi))]
+        ratio = (hi / lo) ** (1.0 / (n - 1))
+        return [*[_round(lo * ratio**i) for i in range(n - 1)], hi]
+    n = max(1, search.budget - search.budget // 3)
     if n == 1:
-        return [_round(math.sqrt(lo * hi))]
-    ratio = (hi / lo) ** (1.0 / (n - 1))
-    points = [_round(lo * ratio**i) for i in range(n - 1)]
-    return [*points, hi]
+        return [hi]
+    if search.min_weight > 0:
+        ratio = (hi / search.min_weight) ** (1.0 / (n - 1))
+        return [*[_round(search.min_weight * ratio**i) for i in range(n - 1)], hi]
+    return [*[_round(hi / LADDER_RATIO ** (n - 1 - i)) for i in range(n - 1)], hi]
+
+
+def ladder_ratio(search: WeightSearchSpec, mode: str = "tradeoff") -> float | None:
+    """The largest ratio between neighbouring ladder weights (None for a one-point ladder)."""
+    points = ladder(search, mode)
+    return max((b / a for a, b in zip(points, points[1:], strict=False)), default=None)
 
 
 def _round(weight: float) -> float:
@@ -152,11 +211,16 @@ def _midpoint(lo: float, hi: float) -> float:
     return _round(math.sqrt(lo * hi) if lo > 0 else (lo + hi) / 2)
 
 
+def _measured(value: Any) -> tuple[float, float, Interval, Interval]:
+    if isinstance(value, tuple):
+        return float(value[0]), float(value[1]), None, None
+    return float(value.s), float(value.u), value.s_ci, value.u_ci
+
+
 def search_weight(
     kind: Kind,
     evaluate: Evaluate,
-    s_start: float,
-    u_start: float,
+    start: Start,
     search: WeightSearchSpec,
     rules: RulesSpec,
     progress: Callable[[Candidate], None] | None = None,
@@ -166,51 +230,111 @@ def search_weight(
 
     def trial(weight: float) -> Candidate:
         if weight not in tried:
-            s, u = evaluate(weight)
-            cand = Candidate(
-                weight, s, u, accepts(kind, s, u, s_start, u_start, rules), rule_name(kind)
-            )
+            s, u, s_ci, u_ci = _measured(evaluate(weight))
+            cand = judge(kind, s, u, start, rules)
+            cand.weight = weight
+            cand.s_ci = list(s_ci) if s_ci else None
+            cand.u_ci = list(u_ci) if u_ci else None
             tried[weight] = cand
             if progress is not None:
                 progress(cand)
         return tried[weight]
 
+    if rules.mode == "paper":
+        _paper_search(kind, trial, tried, search)
+    else:
+        for weight in ladder(search):
+            trial(weight)
+        _refine(kind, trial, tried, search)
+    candidates = sorted(tried.values(), key=lambda c: c.weight)
+    chosen, reason = (_paper_select if rules.mode == "paper" else _select)(kind, candidates, start)
+    chosen.chosen = True
+    return SearchResult(chosen.weight, chosen.s, chosen.u, reason, candidates)
+
+
+def _rank(kind: Kind, cand: Candidate) -> tuple[bool, float, float]:
+    """Best first when sorted descending: acceptable, then J (lambda with none acceptable:
+    utility), then the smaller weight."""
+    fallback = cand.objective if cand.accepted or kind == "mu" else cand.u
+    return (cand.accepted, fallback, -cand.weight)
+
+
+def _refine(
+    kind: Kind, trial: Callable[[float], Candidate], tried: dict[float, Candidate],
+    search: WeightSearchSpec,
+) -> None:  # fmt: skip
+    """Spend the rest of the budget bisecting next to the best candidate, on the side of its
+    better neighbour first (the other side when that interval is used up)."""
+    floor = search.min_weight
+    while len(tried) < search.budget:
+        weights = sorted(tried)
+        best = max(tried.values(), key=lambda c: _rank(kind, c)).weight
+        i = weights.index(best)
+        lower = weights[i - 1] if i > 0 else floor
+        upper = weights[i + 1] if i + 1 < len(weights) else None
+        sides = []
+        if lower < best:
+            sides.append((lower, _rank(kind, tried[lower]) if lower in tried else None))
+        if upper is not None:
+            sides.append((upper, _rank(kind, tried[upper])))
+        # Better neighbour first; the untried lower end (min_weight) first of all: the best
+        # is then the smallest rung, so the optimum may lie below it.
+        sides.sort(key=lambda side: (side[1] is None, side[1] or ()), reverse=True)
+        for neighbour, _ in sides:
+            mid = _midpoint(min(best, neighbour), max(best, neighbour))
+            if mid not in tried and min(best, neighbour) < mid < max(best, neighbour):
+                trial(mid)
+                break
+        else:
+            return  # both intervals are as fine as six digits allow
+
+
+def _select(kind: Kind, candidates: list[Candidate], start: Start) -> tuple[Candidate, str]:
+    """Tradeoff mode (see the module docstring)."""
+    accepted = [c for c in candidates if c.accepted]
+    if accepted:
+        best = max(accepted, key=lambda c: _rank(kind, c))
+        return best, str(best.rule)
+    if kind == "mu":
+        return candidates[0], "none_acceptable"
+    return max(candidates, key=lambda c: (c.u, -c.weight)), "highest_utility"
+
+
+def _paper_search(
+    kind: Kind, trial: Callable[[float], Candidate], tried: dict[float, Candidate],
+    search: WeightSearchSpec,
+) -> None:  # fmt: skip
     rejected_below = search.min_weight  # weight known (or assumed) to be rejected
     accepted_at: float | None = None
-    for weight in ladder(search):
+    for weight in ladder(search, "paper"):
         if len(tried) >= search.budget:
             break
         if trial(weight).accepted:
             accepted_at = weight
             break
         rejected_below = weight
-    if accepted_at is not None:
-        lo, hi = rejected_below, accepted_at
-        while len(tried) < search.budget:
-            mid = _midpoint(lo, hi)
-            if mid in tried or not lo < mid < hi:
-                break
-            if trial(mid).accepted:
-                hi = mid
-            else:
-                lo = mid
-    candidates = sorted(tried.values(), key=lambda c: c.weight)
-    chosen, reason = _select(kind, candidates, s_start, u_start)
-    chosen.chosen = True
-    return SearchResult(chosen.weight, chosen.s, chosen.u, reason, candidates)
+    if accepted_at is None:
+        return
+    lo, hi = rejected_below, accepted_at
+    while len(tried) < search.budget:
+        mid = _midpoint(lo, hi)
+        if mid in tried or not lo < mid < hi:
+            break
+        if trial(mid).accepted:
+            hi = mid
+        else:
+            lo = mid
 
 
-def _select(
-    kind: Kind, candidates: list[Candidate], s_start: float, u_start: float
-) -> tuple[Candidate, str]:
-    """Apply the rules to candidates sorted by weight (see the module docstring)."""
+def _paper_select(kind: Kind, candidates: list[Candidate], start: Start) -> tuple[Candidate, str]:
+    """The paper's literal rules (see the module docstring)."""
     accepted = [c for c in candidates if c.accepted]
     if accepted:
-        return accepted[0], "rule"
+        return accepted[0], str(accepted[0].rule)
     if kind == "mu":
-        tradeoff = [c for c in candidates if (s_start - c.s) > (u_start - c.u)]
+        tradeoff = [c for c in candidates if (start.s - c.s) > (start.u - c.u)]
         if tradeoff:
             # max() keeps the first of equal drops, i.e. the smaller weight.
-            return max(tradeoff, key=lambda c: s_start - c.s), "tradeoff"
+            return max(tradeoff, key=lambda c: start.s - c.s), "tradeoff_raw"
         return candidates[0], "smallest"
     return max(candidates, key=lambda c: c.u), "highest_utility"

@@ -22,8 +22,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rrtool import splits
 from rrtool.context import RunContext
-from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, UserError
 from rrtool.generation.base import Prompt, SamplingParams, has_chat_template
 from rrtool.oracles.contract import Sample
@@ -90,7 +90,8 @@ def build_queries(ctx: RunContext) -> list[Query]:
     ``retain.self_generated``)."""
     spec = ctx.spec
     source = spec.reveal.contexts
-    records = load_records(source)
+    # Reveal's split only: the search and audit splits stay unseen (``rrtool.splits``).
+    records = splits.read(source, "reveal", spec).records
     if spec.target.kind == "ner":
         retain = spec.target.retain_types if spec.retain.self_generated else []
         chat = has_chat_template(ctx.model().tokenizer)

@@ -1,0 +1,119 @@
+"""The audit's summary: each measurement's headline before -> after, with its 95% intervals,
+the paired interval of the change, where the data came from, and a plain verdict.
+
+Verdicts (the headline's ``better`` direction decides what "improved" means):
+
+- ``inside the noise``: the paired 95% interval of the change (same units, resampled together
+  on both sides; ``rrtool.evaluators.bootstrap``) contains 0;
+- forget measure, improved: ``forgotten``, unless the answers degenerated at the same time:
+  the share of empty or repetitive answers (``degenerate_rate``) rose by at least
+  ``COLLAPSE_POINTS``, then ``format collapse`` (the score fell because the output stopped
+  being answers, not because the target was removed);
+- forget measure, worse: ``not forgotten (worse)``;
+- utility, worse: ``utility lost``; improved: ``utility kept``.
+
+Without intervals (a measure that reports none, or a run recorded before they existed) the
+verdict says so instead of guessing. A side measure (NER's strict F1 next to the robust
+mention rate) gets the same treatment under ``also``, so a reader sees strict F1 fall while
+the entity is still named, and the parse-failure rate that explains it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rrtool.evaluators.bootstrap import paired_change
+
+COLLAPSE_POINTS = 0.10  # a 10-point rise in empty/repetitive answers is not forgetting
+# Reported next to the headline where the measurement has them (NER's forget side).
+ALSO = {
+    "forget": ("macro_f1", "macro_robust_f1", "parse_failure_rate", "echo_rate"),
+    "utility": ("parse_failure_rate",),
+}
+DEGENERATION = ("degenerate_rate", "empty_rate", "repetition_rate", "parse_failure_rate")
+
+
+def replicate_metrics(key: str, headline: str) -> list[str]:
+    """Metrics whose bootstrap replicates the audit keeps (for paired intervals)."""
+    return [headline, *ALSO.get(key, ())]
+
+
+def _metric(side: dict[str, Any], name: str) -> float | None:
+    value = side.get("metrics", {}).get(name)
+    return None if value is None or value != value else float(value)
+
+
+def _interval(side: dict[str, Any], name: str) -> list[float] | None:
+    found = side.get("intervals", {}).get(name)
+    return [float(found[0]), float(found[1])] if found else None
+
+
+def _change(before: dict[str, Any], after: dict[str, Any], name: str) -> list[float] | None:
+    b = before.get("replicates", {}).get(name)
+    a = after.get("replicates", {}).get(name)
+    if not a or not b:
+        return None
+    found = paired_change(b, a)
+    return None if found is None else [float(found[0]), float(found[1])]
+
+
+def _row(before: dict[str, Any], after: dict[str, Any], name: str) -> dict[str, Any]:
+    b, a = _metric(before, name), _metric(after, name)
+    return {
+        "metric": name,
+        "before": b,
+        "after": a,
+        "before_ci": _interval(before, name),
+        "after_ci": _interval(after, name),
+        "change": None if a is None or b is None else a - b,
+        "change_ci": _change(before, after, name),
+        "relative_change": None if a is None or b is None or b == 0 else (a - b) / abs(b),
+    }
+
+
+def verdict(key: str, row: dict[str, Any], degeneration: dict[str, list[float | None]]) -> str:
+    change, ci = row["change"], row["change_ci"]
+    if change is None:
+        return "not measured"
+    if ci is None:
+        return "no interval: cannot tell the change from noise"
+    if ci[0] <= 0.0 <= ci[1]:
+        return "inside the noise"
+    improved = change < 0 if row["better"] == "lower" else change > 0
+    if key != "forget":
+        return "utility kept" if improved else "utility lost"
+    if not improved:
+        return "not forgotten (worse)"
+    b, a = degeneration.get("degenerate_rate", [None, None])
+    if b is not None and a is not None and a - b >= COLLAPSE_POINTS:
+        return "format collapse"
+    return "forgotten"
+
+
+def summarise(
+    headlines: dict[str, Any],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    provenance: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, headline in headlines.items():
+        side_b, side_a = before.get(key, {}), after.get(key, {})
+        row = {**_row(side_b, side_a, headline.metric), "better": headline.better}
+        degeneration = {
+            name: [_metric(side_b, name), _metric(side_a, name)]
+            for name in DEGENERATION
+            if _metric(side_b, name) is not None or _metric(side_a, name) is not None
+        }
+        row["degeneration"] = degeneration
+        row["data"] = provenance.get(key)
+        row["verdict"] = verdict(key, row, degeneration)
+        also = [
+            _row(side_b, side_a, name)
+            for name in ALSO.get(key, ())
+            if name != headline.metric and _metric(side_b, name) is not None
+        ]
+        if also:
+            row["also"] = also
+        out[key] = row
+    return out
