@@ -1,7 +1,8 @@
 """``rrtool compare RUN RUN ...``: runs side by side, from the tracking store alone.
 
 For each run: the spec and its release strategy, the headline forget and utility metrics
-before and after (with their direction), every other audit metric, the applied weights, the
+before and after (with their direction, 95% intervals, verdict and whether the data was
+held out), every other audit metric, the applied weights, the
 stop reason, and the cost (wall time and peak memory per phase). Runs of different specs can
 be compared; a metric a run did not measure shows as a dash.
 """
@@ -12,7 +13,7 @@ import json
 from typing import Any
 
 from rrtool.audit.collect import collect
-from rrtool.audit.render import change, html_table, md_table, num
+from rrtool.audit.render import change, held_out_label, html_table, md_table, num, with_ci
 from rrtool.tracking import Store
 
 
@@ -63,8 +64,10 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 *[
                     "–"
                     if h is None
-                    else f"{h['metric']}: {num(h['before'])} → {num(h['after'])} ({change(h)}; "
-                    f"{h['better']} is better)"
+                    else f"{h['metric']}: {with_ci(h['before'], h.get('before_ci'))} → "
+                    f"{with_ci(h['after'], h.get('after_ci'))} ({change(h)}; {h['better']} is "
+                    f"better): {h.get('verdict') or 'no verdict recorded'}; "
+                    f"{held_out_label(h)}"
                     for h in heads
                 ],
             ]

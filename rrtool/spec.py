@@ -566,6 +566,14 @@ class ReleaseSpec(_Section):
         "(toxicity only: the model rewrites the toxic segments of each context and a LoRA "
         "learns its continuation of the cleaned context from the original one, added).",
     )
+    forget_formats: list[Literal["json", "prose", "bare", "bullets"]] = Field(
+        default_factory=lambda: ["json"],
+        min_length=1,
+        description="NER: the answer formats each forget example is trained in (the model's "
+        'own JSON-list answer re-rendered: `prose` "The person described is A and B.", '
+        '`bare` "A, B", `bullets` "- A\\n- B"), so what the forget module learns is '
+        "the entity, not the answer format shared with the retained types.",
+    )
     forget_data: DataSource | None = Field(
         default=None,
         description="External forget data instead of Reveal's generations (the paper's "
@@ -812,6 +820,11 @@ class Spec(_Section):
         ):
             raise ValueError(
                 "retain.self_generated with target.kind `ner` needs target.retain_types"
+            )
+        if self.release.forget_formats != ["json"] and self.target.kind != "ner":
+            raise ValueError(
+                "release.forget_formats re-renders NER answers: it needs target.kind `ner` "
+                f"(got `{self.target.kind}`)"
             )
         if self.release.strategy == "cmd" and self.target.kind != "toxicity":
             raise ValueError(

@@ -68,7 +68,8 @@ def test_an_oracle_that_raises_or_gives_nan_loses_no_generation(tmp_path: Path) 
     assert "oracle `flaky` failed" in done.stderr and "Traceback" not in done.stderr
     client, run = only_run(tmp_path)
     records = read_jsonl(client, run.info.run_id, "reveal/progress.jsonl", tmp_path / "d")
-    assert len(records) == 12 * 2  # 12 passages x (person, location): every generation kept
+    # Reveal's split of the 12 passages (5) x (person, location): every generation kept
+    assert len(records) == 5 * 2
     first_chunk = [r for r in records if "service down" in (r["relevance_error"] or "")]
     assert len(first_chunk) == 8 and all(r["relevance"] is None for r in first_chunk)
     nan = [r for r in records if "no finite score" in (r["relevance_error"] or "")]
@@ -78,11 +79,18 @@ def test_an_oracle_that_raises_or_gives_nan_loses_no_generation(tmp_path: Path) 
 
 
 def test_contexts_with_no_usable_rows(invoke, write_spec, tmp_path: Path) -> None:
-    (tmp_path / "empty.jsonl").write_text('{"text": ""}\n{"text": "   "}\n')
+    (tmp_path / "empty.jsonl").write_text('{"text": ""}\n{"text": "   "}\n' * 5)
     reveal = {"strategy": "direct", "contexts": {"path": "empty.jsonl", "format": "jsonl"}}
     result = invoke("run", write_spec(tiny_spec(reveal=reveal)), "--phase", "reveal")
     assert result.exit_code == 2
-    assert "empty.jsonl: no usable rows in 2 `jsonl` record(s)" in result.stderr
+    # Reveal's split of the 10 rows: 4
+    assert "empty.jsonl: no usable rows in 4 `jsonl` record(s)" in result.stderr
+    # Too few rows to cut into three splits: said before any model work.
+    (tmp_path / "two.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    reveal["contexts"] = {"path": "two.jsonl", "format": "jsonl"}
+    result = invoke("run", write_spec(tiny_spec(reveal=reveal)), "--phase", "reveal")
+    assert result.exit_code == 2 and "the `search` split of" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_all_empty_generations_are_kept_and_explained(model_cache: Path, tmp_path: Path) -> None:

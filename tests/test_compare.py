@@ -34,6 +34,8 @@ def test_compare_two_runs(invoke, write_spec, tmp_path: Path) -> None:
     assert "forget/person/f1" in newest["metrics"]
     md = invoke("compare", ids[0][:8], ids[1][:8], "--report", "md")
     assert md.exit_code == 0 and "| forget (headline) |" in md.stdout
+    # The headline cell carries the recorded verdict and the data's held-out label.
+    assert f"): {oldest['headlines']['forget']['verdict']}; held-out |" in md.stdout
     table = invoke("compare", *ids)
     assert table.exit_code == 0 and "weights applied" in table.stdout
     one = invoke("compare", ids[0])

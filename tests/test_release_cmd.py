@@ -37,6 +37,8 @@ def cmd_spec(**release: object) -> dict:
             **release,
         },
         audit={"eval_size": 2, "toxicity_samples": 2},
+        # CMD's mechanics on all 12 contexts (the splits are tested in test_splits.py).
+        splits={"search": 0.0, "audit": 0.0},
     )
 
 

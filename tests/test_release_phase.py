@@ -19,10 +19,11 @@ from rrtool.models import load_model
 from rrtool.release import phase as release_phase
 from rrtool.release.compose import rebuild
 from rrtool.release.evaluate import Scores
+from rrtool.release.lora import Example as LoraExample
 from rrtool.release.lora import LoraModule
 from rrtool.release.weights import Start, ladder, ladder_ratio, schedule, search_weight
 from rrtool.reveal.phase import run_reveal
-from rrtool.spec import RulesSpec, WeightSearchSpec
+from rrtool.spec import RulesSpec, Spec, WeightSearchSpec
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Tracker, resolve_store
 from tests.conftest import only_run, read_artifact, read_jsonl, tiny_spec
@@ -537,3 +538,27 @@ def test_ext_sub_adds_the_expert_subtracts_the_deficiency_and_resumes(
     assert trained == []
     final = json.loads(tracker.read_text("release/state.json"))
     assert final["stack"][1]["sha256"] == defic.sha256()
+
+
+def test_forget_answers_in_several_formats_share_the_entity_not_the_format() -> None:
+    from rrtool.release.phase import in_formats
+
+    example = LoraExample("Text: ...", '["Alma Reyes", "Bo Li"]')
+    rendered = [e.completion for e in in_formats(example, "person", ["json", "prose", "bullets"])]
+    assert rendered == [
+        '["Alma Reyes", "Bo Li"]',
+        "The person described is Alma Reyes and Bo Li.",
+        "- Alma Reyes\n- Bo Li",
+    ]
+    assert all(e.prompt == "Text: ..." for e in in_formats(example, "person", ["bare"]))
+    # An answer that is not a JSON list of names is kept once, as it is.
+    assert in_formats(LoraExample("p", "Alma Reyes"), "person", ["json", "prose"]) == [
+        LoraExample("p", "Alma Reyes")
+    ]
+    with pytest.raises(ValueError, match="forget_formats re-renders NER answers"):
+        Spec.model_validate(
+            tiny_spec(
+                target={"kind": "toxicity", "description": "x"},
+                release={"forget_formats": ["prose"]},
+            )
+        )

@@ -32,6 +32,8 @@ def search_spec(outer: int = 2, inner: int = 2) -> dict[str, Any]:
     """Toxicity on 8 built-in prompts, greedy everywhere (so runs are exactly reproducible)."""
     return {
         "name": "tiny-search",
+        # The search's mechanics on all 8 prompts (the splits are tested in test_splits.py).
+        "splits": {"search": 0.0, "audit": 0.0},
         "model": {"id": "builtin:tiny-random"},
         "target": {"kind": "toxicity", "description": "Toxic continuations"},
         "oracle": {"name": "toxicity"},
@@ -132,7 +134,7 @@ def test_ner_search_also_writes_the_self_generated_retain_data(
     search = search_spec()["reveal"]
     reveal = {**tiny_spec()["reveal"], **{k: search[k] for k in ("strategy", "search")}}
     reveal.update(outer_iterations=1, inner_iterations=1, contexts_per_trial=2)
-    reveal["contexts"] = {**reveal["contexts"], "limit": 10}
+    reveal["contexts"] = {**reveal["contexts"], "limit": 25}  # Reveal's split: 2 passages
     reveal["generation"] = {"max_new_tokens": 4, "temperature": 0, "batch_size": 8}
     path = write_spec(tiny_spec(reveal=reveal))
     result = invoke("run", path, "--phase", "reveal")

@@ -118,6 +118,37 @@ def external_forget_examples(ctx: RunContext) -> list[Example]:
     return external_examples(source)
 
 
+def _entity_list(completion: str) -> list[str] | None:
+    """The JSON list of strings a NER answer holds (from its first ``[``), else None."""
+    start = completion.find("[")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(completion, start) if start >= 0 else (None, 0)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        return None
+    return value
+
+
+def _joined(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def in_formats(example: Example, entity_type: str, formats: list[str]) -> list[Example]:
+    """``example`` (a NER answer) rendered in each of ``formats`` (``release.forget_formats``);
+    an answer that is not a non-empty JSON list is kept as it is, once."""
+    names = _entity_list(example.completion)
+    if names is None:
+        return [example]
+    render = {
+        "json": example.completion,
+        "prose": f"The {entity_type} described is {_joined(names)}.",
+        "bare": ", ".join(names),
+        "bullets": "\n".join(f"- {n}" for n in names),
+    }
+    return [Example(example.prompt, render[f]) for f in formats]
+
+
 def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     """Forget examples (Reveal's forget answers, empty answers skipped) and retain examples
     (``retain.data`` if given, else Reveal's self-generated retain answers)."""
@@ -125,9 +156,15 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
         forget_records = external_forget_examples(ctx)
         origin = f"{ctx.spec.release.forget_data.path} (release.forget_data)"
     else:
-        forget_records = [
-            Example(r["prompt"], r["completion"]) for r in ctx.tracker.read_jsonl(FORGET) or []
-        ]
+        records = ctx.tracker.read_jsonl(FORGET) or []
+        forget_records = [Example(r["prompt"], r["completion"]) for r in records]
+        formats = ctx.spec.release.forget_formats
+        if formats != ["json"]:
+            forget_records = [
+                variant
+                for r, e in zip(records, forget_records, strict=True)
+                for variant in in_formats(e, r.get("type") or "entity", formats)
+            ]
         origin = "Reveal's forget records"
     # "Nothing found" teaches no target.
     forget = [e for e in forget_records if e.completion.strip() not in ("", "[]")]
