@@ -519,10 +519,17 @@ def _audit_phase(spec: Spec) -> Phase:
             if spec.retain.utility
             else {"toxicity": "perplexity", "coding": "gsm8k_accuracy"}.get(kind, "retain.utility")
         )
+    if audit.forget_eval is not None:
+        data = f"audit.forget_eval ({audit.forget_eval.path}, read whole)"
+    elif spec.splits.audit > 0:
+        data = f"the audit split ({spec.splits.audit:.0%}) of reveal.contexts, held out"
+    else:
+        data = "all of reveal.contexts (splits.audit 0: IN-SAMPLE)"
     steps = [
         Step(
             "metrics",
-            f"forget: {forget}; utility: {utility}; base and released model, {what}",
+            f"forget: {forget}; utility: {utility}; base and released model, {what} of {data}; "
+            "95% bootstrap intervals, paired for each change, and a verdict",
             {"evaluations": per_side * 2},
         ),
     ]

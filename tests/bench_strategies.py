@@ -50,6 +50,12 @@ ROWS: dict[str, list[str]] = {
         "release.search.budget=8",
     ],
     "iterative (retain first)": ["release.strategy=iterative", "release.schedule=retain_first"],
+    # method.md's first hypothesis: forget answers in several formats, so the forget module
+    # learns the entity rather than the JSON format it shares with the retained types.
+    "iterative (forget answers in 4 formats)": [
+        "release.strategy=iterative",
+        "release.forget_formats=[json,prose,bare,bullets]",
+    ],
 }
 
 

@@ -328,10 +328,13 @@ class _ScriptedEvaluator:
 
 def _scripted_release(
     write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, iterations: int,
-    script: list[tuple[float, float]], stopping: dict,
+    script: list[tuple[float, float]], stopping: dict, retain_first: bool = False,
 ) -> tuple[dict, Tracker, RunContext]:  # fmt: skip
     weights = {"mu0": 0.3, "lambdas": [0.2] * iterations, "mus": [0.4] * iterations}
-    spec = release_spec({"iterations": iterations, "weights": weights}, stopping)
+    section: dict = {"iterations": iterations, "weights": weights}
+    if retain_first:
+        section |= {"schedule": "retain_first", "weights": weights | {"lambda0": 0.1}}
+    spec = release_spec(section, stopping)
     _ScriptedEvaluator.script = script
     monkeypatch.setattr(release_phase, "Evaluator", _ScriptedEvaluator)
     tracker = Tracker.start(resolve_store(None, None), "rrtool", "floor", {})
@@ -562,3 +565,18 @@ def test_forget_answers_in_several_formats_share_the_entity_not_the_format() -> 
                 release={"forget_formats": ["prose"]},
             )
         )
+
+
+def test_retain_first_adds_r0_before_f0(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = [(0.6, 0.8), (0.55, 0.85), (0.2, 0.7), (0.25, 0.8), (0.1, 0.75)]
+    summary, tracker, ctx = _scripted_release(
+        write_spec, tmp_path, monkeypatch, 1, script, {}, retain_first=True
+    )
+    steps = tracker.read_jsonl("release/steps.jsonl")
+    assert [(s["module"], s["coefficient"]) for s in steps] == [
+        ("R0", 0.1), ("F0", -0.3), ("R1", 0.2), ("F1", -0.4)
+    ]  # fmt: skip
+    assert summary["modules"] == 4 and summary["stop_reason"] == "all 1 iteration(s) done"
+    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")

@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from rrtool.audit.probes import membership_scores, membership_sets, run_probes
-from rrtool.audit.render import describe
+from rrtool.audit.render import describe, with_ci
 from rrtool.audit.verdict import replicate_metrics, summarise
 from rrtool.context import RunContext
 from rrtool.evaluators.base import Evaluation
@@ -119,9 +119,9 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
         tracker.set_tags({f"rrtool.audit.{key}": line})  # for `rrtool runs`
         data = (row.get("data") or {}).get("text", "data not recorded")
         ctx.console.print(
-            f"audit: {key} {_with_ci(row['before'], row['before_ci'])} -> "
-            f"{_with_ci(row['after'], row['after_ci'])} {row['metric']} ({row['better']} is "
-            f"better; change {_with_ci(row['change'], row['change_ci'])}): {row['verdict']}; "
+            f"audit: {key} {with_ci(row['before'], row['before_ci'])} -> "
+            f"{with_ci(row['after'], row['after_ci'])} {row['metric']} ({row['better']} is "
+            f"better; change {with_ci(row['change'], row['change_ci'])}): {row['verdict']}; "
             f"{data}"
         )
     for name, probe in probes.items():
@@ -131,7 +131,3 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
-
-
-def _with_ci(value: float | None, ci: list[float] | None) -> str:
-    return _fmt(value) + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")

@@ -255,13 +255,15 @@ class _Release:
     # ----------------------------------------------------------------- state
     def _masters_for(self, module: LoraModule) -> MasterWeights:
         """The fp32 masters, created at the first applied module, with a copy of the base
-        weights they start from (a revert replays a prefix of the stack onto it, so the
-        result equals ``rebuild(base, prefix)`` bit for bit)."""
+        weights they start from when a utility floor may call for a revert (a revert replays a
+        prefix of the stack onto it, so the result equals ``rebuild(base, prefix)`` bit for
+        bit; without a floor nothing is reverted, and the copy's memory is saved)."""
         if self.masters is None:
             self.masters = MasterWeights(self.model, module.names)
-            self.base_masters = {
-                n: m.detach().to("cpu", copy=True) for n, m in self.masters.masters.items()
-            }
+            if self.spec.stopping.utility_floor is not None:
+                self.base_masters = {
+                    n: m.detach().to("cpu", copy=True) for n, m in self.masters.masters.items()
+                }
         return self.masters
 
     def restore(self) -> None:
