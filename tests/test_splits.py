@@ -1,15 +1,12 @@
-"""Disjoint Reveal / search / audit splits of the shared data, and the audit's verdicts."""
+"""Disjoint Reveal / search / audit splits of the shared data."""
 
 from __future__ import annotations
 
 import pytest
 
 from rrtool import splits
-from rrtool.audit.verdict import summarise, verdict
 from rrtool.data import load_records
 from rrtool.errors import UserError
-from rrtool.evaluators.bootstrap import bootstrap
-from rrtool.evaluators.suite import Headline
 from rrtool.spec import DataSource, Spec
 from tests.conftest import tiny_spec
 
@@ -68,42 +65,3 @@ def test_explicit_data_that_overlaps_the_shared_source_is_in_sample() -> None:
     assert not splits.overlap(a, b) and splits.overlap(a, c)
     assert splits.whole(b, "audit", a).held_out
     assert not splits.whole(c, "audit", a).held_out
-
-
-def _side(values: list[float], degenerate: float = 0.0) -> dict:
-    """An evaluation as recorded: the mean of ``values`` with its bootstrap."""
-    stat = lambda xs: {"m": sum(xs) / len(xs)}  # noqa: E731
-    boot = bootstrap(values, stat, seed=0)
-    return {
-        "metrics": {"m": stat(values)["m"], "degenerate_rate": degenerate},
-        "intervals": {k: list(v) for k, v in boot.intervals.items()},
-        "replicates": boot.replicates,
-    }
-
-
-def _summary(before: dict, after: dict, key: str = "forget") -> dict:
-    data = {key: {"held_out": True, "text": "held-out"}}
-    return summarise({key: Headline("m", "lower")}, {key: before}, {key: after}, data)[key]
-
-
-def test_verdicts_read_the_paired_interval() -> None:
-    named = [1.0] * 30 + [0.0] * 10  # the entity named in 75% of answers
-    forgotten = [0.0] * 40
-    row = _summary(_side(named), _side(forgotten))
-    assert row["verdict"] == "forgotten"
-    assert row["change"] == pytest.approx(-0.75) and row["change_ci"][1] < 0
-    assert row["before_ci"][0] < 0.75 < row["before_ci"][1]
-    # One answer of 40 changed: inside the noise.
-    row = _summary(_side(named), _side([1.0] * 29 + [0.0] * 11))
-    assert row["verdict"] == "inside the noise"
-    # Forgotten only because the answers became empty or looped: format collapse.
-    row = _summary(_side(named), _side(forgotten, degenerate=0.6))
-    assert row["verdict"] == "format collapse"
-    # Worse after than before.
-    row = _summary(_side(forgotten), _side(named))
-    assert row["verdict"] == "not forgotten (worse)"
-
-
-def test_a_verdict_without_intervals_says_so() -> None:
-    row = {"change": -0.5, "change_ci": None, "better": "lower"}
-    assert verdict("forget", row, {}) == "no interval: cannot tell the change from noise"

@@ -116,7 +116,7 @@ def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
                     with_ci(line["after"], line.get("after_ci")),
                     with_ci(line.get("change"), line.get("change_ci")),
                     verdict,
-                    f"{held_out_label(row)}: {data.get('text', '–')}",
+                    (data.get("text") or held_out_label(row)) if line is row else "",
                     side.get("scorer", "–"),
                     side.get("definition", "–") if line is row else "",
                 ]

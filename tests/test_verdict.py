@@ -1,0 +1,60 @@
+"""The audit's verdicts: paired intervals, format collapse, and the degeneration rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from rrtool.audit.verdict import summarise, verdict
+from rrtool.evaluators.bootstrap import bootstrap
+from rrtool.evaluators.suite import Headline
+
+
+def _side(values: list[float], degenerate: float = 0.0) -> dict:
+    """An evaluation as recorded: the mean of ``values`` with its bootstrap."""
+    stat = lambda xs: {"m": sum(xs) / len(xs)}  # noqa: E731
+    boot = bootstrap(values, stat, seed=0)
+    return {
+        "metrics": {"m": stat(values)["m"], "degenerate_rate": degenerate},
+        "intervals": {k: list(v) for k, v in boot.intervals.items()},
+        "replicates": boot.replicates,
+    }
+
+
+def _summary(before: dict, after: dict, key: str = "forget") -> dict:
+    data = {key: {"held_out": True, "text": "held-out"}}
+    return summarise({key: Headline("m", "lower")}, {key: before}, {key: after}, data)[key]
+
+
+def test_verdicts_read_the_paired_interval() -> None:
+    named = [1.0] * 30 + [0.0] * 10  # the entity named in 75% of answers
+    forgotten = [0.0] * 40
+    row = _summary(_side(named), _side(forgotten))
+    assert row["verdict"] == "forgotten"
+    assert row["change"] == pytest.approx(-0.75) and row["change_ci"][1] < 0
+    assert row["before_ci"][0] < 0.75 < row["before_ci"][1]
+    # One answer of 40 changed: inside the noise.
+    row = _summary(_side(named), _side([1.0] * 29 + [0.0] * 11))
+    assert row["verdict"] == "inside the noise"
+    # Forgotten only because the answers became empty or looped: format collapse.
+    row = _summary(_side(named), _side(forgotten, degenerate=0.6))
+    assert row["verdict"] == "format collapse"
+    # Worse after than before.
+    row = _summary(_side(forgotten), _side(named))
+    assert row["verdict"] == "not forgotten (worse)"
+
+
+def test_a_verdict_without_intervals_says_so() -> None:
+    row = {"change": -0.5, "change_ci": None, "better": "lower"}
+    assert verdict("forget", row, {}) == "no interval: cannot tell the change from noise"
+
+
+def test_degeneration_counts_empty_and_looping_answers() -> None:
+    from rrtool.evaluators.degeneration import degeneration, is_repetitive
+
+    assert is_repetitive("the the the the the the the the")
+    assert is_repetitive("I am sorry I am sorry I am sorry I am sorry")
+    assert not is_repetitive("Alma Reyes introduced a bill in the Harlow State Assembly.")
+    assert not is_repetitive("no no no")  # too short to call
+    rates = degeneration(["", "  ", "fine answer here", "go go go go go go go go"])
+    assert rates == {"empty_rate": 0.5, "repetition_rate": 0.25, "degenerate_rate": 0.75}
+    assert degeneration([]) == {}
