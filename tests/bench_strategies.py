@@ -56,6 +56,11 @@ ROWS: dict[str, list[str]] = {
         "release.strategy=iterative",
         "release.forget_formats=[json,prose,bare,bullets]",
     ],
+    "iterative (retain first, forget answers in 4 formats)": [
+        "release.strategy=iterative",
+        "release.schedule=retain_first",
+        "release.forget_formats=[json,prose,bare,bullets]",
+    ],
 }
 
 

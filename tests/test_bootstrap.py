@@ -29,10 +29,10 @@ from rrtool.evaluators.generated import (
 )
 from rrtool.evaluators.perplexity import _window_units, perplexity
 from rrtool.generation.base import SamplingParams
-from rrtool.models import LoadedModel, load_model
+from rrtool.models import LoadedModel
 from rrtool.oracles.contract import Requirements, Sample, Score
 from rrtool.oracles.registry import create_oracle
-from rrtool.spec import ModelSpec
+from tests.test_evaluators import TEXT, _load
 
 
 def mean(values: Sequence[float]) -> dict[str, float]:
@@ -310,19 +310,6 @@ def test_replicates_are_lowered_only_for_large_evaluations() -> None:
 
 
 # ------------------------------------------------------ perplexity and GSM8K
-TEXT = (
-    "The harbour town of Vell sits below grey cliffs.\n"
-    "Its fishing boats leave before dawn and return by noon, nets heavy with herring.\n"
-    "Visitors come for the lighthouse, built in 1861, and the smoked fish."
-)
-
-
-def _load(model_cache: Path) -> LoadedModel:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RRTOOL_CACHE_DIR", str(model_cache))
-        return load_model(ModelSpec(id="builtin:tiny-random", device="cpu", dtype="float32"))
-
-
 @pytest.fixture(scope="module")
 def handle(model_cache: Path) -> LoadedModel:
     return _load(model_cache)
