@@ -80,6 +80,7 @@ class _Inputs:
 
     counts: dict[str, int] = field(default_factory=dict)
     passages: int = 0
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by spec key
 
 
 def _check_data(
@@ -98,6 +99,7 @@ def _check_data(
         errors.extend(f"{loaded.locate(*key, 'path')}: {m}" for m in exc.messages)
         return
     inputs.counts[".".join(key)] = len(records)
+    inputs.records[".".join(key)] = records
     if source.format == "universalner":
         inputs.passages = max(inputs.passages, len({r["text"] for r in records}))
     checks.append(
@@ -123,7 +125,7 @@ def _check_splits(
         if source is None:
             continue
         try:
-            records = load_records(source)
+            records = inputs.records[key]
             parts = [splits.part_of(records, source, role, spec) for role in splits.ROLES]
         except UserError as exc:
             errors.extend(f"{loaded.locate('splits')}: {m}" for m in exc.messages)
@@ -386,6 +388,9 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         launcher = f"; {lora.processes} processes under accelerate launch"
     if release.forget_data is not None:
         forget_n = inputs.counts.get("release.forget_data", forget_n)
+        forget_steps = _steps_for(forget_n, spec)
+    elif len(release.forget_formats) > 1:  # each answer re-rendered in every format
+        forget_n *= len(release.forget_formats)
         forget_steps = _steps_for(forget_n, spec)
     source = "external" if release.forget_data is not None else "Reveal's"
     chosen = {"empty_list": "`[]`", "refusal": "the refusal", "retain": "retain answers"}
