@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import only_run, read_artifact, tiny_spec
 
 SETS = [
-    "reveal.contexts.limit=30",
+    "reveal.contexts.limit=50",
     "reveal.generation.max_new_tokens=6",
     "release.iterations=3",
     "release.search.budget=3",

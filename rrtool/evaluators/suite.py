@@ -153,7 +153,11 @@ class EvaluationSuite:
     def _part(self, key: str, source: DataSource) -> Part:
         """The records measure ``key`` reads: the suite's split of a shared source, or an
         explicit source whole; its provenance is kept for the report."""
-        shared = self.spec.reveal.contexts if key == "forget" else self.spec.retain.data
+        spec = self.spec
+        if key == "forget":
+            shared = spec.reveal.contexts
+        else:  # without retain.data the weight search reads audit.retain_eval itself
+            shared = spec.retain.data or (spec.audit.retain_eval if self.role == "audit" else None)
         part = (
             whole(source, self.role, shared)
             if key in self.explicit
