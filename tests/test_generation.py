@@ -102,10 +102,15 @@ def test_max_new_tokens_and_token_counts(gen: HFGenerator) -> None:
 
 
 def test_progress_reports_prompts(handle: LoadedModel) -> None:
-    generator = HFGenerator(handle.model, handle.tokenizer, batch_size=2)
+    batched = HFGenerator(handle.model, handle.tokenizer, batch_size=2, continuous=False)
     seen: list[int] = []
-    generator.generate(PROMPTS, GREEDY, progress=seen.append)
+    batched.generate(PROMPTS, GREEDY, progress=seen.append)
     assert seen == [2, 2, 1]
+    # Continuous batching reports each prompt as its last sample finishes.
+    continuous = HFGenerator(handle.model, handle.tokenizer, batch_size=2)
+    seen.clear()
+    continuous.generate(PROMPTS, SamplingParams(4, num_samples=3, seed=1), progress=seen.append)
+    assert seen == [1] * len(PROMPTS)
 
 
 def test_stats_count_tokens_and_time(handle: LoadedModel) -> None:
@@ -416,3 +421,110 @@ def test_shared_prefix_cache_changes_nothing(handle: LoadedModel) -> None:
         a = cached.generate(prompts, params, chat=True)
         b = plain.generate(prompts, params, chat=True)
         assert [[c.text for c in row] for row in a] == [[c.text for c in row] for row in b]
+
+
+# ---------------------------------------------------------------- continuous batching
+def _early_ending(handle: LoadedModel, *, continuous: bool, batch_size: int) -> HFGenerator:
+    """A generator whose EOS set holds tokens the tiny model emits often, so rows end at
+    different steps (the random model never emits its real EOS)."""
+    generator = HFGenerator(
+        handle.model, handle.tokenizer, batch_size=batch_size, continuous=continuous
+    )
+    generator.eos_ids = EARLY_EOS
+    return generator
+
+
+# Filled by the `early_eos` fixture from the tiny model's own answers; the test asserts the
+# lengths really vary, so a changed model cannot make it vacuous.
+LONG_PROMPTS = [f"{p} {k}" for k in range(4) for p in PROMPTS]
+EARLY_EOS: list[int] = []
+
+
+@pytest.fixture(scope="module")
+def early_eos(handle: LoadedModel) -> list[int]:
+    if not EARLY_EOS:
+        ids = [encode_prompt(handle.tokenizer, p, chat=False) for p in LONG_PROMPTS]
+        counts: dict[int, int] = {}
+        for row in ids:
+            out = handle.model.generate(
+                torch.tensor([row]), max_new_tokens=16, do_sample=False, pad_token_id=0
+            )[0, len(row) :].tolist()
+            for t in set(out):
+                counts[t] = counts.get(t, 0) + 1
+        # Tokens that appear in about a third of the answers: rows end early, at varied steps.
+        ranked = sorted(counts, key=lambda t: abs(counts[t] - len(ids) / 3))
+        EARLY_EOS.extend(ranked[:2])
+    return EARLY_EOS
+
+
+@pytest.mark.usefixtures("early_eos")
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_continuous_batching_equals_generate_row_by_row(
+    handle: LoadedModel, batch_size: int
+) -> None:
+    """Rows that end early leave the batch and later prompts take their slots: every row must
+    still be token-identical to transformers' generate, greedy and seeded sampling alike."""
+    ours = _early_ending(handle, continuous=True, batch_size=batch_size)
+    theirs = _early_ending(handle, continuous=False, batch_size=batch_size)
+    assert ours.continuous and not theirs.continuous
+    for params in (
+        GREEDY,
+        SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.8, num_samples=3, seed=11),
+        SamplingParams(max_new_tokens=16, temperature=0.7, seed=2, stop=("e",)),
+    ):
+        for chat in (False, True):
+            a = ours.generate(LONG_PROMPTS, params, chat=chat)
+            b = theirs.generate(LONG_PROMPTS, params, chat=chat)
+            assert a == b, (params, chat)
+    lengths = {c.tokens for row in ours.generate(LONG_PROMPTS, GREEDY, chat=False) for c in row}
+    assert min(lengths) <= 3 and max(lengths) == 16 and len(lengths) >= 4, lengths
+
+
+@pytest.mark.usefixtures("early_eos")
+def test_continuous_batching_does_less_work(handle: LoadedModel) -> None:
+    ours = _early_ending(handle, continuous=True, batch_size=8)
+    theirs = _early_ending(handle, continuous=False, batch_size=8)
+    assert ours.generate(LONG_PROMPTS, GREEDY, chat=False) == theirs.generate(
+        LONG_PROMPTS, GREEDY, chat=False
+    )
+    useful = ours.stats.tokens
+    assert useful == theirs.stats.tokens
+    # Finished rows still computed are the batch path's waste; continuous computes each useful
+    # token once (plus the one-row pass over the shared prefix, when there is one).
+    assert ours.stats.row_steps <= useful + 1 < theirs.stats.row_steps
+
+
+@pytest.mark.usefixtures("early_eos")
+def test_continuous_batching_with_soft_prompts_and_shared_prefix(handle: LoadedModel) -> None:
+    from rrtool.reveal.phase import ner_prompt
+
+    ours = _early_ending(handle, continuous=True, batch_size=3)
+    theirs = _early_ending(handle, continuous=False, batch_size=3)
+    soft = torch.randn(4, 16) * ours.embedding_norm()
+    prompts = [" Where?", " The analytical engine was a design.", " X", " Ada", ""]
+    sampled = SamplingParams(max_new_tokens=12, temperature=1.0, num_samples=2, seed=4)
+    for params in (GREEDY, sampled):
+        a = ours.generate_from_embeds(soft, prompts, params)
+        assert a == theirs.generate_from_embeds(soft, prompts, params)
+    texts = ["Ada met Bob in Paris.", "The council met on Monday.", "Zed", "Lovelace wrote."]
+    chats = [ner_prompt(t, "person", None) for t in texts * 2]
+    encoded = [encode_prompt(handle.tokenizer, p, chat=True) for p in chats]
+    assert ours._shared_prefix(encoded) >= 16
+    plain = HFGenerator(handle.model, handle.tokenizer, batch_size=3, continuous=False)
+    plain.eos_ids, plain._cache_prefix = EARLY_EOS, False
+    for params in (GREEDY, sampled):
+        assert ours.generate(chats, params) == plain.generate(chats, params)
+
+
+def test_continuous_batching_falls_back_where_it_cannot_run(handle: LoadedModel) -> None:
+    from rrtool.generation.continuous import supports
+
+    assert supports(handle.model)
+    config = handle.model.generation_config
+    config.repetition_penalty = 1.3
+    try:
+        assert not supports(handle.model)
+        assert not HFGenerator(handle.model, handle.tokenizer).continuous
+    finally:
+        config.repetition_penalty = 1.0
+    assert supports(handle.model)

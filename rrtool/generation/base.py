@@ -87,18 +87,22 @@ class GenerationStats:
     tokens: int = 0
     seconds: float = 0.0
     sequences: int = 0
+    row_steps: int = 0
+    """Decoding work done: rows computed summed over decode steps (a finished row that stays
+    in its batch still counts, which is what continuous batching saves)."""
 
-    def add(self, tokens: int, seconds: float, sequences: int) -> None:
+    def add(self, tokens: int, seconds: float, sequences: int, row_steps: int = 0) -> None:
         self.tokens += tokens
         self.seconds += seconds
         self.sequences += sequences
+        self.row_steps += row_steps
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
     def reset(self) -> None:
-        self.tokens, self.seconds, self.sequences = 0, 0.0, 0
+        self.tokens, self.seconds, self.sequences, self.row_steps = 0, 0.0, 0, 0
 
 
 @runtime_checkable

@@ -22,7 +22,6 @@ from transformers.generation import (
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
-    TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
 
@@ -36,6 +35,7 @@ from rrtool.generation.base import (
     first_stop,
     row_seed,
 )
+from rrtool.generation.continuous import ContinuousDecoder, DecodeRequest, supports
 
 TOP_P_CANDIDATES = 1024
 
@@ -68,26 +68,38 @@ def top_p_filter(
 MIN_SHARED_PREFIX = 16  # below this, one more forward pass is not worth the bookkeeping
 
 
+def draw_tokens(
+    scores: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """One token per row: temperature and nucleus filtering (transformers' semantics), then one
+    uniform draw from each row's own generator. Shared by both decoding paths, so a seeded
+    completion is the same whichever path computed it."""
+    scores = scores / temperature  # what TemperatureLogitsWarper computes
+    if top_p < 1.0:
+        scores = top_p_filter(scores.new_zeros(scores.shape[0], 1).long(), scores, top_p)
+    cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+    uniform = torch.stack([torch.rand((), generator=g) for g in generators])
+    target = (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+    # right=True picks the first index whose cdf exceeds the draw: never a zero-mass token.
+    return torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+
+
 class _SeededSampler(LogitsProcessor):
     """Samples one token per row from per-row generators; returns logits that make it the argmax."""
 
     def __init__(self, temperature: float, top_p: float, seeds: Sequence[int]) -> None:
-        self.temperature = TemperatureLogitsWarper(temperature)
+        self.temperature = temperature
         self.top_p = top_p
         # CPU generators: the same draws on every device, and no per-row kernel launches.
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = self.temperature(input_ids, scores)
-        if self.top_p < 1.0:
-            scores = top_p_filter(input_ids, scores, self.top_p)
-        cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
-        uniform = torch.stack([torch.rand((), generator=g) for g in self.generators])
-        target = (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-        # right=True picks the first index whose cdf exceeds the draw: never a zero-mass token.
-        chosen = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+        chosen = draw_tokens(scores, self.temperature, self.top_p, self.generators)
         out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, chosen, 0.0)
+        return out.scatter_(1, chosen.unsqueeze(-1), 0.0)
 
 
 class _StopOnStrings(StoppingCriteria):
@@ -116,11 +128,20 @@ class HFGenerator:
     """The :class:`~rrtool.generation.base.Generator` over a transformers causal LM."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, batch_size: int = 16, *, cache_prefix: bool = True
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 16,
+        *,
+        cache_prefix: bool = True,
+        continuous: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
         self._cache_prefix = cache_prefix
+        # Continuous batching where the model allows it; `continuous=False` keeps transformers'
+        # generate (the reference the tests compare against).
+        self.continuous = continuous and supports(model)
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -319,6 +340,13 @@ class HFGenerator:
         if base_seed is None:
             # Drawn from torch's global RNG so a caller's torch.manual_seed still reproduces.
             base_seed = int(torch.randint(0, 2**62, ()).item())
+        if self.continuous:
+            results = self._generate_continuous(encoded, params, prefix, progress, base_seed)
+            return (
+                results
+                if per_prompt == params.num_samples
+                else [r * params.num_samples for r in results]
+            )
         # batch_size bounds the rows in a forward pass (memory), so samples share it.
         prompts_per_batch = max(1, self.batch_size // per_prompt)
         # Longest first: similar lengths share a batch (less padding) and any OOM shows early.
@@ -329,9 +357,14 @@ class HFGenerator:
             rows = [(i, j) for i in chunk for j in range(per_prompt)]
             seeds = [row_seed(base_seed, i, j) for i, j in rows]
             began = time.perf_counter()
-            completions = self._generate_rows([encoded[i] for i, _ in rows], params, prefix, seeds)
+            completions, steps = self._generate_rows(
+                [encoded[i] for i, _ in rows], params, prefix, seeds
+            )
             self.stats.add(
-                sum(c.tokens for c in completions), time.perf_counter() - began, len(rows)
+                sum(c.tokens for c in completions),
+                time.perf_counter() - began,
+                len(rows),
+                len(rows) * steps,
             )
             for (i, _), completion in zip(rows, completions, strict=True):
                 results[i].append(completion)
@@ -341,13 +374,73 @@ class HFGenerator:
             results = [r * params.num_samples for r in results]
         return results
 
+    def _generate_continuous(
+        self,
+        encoded: list[list[int]],
+        params: SamplingParams,
+        prefix: torch.Tensor | None,
+        progress: Callable[[int], None] | None,
+        base_seed: int,
+    ) -> list[list[Completion]]:
+        per_prompt = 1 if params.greedy else params.num_samples
+        # Longest first: the long rows start early instead of finishing alone at the end.
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        rows = [(i, j) for i in order for j in range(per_prompt)]
+        if params.greedy:
+            generators: list[torch.Generator | None] = [None] * len(rows)
+
+            def choose(logits: torch.Tensor, _: list[torch.Generator | None]) -> torch.Tensor:
+                return logits.argmax(dim=-1)
+        else:
+            generators = [torch.Generator().manual_seed(row_seed(base_seed, i, j)) for i, j in rows]
+
+            def choose(logits: torch.Tensor, gens: list[torch.Generator | None]) -> torch.Tensor:
+                return draw_tokens(logits, params.temperature, params.top_p, gens)  # type: ignore[arg-type]
+
+        finished = None
+        if params.stop:
+            tail = max(len(s) for s in params.stop) + 8  # as _StopOnStrings
+
+            def finished(tokens: list[int]) -> bool:
+                text = self.tokenizer.decode(tokens[-tail:], skip_special_tokens=True)
+                return first_stop(text, params.stop) is not None
+
+        request = DecodeRequest(params.max_new_tokens, frozenset(self.eos_ids), choose, finished)
+        remaining = {i: per_prompt for i in order}
+
+        def on_done(row: int, _: list[int]) -> None:
+            prompt = rows[row][0]
+            remaining[prompt] -= 1
+            if remaining[prompt] == 0 and progress is not None:
+                progress(1)
+
+        decoder = ContinuousDecoder(self.model, self.pad_id, self.batch_size)
+        row_ids = [encoded[i] for i, _ in rows]
+        shared = self._shared_prefix(row_ids) if prefix is None else 0
+        began = time.perf_counter()
+        with self._inference():
+            tokens = decoder.run(
+                row_ids, generators, request, shared=shared, prefix_embeds=prefix, on_done=on_done
+            )
+        completions = [self._completion(t, params) for t in tokens]
+        self.stats.add(
+            sum(c.tokens for c in completions),
+            time.perf_counter() - began,
+            len(rows),
+            decoder.row_steps,
+        )
+        results: list[list[Completion]] = [[] for _ in encoded]
+        for (i, _), completion in zip(rows, completions, strict=True):
+            results[i].append(completion)
+        return results
+
     def _generate_rows(
         self,
         rows: list[list[int]],
         params: SamplingParams,
         prefix: torch.Tensor | None,
         seeds: list[int],
-    ) -> list[Completion]:
+    ) -> tuple[list[Completion], int]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "do_sample": False,
@@ -381,7 +474,7 @@ class HFGenerator:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([criteria])
             out = self.model.generate(**inputs, **kwargs)
         new_tokens = out[:, prompt_len:].tolist()
-        return [self._completion(tokens, params) for tokens in new_tokens]
+        return [self._completion(tokens, params) for tokens in new_tokens], len(new_tokens[0])
 
     def _completion(self, tokens: list[int], params: SamplingParams) -> Completion:
         eos_at = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)

@@ -86,7 +86,7 @@ def build(
     rewrite_params = SamplingParams(max_new_tokens=max(32, reveal.max_new_tokens), temperature=0)
     rewritten = generator.generate(
         [REWRITE.format(segment=p.strip()) for p in toxic], rewrite_params, chat=True,
-        progress=lambda n: progress("cmd: rewriting toxic segments", n, len(toxic)),
+        progress=_counting(progress, "cmd: rewriting toxic segments", len(toxic)),
     )  # fmt: skip
     rewrites = {p: _first_line(out[0].text) for p, out in zip(toxic, rewritten, strict=True)}
     rewrite_scores = dict(zip(toxic, score([rewrites[p] for p in toxic]), strict=True))
@@ -112,7 +112,7 @@ def build(
     progress("cmd: continuing cleaned contexts", 0, len(usable))
     outs = generator.generate(
         [r["cleaned"] for r in usable], params, chat=False,
-        progress=lambda n: progress("cmd: continuing cleaned contexts", n, len(usable)),
+        progress=_counting(progress, "cmd: continuing cleaned contexts", len(usable)),
     )  # fmt: skip
     texts = [[c.text for c in cs] for cs in outs]
     scores = score([t for ts in texts for t in ts])
@@ -134,3 +134,16 @@ def examples(records: Sequence[dict[str, Any]]) -> list[Example]:
         for c in r.get("continuations", [])
         if c["kept"]
     ]
+
+
+def _counting(progress: Any, label: str, total: int) -> Any:
+    """A generator's progress callback (prompts finished since the last call) as this module's
+    ``progress(label, done, total)``."""
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(label, done, total)
+
+    return advance
