@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from rrtool.generation.answer_cache import CacheCounts
 from rrtool.spec import Spec
 from rrtool.spec_loader import LoadedSpec
 from rrtool.tracking import Tracker
@@ -38,7 +39,13 @@ class RunContext:
     """What the loaded weights are: ``base``, ``released`` (the run's final stack applied) or
     ``modified`` (anything else, e.g. Release interrupted mid-way). Phases that need a given
     state check it rather than assume (the audit measures the base model, then the released)."""
+    released_key: str | None = None
+    """Content key of the released stack (``answer_cache.stack_key``) while ``model_state`` is
+    ``released``, when known: it lets the released model's answers be cached too."""
+    answer_counts: CacheCounts = field(default_factory=CacheCounts)
+    """Answer-cache hits and misses of this process (phases log their share)."""
     _model: LoadedModel | None = field(default=None, repr=False)
+    _answers: tuple[Any, Any, str | None] | None = field(default=None, repr=False)
     _generator: Generator | None = field(default=None, repr=False)
     _oracles: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -59,10 +66,41 @@ class RunContext:
         self._model = None
         self._generator = None
         self.model_state = "base"
+        self.released_key = None
         import gc
 
         gc.collect()  # the old weights go before the new ones arrive
         return self.model()
+
+    def weights_state(self) -> str | None:
+        """What the loaded weights are, as a key for cached answers; None when not nameable."""
+        if self.model_state == "base":
+            return "base"
+        return self.released_key if self.model_state == "released" else None
+
+    def cached(self, inner: Generator, batch_size: int) -> Generator:
+        """``inner`` reading back answers of named weight states (``answer_cache``); ``inner``
+        itself when the spec turns the cache off or the model's files cannot be named."""
+        if not self.spec.reveal.generation.answer_cache:
+            return inner
+        from rrtool.generation.answer_cache import (
+            AnswerStore,
+            CachedGenerator,
+            model_key,
+            store_path,
+        )
+        from rrtool.models import cache_dir
+
+        handle = self.model()
+        if self._answers is None or self._answers[0] is not handle:
+            store = AnswerStore(store_path(self.tracker.store.uri, cache_dir()))
+            self._answers = (handle, store, model_key(store, handle))
+        _, store, key = self._answers
+        if key is None:
+            return inner
+        return CachedGenerator(
+            inner, store, key, handle.tokenizer, batch_size, self.weights_state, self.answer_counts
+        )
 
     def generator(self) -> Generator:
         if self._generator is None:

@@ -168,12 +168,19 @@ def _timed_phase(ctx: RunContext, name: str) -> str | None:
     per_phase = _reset_peak_rss()
     _reset_peak_gpu()
     started = time.perf_counter()
+    hits, misses = ctx.answer_counts.hits, ctx.answer_counts.misses
     try:
         return _run_phase(ctx, name)
     finally:
         seconds = time.perf_counter() - started
         peak, gpu = _peak_rss_mb(), _peak_gpu_mb()
-        metrics = {f"phase/{name}/seconds": seconds, f"phase/{name}/peak_rss_mb": peak}
+        metrics = {
+            f"phase/{name}/seconds": seconds,
+            f"phase/{name}/peak_rss_mb": peak,
+            # Answers read back from the answer cache, and computed (of cacheable states).
+            f"phase/{name}/answer_cache_hits": ctx.answer_counts.hits - hits,
+            f"phase/{name}/answer_cache_misses": ctx.answer_counts.misses - misses,
+        }
         if gpu is not None:
             metrics[f"phase/{name}/peak_gpu_mb"] = gpu
         ctx.tracker.log_metrics(metrics)

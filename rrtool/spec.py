@@ -247,6 +247,13 @@ class GenerationSpec(_Section):
     num_samples: int = Field(default=1, ge=1, le=256, description="Completions per prompt.")
     batch_size: int = Field(default=16, ge=1, description="Prompts per forward batch.")
     stop: list[str] = Field(default_factory=list, description="Stop strings.")
+    answer_cache: bool = Field(
+        default=True,
+        description="Reuse the evaluation answers of a model state already measured (the "
+        "base model, a released stack), keyed by their content: model files' digest, "
+        "weights state, prompt, sampling parameters and seed (`answers.sqlite` beside the "
+        "embedded store). `false` recomputes every answer.",
+    )
     backend: Literal["hf", "vllm"] = Field(
         default="hf", description="`hf` (transformers) or `vllm` (when installed)."
     )

@@ -24,6 +24,7 @@ from rrtool.audit.verdict import replicate_metrics, summarise
 from rrtool.context import RunContext
 from rrtool.evaluators.base import Evaluation
 from rrtool.evaluators.suite import EvaluationSuite
+from rrtool.generation.answer_cache import stack_key
 from rrtool.release.stack import apply_stack, load_stack
 
 BEFORE = "audit/before.json"
@@ -71,6 +72,7 @@ def _released(ctx: RunContext) -> None:
     stack = load_stack(ctx.tracker, ctx.workdir / "downloaded")
     apply_stack(ctx.model().model, stack)
     ctx.model_state = "released"
+    ctx.released_key = stack_key(stack)
     ctx.console.print(f"audit: released model = base + {len(stack)} recorded module(s)")
 
 

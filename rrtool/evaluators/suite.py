@@ -173,7 +173,9 @@ class EvaluationSuite:
         handle = self.ctx.model()
         if self._generator_for is not handle:
             batch = self.spec.reveal.generation.batch_size
-            self._generator_cache = make_generator("hf", handle, batch_size=batch)
+            self._generator_cache = self.ctx.cached(
+                make_generator("hf", handle, batch_size=batch), batch
+            )
             self._generator_for = handle
         assert self._generator_cache is not None
         return self._generator_cache

@@ -47,6 +47,7 @@ from rrtool import splits
 from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
+from rrtool.generation.answer_cache import stack_key as answer_stack_key
 from rrtool.generation.base import has_chat_template
 from rrtool.release import cmd
 from rrtool.release.analysis import per_layer_similarity
@@ -284,9 +285,17 @@ class _Release:
         if self.state.get("stop_reason") or not stack:
             return
         self.ctx.console.print(f"release: resuming, {done} module(s) already applied")
+        self.ctx.model_state = "modified"  # the loaded weights are no longer the base's
         for entry in stack:
             module = self.modules[entry["module"]] = self._download(entry)
             self._masters_for(module).apply(module, entry["coefficient"])
+
+    def stack_key(self) -> str | None:
+        """Content key of the applied stack (None if a module is not in memory)."""
+        stack = self.state.get("stack", [])
+        if any(e["module"] not in self.modules for e in stack):
+            return None
+        return answer_stack_key([(self.modules[e["module"]], e["coefficient"]) for e in stack])
 
     def _download(self, entry: dict[str, Any]) -> LoraModule:
         return download_module(self.tracker, entry, self.ctx.workdir / "downloaded")
@@ -631,6 +640,9 @@ class _Release:
             self.ctx.console.print(
                 f"release: base s {base.s:.4g}, u {base.u:.4g} on {self.evaluate.size} evaluation records per measure"
             )
+        # Measured on the base model (its answers may come from the answer cache); from here
+        # on modules are merged into the weights.
+        self.ctx.model_state = "modified"
         reason = self.state.get("stop_reason")
         stack = self.state["stack"]
         last = stack[-1] if stack else {"s": self.state["s0"], "u": self.state["u0"]}
@@ -698,8 +710,8 @@ def utility_reference(state: dict[str, Any]) -> float:
 def run_release(ctx: RunContext) -> dict[str, Any]:
     """Run Release to completion (resuming from ``release/state.json``); returns a summary."""
     release = _Release(ctx)
-    ctx.model_state = "modified"  # from here on the loaded weights are not the base's
     release.restore()
     summary = release.run()
     ctx.model_state = "released"
+    ctx.released_key = release.stack_key()
     return summary
