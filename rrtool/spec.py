@@ -548,6 +548,15 @@ class WeightSearchSpec(_Section):
     eval_size: int = Field(default=64, ge=1, description="Evaluation prompts per candidate weight.")
     min_weight: float = Field(default=0.0, ge=0.0, description="Smallest candidate weight.")
     max_weight: float = Field(default=2.0, gt=0.0, description="Largest candidate weight.")
+    early_reject_confidence: float | None = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1.0,
+        description="A candidate's utility is measured first, on 1/3, 2/3, then all of its "
+        "passages; once it is below the weight's acceptance threshold with this confidence "
+        "(bootstrap upper bound, Bonferroni over the looks) the candidate is rejected and its "
+        "forget score not measured. `null` measures every candidate fully.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> WeightSearchSpec:

@@ -187,11 +187,13 @@ def _candidate_rows(report: dict[str, Any]) -> list[list[str]]:
             str(c["step"]),
             c["module"],
             num(c["weight"]),
-            with_ci(c["s"], c.get("s_ci")),
+            "not measured" if c.get("decided_early") else with_ci(c["s"], c.get("s_ci")),
             with_ci(c["u"], c.get("u_ci")),
-            num(c.get("objective")),
+            "–" if c.get("decided_early") else num(c.get("objective")),
             num(c.get("accepted")),
-            c.get("rule")
+            f"rejected early on {c.get('prompts')} prompts: utility below the threshold"
+            if c.get("decided_early")
+            else c.get("rule")
             or ("below the per-step utility floor" if c.get("feasible") is False else ""),
             f"chosen ({c['reason']})" if c.get("chosen") else "",
         ]

@@ -115,6 +115,23 @@ def bootstrap(
     return Bootstrap(intervals, {name: [_round(v) for v in values[name]] for name in names})
 
 
+def upper_bound(replicates: Sequence[float | None], alpha: float) -> float | None:
+    """One-sided ``1 - alpha`` percentile upper bound of a metric from its replicates (None
+    when fewer than half of them are finite, as for intervals)."""
+    finite = sorted(v for v in replicates if _finite(v))
+    if not finite or 2 * len(finite) < len(replicates):
+        return None
+    return _quantile(finite, 1.0 - alpha)
+
+
+def lower_bound(replicates: Sequence[float | None], alpha: float) -> float | None:
+    """One-sided ``1 - alpha`` percentile lower bound (see :func:`upper_bound`)."""
+    finite = sorted(v for v in replicates if _finite(v))
+    if not finite or 2 * len(finite) < len(replicates):
+        return None
+    return _quantile(finite, alpha)
+
+
 def paired_change(
     before: Sequence[float | None], after: Sequence[float | None], level: float = LEVEL
 ) -> tuple[float, float] | None:

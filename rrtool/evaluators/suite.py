@@ -22,7 +22,7 @@ installed oracle plugin (mean score over the retain-eval prompts). Each measurem
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from rrtool.evaluators.base import Evaluation
 from rrtool.evaluators.degeneration import degeneration
 from rrtool.evaluators.generated import Item, oracle_evaluation
 from rrtool.evaluators.perplexity import perplexity
+from rrtool.evaluators.staged import MemoGenerator, stages
 from rrtool.generation.base import Generator, SamplingParams, has_chat_template, make_generator
 from rrtool.reveal.phase import ner_queries, task_queries
 from rrtool.spec import DataSource
@@ -48,6 +49,39 @@ class Headline:
 
 
 Measure = Callable[[], Evaluation]
+
+
+class OracleMeasure:
+    """An oracle measurement; ``staged(looks)`` also takes it on growing shares of its units
+    (``rrtool.evaluators.staged``; greedy answers only, each generated once)."""
+
+    def __init__(
+        self,
+        evaluate: Callable[[Generator, list[int]], Evaluation],
+        n_items: int,
+        groups: list[str] | None,
+        greedy: bool,
+        generator: Callable[[], Generator],
+        seed: int,
+    ) -> None:
+        self._evaluate = evaluate
+        self._indices = list(range(n_items))
+        self._groups = groups
+        self.can_stage = greedy
+        self._generator = generator
+        self._seed = seed
+
+    def __call__(self) -> Evaluation:
+        return self._evaluate(self._generator(), self._indices)
+
+    def staged(self, looks: int) -> Iterator[Evaluation]:
+        """Evaluations on growing unit shares, the last one the full measurement."""
+        if not self.can_stage:
+            yield self()
+            return
+        memo = MemoGenerator(self._generator())
+        for chosen in stages(self._indices, self._groups, looks, self._seed):
+            yield self._evaluate(memo, chosen)
 
 
 def _sample(records: list[Any], size: int, seed: int) -> list[Any]:
@@ -208,24 +242,26 @@ class EvaluationSuite:
         subsets: dict[str, Callable[[dict[str, Any]], bool]] | None = None,
         groups: list[str] | None = None,
     ) -> Measure:
-        def measure() -> Evaluation:
+        def evaluate(generator: Generator, chosen: list[int]) -> Evaluation:
             found = self.ctx.oracle(*oracle) if oracle else self.ctx.oracle()
             return _with_mean(
                 oracle_evaluation(
                     name,
-                    self._generator(),
+                    generator,
                     found,
-                    items,
+                    [items[i] for i in chosen],
                     params,
                     chat=chat,
                     definition=definition,
                     subsets=subsets,
-                    groups=groups,
+                    groups=None if groups is None else [groups[i] for i in chosen],
                     seed=self.spec.seed,
                 )
             )
 
-        return measure
+        return OracleMeasure(
+            evaluate, len(items), groups, params.greedy, self._generator, self.spec.seed
+        )
 
     # ---------------------------------------------------------------- forget
     def _forget(self) -> None:

@@ -64,6 +64,7 @@ from rrtool.release.weights import (
     explicit_weight,
     schedule,
     search_weight,
+    utility_threshold,
 )
 from rrtool.reveal.phase import FORGET, RETAIN, ner_queries
 from rrtool.spec import DataSource
@@ -438,22 +439,28 @@ class _Release:
         task = progress.add_task(f"search {step.name}", total=search.budget)
 
         with ScaledAdapter(self.model, module, 0.0) as adapter:
+            kind = "mu" if step.kind == "forget" else "lambda"
+            begin = Start(start.s, start.u, utility_reference(self.state), self.state["u0"])
+            threshold = utility_threshold(kind, begin, self.spec.release.rules)
 
             def evaluate(weight: float) -> Scores:
                 adapter.set_weight(step.sign * weight)
-                return self.evaluate()
+                return self.evaluate(reject_below=threshold)
 
             def seen(cand: Any) -> None:
+                scores = (
+                    f"rejected on {cand.prompts} prompts, u={cand.u:.3f}"
+                    if cand.decided_early
+                    else f"s={cand.s:.3f} u={cand.u:.3f}"
+                )
                 progress.update(
-                    task,
-                    advance=1,
-                    description=f"search {step.name} w={cand.weight:.3g} s={cand.s:.3f} u={cand.u:.3f}",
+                    task, advance=1, description=f"search {step.name} w={cand.weight:.3g} {scores}"
                 )
 
             result = search_weight(
-                "mu" if step.kind == "forget" else "lambda",
+                kind,
                 evaluate,
-                Start(start.s, start.u, utility_reference(self.state), self.state["u0"]),
+                begin,
                 search,
                 self.spec.release.rules,
                 progress=seen,

@@ -29,6 +29,13 @@ model's utility, and relative changes ``gain = (s0 - s) / s0``, ``loss = (u0 - u
   evaluated; the rest of the budget bisects (geometric midpoint) between the best candidate
   and its better neighbour, so the whole budget is always spent.
 
+Early rejection (``release.search.early_reject_confidence``, default 0.95): the phase measures
+a candidate's utility first, in stages, and when it is below ``utility_threshold`` (the floor
+for mu, the recovery target for lambda) with that confidence, the candidate is rejected without
+its forget score (``decided_early``; it is credited no forgetting, ``s = s0``, so it ranks
+below measured candidates; its record has ``s: null`` and the prompts it cost). See
+``rrtool.release.evaluate.Evaluator``.
+
 ``paper``: the paper's literal rules, kept for the ablation: a ladder of ``ceil(budget / 2)``
 weights from ``max_weight / 64``, stopping at the first weight that forgets
 ``forget_fraction`` (lambda: recovers ``utility_recovery``), bisection towards the smallest such
@@ -65,9 +72,17 @@ class Candidate:
     s_ci: list[float] | None = None
     u_ci: list[float] | None = None
     chosen: bool = False
+    # Rejected on part of its utility prompts (``early_reject_confidence``): its forget score
+    # was not measured (``s`` is then the step start's, crediting no forgetting, and the
+    # record says None); ``prompts`` = evaluation prompts it cost.
+    decided_early: bool = False
+    prompts: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if self.decided_early:
+            record["s"] = record["s_ci"] = None
+        return record
 
 
 @dataclass
@@ -160,16 +175,26 @@ def combined_objective(s: float, u: float, s0: float, u0: float) -> float:
     return _relative(s0 - s, s0) + _relative(u - u0, u0)
 
 
+def utility_threshold(kind: Kind, start: Start, rules: RulesSpec) -> float | None:
+    """The utility below which no weight of ``kind`` is acceptable, whatever it forgets: the
+    per-step floor (mu, tradeoff mode) or the recovery target (lambda); None in paper mode's
+    mu, whose rule reads the forget score alone."""
+    if kind == "lambda":
+        return rules.utility_recovery * start.u_ref
+    return None if rules.mode == "paper" else rules.step_utility_floor * start.u_base
+
+
 def judge(kind: Kind, s: float, u: float, start: Start, rules: RulesSpec) -> Candidate:
     """A candidate's verdict under ``rules`` (weight filled in by the caller)."""
     objective = combined_objective(s, u, start.s, start.u)
+    threshold = utility_threshold(kind, start, rules)
     if kind == "lambda":
-        ok = u >= rules.utility_recovery * start.u_ref
+        ok = u >= threshold  # type: ignore[operator]
         return Candidate(0.0, s, u, ok, "utility_recovery" if ok else None, objective)
     forgets = s <= (1.0 - rules.forget_fraction) * start.s
-    if rules.mode == "paper":
+    if threshold is None:  # paper mode
         return Candidate(0.0, s, u, forgets, "forget_fraction" if forgets else None, objective)
-    feasible = u >= rules.step_utility_floor * start.u_base
+    feasible = u >= threshold
     gain, loss = _relative(start.s - s, start.s), _relative(start.u - u, start.u)
     tradeoff = gain > 0 and gain > loss
     rule = "forget_fraction" if forgets else "tradeoff" if tradeoff else None
@@ -230,11 +255,15 @@ def search_weight(
 
     def trial(weight: float) -> Candidate:
         if weight not in tried:
-            s, u, s_ci, u_ci = _measured(evaluate(weight))
-            cand = judge(kind, s, u, start, rules)
+            measured = evaluate(weight)
+            s, u, s_ci, u_ci = _measured(measured)
+            early = bool(getattr(measured, "decided_early", False))
+            cand = judge(kind, start.s if early else s, u, start, rules)
             cand.weight = weight
             cand.s_ci = list(s_ci) if s_ci else None
             cand.u_ci = list(u_ci) if u_ci else None
+            cand.decided_early = early
+            cand.prompts = getattr(measured, "prompts", None)
             tried[weight] = cand
             if progress is not None:
                 progress(cand)
