@@ -171,6 +171,24 @@ def _check_splits(
         )
 
 
+def _check_compute_dtype(loaded: LoadedSpec, warnings: list[str]) -> None:
+    """bf16 generation on a CPU without bf16 instructions is emulated, and slower than fp32."""
+    spec = loaded.spec
+    if spec.reveal.generation.compute_dtype != "bfloat16" or spec.model.device not in (
+        "cpu",
+        "auto",
+    ):
+        return
+    from rrtool.generation.precision import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        warnings.append(
+            f"{loaded.locate('reveal', 'generation', 'compute_dtype')}: this CPU has no bf16 "
+            "instructions (avx512_bf16 / AMX): on it, bfloat16 generation is emulated and "
+            "slower than float32 (set compute_dtype: model, unless the model runs on a GPU)"
+        )
+
+
 def _check_scorer(
     loaded: LoadedSpec,
     key: tuple[str, ...],
@@ -245,6 +263,7 @@ def preflight(
         _check_data(loaded, key, source, inputs, checks, errors)
     if not errors:
         _check_splits(loaded, inputs, checks, errors, warnings)
+    _check_compute_dtype(loaded, warnings)
     store = resolve_store(tracking_flag, spec.tracking.uri)
     try:
         checks.append(Check("tracking", f"{check_store(store)} [{store.origin}]"))

@@ -528,3 +528,29 @@ def test_continuous_batching_falls_back_where_it_cannot_run(handle: LoadedModel)
     finally:
         config.repetition_penalty = 1.0
     assert supports(handle.model)
+
+
+# ------------------------------------------------------------------ bf16 generation
+def test_bf16_generation_computes_in_bf16_and_restores_the_fp32_weights(
+    handle: LoadedModel,
+) -> None:
+    model = handle.model
+    before = {n: (p.data_ptr(), p.data.clone()) for n, p in model.named_parameters()}
+    seen: list[torch.dtype] = []
+    layer = model.get_input_embeddings()
+    hook = layer.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    try:
+        bf16 = HFGenerator(model, handle.tokenizer, batch_size=4, compute_dtype="bfloat16")
+        out = bf16.generate(PROMPTS, GREEDY, chat=False)
+        features = bf16.last_token_features(PROMPTS)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(len(row) == 1 and row[0].tokens >= 1 for row in out)
+    assert features.dtype == torch.float32
+    for name, p in model.named_parameters():
+        pointer, copy = before[name]  # the same storage back, bit for bit
+        assert p.data_ptr() == pointer and p.dtype == torch.float32, name
+        assert torch.equal(p.data, copy), name
+    with pytest.raises(ValueError, match="compute_dtype"):
+        HFGenerator(model, handle.tokenizer, compute_dtype="int8")

@@ -219,3 +219,18 @@ def test_neuralucb_needs_the_hf_backend(write_spec) -> None:
     with pytest.raises(SpecError) as caught:
         load_spec(write_spec(spec))
     assert "needs the model's last-token features" in caught.value.messages[0]
+
+
+def test_bf16_generation_on_a_cpu_without_bf16_is_warned(
+    invoke, write_spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rrtool.generation.precision as precision
+
+    spec = write_spec(tiny_spec())
+    bf16 = ("--set", "reveal.generation.compute_dtype=bfloat16")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    warned = plan_json(invoke, spec, *bf16)["warnings"]
+    assert any("compute_dtype" in w and "no bf16 instructions" in w for w in warned), warned
+    assert not any("compute_dtype" in w for w in plan_json(invoke, spec)["warnings"])
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert not any("compute_dtype" in w for w in plan_json(invoke, spec, *bf16)["warnings"])

@@ -208,7 +208,13 @@ class EvaluationSuite:
         if self._generator_for is not handle:
             batch = self.spec.reveal.generation.batch_size
             self._generator_cache = self.ctx.cached(
-                make_generator("hf", handle, batch_size=batch), batch
+                make_generator(
+                    "hf",
+                    handle,
+                    batch_size=batch,
+                    compute_dtype=self.spec.reveal.generation.compute_dtype,
+                ),
+                batch,
             )
             self._generator_for = handle
         assert self._generator_cache is not None

@@ -195,6 +195,7 @@ class CachedGenerator:
             "model": self.model,
             "state": state,
             "batch_size": self.batch_size,
+            "compute_dtype": getattr(self.inner, "compute_dtype", "model"),
             "max_new_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,

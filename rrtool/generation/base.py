@@ -238,6 +238,8 @@ def generator_for(spec: GenerationSpec, handle: LoadedModel) -> Generator:
     engine: dict[str, Any] = {}
     if spec.backend == "vllm":
         engine = {"tensor_parallel_size": spec.tensor_parallel_size, **spec.engine_options}
+    else:
+        engine = {"compute_dtype": spec.compute_dtype}
     return make_generator(spec.backend, handle, batch_size=spec.batch_size, **engine)
 
 

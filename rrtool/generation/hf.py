@@ -36,6 +36,7 @@ from rrtool.generation.base import (
     row_seed,
 )
 from rrtool.generation.continuous import ContinuousDecoder, DecodeRequest, supports
+from rrtool.generation.precision import computing_in, dtype_of
 
 TOP_P_CANDIDATES = 1024
 
@@ -135,6 +136,7 @@ class HFGenerator:
         *,
         cache_prefix: bool = True,
         continuous: bool = True,
+        compute_dtype: str = "model",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
@@ -142,6 +144,8 @@ class HFGenerator:
         # Continuous batching where the model allows it; `continuous=False` keeps transformers'
         # generate (the reference the tests compare against).
         self.continuous = continuous and supports(model)
+        self._compute = dtype_of(compute_dtype)
+        self.compute_dtype = compute_dtype  # part of the answer cache's key
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -240,7 +244,7 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), computing_in(self.model, self._compute):
                 yield
         finally:
             if was_training:
