@@ -37,8 +37,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="specs/person_ner.yaml")
-    parser.add_argument("--weight", type=float, default=1.0, help="the collapsed candidate's")
+    parser.add_argument("--weight", type=float, default=4.0, help="the collapsed candidate's")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--engine", action="append", help="only these engines (repeatable)")
     args = parser.parse_args()
 
     engines = [
@@ -47,6 +48,8 @@ def main() -> None:
         ("continuous+early", True, "model", "0.95"),
         ("continuous+early+bf16", True, "bfloat16", "0.95"),
     ]
+    if args.engine:
+        engines = [e for e in engines if e[0] in args.engine]
     work = Path(tempfile.mkdtemp(prefix="bench-candidate-"))
     store = resolve_store(f"sqlite:///{work / 'mlflow.db'}")
     console = Console(stderr=True)

@@ -8,7 +8,9 @@ Same prompts, one process, the offline SmolLM2; every row of the table decodes t
 - ``generate+prefix``: the same with the shared prompt prefix computed once per batch (rrtool's
   previous default);
 - ``continuous``: rrtool's continuous batching (finished rows leave, next prompts take their
-  slots; the shared prefix computed once per call).
+  slots; the shared prefix computed once per call);
+- ``continuous bf16``: the same computing in bfloat16 over the fp32 weights
+  (``compute_dtype: bfloat16``; its ``same`` column shows how many rows bf16 changes).
 
 Workloads: NER answers (Reveal's one-shot chat queries over the built-in passages, greedy, 48
 new tokens at most: many short rows), and sampled chat continuations of the built-in toxicity
@@ -37,6 +39,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--samples", type=int, default=1, help="chat sampled: per prompt")
+    parser.add_argument("--only", choices=["ner", "chat"], help="one workload")
     args = parser.parse_args()
 
     handle = load_model(
@@ -58,13 +62,21 @@ def main() -> None:
         (
             "chat sampled",
             starts,
-            SamplingParams(max_new_tokens=64, temperature=1.0, top_p=0.9, seed=0),
+            SamplingParams(
+                max_new_tokens=64, temperature=1.0, top_p=0.9, num_samples=args.samples, seed=0
+            ),
         ),
     ]
+    if args.only:
+        workloads = [w for w in workloads if w[0].lower().startswith(args.only)]
     engines = [
         ("generate", {"continuous": False, "cache_prefix": False}),
         ("generate+prefix", {"continuous": False, "cache_prefix": True}),
         ("continuous", {"continuous": True, "cache_prefix": True}),
+        (
+            "continuous bf16",
+            {"continuous": True, "cache_prefix": True, "compute_dtype": "bfloat16"},
+        ),
     ]
     for name, prompts, params in workloads:
         reference = None
@@ -82,10 +94,11 @@ def main() -> None:
                 f"{name:<13} {engine:<16} {len(prompts):>3} prompts {tokens:>5} useful tokens "
                 f"{seconds:6.1f} s {rates[engine]:6.1f} useful tok/s  same {same}/{len(out)}"
             )
-        print(
-            f"{name:<13} continuous / generate: {rates['continuous'] / rates['generate']:.2f}x, "
-            f"/ generate+prefix: {rates['continuous'] / rates['generate+prefix']:.2f}x"
-        )
+        for engine in ("continuous", "continuous bf16"):
+            print(
+                f"{name:<13} {engine} / generate: {rates[engine] / rates['generate']:.2f}x, "
+                f"/ generate+prefix: {rates[engine] / rates['generate+prefix']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

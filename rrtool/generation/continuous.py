@@ -152,7 +152,7 @@ class ContinuousDecoder:
             if pending and (not active or free >= min(self.refill_at, len(pending))):
                 take = [pending.popleft() for _ in range(min(free, len(pending)))]
                 new_rows = [_Row(i, generators[i]) for i in take]
-                new_cache, new_mask, logits = self._prefill(
+                new_cache, new_mask, logits = self._admit(
                     [rows[i] for i in take], shared, prefix_cache, prefix_embeds
                 )
                 tokens = request.choose(logits, [r.generator for r in new_rows])
@@ -216,11 +216,42 @@ class ContinuousDecoder:
         # float32 as generate hands scores to its processors.
         return out.logits[:, -1, :].float()
 
-    def _prefix_cache(self, head: list[int]) -> Any:
-        cache = self._new_cache()
+    def _prefix_cache(self, head: list[int], start: Any = None, offset: int = 0) -> Any:
+        """The one-row cache of ``head`` (continuing ``start``, a cache of ``offset`` tokens)."""
+        cache = self._new_cache() if start is None else copy.deepcopy(start)
         ids = torch.tensor([head], dtype=torch.long, device=self._device)
-        self._forward(input_ids=ids, cache=cache)
+        positions = torch.arange(offset, offset + len(head), device=self._device).unsqueeze(0)
+        mask = torch.ones((1, offset + len(head)), dtype=torch.long, device=self._device)
+        self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache)
         return cache
+
+    def _admit(
+        self,
+        rows: list[list[int]],
+        shared: int,
+        prefix_cache: Any,
+        prefix_embeds: torch.Tensor | None,
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Prefill new rows, computing a prefix that neighbouring rows share once per group.
+
+        Rows arrive sorted by their tokens, so the queries of one NER passage (the same text,
+        asked for another type) and the samples of one prompt are neighbours: the passage is
+        then computed once for its queries, on top of the prefix every row shares.
+        """
+        if prefix_embeds is not None:
+            return self._prefill(rows, 0, None, prefix_embeds)
+        parts = []
+        for start, end, common in _groups(rows, shared):
+            group = rows[start:end]
+            if common > shared:
+                cache = self._prefix_cache(rows[start][shared:common], prefix_cache, shared)
+                parts.append(self._prefill(group, common, cache, None))
+            else:
+                parts.append(self._prefill(group, shared, prefix_cache, None))
+        cache, mask, logits = parts[0]
+        for other, other_mask, _ in parts[1:]:
+            mask = _join(cache, mask, other, other_mask)
+        return cache, mask, torch.cat([p[2] for p in parts])
 
     def _prefill(
         self,
@@ -271,6 +302,37 @@ class ContinuousDecoder:
             attention_mask=mask, position_ids=positions[:, -width_in:], cache=cache, **inputs
         )
         return cache, mask, logits
+
+
+MIN_GROUP_PREFIX = 16  # tokens a group must share beyond the common prefix to be cached
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _groups(rows: list[list[int]], shared: int) -> list[tuple[int, int, int]]:
+    """Runs ``(start, end, prefix)`` of neighbouring rows that share ``prefix`` tokens
+    (``shared`` when fewer than ``MIN_GROUP_PREFIX`` more); one token of each row stays
+    uncached, so every row has an input to prefill."""
+    groups: list[tuple[int, int, int]] = []
+    start, common = 0, len(rows[0]) - 1
+    for k in range(1, len(rows) + 1):
+        if k < len(rows):
+            joint = min(common, _common(rows[start], rows[k]), len(rows[k]) - 1)
+            if joint >= shared + MIN_GROUP_PREFIX:
+                common = joint
+                continue
+        size = k - start
+        groups.append((start, k, common if size > 1 else shared))
+        if k < len(rows):
+            start, common = k, len(rows[k]) - 1
+    return groups
 
 
 def _layers(cache: Any) -> list[Any]:
