@@ -4,7 +4,9 @@ Run on an idle machine: ``.venv/bin/python tests/bench_weight_search.py``.
 On the offline SmolLM2: a forget module is trained (gold Person answers of the built-in NER
 passages as a stand-in for Reveal's forget data; r 8, all linear layers, one epoch), attached
 unmerged (``ScaledAdapter``), and mu is chosen by the default rule (forget at least 90% of what
-remains, else the best trade-off) on 12 evaluation passages, three ways: the search with
+remains, else the best trade-off, within the per-step utility floor; the forget score is the
+share of Person answers that still name a gold person, in any format) on 12 evaluation
+passages, three ways: the search with
 budgets 4 and 8, and a grid of 10 weights (0.2, 0.4, ..., 2.0) evaluated in full. Every
 evaluation is cached by weight, so the rows report distinct model evaluations.
 """
@@ -23,7 +25,7 @@ def main() -> None:
     from rrtool.oracles.registry import create_oracle
     from rrtool.release.compose import ScaledAdapter
     from rrtool.release.lora import Example, train_lora
-    from rrtool.release.weights import Candidate, _select, accepts, search_weight
+    from rrtool.release.weights import Start, _select, judge, search_weight
     from rrtool.reveal.phase import ner_queries
     from rrtool.spec import DataSource, LoraSpec, ModelSpec, RulesSpec, WeightSearchSpec
     from rrtool.tasks import prompt_text
@@ -51,11 +53,13 @@ def main() -> None:
             samples = [
                 Sample(q.id, prompt_text(q.prompt), o[0].text, q.reference) for q, o in picked
             ]
-            f1[t] = oracle.aggregate(samples, oracle.score(samples)).get(f"{t}/f1", 0.0)
+            metrics = oracle.aggregate(samples, oracle.score(samples))
+            f1[t] = metrics.get(f"{t}/mention_rate" if t == "person" else f"{t}/f1", 0.0)
         return f1["person"], sum(f1[t] for t in types[1:]) / 4
 
     s0, u0 = scores()
-    print(f"base: person F1 {s0:.3f}, retained F1 {u0:.3f}; {len(evaluation)} queries per eval")
+    print(f"base: person named {s0:.3f}, retained F1 {u0:.3f}; {len(evaluation)} queries per eval")
+    start = Start(s0, u0, u0, u0)
     cache: dict[float, tuple[float, float]] = {}
     rules = RulesSpec()
     with ScaledAdapter(handle.model, module, 0.0) as adapter:
@@ -69,7 +73,7 @@ def main() -> None:
         for budget in (4, 8):
             cache.clear()
             began = time.perf_counter()
-            result = search_weight("mu", evaluate, s0, u0, WeightSearchSpec(budget=budget), rules)
+            result = search_weight("mu", evaluate, start, WeightSearchSpec(budget=budget), rules)
             print(
                 f"search, budget {budget}: {len(cache)} evaluations, {time.perf_counter() - began:.0f} s"
                 f" -> mu {result.weight:.4g} ({result.reason}: person {result.s:.3f}, "
@@ -80,11 +84,12 @@ def main() -> None:
         grid = [round(0.2 * i, 1) for i in range(1, 11)]
         for weight in grid:
             evaluate(weight)
-        candidates = [
-            Candidate(w, *cache[w], accepts("mu", *cache[w], s0, u0, rules), "forget_fraction")
-            for w in grid
-        ]
-        chosen, reason = _select("mu", candidates, s0, u0)
+        candidates = []
+        for w in grid:
+            candidate = judge("mu", *cache[w], start, rules)
+            candidate.weight = w
+            candidates.append(candidate)
+        chosen, reason = _select("mu", candidates, start)
         print(
             f"grid of 10: {len(cache)} evaluations, {time.perf_counter() - began:.0f} s -> "
             f"mu {chosen.weight:.4g} ({reason}: person {chosen.s:.3f}, retained {chosen.u:.3f})"

@@ -312,6 +312,21 @@ def test_final_weights_equal_rebuild_and_resume_does_not_retrain(
     _assert_equals_rebuild(resumed, tracker, tmp_path / "b")
 
 
+def test_a_finished_release_run_again_leaves_the_released_model_loaded(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after Release's last record but before its phase tag runs Release again: it
+    must train nothing and leave the released weights loaded (the audit trusts that)."""
+    spec_path = write_spec(release_spec({"iterations": 1, "search": {"budget": 2, "eval_size": 3}}))
+    store, tracker, ctx, summary = _reveal_and_release(spec_path, tmp_path)
+    monkeypatch.setattr(release_phase, "train_lora", lambda *a, **k: pytest.fail("retrained"))
+    again = _context(spec_path, Tracker.resume(store, tracker.run_id), tmp_path / "fresh")
+    assert release_phase.run_release(again)["modules"] == summary["modules"] == 3
+    assert again.model_state == "released" and again.released_key is not None
+    assert again.released_key == ctx.released_key  # the same stack, by content
+    _assert_equals_rebuild(again, tracker, tmp_path / "c")
+
+
 class _ScriptedEvaluator:
     """Stands in for ``Evaluator``: returns scripted (s, u) in call order."""
 

@@ -1,10 +1,13 @@
 """Continuous batching for the ``hf`` backend: a finished row leaves the batch at once and the
 next prompt takes its slot.
 
-Why: transformers' ``generate`` keeps computing every row of a batch until the last one ends.
-NER answers and sampled continuations end at very different lengths, so most of a batch's late
-steps were spent on rows that had already finished (measured: 171 useful tokens/s against 310
-when every row generates).
+Why: transformers' ``generate`` keeps computing every row of a batch until the last one ends,
+and a batch's next prompts wait for it. NER answers end at very different lengths. Measured on
+2 CPU cores (``tests/bench_continuous.py``): 1.7-1.9x the useful tokens/s of ``generate`` on
+Reveal's NER queries, where prompt processing dominates and the shared prompt prefix is
+computed once per call instead of once per batch; no gain at batch 16 on continuations that
+mostly run to their token limit (decoding a small model on CPU reads every weight once per
+step, so a step with fewer rows costs about the same: the gain is in fuller batches).
 
 How: the running rows share one :class:`~transformers.DynamicCache`, left-padded to a common
 width. The attention mask marks each row's real positions and each row's position id is the

@@ -283,8 +283,10 @@ class _Release:
         self.similarity = [
             r for r in self.tracker.read_jsonl(SIMILARITY) or [] if 2 * r["iteration"] + 1 <= done
         ]
-        if self.state.get("stop_reason") or not stack:
+        if not stack:
             return
+        # A finished Release is replayed too: a crash between its last record and the phase's
+        # "done" tag runs it again, and the audit must then find the released model loaded.
         self.ctx.console.print(f"release: resuming, {done} module(s) already applied")
         self.ctx.model_state = "modified"  # the loaded weights are no longer the base's
         for entry in stack:
