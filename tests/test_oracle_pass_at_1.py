@@ -234,3 +234,23 @@ def test_mbpp_plus_canonical_passes_and_subtle_bug_fails_plus() -> None:
     assert all(x.details["n_plus_inputs"] == 3 for x in scores)
     metrics = PassAt1Oracle().aggregate(samples, scores)
     assert metrics == {"pass@1": 1.0, "plus/pass@1": 0.75, "error_rate": 0.0}
+
+
+def test_a_score_carries_the_error_type_and_a_capped_last_line_only() -> None:
+    from rrtool_oracles.pass_at_1 import DETAIL_CAP
+
+    ref = {"test_list": ["assert f(1) == 2"], "test_setup_code": ""}
+    secret = "SECRET-" * 400  # what a candidate could have read from the host
+    code = (
+        "import sys\n"
+        f"print({secret!r})\n"
+        f"sys.stderr.write({secret!r} + '\\n')\n"
+        f"def f(x):\n    raise ValueError({secret!r})\n"
+    )
+    score = PassAt1Oracle(workers=1).score([_sample("leak", code, ref)])[0]
+    assert score.score == 0.0 and score.details["status"] == "failed"
+    assert score.details["error"] == "ValueError"
+    assert score.details["stderr_tail"].startswith("ValueError: SECRET-")
+    assert len(score.details["stderr_tail"]) <= DETAIL_CAP
+    assert sum(str(v).count("SECRET-") for v in score.details.values()) <= DETAIL_CAP // 7
+    assert "stderr" not in score.details

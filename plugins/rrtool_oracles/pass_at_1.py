@@ -196,12 +196,24 @@ def _candidate_program(code: str, ref: Mapping[str, Any], inputs: list[Any], exp
     )
 
 
+DETAIL_CAP = 200  # characters of the candidate's own output a score may carry
+
+
 def _run_details(res: ExecutionResult) -> dict[str, Any]:
+    """What a reviewer needs of a run, and no more: its status, the exception's type and the
+    last line of its error output cut to ``DETAIL_CAP`` characters. Model-written code can
+    print whatever it reads; a score is written into the run's records, so it must not carry
+    the candidate's output wholesale."""
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    head = last.split(":", 1)[0]
+    error = head if head.isidentifier() or head.replace(".", "").isidentifier() else None
     return {
         "status": res.status,
         "isolation": res.isolation,
         "duration_s": round(res.duration_s, 4),
-        "stderr": res.stderr[-1000:],
+        "error": error,
+        "stderr_tail": last[:DETAIL_CAP],
     }
 
 
