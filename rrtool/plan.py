@@ -504,6 +504,18 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
 
 
 def _rules_text(spec: Spec) -> str:
+    early = spec.release.search.early_reject_confidence
+    which = "a retain candidate" if spec.release.rules.mode == "paper" else "a candidate"
+    tail = (
+        f"; {which} whose utility is below its threshold with {early:.0%} confidence on a "
+        "third or two thirds of the passages is rejected there, its forget score not measured"
+        if early is not None
+        else ""
+    )
+    return _rule_words(spec) + tail
+
+
+def _rule_words(spec: Spec) -> str:
     rules = spec.release.rules
     if rules.mode == "paper":
         return (

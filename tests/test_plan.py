@@ -234,3 +234,17 @@ def test_bf16_generation_on_a_cpu_without_bf16_is_warned(
     assert not any("compute_dtype" in w for w in plan_json(invoke, spec)["warnings"])
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert not any("compute_dtype" in w for w in plan_json(invoke, spec, *bf16)["warnings"])
+
+
+def test_the_plan_says_when_candidates_are_rejected_early(invoke, write_spec) -> None:
+    spec = write_spec(tiny_spec())
+
+    def release_text(*extra: str) -> str:
+        phases = plan_json(invoke, spec, *extra)["phases"]
+        return json.dumps(next(p for p in phases if p["name"] == "release"))
+
+    assert "with 95% confidence on a third or two thirds" in release_text()
+    off = ("--set", "release.search.early_reject_confidence=null")
+    assert "confidence on a third" not in release_text(*off)
+    paper = ("--set", "release.rules.mode=paper")
+    assert "a retain candidate whose utility is below" in release_text(*paper)
