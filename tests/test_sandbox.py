@@ -110,27 +110,29 @@ ATTEMPTS = [
     # -- processes that try to outlive the call ------------------------------------------------
     Attempt(
         "background-subprocess",
-        "import subprocess\nsubprocess.Popen(['sleep', '{mark}'])\nprint('bye')",
+        "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {sleep!r}, '{mark}'])\n"
+        "print('bye')",
         ("passed",),
     ),
     Attempt(
         "setsid-grandchild",
-        "import os\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', "
-        "['sleep', '{mark}'])\nimport time\ntime.sleep(0.2)",
+        "import os, sys\nif os.fork() == 0:\n    os.setsid()\n    os.execv(sys.executable, "
+        "[sys.executable, '-c', {sleep!r}, '{mark}'])\nimport time\ntime.sleep(0.2)",
         ("passed",),
         where="ns",
     ),
     Attempt(
         "double-fork-daemon",
-        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-        "        os.execv('/bin/sleep', ['sleep', '{mark}'])\n    os._exit(0)\n"
-        "time.sleep(0.2)",
+        "import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        os.execv(sys.executable, [sys.executable, '-c', {sleep!r}, '{mark}'])\n"
+        "    os._exit(0)\ntime.sleep(0.2)",
         ("passed",),
         where="ns",
     ),
     Attempt(
         "background-on-timeout",
-        "import subprocess, time\nsubprocess.Popen(['sleep', '{mark}'])\ntime.sleep(100)",
+        "import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {sleep!r}, '{mark}'])"
+        "\ntime.sleep(100)",
         ("timeout",),
     ),
     # -- secrets, network, filesystem, host processes ------------------------------------------
@@ -140,7 +142,7 @@ ATTEMPTS = [
         "import os\nfor p in os.listdir('/proc'):\n    try:\n"
         "        print(open(f'/proc/{{p}}/environ', 'rb').read())\n    except OSError:\n"
         "        pass",
-        ("passed",),
+        ("passed", "failed"),  # no /proc in a fresh root
         where="ns",
         check=_no_secret,
     ),
@@ -151,10 +153,10 @@ ATTEMPTS = [
         ("failed",),
         where="ns",
     ),
-    Attempt(
+    Attempt(  # private /tmp: passes; no /dev/shm in a fresh root: fails; the host sees neither
         "write-host-scratch",
         "for p in {scratch!r}:\n    open(p, 'w').write('escaped')",
-        ("passed",),
+        ("passed", "failed"),
         where="ns",
     ),
     Attempt("write-into-repo", "open({escape!r}, 'w').write('escaped')", ("failed",), where="ns"),
@@ -198,6 +200,7 @@ def _attempt(a: Attempt, level: str, srv: socket.socket) -> None:
         port=srv.getsockname()[1],
         escape=str(ESCAPE_FILE),
         mark=LEAK_MARK,
+        sleep="import time; time.sleep(600)",  # an interpreter is all a fresh root holds
         scratch=[str(p) for p in SCRATCH_FILES],
     )
     try:
@@ -296,7 +299,7 @@ def test_fork_bomb_does_not_starve_a_concurrent_sandbox() -> None:
     )
     bomb.start()
     time.sleep(0.3)
-    go("good", "import subprocess\nsubprocess.run(['true'], check=True)\nprint('ok')")
+    go("good", "import subprocess, sys\nsubprocess.run([sys.executable, '-c', ''], check=True)")
     bomb.join()
     assert results["good"].passed, results["good"].stderr
     assert results["bomb"].status == "timeout"
@@ -315,6 +318,64 @@ def test_nonce_forgery_by_frame_introspection_is_a_known_limit() -> None:
     assert not run_python(src, LIMITS).passed
 
 
+HOST_MARK = "rrtool-host-marker-5b0e1c"
+
+
+@pytest.fixture
+def host_markers() -> Iterator[list[Path]]:
+    """Files with a marker in several host locations a user's data could live in."""
+    places = [Path(__file__).resolve().parent, Path("/etc"), Path("/opt"), Path("/srv"),
+              Path("/var/tmp"), Path.home(), Path("/tmp")]  # fmt: skip
+    made = []
+    for place in places:
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            target = place / f"{HOST_MARK}.txt"
+            target.write_text(HOST_MARK + "\n")
+            made.append(target)
+        except OSError:
+            continue
+    yield made
+    for target in made:
+        target.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(not NAMESPACED, reason="rlimits-only shows the whole host (it warns)")
+def test_a_fresh_root_shows_nothing_of_the_host(host_markers: list[Path]) -> None:
+    """Reading known paths, walking the tree, and listing what is visible: no marker file, no
+    /etc, no checkout; the visible paths are printed for the CI log."""
+    assert len(host_markers) >= 4
+    src = (
+        "import os\n"
+        f"for p in {[str(m) for m in host_markers]!r}:\n"
+        "    try:\n        print(open(p).read())\n    except OSError as e:\n"
+        "        print('unreadable', p, type(e).__name__)\n"
+        "seen = []\n"
+        "for root, dirs, files in os.walk('/'):\n"
+        "    dirs[:] = [d for d in dirs if root.count('/') < 3]\n"
+        "    seen.append(root)\n"
+        "    for f in files:\n"
+        f"        if {HOST_MARK!r} in f:\n"
+        "            print('FOUND', os.path.join(root, f))\n"
+        "print('VISIBLE', sorted(seen))\n"
+    )
+    res = run_python(src, LIMITS)
+    assert res.passed, res.stderr[-600:]
+    assert HOST_MARK + "\n" not in res.stdout and "FOUND" not in res.stdout
+    visible = next(line for line in res.stdout.splitlines() if line.startswith("VISIBLE"))
+    print(f"isolation {LEVEL}; paths visible inside (3 levels): {visible[8:]}")
+    top = {p.split("/")[1] for p in eval(visible[8:]) if p.count("/") >= 1 and p != "/"}  # noqa: S307
+    assert top <= {"dev", "lib", "lib64", "lib32", "libx32", "usr", "tmp", *_prefix_top()}, top
+    assert "etc" not in top and "home" not in top and "proc" not in top
+
+
+def _prefix_top() -> set[str]:
+    """The top-level directory of the interpreter's prefix (bound read-only inside)."""
+    from rrtool_oracles.sandbox import _interpreter
+
+    return {_interpreter()[1].split("/")[1]}
+
+
 def test_private_temp_dir_is_removed() -> None:
     before = {p.name for p in Path("/tmp").glob("rrtool-sbx-*")}
     res = run_python("import os\nopen('f', 'w').write('x')\nprint(os.getcwd())")
@@ -327,7 +388,8 @@ def test_sandbox_dies_with_a_crashed_caller() -> None:
     """If rrtool itself is SIGKILLed mid-run, nothing it sandboxed may keep running."""
     driver = (
         "import sys\nfrom rrtool_oracles.sandbox import SandboxLimits, run_python\n"
-        f'run_python(\'import subprocess, time\\nsubprocess.Popen(["sleep", "{LEAK_MARK}"])\\n'
+        'run_python(\'import subprocess, sys, time\\nsubprocess.Popen([sys.executable, "-c", '
+        f'"import time; time.sleep(600)", "{LEAK_MARK}"])\\n'
         "time.sleep(100)', SandboxLimits(timeout_s=60))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -5,12 +5,15 @@ rlimits, and, when the kernel allows it, inside new network, PID and mount names
 
 * ``unshare-net-pid`` (running as root) / ``unshare-user-net-pid`` (unprivileged): no network (a
   fresh namespace whose loopback is down), a private PID namespace (killing its init kills every
-  process the child forked, even ones that called ``setsid()``), every inherited mount remounted
-  read-only, fresh size-capped tmpfs on /tmp, /var/tmp and /dev/shm, home directories hidden, and
-  no capabilities (``setpriv``).  As root the child also runs under a dedicated throw-away uid, so
-  RLIMIT_NPROC caps fork bombs and it can touch nothing it does not own.
-* ``bwrap``: the same through bubblewrap, when ``unshare`` is unusable (no NPROC cap; untested on
-  the development machines, which lack bwrap).
+  process the child forked, even ones that called ``setsid()``), no capabilities (``setpriv``),
+  and a **fresh root**: a private tmpfs holding read-only binds of the interpreter's prefix and
+  of the directories of the shared libraries it loads (probed once: libc, libm, libffi, ...),
+  the host's top-level ``/lib``-style links, ``/dev/{null,zero,full,random,urandom}``, a private
+  ``/tmp`` with the working directory, and setpriv: nothing else of the host (no ``/etc``,
+  ``/home``, ``/root`` beyond the interpreter's path, ``/opt``, ``/srv``, ``/proc``, no checkout,
+  no data).  As root the child also runs under a dedicated throw-away uid, so RLIMIT_NPROC caps
+  fork bombs and it can touch nothing it does not own.
+* ``bwrap``: the same fresh root through bubblewrap, when ``unshare`` is unusable (no NPROC cap).
 * ``rlimits-only``: rlimits, scrubbed environment, process-group kill.  No network or filesystem
   isolation and a child that ``setsid()``s escapes the group kill -- logged as a warning.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -63,6 +67,8 @@ _TAIL_BYTES = 4096  # stdout tail kept past the cap so the nonce line is never c
 _BOOTSTRAP = """\
 import os, sys
 def _rrtool_boot():
+    if len(sys.argv) > 1:  # inside a fresh root: the working directory to enter
+        os.chdir(sys.argv[1])
     data = sys.stdin.buffer.read()
     nonce, _, src = data.partition(b"\\n")
     null = os.open(os.devnull, os.O_RDONLY)
@@ -79,35 +85,45 @@ def _rrtool_boot():
 _rrtool_boot()
 """
 
-# Runs as PID 1 of the new namespaces (root there) and builds the filesystem view before dropping
-# to the target uid without capabilities.  Python runs as a child (not exec'd) so it gets normal
-# signal semantics; PID 1 ignores signals without handlers.  Args: wd uid tmpfs_mb keep py boot
-# masks...; ``keep`` (the interpreter's prefix) stays visible even under a masked home directory.
+# Runs as PID 1 of the new namespaces (root there), builds a fresh root holding only what the
+# interpreter needs, and enters it before dropping to the target uid without capabilities.
+# Python runs as a child (not exec'd) so it gets normal signal semantics; PID 1 ignores signals
+# without handlers.  Args: wd uid tmpfs_mb keep py boot chroot setpriv; ``keep`` is the
+# interpreter's prefix (binary + stdlib).  The new root, on a private tmpfs, holds read-only
+# binds of ``keep`` and the shared-library directories, /dev/{null,zero,full,random,urandom},
+# its own /tmp (the working directory under it) and setpriv: nothing else of the host (no /etc,
+# /home, /root, /opt, /srv, /proc, no checkout, no data).
 _INNER_SH = r"""
-wd=$1 uid=$2 tmpfs_mb=$3 keep=$4 py=$5 boot=$6; shift 6
-while read -r _ _ _ _ mp _; do mount -n -o remount,bind,ro "$mp" 2>/dev/null; done \
-    </proc/self/mountinfo
-for d in /tmp /var/tmp /dev/shm; do
-  [ -d "$d" ] || continue
-  mount -n -t tmpfs -o "size=${tmpfs_mb}m,mode=1777,nosuid,nodev" tmpfs "$d" || exit 97
-done
-for m in "$@"; do
-  case "$keep/" in
-    "$m"/*) mkdir /tmp/.rrtool-keep && mount -n --bind "$keep" /tmp/.rrtool-keep &&
-            mount -n -t tmpfs -o size=1m,mode=0755 tmpfs "$m" && mkdir -p "$keep" &&
-            mount -n --move /tmp/.rrtool-keep "$keep" && rmdir /tmp/.rrtool-keep &&
-            mount -n -o remount,bind,ro "$keep" || exit 97 ;;
-    *) mount -n -t tmpfs -o size=1m,mode=0755 tmpfs "$m" || exit 97 ;;
+wd=$1 uid=$2 tmpfs_mb=$3 keep=$4 py=$5 boot=$6 chroot=$7 setpriv=$8; shift 8
+mount -n -t tmpfs -o "size=1m,mode=0755" tmpfs /tmp || exit 97
+r=/tmp/root
+mkdir "$r" && mount -n -t tmpfs -o "size=1m,mode=0755" tmpfs "$r" || exit 97
+for d in "$keep" "$@"; do
+  case $d in
+    L:*) link=${d#L:}; to=${link#*:}; link=${link%%:*}  # a symlink of the host, recreated
+         mkdir -p "$(dirname "$r$link")" && ln -s "$to" "$r$link" || exit 97 ;;
+    *) [ -d "$d" ] || continue
+       mkdir -p "$r$d" && mount -n --rbind "$d" "$r$d" &&
+         mount -n -o remount,bind,ro "$r$d" || exit 97 ;;
   esac
 done
-mkdir -p "$wd" && cd "$wd" || exit 97
+mkdir -p "$r/dev" "$r/tmp" "$r/usr/bin" || exit 97
+for n in null zero full random urandom; do
+  touch "$r/dev/$n" && mount -n --bind "/dev/$n" "$r/dev/$n" || exit 97
+done
+touch "$r/usr/bin/setpriv" && mount -n --bind "$setpriv" "$r/usr/bin/setpriv" || exit 97
+mount -n -t tmpfs -o "size=${tmpfs_mb}m,mode=1777,nosuid,nodev" tmpfs "$r/tmp" || exit 97
+mkdir -p "$r$wd" || exit 97
 if [ -n "$uid" ]; then
-  chown "$uid:$uid" . || exit 97
+  chown "$uid:$uid" "$r$wd" || exit 97
   set -- --reuid="$uid" --regid="$uid" --clear-groups
 else
   set --
 fi
-setpriv "$@" --no-new-privs --bounding-set=-all --inh-caps=-all -- "$py" -I -S -B -c "$boot"
+mount -n -o remount,ro "$r" || exit 97
+# chroot starts the program in the new root's /; the bootstrap enters the working directory.
+"$chroot" "$r" /usr/bin/setpriv "$@" --no-new-privs --bounding-set=-all --inh-caps=-all -- \
+  "$py" -I -S -B -c "$boot" "$wd"
 exit $?
 """
 
@@ -182,27 +198,92 @@ _probed: str | None = None
 def _command(level: str, workdir: Path, uid: int | None, limits: SandboxLimits) -> list[str]:
     """The argv that starts the bootstrap under ``level``."""
     exe, keep = _interpreter()
-    # Mask home directories (secrets), unless the interpreter prefix contains one.
-    masks = [
-        m
-        for m in ("/root", "/home")
-        if os.path.isdir(m) and not (m + "/").startswith(keep.rstrip("/") + "/")
-    ]
     wd = f"/tmp/{workdir.name}"  # inside the sandbox: a fresh directory on a private tmpfs
     if level.startswith("unshare"):
         userns = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
         flags = ["--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
         uid_arg = "" if uid is None else str(uid)
+        tools = [_tool("chroot"), _tool("setpriv")]
         inner = ["/bin/sh", "-c", _INNER_SH, "sh", wd, uid_arg, str(limits.tmpfs_mb), keep, exe]
-        return ["unshare", *userns, *flags, *inner, _BOOTSTRAP, *masks]
-    if level == "bwrap":
-        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/"]
-        cmd += ["--dev", "/dev", "--proc", "/proc"]
-        for d in ("/tmp", "/var/tmp", "/dev/shm", *masks):
-            cmd += ["--tmpfs", d]
-        cmd += ["--ro-bind", keep, keep, "--dir", wd, "--chdir", wd, "--cap-drop", "ALL", "--"]
+        return ["unshare", *userns, *flags, *inner, _BOOTSTRAP, *tools, *_library_dirs(exe, keep)]
+    if level == "bwrap":  # the same fresh root as the unshare levels, built by bubblewrap
+        cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", keep, keep]
+        for item in _library_dirs(exe, keep):
+            if item.startswith("L:"):
+                link, target = item[2:].split(":", 1)
+                cmd += ["--symlink", target, link]
+            else:
+                cmd += ["--ro-bind", item, item]
+        cmd += ["--dev", "/dev", "--tmpfs", "/tmp", "--dir", wd, "--chdir", wd]
+        cmd += ["--cap-drop", "ALL", "--"]
         return [*cmd, exe, "-I", "-S", "-B", "-c", _BOOTSTRAP]
     return [exe, "-I", "-S", "-B", "-c", _BOOTSTRAP]
+
+
+_TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+# What MBPP-style solutions import; their extension modules' libraries must load inside.
+_PROBE_IMPORTS = (
+    "array, bisect, cmath, collections, datetime, decimal, fractions, functools, hashlib, heapq, "
+    "itertools, json, math, operator, random, re, statistics, string, struct, unicodedata, zlib"
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _library_dirs(exe: str, keep: str) -> tuple[str, ...]:
+    """Directories of the shared libraries a fresh interpreter maps once it has imported what
+    solutions use (libc, libm, libffi, libz, libcrypto, ...), outside its own prefix, plus the
+    dynamic loader's: all a fresh root shows of the system (the loader finds libraries by its
+    built-in default paths; there is no /etc/ld.so.cache inside). Probed once per process."""
+    probe = f"import {_PROBE_IMPORTS}\nprint(open('/proc/self/maps').read())"
+    try:
+        maps = subprocess.run(
+            [exe, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30,
+            env=_SCRUBBED_ENV, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        maps = ""
+    found: set[str] = set()
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        path = fields[5].strip() if len(fields) == 6 else ""
+        if path.startswith("/") and ".so" in os.path.basename(path):
+            for d in (os.path.dirname(path), os.path.dirname(os.path.realpath(path))):
+                if not (d + "/").startswith(keep.rstrip("/") + "/"):
+                    found.add(d)
+    for loader_dir in ("/lib64", "/lib"):
+        if os.path.isdir(loader_dir) and any(
+            n.startswith("ld-linux") for n in os.listdir(loader_dir)
+        ):
+            found.add(loader_dir)
+    return _layout(sorted(d for d in found if os.path.isdir(d)))
+
+
+def _layout(dirs: list[str]) -> tuple[str, ...]:
+    """Arguments for the fresh root: ``L:path:target`` for each symlinked ancestor (``/lib ->
+    usr/lib`` on merged-/usr systems, recreated as a link), then the real directories to bind."""
+    links: dict[str, str] = {}
+    binds: set[str] = set()
+    # Merged-/usr systems link /lib, /lib64, /bin, ... into /usr, and libraries link through
+    # them by absolute paths (/usr/lib64/ld-linux -> /lib/...): the top-level links come along.
+    for name in os.listdir("/"):
+        top = "/" + name
+        if os.path.islink(top) and os.readlink(top).lstrip("/").startswith("usr/"):
+            links[top] = os.readlink(top)
+    for d in dirs:
+        current = ""
+        for part in d.strip("/").split("/"):
+            current += "/" + part
+            if os.path.islink(current):
+                links[current] = os.readlink(current)
+        binds.add(os.path.realpath(d))
+    return (*(f"L:{p}:{t}" for p, t in sorted(links.items())), *sorted(binds))
+
+
+def _tool(name: str) -> str:
+    """Absolute path of a system tool the namespace levels need (chroot lives in sbin)."""
+    return shutil.which(name, path=_TOOL_PATH) or name
 
 
 def _preexec(limits: SandboxLimits, nproc: bool) -> None:
@@ -405,7 +486,11 @@ def isolation_level() -> str:
         if _probed is None:
             candidates = []
             path = _SCRUBBED_ENV["PATH"]  # what the child's PATH will find
-            if shutil.which("unshare", path=path) and shutil.which("setpriv", path=path):
+            if (
+                shutil.which("unshare", path=path)
+                and shutil.which("setpriv", path=path)
+                and shutil.which("chroot", path=_TOOL_PATH)
+            ):
                 candidates.append(
                     "unshare-net-pid" if os.geteuid() == 0 else "unshare-user-net-pid"
                 )
