@@ -9,6 +9,7 @@ dedicated uid).  The corpus runs once at the probed level and once forced to rli
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -340,8 +341,15 @@ def host_markers() -> Iterator[list[Path]]:
         target.unlink(missing_ok=True)
 
 
-@pytest.mark.skipif(not NAMESPACED, reason="rlimits-only shows the whole host (it warns)")
-def test_a_fresh_root_shows_nothing_of_the_host(host_markers: list[Path]) -> None:
+FRESH_ROOT_LEVELS = [
+    *([LEVEL] if NAMESPACED else []),
+    *(["bwrap"] if LEVEL != "bwrap" and shutil.which("bwrap") else []),
+]
+
+
+@pytest.mark.skipif(not FRESH_ROOT_LEVELS, reason="rlimits-only shows the whole host (it warns)")
+@pytest.mark.parametrize("level", FRESH_ROOT_LEVELS)
+def test_a_fresh_root_shows_nothing_of_the_host(host_markers: list[Path], level: str) -> None:
     """Reading known paths, walking the tree, and listing what is visible: no marker file, no
     /etc, no checkout; the visible paths are printed for the CI log."""
     assert len(host_markers) >= 4
@@ -359,11 +367,11 @@ def test_a_fresh_root_shows_nothing_of_the_host(host_markers: list[Path]) -> Non
         "            print('FOUND', os.path.join(root, f))\n"
         "print('VISIBLE', sorted(seen))\n"
     )
-    res = run_python(src, LIMITS)
-    assert res.passed, res.stderr[-600:]
+    res = run_python(src, LIMITS, isolation=level)
+    assert res.passed and res.isolation == level, res.stderr[-600:]
     assert HOST_MARK + "\n" not in res.stdout and "FOUND" not in res.stdout
     visible = next(line for line in res.stdout.splitlines() if line.startswith("VISIBLE"))
-    print(f"isolation {LEVEL}; paths visible inside (3 levels): {visible[8:]}")
+    print(f"isolation {level}; paths visible inside (3 levels): {visible[8:]}")
     top = {p.split("/")[1] for p in eval(visible[8:]) if p.count("/") >= 1 and p != "/"}  # noqa: S307
     assert top <= {"dev", "lib", "lib64", "lib32", "libx32", "usr", "tmp", *_prefix_top()}, top
     assert "etc" not in top and "home" not in top and "proc" not in top
