@@ -274,11 +274,13 @@ def test_failed_program_reports_exit_code_and_stderr() -> None:
     assert res.status == "failed" and "AssertionError: boom" in res.stderr
 
 
-def test_missing_sandbox_tool_is_an_error_not_a_failure() -> None:
-    if Path("/usr/bin/bwrap").exists() or Path("/bin/bwrap").exists():
-        pytest.skip("bwrap is installed")
+def test_missing_sandbox_tool_is_an_error_not_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rrtool_oracles.sandbox as sandbox
+
+    # A level whose tool is gone (bwrap uninstalled after the probe, say).
+    monkeypatch.setattr(sandbox, "_command", lambda *a: ["/nonexistent/rrtool-missing-tool"])
     res = run_python("print(1)", isolation="bwrap")
-    assert res.status == "error" and not res.passed
+    assert res.status == "error" and not res.passed and "start failed" in res.stderr
 
 
 @pytest.mark.skipif(not NPROC, reason="process cap needs a dedicated uid (root + namespaces)")
