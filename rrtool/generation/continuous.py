@@ -237,9 +237,10 @@ class ContinuousDecoder:
     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """Prefill new rows, computing a prefix that neighbouring rows share once per group.
 
-        Rows arrive sorted by their tokens, so the queries of one NER passage (the same text,
-        asked for another type) and the samples of one prompt are neighbours: the passage is
-        then computed once for its queries, on top of the prefix every row shares.
+        Rows arrive sorted by their tokens, so prompts that share a prefix are neighbours (the
+        NER queries of one type share the system message and one-shot example, which name the
+        type; the samples of one prompt share all of it): that prefix is computed once per
+        group, on top of the prefix every row shares.
         """
         if prefix_embeds is not None:
             return self._prefill(rows, 0, None, prefix_embeds)

@@ -387,9 +387,10 @@ class HFGenerator:
         base_seed: int,
     ) -> list[list[Completion]]:
         per_prompt = 1 if params.greedy else params.num_samples
-        # Sorted by tokens: prompts that share a prefix (an NER passage asked for each type)
-        # and the samples of one prompt are neighbours, and the decoder computes what they
-        # share once. Slots refill as rows finish, so lengths need not be sorted.
+        # Sorted by tokens: prompts that share a prefix (Reveal's NER queries of one type share
+        # the system message and the one-shot example) and the samples of one prompt are
+        # neighbours, and the decoder computes what they share once. Slots refill as rows
+        # finish, so lengths need not be sorted.
         order = sorted(range(len(encoded)), key=lambda i: encoded[i])
         rows = [(i, j) for i in order for j in range(per_prompt)]
         if params.greedy:
