@@ -25,7 +25,6 @@ qualifies, and the generator falls back to ``generate`` otherwise.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from rrtool.generation.hf_inputs import (
+    cache_argument,
+    left_padded,
+    new_cache,
+    takes_logits_to_keep,
+    with_soft_prefix,
+)
 
 # Logit processors ``generate`` would add from a model's generation config; the decoder here
 # applies none of them, so a model that sets one must use the batch path.
@@ -97,16 +104,8 @@ class ContinuousDecoder:
         self.pad_id = pad_id
         self.batch_size = batch_size
         self.refill_at = max(1, batch_size // 4)
-        # transformers 5 renamed `past_key_values` to `cache` (the old name warns).
-        self._cache_key = (
-            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        )
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._keep = (
-            {"logits_to_keep": 1}
-            if "logits_to_keep" in inspect.signature(inner.forward).parameters
-            else {}
-        )
+        self._cache_key = cache_argument(model)
+        self._keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
         self.row_steps = 0  # rows summed over forward passes (a prefill is a row's first step)
 
     @property
@@ -205,12 +204,7 @@ class ContinuousDecoder:
         return request.finished is not None and request.finished(tokens)
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        try:  # transformers 5 builds per-layer caches from the config
-            return DynamicCache(config=self.model.config)
-        except TypeError:  # transformers 4
-            return DynamicCache()
+        return new_cache(self.model)
 
     def _forward(self, *, cache: Any, **inputs: Any) -> torch.Tensor:
         first = inputs.get("input_ids", inputs.get("inputs_embeds"))
@@ -270,14 +264,7 @@ class ContinuousDecoder:
         ``[pad | prompt]``, ``[shared prefix | pad | tail]`` or ``[pad | soft tokens | prompt]``.
         """
         tails = [r[shared:] for r in rows]
-        width = max(len(t) for t in tails)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, tail in enumerate(tails):
-            if tail:
-                ids[k, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-                mask[k, width - len(tail) :] = 1
-        ids, mask = ids.to(self._device), mask.to(self._device)
+        ids, mask = left_padded(tails, self.pad_id, self._device)
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(rows))
@@ -286,15 +273,7 @@ class ContinuousDecoder:
         elif prefix_embeds is not None:
             cache = self._new_cache()
             embeds = self.model.get_input_embeddings()(ids)
-            n_soft = prefix_embeds.shape[0]
-            full = embeds.new_zeros(len(rows), width + n_soft, embeds.shape[-1])
-            full_mask = mask.new_zeros(len(rows), width + n_soft)
-            for k, tail in enumerate(tails):
-                start = width - len(tail)
-                full[k, start : start + n_soft] = prefix_embeds
-                full[k, start + n_soft :] = embeds[k, start:]
-                full_mask[k, start:] = 1
-            mask = full_mask
+            full, mask = with_soft_prefix(embeds, mask, [len(t) for t in tails], prefix_embeds)
             inputs = {"inputs_embeds": full}
         else:
             cache = self._new_cache()

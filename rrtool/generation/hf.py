@@ -11,7 +11,6 @@ index). A completion therefore depends only on its prompt, the seed and its posi
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -36,6 +35,13 @@ from rrtool.generation.base import (
     row_seed,
 )
 from rrtool.generation.continuous import ContinuousDecoder, DecodeRequest, supports
+from rrtool.generation.hf_inputs import (
+    cache_argument,
+    left_padded,
+    new_cache,
+    takes_logits_to_keep,
+    with_soft_prefix,
+)
 from rrtool.generation.precision import computing_in, dtype_of
 
 TOP_P_CANDIDATES = 1024
@@ -193,7 +199,7 @@ class HFGenerator:
         if prefix is None:
             check_nonempty(encoded, prompts)
         # The vocab projection of every position is not needed; not every model takes the flag.
-        extra = {"logits_to_keep": 1} if self._takes_logits_to_keep() else {}
+        extra = {"logits_to_keep": 1} if takes_logits_to_keep(self.model) else {}
         size = batch_size or self.batch_size
         hidden = self.model.config.get_text_config().hidden_size
         features = torch.empty(len(encoded), hidden, dtype=torch.float32)
@@ -223,11 +229,6 @@ class HFGenerator:
     @property
     def _device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
-
-    def _takes_logits_to_keep(self) -> bool:
-        # A PEFT wrapper forwards **kwargs; ask the model underneath.
-        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
     def _check_prefix(self, prefix_embeds: torch.Tensor) -> torch.Tensor:
         embedding = self.model.get_input_embeddings().weight
@@ -273,19 +274,9 @@ class HFGenerator:
         exactly the positions it would have alone; the prefix's keys and values (computed once,
         at positions 0..shared-1) are repeated for the batch.
         """
-        from transformers import DynamicCache
-
         head = torch.tensor([rows[0][:shared]], dtype=torch.long, device=self._device)
-        # transformers 5 renamed `past_key_values` to `cache` (the old name warns).
-        key = (
-            "cache"
-            if "cache" in inspect.signature(self.model.forward).parameters
-            else "past_key_values"
-        )
-        try:  # transformers 5 builds per-layer caches (sliding windows) from the config
-            cache = DynamicCache(config=self.model.config)
-        except TypeError:  # transformers 4: one kind of layer cache
-            cache = DynamicCache()
+        key = cache_argument(self.model)
+        cache = new_cache(self.model)
         self.model(input_ids=head, use_cache=True, **{key: cache})
         cache.batch_repeat_interleave(len(rows))
         tails = [r[shared:] for r in rows]
@@ -304,31 +295,16 @@ class HFGenerator:
         }
 
     def _ids_left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, row in enumerate(rows):
-            ids[k, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[k, width - len(row) :] = 1
-        return ids.to(self._device), mask.to(self._device)
+        return left_padded(rows, self.pad_id, self._device)
 
     def _embed_left_padded(
         self, rows: list[list[int]], prefix: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings [pad ... | soft tokens | prompt tokens] per row: padding goes BEFORE the
-        soft tokens, so every real position sits exactly where it would without padding."""
+        """Embeddings [pad ... | soft tokens | prompt tokens] per row (``with_soft_prefix``)."""
         ids, mask = self._ids_left_padded(rows)
         embeds = self.model.get_input_embeddings()(ids)
         if prefix is not None:
-            n_soft = prefix.shape[0]
-            full = embeds.new_zeros(len(rows), ids.shape[1] + n_soft, embeds.shape[-1])
-            full_mask = mask.new_zeros(len(rows), ids.shape[1] + n_soft)
-            for k, row in enumerate(rows):
-                start = ids.shape[1] - len(row)
-                full[k, start : start + n_soft] = prefix
-                full[k, start + n_soft :] = embeds[k, start:]
-                full_mask[k, start:] = 1
-            embeds, mask = full, full_mask
+            embeds, mask = with_soft_prefix(embeds, mask, [len(r) for r in rows], prefix)
         return embeds, mask
 
     def _generate(
