@@ -2,7 +2,9 @@
 
 Compares, in one run, the sandboxed oracle (at several worker counts) against a naive
 runner that starts one plain `python` process per sample, sequentially, with no isolation.
-Not collected by pytest. Run:  python tests/bench_pass_at_1.py [--limit N]
+With ``--plus``, also scores every MBPP+ canonical solution as a candidate on its full plus
+inputs (the comparison must pass them all, bar the tasks that exceed the default limits).
+Not collected by pytest. Run:  python tests/bench_pass_at_1.py [--limit N] [--plus]
 Target (issue 3): at least 20 samples/s on 2 cores.
 """
 
@@ -19,7 +21,8 @@ from rrtool.oracles.registry import create_oracle
 from rrtool.spec import DataSource
 from rrtool.tasks import samples_from_records
 
-MBPP = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp" / "mbpp.jsonl"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
+MBPP = DATA / "mbpp.jsonl"
 
 
 def naive(records: list[dict]) -> tuple[int, float]:
@@ -36,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--workers", default="2,4,8")
+    parser.add_argument("--plus", action="store_true", help="also the MBPP+ canonical solutions")
     args = parser.parse_args()
     records = load_records(DataSource(path=str(MBPP), format="mbpp", limit=args.limit))
     samples = samples_from_records("mbpp", records)
@@ -55,6 +59,28 @@ def main() -> None:
         print(
             f"| pass_at_1, {workers} workers | {isolation} | {ok} | {seconds:.1f} | {len(samples) / seconds:.1f} |"
         )
+        failed = [s.id for s, x in zip(samples, scores, strict=True) if x.score != 1.0]
+        inside = sum(x.details.get("checks_decided_inside", 0) for x in scores)
+        print(f"  not passed: {failed[:20]}; checks decided inside the sandbox: {inside}")
+    if args.plus:
+        plus_canonical(args.limit)
+
+
+def plus_canonical(limit: int | None) -> None:
+    source = DataSource(path=str(DATA / "MbppPlus.jsonl"), format="mbppplus", limit=limit)
+    samples = samples_from_records("mbppplus", load_records(source))
+    oracle = create_oracle("pass_at_1", {"workers": 2})
+    started = time.perf_counter()
+    scores = oracle.score(samples)
+    seconds = time.perf_counter() - started
+    base = sum(bool(x.details.get("base_passed")) for x in scores)
+    plus = sum(bool(x.details.get("plus_passed")) for x in scores)
+    errors = [s.id for s, x in zip(samples, scores, strict=True) if x.details["status"] == "error"]
+    wrong = [s.id for s, x in zip(samples, scores, strict=True)
+             if x.details["status"] != "error" and not x.details.get("plus_passed")]  # fmt: skip
+    print(f"\nMBPP+ canonical solutions as candidates, full plus inputs, 2 workers: "
+          f"{len(samples)} tasks, base passed {base}, base+plus passed {plus}, "
+          f"{seconds:.0f} s; errors (limits) {errors}; wrong answers {wrong}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -308,17 +308,26 @@ def test_fork_bomb_does_not_starve_a_concurrent_sandbox() -> None:
     assert results["bomb"].status == "timeout"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit: in-process code can read the bootstrap's "
-    "frame; the nonce stops accidental/lazy forgeries, not introspection",
-)
-def test_nonce_forgery_by_frame_introspection_is_a_known_limit() -> None:
+def test_nonce_forgery_by_frame_introspection_cannot_pass_a_task() -> None:
+    """In-process code can read the bootstrap's nonce and fake "ran to completion"; it cannot
+    fake a pass, because pass_at_1 decides in the parent from values compared with expected ones
+    the sandbox never holds (``rrtool_oracles.values``; the forgery corpus is in
+    ``test_pass_at_1_forgery.py``)."""
+    from rrtool_oracles.pass_at_1 import PassAt1Oracle
+
+    from rrtool.oracles.contract import Sample
+
     src = (
-        "import os, sys\nprint()\nprint(sys._getframe(1).f_locals['nonce'].decode())\n"
-        "sys.stdout.flush()\nos._exit(0)"
+        "import os, sys\nf = sys._getframe()\n"
+        "while 'nonce' not in f.f_locals:\n    f = f.f_back\n"
+        "print()\nprint(f.f_locals['nonce'].decode())\nsys.stdout.flush()\nos._exit(0)"
     )
-    assert not run_python(src, LIMITS).passed
+    faked = run_python(src, LIMITS)
+    assert faked.status == "passed"  # completion is forgeable: that is why it is not the verdict
+    ref = {"test_list": ["assert f(2) == 4"], "test_setup_code": ""}
+    (score,) = PassAt1Oracle(workers=1).score([Sample(id="s", prompt="", completion=src,
+                                                     reference=ref)])  # fmt: skip
+    assert score.score == 0.0 and score.details["error"] == "ResultChannel"
 
 
 HOST_MARK = "rrtool-host-marker-5b0e1c"

@@ -13,15 +13,25 @@ The code runs as a module whose ``__name__`` is not ``"__main__"``, so demo bloc
 Reference formats:
 
 * MBPP: ``{"test_list": [...], "test_setup_code": "..."}``.  Runs candidate, then setup (MBPP's
-  setup builds objects from classes the solution defines), then the asserts.
+  setup builds objects from classes the solution defines), then the candidate's side of each
+  test.
 * MBPP+ (evalplus): ``{"entry_point", "canonical_solution", "base_input", "plus_input", "atol"}``.
-  Expected outputs come from running the canonical solution in the same sandbox (cached per task);
-  the candidate is then diff-tested on base inputs and, if those pass, on plus inputs.  Inputs get
-  evalplus' type restoration (tuples/sets/complex stored as JSON lists/strings), and its set-equal,
-  not-None, ``are_equivalent`` and ``sum_div`` special oracles; the ``surface_Area`` and
-  ``digit_distance_nums`` ones are not reproduced (plain diff-testing, slightly stricter).  Floats
-  compare with ``atol`` (1e-6 when the task says 0) and rtol 1e-7, everything else exactly.
-  ``score`` is the base verdict; ``details["plus_passed"]`` (base and plus) feeds ``plus/pass@k``.
+  Expected outputs come from running the canonical solution in its own sandbox (cached per
+  task); the candidate is then diff-tested on base inputs and, if those pass, on plus inputs.
+  Inputs get evalplus' type restoration (tuples/sets/complex stored as JSON lists/strings), and
+  its set-equal, not-None, ``are_equivalent`` and ``sum_div`` special oracles; the
+  ``surface_Area`` and ``digit_distance_nums`` ones are not reproduced (plain diff-testing,
+  slightly stricter).  Floats compare with ``atol`` (1e-6 when the task says 0) and rtol 1e-7,
+  everything else exactly.  ``score`` is the base verdict; ``details["plus_passed"]`` (base and
+  plus) feeds ``plus/pass@k``.
+
+The verdict is the parent's (:mod:`rrtool_oracles.values`): the sandbox reports the candidate's
+values as builtin data and the parent compares them with expected values the sandbox never
+holds -- a test's literal, parsed here (2,919 of MBPP's 2,922 asserts), else an expected
+expression computed in a candidate-free run, else (a test that needs the candidate's own names
+on both sides, or an ``assert`` of another shape) decided inside, counted in
+``details["checks_decided_inside"]``.  So an object whose ``__eq__`` always says True, a lying
+builtin subclass, or code that reads the harness's frames scores 0.
 
 Options: ``timeout`` (s per sandbox run, 10), ``memory_mb`` (1024), ``workers`` (parallel samples,
 2), ``ks`` (pass@k to report, [1]), ``max_plus_inputs`` (cap on MBPP+ plus inputs, null = all).
@@ -38,25 +48,34 @@ import math
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from rrtool.oracles.contract import Requirements, Sample, Score
 from rrtool_oracles.sandbox import ExecutionResult, SandboxLimits, run_python
+from rrtool_oracles.values import (
+    ENCODER,
+    Check,
+    DecodeError,
+    decide,
+    expected_value,
+    module_names,
+    plan_check,
+    read_values,
+)
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"python", "py", "python3"}
-_EXPECTED_TAG = "@@rrtool-expected "
 
 # Runs inside the sandbox for MBPP+ programs: evalplus' input type restoration (re-expressed from
-# evalplus/data/mbpp.py ``mbpp_deserialize_inputs``) and its output comparison rules.
+# evalplus/data/mbpp.py ``mbpp_deserialize_inputs``).  Outputs are compared in the parent
+# (``_plus_check``), never here.
 _PLUS_PRELUDE = r"""
-import base64, copy, json, pickle, sys
+import copy, json
 
-_RR_SET_EQ = {"similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly",
-              "larg_nnum", "intersection_array", "find_dissimilar", "Diff"}
-_RR_NOT_NONE = {"check_str", "text_match_three", "text_starta_endb"}
+_RR_NOT_NONE = set(@NOT_NONE@)
 
 def _rr_tuples(x):
     return tuple(_rr_tuples(i) for i in x) if isinstance(x, list) else x
@@ -92,33 +111,56 @@ def _rr_restore(num, a):
         return _rr_tuples(a)
     return a
 
-def _rr_is_floats(x):
+def _rr_outputs(entry, fn, num, raw):
+    out = []
+    for a in json.loads(raw):
+        o = fn(*copy.deepcopy(_rr_restore(num, a)))
+        if entry in _RR_NOT_NONE and o is not True and o is not False:
+            o = o is not None  # evalplus compares "returned something" for these
+        out.append(o)
+    return out
+"""
+
+# evalplus' special oracles: set-equal outputs, and "returned something" (see _PLUS_PRELUDE).
+_SET_EQ = {"similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly",
+           "larg_nnum", "intersection_array", "find_dissimilar", "Diff"}  # fmt: skip
+_NOT_NONE = {"check_str", "text_match_three", "text_starta_endb"}
+_PLUS_PRELUDE = _PLUS_PRELUDE.replace("@NOT_NONE@", repr(sorted(_NOT_NONE)))
+
+
+def _is_floats(x: Any) -> bool:
     if isinstance(x, float):
         return True
     return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(i, float) for i in x)
 
-def _rr_check(entry, out, exp, atol):
-    ok = out == exp
-    if entry == "are_equivalent":
-        ok = True
-    elif entry == "sum_div":
-        ok = ok or out == 0
-    elif entry in _RR_SET_EQ:
-        ok = set(out) == set(exp)
-    elif entry in _RR_NOT_NONE:
-        ok = out == exp if isinstance(out, bool) else exp == (out is not None)
-    if atol == 0 and _rr_is_floats(exp):
-        atol = 1e-6
-    if ok or atol == 0:
-        return bool(ok)
-    if type(out) is not type(exp):
+
+def _plus_check(entry: str, out: Any, exp: Any, atol: float) -> bool:
+    """evalplus' output comparison, on decoded builtin values in the parent."""
+    try:
+        ok = bool(out == exp)
+        if entry == "are_equivalent":
+            ok = True
+        elif entry == "sum_div":
+            ok = ok or out == 0
+        elif entry in _SET_EQ:
+            ok = set(out) == set(exp)
+        if atol == 0 and _is_floats(exp):
+            atol = 1e-6
+        if ok or atol == 0:
+            return ok
+        if type(out) is not type(exp):
+            return False
+        outs, exps = (out, exp) if isinstance(exp, (list, tuple)) else ([out], [exp])
+        if len(outs) != len(exps):
+            return False
+        return all(
+            isinstance(o, (int, float))
+            and isinstance(e, (int, float))
+            and abs(o - e) <= atol + 1e-7 * abs(e)
+            for o, e in zip(outs, exps, strict=True)
+        )
+    except (TypeError, ValueError, OverflowError, RecursionError):
         return False
-    outs, exps = (out, exp) if isinstance(exp, (list, tuple)) else ([out], [exp])
-    if len(outs) != len(exps):
-        return False
-    return all(isinstance(o, (int, float)) and isinstance(e, (int, float))
-               and abs(o - e) <= atol + 1e-7 * abs(e) for o, e in zip(outs, exps))
-"""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -145,19 +187,52 @@ def _task_number(task_id: Any) -> int:
     return int(num) if head.lower() == "mbpp" and num.isdigit() else -1
 
 
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def _is_plus(ref: Mapping[str, Any]) -> bool:
     return all(k in ref for k in ("entry_point", "canonical_solution", "base_input"))
 
 
-def _mbpp_program(code: str, ref: Mapping[str, Any]) -> str:
+def _mbpp_program(code: str, ref: Mapping[str, Any], plan: _MbppPlan) -> str:
+    """Candidate, then setup (MBPP's setup builds objects from classes the solution defines),
+    then the candidate's side of every test, in order; the values are the last output line.
+    No expected value is in this program."""
     setup = ref.get("test_setup_code") or ""
-    tests = "\n".join(ref["test_list"])
-    return (
-        "_rr_g = {'__name__': '__candidate__'}\n"
-        f"exec(compile({code!r}, '<candidate>', 'exec'), _rr_g)\n"
-        f"exec(compile({setup!r}, '<test_setup>', 'exec'), _rr_g)\n"
-        f"exec(compile({tests!r}, '<tests>', 'exec'), _rr_g)\n"
-    )
+    lines = [
+        ENCODER,
+        "_rr_g = {'__name__': '__candidate__'}",
+        f"exec(compile({code!r}, '<candidate>', 'exec'), _rr_g)",
+        f"exec(compile({setup!r}, '<test_setup>', 'exec'), _rr_g)",
+        "_rr_v = []",
+    ]
+    for i, check in enumerate(plan.checks):
+        where = f"'<test {i}>'"
+        if check.kind == "statement":
+            lines.append(f"exec(compile({check.source!r}, {where}, 'exec'), _rr_g)")
+            lines.append("_rr_v.append(True)")
+            continue
+        value = f"eval(compile({check.actual!r}, {where}, 'eval'), _rr_g)"
+        lines.append(f"_rr_v.append(bool({value}))" if check.kind in ("truthy", "falsy") else
+                     f"_rr_v.append({value})")  # fmt: skip
+        if i in plan.expected_inside:
+            lines.append(f"_rr_v.append(eval(compile({check.expected!r}, {where}, 'eval'), _rr_g))")
+    lines.append("_rr_emit(_rr_v)")
+    return "\n".join(lines) + "\n"
+
+
+def _expected_program(ref: Mapping[str, Any], expressions: Sequence[str]) -> str:
+    """Computes the non-literal expected values of a task's tests with no candidate code:
+    the standard modules they name, the task's setup (when it runs alone), the expressions."""
+    modules = sorted({m for e in expressions for m in module_names(e)})
+    setup = ref.get("test_setup_code") or ""
+    lines = [ENCODER, *(f"import {m}" for m in modules), "_rr_g = {'__name__': '__expected__'}"]
+    lines += [f"_rr_g[{m!r}] = {m}" for m in modules]
+    lines.append(f"exec(compile({setup!r}, '<test_setup>', 'exec'), _rr_g)")
+    values = ", ".join(f"eval(compile({e!r}, '<expected>', 'eval'), _rr_g)" for e in expressions)
+    lines.append(f"_rr_emit([{values}])")
+    return "\n".join(lines) + "\n"
 
 
 def _plus_inputs(ref: Mapping[str, Any], max_plus: int | None) -> tuple[list[Any], list[Any]]:
@@ -165,35 +240,29 @@ def _plus_inputs(ref: Mapping[str, Any], max_plus: int | None) -> tuple[list[Any
     return list(ref["base_input"]), plus if max_plus is None else plus[:max_plus]
 
 
-def _canonical_program(ref: Mapping[str, Any], base: list[Any], plus: list[Any]) -> str:
+def _plus_program(
+    code: str, ref: Mapping[str, Any], *groups: list[Any], name: str = "__candidate__"
+) -> str:
+    """Runs ``code`` (a candidate, or the canonical solution) on each group of inputs; the
+    outputs, one list per group, are the last output line.  No expected value is in it."""
     entry, num = ref["entry_point"], _task_number(ref.get("task_id"))
-    return _PLUS_PRELUDE + (
-        "_rr_g = {'__name__': '__canonical__'}\n"
-        f"exec(compile({ref['canonical_solution']!r}, '<canonical>', 'exec'), _rr_g)\n"
+    raws = ", ".join(repr(json.dumps(g)) for g in groups)
+    return (
+        _PLUS_PRELUDE + ENCODER + f"_rr_g = {{'__name__': {name!r}}}\n"
+        f"exec(compile({code!r}, '<{name.strip('_')}>', 'exec'), _rr_g)\n"
         f"_rr_fn = _rr_g[{entry!r}]\n"
-        f"for _rr_raw in ({json.dumps(base)!r}, {json.dumps(plus)!r}):\n"
-        "    _rr_out = []\n"
-        "    for _rr_a in json.loads(_rr_raw):\n"
-        f"        _rr_o = _rr_fn(*copy.deepcopy(_rr_restore({num}, _rr_a)))\n"
-        f"        _rr_out.append(_rr_o is not None if {entry!r} in _RR_NOT_NONE else _rr_o)\n"
-        f"    print({_EXPECTED_TAG!r} + base64.b64encode(pickle.dumps(_rr_out)).decode())\n"
+        f"_rr_emit([_rr_outputs({entry!r}, _rr_fn, {num}, r) for r in ({raws},)])\n"
     )
 
 
-def _candidate_program(code: str, ref: Mapping[str, Any], inputs: list[Any], expected: str) -> str:
-    entry, num = ref["entry_point"], _task_number(ref.get("task_id"))
-    atol = float(ref.get("atol") or 0)
-    return _PLUS_PRELUDE + (
-        f"_rr_inputs = [_rr_restore({num}, a) for a in json.loads({json.dumps(inputs)!r})]\n"
-        f"_rr_expected = pickle.loads(base64.b64decode({expected!r}))\n"
-        "_rr_g = {'__name__': '__candidate__'}\n"
-        f"exec(compile({code!r}, '<candidate>', 'exec'), _rr_g)\n"
-        f"_rr_fn = _rr_g[{entry!r}]\n"
-        "for _rr_n, (_rr_a, _rr_e) in enumerate(zip(_rr_inputs, _rr_expected)):\n"
-        "    _rr_o = _rr_fn(*copy.deepcopy(_rr_a))\n"
-        f"    if not _rr_check({entry!r}, _rr_o, _rr_e, {atol!r}):\n"
-        "        raise AssertionError(f'wrong answer on input #{_rr_n}')\n"
-    )
+@dataclass(frozen=True)
+class _MbppPlan:
+    """A task's tests as checks, with the expected values the parent holds (``None`` where the
+    expected side is computed in the candidate's sandbox: ``expected_inside``)."""
+
+    checks: tuple[Check, ...]
+    expected: tuple[Any, ...]
+    expected_inside: frozenset[int]
 
 
 DETAIL_CAP = 200  # characters of the candidate's own output a score may carry
@@ -249,7 +318,7 @@ class PassAt1Oracle:
         self.workers = workers
         self.ks = sorted(set(ks))
         self.max_plus_inputs = max_plus_inputs
-        self._expected: dict[tuple[str, str], tuple[str, str] | str] = {}
+        self._expected: dict[tuple[str, str], Any] = {}
         self._key_locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._cache_lock = threading.Lock()
 
@@ -268,9 +337,7 @@ class PassAt1Oracle:
         if _is_plus(ref):
             return self._score_plus(code, ref)
         if "test_list" in ref:
-            res = run_python(_mbpp_program(code, ref), self.limits)
-            details = {"format": "mbpp", "passed": res.passed, **_run_details(res)}
-            return Score(1.0 if res.passed else 0.0, details)
+            return self._score_mbpp(code, ref)
         return Score(
             0.0,
             {
@@ -281,6 +348,60 @@ class PassAt1Oracle:
                 "entry_point/canonical_solution/base_input (MBPP+)",
             },
         )
+
+    def _score_mbpp(self, code: str, ref: Mapping[str, Any]) -> Score:
+        plan = self._mbpp_plan(ref)
+        res = run_python(_mbpp_program(code, ref, plan), self.limits)
+        inside = sum(c.kind == "statement" for c in plan.checks) + len(plan.expected_inside)
+        details: dict[str, Any] = {"format": "mbpp", "checks_decided_inside": inside}
+        verdict = self._verdict(res, plan, details)
+        return Score(1.0 if verdict else 0.0, {**details, "passed": verdict})
+
+    def _verdict(self, res: ExecutionResult, plan: _MbppPlan, details: dict[str, Any]) -> bool:
+        """Decide every check in the parent from the values the run reported."""
+        details.update(_run_details(res))
+        if not res.passed:
+            return False
+        count = len(plan.checks) + len(plan.expected_inside)
+        try:
+            values = iter(read_values(res.stdout, count))
+        except DecodeError as exc:
+            details.update(status="failed", error="ResultChannel", stderr_tail=str(exc))
+            return False
+        for i, check in enumerate(plan.checks):
+            actual = next(values)
+            expected = next(values) if i in plan.expected_inside else plan.expected[i]
+            if not decide(check, actual, expected):
+                details.update(status="failed", error="WrongAnswer",
+                               stderr_tail=f"test #{i} failed: {check.source[:150]}")  # fmt: skip
+                return False
+        return True
+
+    def _mbpp_plan(self, ref: Mapping[str, Any]) -> _MbppPlan:
+        """The task's checks and the expected values the parent holds, cached per task: literals
+        are parsed here, other expected expressions computed once in a candidate-free run."""
+        checks = tuple(plan_check(t) for t in ref["test_list"])
+        computed = [i for i, c in enumerate(checks) if c.expected is not None and not c.literal]
+
+        def build() -> _MbppPlan:
+            expected: list[Any] = [expected_value(c) if c.literal else None for c in checks]
+            inside: set[int] = set()
+            if computed:
+                program = _expected_program(ref, [checks[i].expected or "" for i in computed])
+                res = run_python(program, self.limits)
+                try:
+                    if not res.passed:
+                        raise DecodeError(res.status)
+                    for i, value in zip(
+                        computed, read_values(res.stdout, len(computed)), strict=True
+                    ):
+                        expected[i] = value
+                except DecodeError:  # needs the candidate's names: computed beside it
+                    inside.update(computed)
+            return _MbppPlan(checks, tuple(expected), frozenset(inside))
+
+        key = ("mbpp", _digest([ref["test_list"], ref.get("test_setup_code") or ""]))
+        return self._cached(key, build)
 
     def _score_plus(self, code: str, ref: Mapping[str, Any]) -> Score:
         base, plus = _plus_inputs(ref, self.max_plus_inputs)
@@ -295,49 +416,72 @@ class PassAt1Oracle:
                 passed=False, base_passed=False, plus_passed=False, status="error", error=expected
             )
             return Score(0.0, details)
-        res = run_python(_candidate_program(code, ref, base, expected[0]), self.limits)
-        base_ok, plus_ok = res.passed, False
+        res = run_python(_plus_program(code, ref, base), self.limits)
+        base_ok = self._plus_verdict(res, ref, expected[0], details)
+        plus_ok = False
         if base_ok:  # plus only counts on top of base, so skip the run when base already failed
-            res = run_python(_candidate_program(code, ref, plus, expected[1]), self.limits)
-            plus_ok = res.passed
-        details.update(
-            passed=base_ok, base_passed=base_ok, plus_passed=plus_ok, **_run_details(res)
-        )
+            res = run_python(_plus_program(code, ref, plus), self.limits)
+            plus_ok = self._plus_verdict(res, ref, expected[1], details)
+        details.update(passed=base_ok, base_passed=base_ok, plus_passed=plus_ok)
         return Score(1.0 if base_ok else 0.0, details)
+
+    @staticmethod
+    def _plus_verdict(
+        res: ExecutionResult, ref: Mapping[str, Any], expected: list[Any], details: dict[str, Any]
+    ) -> bool:
+        details.update(_run_details(res))
+        if not res.passed:
+            return False
+        try:
+            (outputs,) = read_values(res.stdout, 1)
+        except DecodeError as exc:
+            details.update(status="failed", error="ResultChannel", stderr_tail=str(exc))
+            return False
+        entry, atol = ref["entry_point"], float(ref.get("atol") or 0)
+        if not isinstance(outputs, list) or len(outputs) != len(expected):
+            details.update(status="failed", error="ResultChannel", stderr_tail="output count")
+            return False
+        for n, (out, exp) in enumerate(zip(outputs, expected, strict=True)):
+            if not _plus_check(entry, out, exp, atol):
+                details.update(status="failed", error="WrongAnswer",
+                               stderr_tail=f"wrong answer on input #{n}")  # fmt: skip
+                return False
+        return True
 
     def _expected_outputs(
         self, ref: Mapping[str, Any], base: list[Any], plus: list[Any]
-    ) -> tuple[str, str] | str:
-        """Pickled (base64) expected outputs for base and plus inputs, or an error message.
+    ) -> tuple[list[Any], list[Any]] | str:
+        """Expected outputs for base and plus inputs (decoded values), or an error message.
 
-        Computed once per task by running the canonical solution in the sandbox; the parent never
-        unpickles them (they go back into the candidate's sandbox as opaque text)."""
-        digest = hashlib.sha256(
-            json.dumps([ref["canonical_solution"], base, plus], sort_keys=True).encode()
-        ).hexdigest()
-        key = (str(ref.get("task_id", ref["entry_point"])), digest)
+        Computed once per task by running the canonical solution in the sandbox; they stay in
+        the parent, which compares the candidate's outputs with them."""
+        key = (str(ref.get("task_id", ref["entry_point"])),
+               _digest([ref["canonical_solution"], base, plus]))  # fmt: skip
+        return self._cached(key, lambda: self._run_canonical(ref, base, plus))
+
+    def _cached(self, key: tuple[str, str], build: Callable[[], Any]) -> Any:
         with self._cache_lock:
             lock = self._key_locks[key]
-        with lock:  # concurrent samples of one task wait for a single canonical run
+        with lock:  # concurrent samples of one task wait for a single run
             if key not in self._expected:
-                self._expected[key] = self._run_canonical(ref, base, plus)
+                self._expected[key] = build()
             return self._expected[key]
 
     def _run_canonical(
         self, ref: Mapping[str, Any], base: list[Any], plus: list[Any]
-    ) -> tuple[str, str] | str:
+    ) -> tuple[list[Any], list[Any]] | str:
         limits = SandboxLimits(
             timeout_s=self.limits.timeout_s, memory_mb=self.limits.memory_mb, max_stdout=1 << 28
         )
-        res = run_python(_canonical_program(ref, base, plus), limits)
-        lines = [
-            ln[len(_EXPECTED_TAG) :]
-            for ln in res.stdout.splitlines()
-            if ln.startswith(_EXPECTED_TAG)
-        ]
-        if not res.passed or len(lines) != 2:
+        program = _plus_program(ref["canonical_solution"], ref, base, plus, name="__canonical__")
+        res = run_python(program, limits)
+        if not res.passed:
             return f"canonical solution failed ({res.status}): {res.stderr[-500:]}"
-        return lines[0], lines[1]
+        try:
+            expected_base, expected_plus = read_values(res.stdout, 2)
+        except DecodeError as exc:
+            return f"canonical solution's outputs unreadable: {exc}"
+        return expected_base, expected_plus
 
     # -- aggregation ---------------------------------------------------------------------------
 

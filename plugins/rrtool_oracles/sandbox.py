@@ -19,11 +19,13 @@ rlimits, and, when the kernel allows it, inside new network, PID and mount names
 
 The level is probed once per process and reported in every ``ExecutionResult.isolation``.
 
-Verdict: the parent sends a random nonce on stdin (never argv/env); the bootstrap reads it, then
-runs the program and, only if it returns normally, writes the nonce as the last line and exits 0
-at once.  Early ``os._exit(0)``/``sys.exit(0)`` or printed text cannot pass.  This is not proof
-against code that inspects the bootstrap's own frames or heap; the sandbox bounds the damage
-untrusted code can do, the nonce stops accidental and lazy forgeries.
+Completion: the parent sends a random nonce on stdin (never argv/env); the bootstrap reads it,
+then runs the program and, only if it returns normally, writes the nonce as the last line and
+exits 0 at once.  Early ``os._exit(0)``/``sys.exit(0)`` or printed text cannot fake it; code that
+inspects the bootstrap's own frames can (anything in the process is the program's to read).  So
+``passed`` means "ran to completion", never "is correct": ``pass_at_1`` decides correctness in
+the parent, from values the program reports, against expected values the sandbox never holds
+(:mod:`rrtool_oracles.values`).
 """
 
 from __future__ import annotations
