@@ -344,9 +344,10 @@ class _ScriptedEvaluator:
 def _scripted_release(
     write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, iterations: int,
     script: list[tuple[float, float]], stopping: dict, retain_first: bool = False,
+    **release: object,
 ) -> tuple[dict, Tracker, RunContext]:  # fmt: skip
     weights = {"mu0": 0.3, "lambdas": [0.2] * iterations, "mus": [0.4] * iterations}
-    section: dict = {"iterations": iterations, "weights": weights}
+    section: dict = {"iterations": iterations, "weights": weights, **release}
     if retain_first:
         section |= {"schedule": "retain_first", "weights": weights | {"lambda0": 0.1}}
     spec = release_spec(section, stopping)
@@ -595,3 +596,30 @@ def test_retain_first_adds_r0_before_f0(
     ]  # fmt: skip
     assert summary["modules"] == 4 and summary["stop_reason"] == "all 1 iteration(s) done"
     _assert_equals_rebuild(ctx, tracker, tmp_path / "a")
+
+
+def test_forget_projection_subtracts_forget_modules_off_the_applied_retain_subspaces(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = [(0.6, 0.8), (0.55, 0.85), (0.2, 0.7), (0.25, 0.8), (0.1, 0.75)]
+    summary, tracker, ctx = _scripted_release(
+        write_spec, tmp_path, monkeypatch, 1, script, {}, retain_first=True,
+        forget_projection="retain",
+    )  # fmt: skip
+    assert summary["modules"] == 4
+    stack = json.loads(tracker.read_text("release/state.json"))["stack"]
+    modules = {
+        e["module"]: release_phase.download_module(tracker, e, tmp_path / "dl") for e in stack
+    }
+    assert modules["F0"].info["projected_off"] == [modules["R0"].sha256()]
+    assert modules["F1"].info["projected_off"] == [m.sha256() for m in (modules["R0"],
+                                                                          modules["R1"])]  # fmt: skip
+    for name in modules["F1"].names:  # nothing of F1 where R1 writes or reads
+        r1, f1 = modules["R1"].delta(name).double(), modules["F1"].delta(name).double()
+        bound = 1e-4 * float(r1.norm()) * max(float(f1.norm()), 1e-8)  # float32 storage
+        assert float((r1.T @ f1).norm()) <= bound and float((f1 @ r1.T).norm()) <= bound
+    metrics = tracker.client.get_run(tracker.run_id).data.metrics
+    assert 0 < metrics["release/F1/projection_removed_norm2"] <= 1
+    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")  # export replays projected modules
+    with pytest.raises(ValueError, match="forget_projection projects the iterative"):
+        Spec.model_validate(tiny_spec(release={"strategy": "dpo", "forget_projection": "retain"}))

@@ -25,7 +25,7 @@ from rrtool_oracles.sandbox import ExecutionResult, SandboxLimits, isolation_lev
 LEVEL = isolation_level()
 NAMESPACED = LEVEL != "rlimits-only"
 NPROC = NAMESPACED and os.geteuid() == 0
-LIMITS = SandboxLimits(timeout_s=2.0, memory_mb=512, max_stdout=64 * 1024)
+LIMITS = SandboxLimits(timeout_s=2.0, memory_mb=512, max_stdout=64 * 1024, max_result=2**20)
 SECRET = "rrtool-test-secret-6d1f0c"
 LEAK_MARK = "987654.25"  # unusual `sleep` argument: finds leaked processes in the host's /proc
 ESCAPE_FILE = Path(__file__).resolve().parent / "SANDBOX_ESCAPED"
@@ -49,7 +49,8 @@ def _no_secret(res: ExecutionResult) -> None:
 
 
 def _output_capped(res: ExecutionResult) -> None:
-    assert len(res.stdout) < LIMITS.max_stdout + 8192
+    # The head, and the tail: at most the last line (kept whole up to max_result).
+    assert len(res.stdout) < LIMITS.max_stdout + LIMITS.max_result + 8192
     assert "bytes truncated" in res.stdout
 
 
@@ -435,3 +436,16 @@ def test_sandbox_dies_with_a_crashed_caller() -> None:
     for workdir in set(Path("/tmp").glob("rrtool-sbx-*")) - workdirs_before:
         workdir.rmdir()  # the killed caller could not clean up; the dir is empty (tmpfs inside)
     assert not leaked
+
+
+def test_the_last_output_line_survives_the_cap_whole() -> None:
+    """pass_at_1 reads its values from the program's last line: a flood of output before it is
+    cut, the line itself (1 MB here) is kept whole."""
+    src = "for i in range(20000):\n    print('noise', i)\nprint('L' * 1_000_000 + 'END')\n"
+    res = run_python(src, LIMITS)
+    assert res.passed and "bytes truncated" in res.stdout
+    last = res.stdout.rstrip("\n").rpartition("\n")[2]
+    assert last == "L" * 1_000_000 + "END"
+    assert len(res.stdout) < LIMITS.max_stdout + 1_000_003 + 8192
+    flood = run_python("for i in range(200_000):\n    print('noise', i)\n", LIMITS)
+    assert len(flood.stdout) < LIMITS.max_stdout + 8192  # short lines: only the last few kept

@@ -35,9 +35,10 @@ builtin subclass, or code that reads the harness's frames scores 0.
 
 Options: ``timeout`` (s per sandbox run, 10), ``memory_mb`` (1024), ``workers`` (parallel samples,
 2), ``ks`` (pass@k to report, [1]), ``max_plus_inputs`` (cap on MBPP+ plus inputs, null = all).
-With the defaults, five MBPP+ canonical solutions exceed the limits on their full plus inputs
-(Mbpp/255, 271, 392, 599, 603): those samples get status "error" and count in ``error_rate``;
-raise ``timeout``/``memory_mb`` or cap ``max_plus_inputs`` for them.
+With the defaults, two MBPP+ canonical solutions exceed the limits on their full plus inputs
+(Mbpp/255, 599; the other 397 pass base and plus, ``tests/bench_pass_at_1.py --plus``): those
+samples get status "error" and count in ``error_rate``; raise ``timeout``/``memory_mb`` or cap
+``max_plus_inputs`` for them.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ the parent, from values the program reports, against expected values the sandbox
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -61,7 +62,10 @@ _SCRUBBED_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 _SETUP_FAILED = 97
 _PR_SET_PDEATHSIG = 1
 _PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
-_TAIL_BYTES = 4096  # stdout tail kept past the cap so the nonce line is never cut off
+_TAIL_BYTES = 4096  # output tail kept past the cap, for the last lines and the nonce
+# stdout's last lines kept whole past the cap (up to SandboxLimits.max_result): the program's
+# last line, a blank and the nonce line.
+_LAST_LINES = 3
 
 # Reads "<nonce>\n<program>" from stdin, closes stdin, runs the program in fresh globals and, only
 # if it returns, flushes and writes the nonce on a dup of fd 1 and leaves without running atexit
@@ -155,6 +159,7 @@ class SandboxLimits:
     tmpfs_mb: int = 64
     max_stdout: int = 64 * 1024
     max_stderr: int = 16 * 1024
+    max_result: int = 64 * 2**20  # the last output line, kept whole past max_stdout
 
 
 def _interpreter() -> tuple[str, str]:
@@ -311,31 +316,46 @@ def _preexec(limits: SandboxLimits, nproc: bool) -> None:
 
 
 class _Capped:
-    """Keeps the first ``cap`` bytes and the last ``_TAIL_BYTES`` of a stream."""
+    """Keeps the first ``cap`` bytes and the last ``tail_cap`` bytes of a stream (chunks in a
+    deque, so a program that floods its output costs no quadratic copying)."""
 
-    def __init__(self, cap: int) -> None:
-        self.cap, self.head, self.tail, self.total = cap, bytearray(), bytearray(), 0
+    def __init__(self, cap: int, tail_cap: int = _TAIL_BYTES) -> None:
+        self.cap, self.tail_cap, self.total = cap, tail_cap, 0
+        self.head = bytearray()
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_len = 0
 
     def add(self, data: bytes) -> None:
         self.total += len(data)
         room = self.cap - len(self.head)
         self.head += data[:room]
         if len(data) > room:
-            self.tail = (self.tail + data[max(room, 0) :])[-_TAIL_BYTES:]
+            self.tail.append(data[max(room, 0) :])
+            self.tail_len += len(self.tail[-1])
+            while self.tail_len - len(self.tail[0]) >= self.tail_cap:
+                self.tail_len -= len(self.tail.popleft())
+
+    def _tail(self) -> bytes:
+        """The last ``_TAIL_BYTES``, reaching back to the start of the last lines (the last
+        output line ahead of the nonce: the values pass_at_1 reads) when they are longer."""
+        tail = b"".join(self.tail)[-self.tail_cap :]
+        start = len(tail)
+        for _ in range(_LAST_LINES + 1):
+            start = tail.rfind(b"\n", 0, start)
+            if start < 0:
+                break
+        return tail[min(max(start + 1, 0), max(len(tail) - _TAIL_BYTES, 0)) :]
 
     def text(self) -> str:
         if self.total <= self.cap:
             return self.head.decode("utf-8", "replace")
-        dropped = self.total - len(self.head) - len(self.tail)
+        tail = self._tail()
+        dropped = self.total - len(self.head) - len(tail)
         mid = f"\n...[{dropped} bytes truncated]...\n" if dropped > 0 else ""
-        return (
-            bytes(self.head).decode("utf-8", "replace")
-            + mid
-            + bytes(self.tail).decode("utf-8", "replace")
-        )
+        return bytes(self.head).decode("utf-8", "replace") + mid + tail.decode("utf-8", "replace")
 
     def last_bytes(self, n: int) -> bytes:
-        return bytes(self.head + self.tail)[-n:] if self.total > self.cap else bytes(self.head)[-n:]
+        return (bytes(self.head) + self._tail())[-n:]
 
 
 def _kill_group(pgid: int) -> None:
@@ -354,7 +374,10 @@ def _run(source: str, limits: SandboxLimits, level: str) -> ExecutionResult:
     )
     uid = _UIDS.acquire() if drop else None
     workdir = Path(tempfile.mkdtemp(prefix="rrtool-sbx-", dir="/tmp"))
-    out, err = _Capped(limits.max_stdout), _Capped(limits.max_stderr)
+    # stdout's tail holds the program's last line whole (the values pass_at_1 compares), and
+    # the nonce after it.
+    out = _Capped(limits.max_stdout, limits.max_result + _TAIL_BYTES)
+    err = _Capped(limits.max_stderr)
     timed_out, proc = False, None
     try:
         if uid is not None:

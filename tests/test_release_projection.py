@@ -1,0 +1,70 @@
+"""``release.forget_projection``: a forget update with the retain modules' subspaces removed,
+against its dense definition (I - U U^T) dF (I - V V^T)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rrtool.release.lora import LoraModule
+from rrtool.release.projection import project_out
+
+NAMES = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
+
+
+def _module(seed: int, kind: str, out: int = 12, fan_in: int = 20, r: int = 3) -> LoraModule:
+    gen = torch.Generator().manual_seed(seed)
+    return LoraModule(
+        A={n: torch.randn(r, fan_in, generator=gen) for n in NAMES},
+        B={n: torch.randn(out, r, generator=gen) for n in NAMES},
+        r=r,
+        alpha=2.0 * r + 1,  # a scale other than 1, so a forgotten scale shows
+        target_modules="all-linear",
+        kind=kind,
+    )
+
+
+def _orth(m: torch.Tensor) -> torch.Tensor:
+    q, _ = torch.linalg.qr(m.double())
+    return q
+
+
+def test_projection_matches_the_dense_definition_for_two_retain_modules() -> None:
+    forget, r1, r2 = _module(0, "forget"), _module(1, "retain"), _module(2, "retain")
+    projected, removed = project_out(forget, [r1, r2])
+    assert (projected.r, projected.scale, projected.kind) == (forget.r, forget.scale, "forget")
+    before = after = 0.0
+    for name in NAMES:
+        u = _orth(torch.cat([r1.B[name], r2.B[name]], dim=1))
+        v = _orth(torch.cat([r1.A[name].T, r2.A[name].T], dim=1))
+        eye_out, eye_in = torch.eye(u.shape[0], dtype=torch.float64), torch.eye(v.shape[0],
+                                                                                 dtype=torch.float64)  # fmt: skip
+        want = (eye_out - u @ u.T) @ forget.delta(name).double() @ (eye_in - v @ v.T)
+        got = projected.delta(name).double()
+        assert torch.allclose(got, want, atol=1e-5 * want.abs().max())
+        # Nothing of the update is left where either retain module writes or reads.
+        assert (u.T @ got).abs().max() < 1e-4 * got.abs().max()
+        assert (got @ v).abs().max() < 1e-4 * got.abs().max()
+        before += float(forget.delta(name).double().norm() ** 2)
+        after += float(want.norm() ** 2)
+    assert removed == pytest.approx(1 - after / before, rel=1e-4) and 0 < removed < 1
+    assert projected.info["projected_off"] == [r1.sha256(), r2.sha256()]
+
+
+def test_no_retain_module_keeps_the_forget_module_and_a_copy_removes_all() -> None:
+    forget = _module(3, "forget")
+    same, removed = project_out(forget, [])
+    assert same is forget and removed == 0.0
+    twin = LoraModule(A=dict(forget.A), B=dict(forget.B), r=forget.r, alpha=forget.alpha,
+                      target_modules="all-linear", kind="retain")  # fmt: skip
+    _, removed = project_out(forget, [twin])
+    assert removed == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_zero_retain_layer_projects_nothing_there() -> None:
+    forget, retain = _module(4, "forget"), _module(5, "retain")
+    retain.B[NAMES[0]].zero_()  # a freshly initialised LoRA: B is zero, it writes nowhere yet
+    retain.A[NAMES[0]].zero_()
+    projected, _ = project_out(forget, [retain])
+    assert torch.allclose(projected.delta(NAMES[0]), forget.delta(NAMES[0]), atol=1e-6)
+    assert not torch.allclose(projected.delta(NAMES[1]), forget.delta(NAMES[1]), atol=1e-3)
