@@ -460,6 +460,11 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
             {"training_steps": forget_steps + (retain_steps if ext_sub else 0)},
         ),
     ]
+    projected = (
+        " (the retain modules' subspaces projected out)"
+        if release.forget_projection == "retain"
+        else ""
+    )
     for i in range(1, iterations + 1):
         lam = weights.lambdas[i - 1] if weights.lambdas else None
         mu = weights.mus[i - 1] if weights.mus else None
@@ -467,7 +472,7 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
             Step(
                 f"iteration {i}",
                 f"train retain LoRA R{i} on ~{retain_n} examples, add lambda{i} = {how(lam)}; "
-                f"train forget LoRA F{i}, subtract mu{i} = {how(mu)}",
+                f"train forget LoRA F{i}{projected}, subtract mu{i} = {how(mu)}",
                 {"training_steps": forget_steps + retain_steps},
             )
         )

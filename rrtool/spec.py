@@ -627,6 +627,13 @@ class ReleaseSpec(_Section):
         "`retain_first` adds a retain module R0 (searched like lambda) before F0, so the "
         "format the forget module shares with the retained behaviour is reinforced first.",
     )
+    forget_projection: Literal["none", "retain"] = Field(
+        default="none",
+        description="`iterative` only: `retain` subtracts each forget module with the input "
+        "and output subspaces of the retain modules already applied projected out (the part "
+        "of the forget update that lives where the retained behaviour is written, such as the "
+        "answer format, is kept); F0 of the forget-first schedule has none to project on.",
+    )
     iterations: int = Field(
         default=3,
         ge=0,
@@ -848,6 +855,12 @@ class Spec(_Section):
             raise ValueError(
                 "release.forget_formats re-renders NER answers: it needs target.kind `ner` "
                 f"(got `{self.target.kind}`)"
+            )
+        if self.release.forget_projection != "none" and self.release.strategy != "iterative":
+            raise ValueError(
+                "release.forget_projection projects the iterative strategy's forget modules off "
+                f"its retain modules: it needs release.strategy `iterative` (got "
+                f"`{self.release.strategy}`)"
             )
         if self.release.strategy == "cmd" and self.target.kind != "toxicity":
             raise ValueError(

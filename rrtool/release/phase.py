@@ -56,6 +56,7 @@ from rrtool.release.distributed import train_in_processes
 from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.ext_sub import deficiency
 from rrtool.release.lora import Example, LoraModule, train_lora
+from rrtool.release.projection import project_out
 from rrtool.release.stack import MODULES, STATE, download_module
 from rrtool.release.weights import (
     Start,
@@ -346,6 +347,8 @@ class _Release:
         if step.objective == "ext_sub" and step.kind == "forget":
             return self._save(step.name, self._deficiency())
         module = self._fit(step.name, step.kind, step, self._examples(step, progress), progress)
+        if step.kind == "forget" and self.spec.release.forget_projection == "retain":
+            module = self._projected(step, module)
         if step.objective == "ext_sub":
             # Ext-Sub's anti-expert: trained on the same weights as the expert (before the
             # expert is added), kept for D0 (recorded, so a resumed run can download it).
@@ -357,6 +360,18 @@ class _Release:
                 "sha256": anti.sha256(),
             }
         return self._save(step.name, module)
+
+    def _projected(self, step: Step, module: LoraModule) -> LoraModule:
+        """The forget module with the applied retain modules' subspaces projected out."""
+        retain = [self.modules[e["module"]] for e in self.state["stack"] if e["kind"] == "retain"]
+        projected, removed = project_out(module, retain)
+        if retain:
+            self.tracker.log_metrics({f"release/{step.name}/projection_removed_norm2": removed})
+            self.ctx.console.print(
+                f"release: {step.name} projected off {len(retain)} retain module(s): "
+                f"{removed:.1%} of its squared norm removed"
+            )
+        return projected
 
     def _deficiency(self) -> LoraModule:
         if ANTI_EXPERT not in self.modules:
