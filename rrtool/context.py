@@ -104,7 +104,7 @@ class RunContext:
 
     def generator(self) -> Generator:
         if self._generator is None:
-            from rrtool.generation.base import generator_for
+            from rrtool.generation.factory import generator_for
 
             self._generator = generator_for(self.spec.reveal.generation, self.model())
         return self._generator

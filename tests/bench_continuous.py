@@ -32,7 +32,7 @@ def main() -> None:
     from rrtool.generation.base import SamplingParams
     from rrtool.generation.hf import HFGenerator
     from rrtool.models import load_model
-    from rrtool.reveal.phase import ner_queries
+    from rrtool.queries import ner_queries
     from rrtool.spec import DataSource, ModelSpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -23,11 +23,12 @@ def main() -> None:
     import torch
 
     from rrtool.data import load_records
-    from rrtool.generation.base import SamplingParams, make_generator
+    from rrtool.generation.base import SamplingParams
+    from rrtool.generation.factory import make_generator
     from rrtool.models import load_model
+    from rrtool.queries import ner_queries
     from rrtool.release.compose import ScaledAdapter
     from rrtool.release.lora import Example, encode_example, train_lora
-    from rrtool.reveal.phase import ner_queries
     from rrtool.spec import DataSource, LoraSpec, ModelSpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -19,14 +19,15 @@ import time
 
 def main() -> None:
     from rrtool.data import load_records
-    from rrtool.generation.base import SamplingParams, make_generator
+    from rrtool.generation.base import SamplingParams
+    from rrtool.generation.factory import make_generator
     from rrtool.models import load_model
     from rrtool.oracles.contract import Sample
     from rrtool.oracles.registry import create_oracle
+    from rrtool.queries import ner_queries
     from rrtool.release.compose import ScaledAdapter
     from rrtool.release.lora import Example, train_lora
     from rrtool.release.weights import Start, _select, judge, search_weight
-    from rrtool.reveal.phase import ner_queries
     from rrtool.spec import DataSource, LoraSpec, ModelSpec, RulesSpec, WeightSearchSpec
     from rrtool.tasks import prompt_text
 

@@ -82,7 +82,8 @@ def rrtool(args: list[str], cwd: Path, log: Path) -> None:
 def generation_check(device: str) -> dict[str, Any]:
     import torch
 
-    from rrtool.generation.base import SamplingParams, make_generator
+    from rrtool.generation.base import SamplingParams
+    from rrtool.generation.factory import make_generator
     from rrtool.models import load_model
     from rrtool.spec import ModelSpec
 
@@ -157,7 +158,8 @@ def throughput_check(shape: Path, device: str, scratch: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from rrtool.generation.base import SamplingParams, make_generator
+    from rrtool.generation.base import SamplingParams
+    from rrtool.generation.factory import make_generator
     from rrtool.models import load_model
     from rrtool.spec import ModelSpec
 
@@ -204,7 +206,8 @@ def per_step_costs(handle: Any, start: str, sync: Callable[[], None]) -> dict[st
     sampled decoding: says whether time goes to the model or to rrtool's per-step code."""
     import torch
 
-    from rrtool.generation.base import SamplingParams, make_generator
+    from rrtool.generation.base import SamplingParams
+    from rrtool.generation.factory import make_generator
 
     steps = 32
     ids = handle.tokenizer(start, return_tensors="pt").input_ids.to(handle.model.device)

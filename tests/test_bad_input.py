@@ -95,7 +95,7 @@ def test_contexts_with_no_usable_rows(invoke, write_spec, tmp_path: Path) -> Non
 
 def test_all_empty_generations_are_kept_and_explained(model_cache: Path, tmp_path: Path) -> None:
     from rrtool.context import RunContext
-    from rrtool.reveal.phase import FORGET, _finish
+    from rrtool.reveal.records import FORGET, finish
     from rrtool.spec_loader import load_spec
     from rrtool.tracking import Tracker, resolve_store
 
@@ -108,14 +108,15 @@ def test_all_empty_generations_are_kept_and_explained(model_cache: Path, tmp_pat
         for i in range(3)
     ]
     with pytest.raises(UserError, match="all 3 forget generations are empty"):
-        _finish(ctx, records, 1.0, None)
+        finish(ctx, records, 1.0, None)
     assert len(tracker.read_jsonl(FORGET)) == 3  # recorded before the error
 
 
 def test_a_model_without_chat_template_gets_plain_ner_prompts(model_cache: Path) -> None:
-    from rrtool.generation.base import SamplingParams, make_generator
+    from rrtool.generation.base import SamplingParams
+    from rrtool.generation.factory import make_generator
     from rrtool.models import load_model
-    from rrtool.reveal.phase import ner_prompt
+    from rrtool.queries import ner_prompt
     from rrtool.spec import ModelSpec
 
     prompt = ner_prompt("Ada met Bob.", "person", None, chat=False)

@@ -12,7 +12,8 @@ import torch
 from rrtool.evaluators import gsm8k
 from rrtool.evaluators.generated import Item, oracle_evaluation
 from rrtool.evaluators.perplexity import perplexity
-from rrtool.generation.base import SamplingParams, make_generator
+from rrtool.generation.base import SamplingParams
+from rrtool.generation.factory import make_generator
 from rrtool.models import LoadedModel, load_model
 from rrtool.oracles.registry import create_oracle
 from rrtool.spec import ModelSpec

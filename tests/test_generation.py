@@ -348,7 +348,7 @@ def test_spec_engine_options_reach_vllm(
 ) -> None:
     from pydantic import ValidationError
 
-    from rrtool.generation.base import generator_for
+    from rrtool.generation.factory import generator_for
     from rrtool.spec import GenerationSpec
 
     _install_fake_vllm(handle, monkeypatch)
@@ -406,7 +406,7 @@ def test_top_p_filter_matches_transformers_warper() -> None:
 def test_shared_prefix_cache_changes_nothing(handle: LoadedModel) -> None:
     """Prompts sharing a long prefix (a system message and a one-shot exchange) reuse one
     forward pass over it; the completions must be those of the plain left-padded batch."""
-    from rrtool.reveal.phase import ner_prompt
+    from rrtool.queries import ner_prompt
 
     texts = ["Ada met Bob in Paris.", "The council met on Monday.", "Zed"]
     prompts = [ner_prompt(t, "person", None) for t in texts]
@@ -497,7 +497,7 @@ def test_continuous_batching_does_less_work(handle: LoadedModel) -> None:
 
 @pytest.mark.usefixtures("early_eos")
 def test_continuous_batching_with_soft_prompts_and_shared_prefix(handle: LoadedModel) -> None:
-    from rrtool.reveal.phase import ner_prompt
+    from rrtool.queries import ner_prompt
 
     ours = _early_ending(handle, continuous=True, batch_size=3)
     theirs = _early_ending(handle, continuous=False, batch_size=3)
@@ -562,7 +562,7 @@ def test_prompts_sharing_a_passage_compute_it_once_and_change_nothing(
     handle: LoadedModel,
 ) -> None:
     from rrtool.generation.continuous import MIN_GROUP_PREFIX, _groups
-    from rrtool.reveal.phase import ner_prompt
+    from rrtool.queries import ner_prompt
 
     passage = "Ada Lovelace met Charles Babbage in London in 1833 and wrote about his engine."
     texts = [passage, passage.replace("London", "Paris"), "Zed went north."]

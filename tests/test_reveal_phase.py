@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from rrtool.reveal.phase import NER_EXEMPLAR_TEXT, ner_prompt
+from rrtool.queries import NER_EXEMPLAR_TEXT, ner_prompt
 from tests.conftest import only_run, read_jsonl, tiny_spec
 
 

@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from rrtool.context import RunContext
 from rrtool.generation.base import Completion
-from rrtool.reveal.phase import build_queries
+from rrtool.reveal.direct import build_queries
 from rrtool.reveal.search import InstructionSearch, decoded_instruction, first_sentence
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Tracker, resolve_store

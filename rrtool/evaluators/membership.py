@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rrtool.release.lora import IGNORE_INDEX, Example, encode_example
+from rrtool.examples import IGNORE_INDEX, Example, encode_example
 
 DEFAULT_K = 0.2
 

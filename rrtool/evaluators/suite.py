@@ -34,8 +34,9 @@ from rrtool.evaluators.degeneration import degeneration
 from rrtool.evaluators.generated import Item, oracle_evaluation
 from rrtool.evaluators.perplexity import perplexity
 from rrtool.evaluators.staged import MemoGenerator, stages
-from rrtool.generation.base import Generator, SamplingParams, has_chat_template, make_generator
-from rrtool.reveal.phase import ner_queries, task_queries
+from rrtool.generation.base import Generator, SamplingParams, has_chat_template
+from rrtool.generation.factory import make_generator
+from rrtool.queries import ner_queries, task_queries
 from rrtool.spec import DataSource
 from rrtool.splits import Part, Role, read, whole
 

@@ -11,8 +11,8 @@ from rrtool.generation.base import (
     SamplingParams,
     encode_prompt,
     format_prompt,
-    make_generator,
 )
+from rrtool.generation.factory import make_generator
 
 __all__ = [
     "Completion",

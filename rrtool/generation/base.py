@@ -8,7 +8,6 @@ backends see exactly the same text for the same prompt.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -18,7 +17,6 @@ from rrtool.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from rrtool.models import LoadedModel
     from rrtool.spec import GenerationSpec
 
 Prompt = str | list[dict[str, Any]]
@@ -207,40 +205,6 @@ def first_stop(text: str, stop: Sequence[str]) -> int | None:
     """Index of the earliest stop string in ``text``, or None."""
     hits = [i for i in (text.find(s) for s in stop) if i >= 0]
     return min(hits) if hits else None
-
-
-# ------------------------------------------------------------------------ factory
-def make_generator(backend: str, handle: LoadedModel, *, batch_size: int, **kw: Any) -> Generator:
-    """The backend named by ``generation.backend`` over a loaded model.
-
-    ``hf`` wraps the loaded model itself (so LoRA edits made to it are seen). ``vllm`` starts
-    its own engine from the checkpoint behind ``handle`` and schedules its own batches
-    (``batch_size`` is not used there); ``kw`` goes to
-    :class:`~rrtool.generation.vllm.VLLMGenerator`.
-    """
-    if backend == "hf":
-        from rrtool.generation.hf import HFGenerator
-
-        return HFGenerator(handle.model, handle.tokenizer, batch_size=batch_size, **kw)
-    if backend == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError(vllm_missing_message())
-        from rrtool.generation.vllm import VLLMGenerator
-
-        source = str(handle.checkpoint) if handle.checkpoint else handle.resolved.source
-        kw.setdefault("embedding_weight", handle.model.get_input_embeddings().weight)
-        return VLLMGenerator(source, **kw)
-    raise UserError(f"generation.backend: unknown backend `{backend}` (expected `hf` or `vllm`)")
-
-
-def generator_for(spec: GenerationSpec, handle: LoadedModel) -> Generator:
-    """The generator a spec's ``generation`` section asks for (engine options for vLLM)."""
-    engine: dict[str, Any] = {}
-    if spec.backend == "vllm":
-        engine = {"tensor_parallel_size": spec.tensor_parallel_size, **spec.engine_options}
-    else:
-        engine = {"compute_dtype": spec.compute_dtype}
-    return make_generator(spec.backend, handle, batch_size=spec.batch_size, **engine)
 
 
 def vllm_missing_message() -> str:

@@ -49,6 +49,7 @@ from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
 from rrtool.generation.answer_cache import stack_key as answer_stack_key
 from rrtool.generation.base import has_chat_template
+from rrtool.queries import ner_queries
 from rrtool.release import cmd
 from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
@@ -67,7 +68,7 @@ from rrtool.release.weights import (
     search_weight,
     utility_threshold,
 )
-from rrtool.reveal.phase import FORGET, RETAIN, ner_queries
+from rrtool.reveal.records import FORGET, RETAIN
 from rrtool.spec import DataSource
 from rrtool.tasks import samples_from_records
 

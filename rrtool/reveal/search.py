@@ -30,9 +30,11 @@ from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import UserError
 from rrtool.generation.base import Completion, SamplingParams, encode_prompt
+from rrtool.queries import Query
+from rrtool.reveal.direct import build_queries, generate_direct, score_relevance
 from rrtool.reveal.embedder import SentenceEmbedder
 from rrtool.reveal.neuralucb import NeuralUCB, SoftPromptProjection, sobol_pool
-from rrtool.reveal.phase import Query, _finish, _relevance, build_queries, generate_direct
+from rrtool.reveal.records import finish
 from rrtool.reveal.scoring import combined_score
 from rrtool.reveal.vendi import VendiAccumulator
 from rrtool.tasks import prompt_text, samples_from_records
@@ -226,7 +228,9 @@ class InstructionSearch:
         outs = self.generator.generate(prompts, self.params, chat=self.chat)
         self.generation_calls += 1
         flat = [(q, c) for q, cs in zip(self.trial_queries, outs, strict=True) for c in cs]
-        relevance, error = _relevance(self.ctx, [q for q, _ in flat], [c.text for _, c in flat])
+        relevance, error = score_relevance(
+            self.ctx, [q for q, _ in flat], [c.text for _, c in flat]
+        )
         scored = [r for r in relevance if r is not None]
         entry = {
             "error": error,
@@ -329,7 +333,7 @@ class InstructionSearch:
         flat = [
             (q, k, c) for q, cs in zip(self.queries, outs, strict=True) for k, c in enumerate(cs)
         ]
-        relevance, error = _relevance(
+        relevance, error = score_relevance(
             self.ctx, [q for q, _, _ in flat], [c.text for _, _, c in flat]
         )
         seen = {(r["prompt"], r["completion"]) for r in self.state["collected"]}
@@ -462,4 +466,4 @@ def run_search(ctx: RunContext) -> dict[str, int]:
     # model answers the retained types' queries as `direct` would.
     retain = generate_direct(ctx, search.retain_queries)[0] if search.retain_queries else []
     records = state["collected"] + retain
-    return _finish(ctx, records, time.perf_counter() - started, search.generator)
+    return finish(ctx, records, time.perf_counter() - started, search.generator)
