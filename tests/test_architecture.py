@@ -121,3 +121,19 @@ def test_the_walk_finds_a_circle_when_there_is_one() -> None:
     graph = _graph()
     assert "rrtool.release.lora" in graph["rrtool.release.phase"]  # the walk reads real imports
     assert "rrtool.examples" in graph["rrtool.evaluators.membership"]
+
+
+def test_artifact_paths_are_spelled_once() -> None:
+    """A run's record paths live in ``rrtool/artifacts.py``; a second spelling elsewhere is a
+    record one side stops finding when the other renames it."""
+    import re
+
+    literal = re.compile(r"""["'](reveal|release|audit)/[\w/]+\.(jsonl|json|safetensors)["']""")
+    spelled = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in (ROOT / "rrtool").rglob("*.py")
+        if path.name != "artifacts.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if literal.search(line)
+    ]
+    assert spelled == []

@@ -94,8 +94,9 @@ def test_contexts_with_no_usable_rows(invoke, write_spec, tmp_path: Path) -> Non
 
 
 def test_all_empty_generations_are_kept_and_explained(model_cache: Path, tmp_path: Path) -> None:
+    from rrtool.artifacts import REVEAL_FORGET as FORGET
     from rrtool.context import RunContext
-    from rrtool.reveal.records import FORGET, finish
+    from rrtool.reveal.records import finish
     from rrtool.spec_loader import load_spec
     from rrtool.tracking import Tracker, resolve_store
 

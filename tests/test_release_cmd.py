@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from rrtool.artifacts import RELEASE_CMD
 from rrtool.context import RunContext
 from rrtool.release import cmd
 from rrtool.release import phase as release_phase
@@ -64,7 +65,7 @@ def test_cmd_cleans_contexts_and_learns_their_continuations(
     summary = release_phase.run_release(ctx)
     assert summary["modules"] == 1
 
-    records = tracker.read_jsonl(cmd.RECORDS)
+    records = tracker.read_jsonl(RELEASE_CMD)
     contexts = release_phase.cmd_contexts(ctx)
     assert [r["context"] for r in records] == contexts and contexts
     threshold = 0.5

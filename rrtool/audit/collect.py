@@ -14,6 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rrtool.artifacts import (
+    AUDIT_AFTER,
+    AUDIT_BEFORE,
+    AUDIT_PROBES,
+    AUDIT_SUMMARY,
+    RELEASE_CANDIDATES,
+    RELEASE_SIMILARITY,
+    RELEASE_STATE,
+    RELEASE_STEPS,
+    REVEAL_FORGET,
+    REVEAL_TRIALS,
+)
 from rrtool.errors import UserError
 from rrtool.tracking import Store, mlflow_client
 
@@ -201,10 +213,10 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         art = _Artifacts(client, run_id, Path(tmp))
         spec_yaml = art.text("spec/resolved.yaml")
-        state = art.json("release/state.json")
-        steps = art.jsonl("release/steps.jsonl")
-        before = art.json("audit/before.json") or {}
-        after = art.json("audit/after.json") or {}
+        state = art.json(RELEASE_STATE)
+        steps = art.jsonl(RELEASE_STEPS)
+        before = art.json(AUDIT_BEFORE) or {}
+        after = art.json(AUDIT_AFTER) or {}
         spec = _load_yaml(spec_yaml)
         sample_answers = ((spec or {}).get("audit") or {}).get("sample_answers", 5)
         report: dict[str, Any] = {
@@ -241,14 +253,14 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
             ],
             "reveal": {
                 "metrics": {k: v for k, v in metrics.items() if k.startswith("reveal/")},
-                "trials": art.jsonl("reveal/trials.jsonl"),
-                "forget_samples": art.jsonl("reveal/forget.jsonl")[:sample_answers],
+                "trials": art.jsonl(REVEAL_TRIALS),
+                "forget_samples": art.jsonl(REVEAL_FORGET)[:sample_answers],
             },
             "release": {
                 "stop_reason": tags.get("rrtool.release.stop_reason"),
                 "state": state,
-                "candidates": art.jsonl("release/candidates.jsonl"),
-                "similarity": art.jsonl("release/similarity.jsonl"),
+                "candidates": art.jsonl(RELEASE_CANDIDATES),
+                "similarity": art.jsonl(RELEASE_SIMILARITY),
                 "modules": [
                     {
                         "name": e["module"],
@@ -263,11 +275,11 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
             },
             "steps": _steps(state, steps),
             "audit": {
-                "summary": art.json("audit/summary.json"),
+                "summary": art.json(AUDIT_SUMMARY),
                 "before": _without_answers(before),
                 "after": _without_answers(after),
                 "answers": _side_by_side(before, after, sample_answers),
-                "probes": art.json("audit/probes.json"),
+                "probes": art.json(AUDIT_PROBES),
                 "scorers": sorted({e["scorer"] for e in (*before.values(), *after.values())}),
             },
         }

@@ -18,6 +18,13 @@ import json
 import re
 from typing import Any
 
+from rrtool.artifacts import (
+    AUDIT_AFTER,
+    AUDIT_BEFORE,
+    AUDIT_MEMBERSHIP_BASE,
+    AUDIT_PROBES,
+    AUDIT_SUMMARY,
+)
 from rrtool.audit.probes import membership_scores, membership_sets, run_probes
 from rrtool.audit.render import describe, with_ci
 from rrtool.audit.verdict import replicate_metrics, summarise
@@ -26,12 +33,6 @@ from rrtool.evaluators.base import Evaluation
 from rrtool.evaluators.suite import EvaluationSuite
 from rrtool.generation.answer_cache import stack_key
 from rrtool.release.stack import apply_stack, load_stack
-
-BEFORE = "audit/before.json"
-AFTER = "audit/after.json"
-SUMMARY = "audit/summary.json"
-PROBES = "audit/probes.json"
-MEMBERSHIP_BASE = "audit/membership_base.json"
 
 
 def metric_key(*parts: str) -> str:
@@ -79,12 +80,12 @@ def _released(ctx: RunContext) -> None:
 def run_audit(ctx: RunContext) -> dict[str, Any]:
     tracker = ctx.tracker
     suite = EvaluationSuite.for_audit(ctx)  # data and options checked before any model work
-    before_text = tracker.read_text(BEFORE)
+    before_text = tracker.read_text(AUDIT_BEFORE)
     if before_text is None:
         if ctx.model_state != "base":
             ctx.reload_model()
         before = _measure(ctx, suite, "base")
-        tracker.log_dict(before, BEFORE)
+        tracker.log_dict(before, AUDIT_BEFORE)
     else:
         before = json.loads(before_text)
         ctx.console.print("audit: base model already measured in this run")
@@ -93,7 +94,7 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
         # Membership needs the base model's scores: taken while it is loaded (or reloaded on
         # a resume that finds them missing), then kept in the run.
         sets = membership_sets(ctx, suite, before)
-        base_text = tracker.read_text(MEMBERSHIP_BASE)
+        base_text = tracker.read_text(AUDIT_MEMBERSHIP_BASE)
         if base_text is not None:
             membership_base = json.loads(base_text)
         elif not isinstance(sets, str):
@@ -101,21 +102,21 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
                 ctx.reload_model()
             ctx.console.print("audit: membership probe: scoring on the base model ...")
             membership_base = membership_scores(ctx, sets)
-            tracker.log_dict(membership_base, MEMBERSHIP_BASE)
+            tracker.log_dict(membership_base, AUDIT_MEMBERSHIP_BASE)
     _released(ctx)
-    after_text = tracker.read_text(AFTER)
+    after_text = tracker.read_text(AUDIT_AFTER)
     if after_text is None:
         after = _measure(ctx, suite, "released")
-        tracker.log_dict(after, AFTER)
+        tracker.log_dict(after, AUDIT_AFTER)
     else:
         after = json.loads(after_text)
     summary = summarise(suite.headlines, before, after, suite.provenance)
-    tracker.log_dict(summary, SUMMARY)
+    tracker.log_dict(summary, AUDIT_SUMMARY)
     forget = summary.get("forget", {})
     probes = run_probes(
         ctx, suite, forget.get("before"), forget.get("after"), membership_base, sets
     )
-    tracker.log_dict(probes, PROBES)
+    tracker.log_dict(probes, AUDIT_PROBES)
     for key, row in summary.items():
         line = f"{row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])}"
         tracker.set_tags({f"rrtool.audit.{key}": line})  # for `rrtool runs`

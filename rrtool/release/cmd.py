@@ -26,7 +26,6 @@ from rrtool.generation.base import SamplingParams
 from rrtool.oracles.contract import OracleError, Sample
 from rrtool.release.lora import Example
 
-RECORDS = "release/cmd.jsonl"
 REWRITE = (
     "Rewrite the following text so that it is polite and not offensive, keeping its meaning. "
     "Answer with the rewritten text only.\n\nText: {segment}"

@@ -44,6 +44,16 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from rrtool import splits
+from rrtool.artifacts import (
+    RELEASE_CANDIDATES,
+    RELEASE_CMD,
+    RELEASE_MODULES,
+    RELEASE_SIMILARITY,
+    RELEASE_STATE,
+    RELEASE_STEPS,
+    REVEAL_FORGET,
+    REVEAL_RETAIN,
+)
 from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
@@ -58,7 +68,7 @@ from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.ext_sub import deficiency
 from rrtool.release.lora import Example, LoraModule, train_lora
 from rrtool.release.projection import project_out
-from rrtool.release.stack import MODULES, STATE, download_module
+from rrtool.release.stack import download_module
 from rrtool.release.weights import (
     Start,
     Step,
@@ -68,13 +78,9 @@ from rrtool.release.weights import (
     search_weight,
     utility_threshold,
 )
-from rrtool.reveal.records import FORGET, RETAIN
 from rrtool.spec import DataSource
 from rrtool.tasks import samples_from_records
 
-STEPS = "release/steps.jsonl"
-CANDIDATES = "release/candidates.jsonl"
-SIMILARITY = "release/similarity.jsonl"
 STOP_TAG = "rrtool.release.stop_reason"
 ANTI_EXPERT = "A0"  # Ext-Sub's anti-expert: recorded, never applied itself
 
@@ -160,7 +166,7 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
         forget_records = external_forget_examples(ctx)
         origin = f"{ctx.spec.release.forget_data.path} (release.forget_data)"
     else:
-        records = ctx.tracker.read_jsonl(FORGET) or []
+        records = ctx.tracker.read_jsonl(REVEAL_FORGET) or []
         forget_records = [Example(r["prompt"], r["completion"]) for r in records]
         formats = ctx.spec.release.forget_formats
         if formats != ["json"]:
@@ -180,7 +186,7 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     else:
         retain = [
             Example(r["prompt"], r["completion"])
-            for r in ctx.tracker.read_jsonl(RETAIN) or []
+            for r in ctx.tracker.read_jsonl(REVEAL_RETAIN) or []
             if r["completion"].strip()
         ]
     if not forget:
@@ -189,7 +195,7 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
             "non-empty answer)"
         )
     if not retain and ctx.spec.needs_retain_examples:
-        where = ctx.spec.retain.data.path if ctx.spec.retain.data else "reveal/retain.jsonl"
+        where = ctx.spec.retain.data.path if ctx.spec.retain.data else REVEAL_RETAIN
         raise UserError(f"release: no retain examples ({where} gave none with text)")
     return forget, retain
 
@@ -214,7 +220,7 @@ def cmd_contexts(ctx: RunContext) -> list[str]:
     if ctx.spec.release.forget_data is not None:
         contexts = [str(e.prompt) for e in external_examples(ctx.spec.release.forget_data)]
     else:
-        contexts = [r["context"] for r in ctx.tracker.read_jsonl(FORGET) or []]
+        contexts = [r["context"] for r in ctx.tracker.read_jsonl(REVEAL_FORGET) or []]
     return [c for c in dict.fromkeys(contexts) if c.strip()]
 
 
@@ -246,7 +252,7 @@ class _Release:
         self.model = self.handle.model
         self.evaluate = Evaluator(ctx)
         self.forget, self.retain = load_examples(ctx)
-        self.moddir = ctx.workdir / MODULES
+        self.moddir = ctx.workdir / RELEASE_MODULES
         self.masters: MasterWeights | None = None
         self.base_masters: dict[str, torch.Tensor] = {}  # the masters before any module
         self.state: dict[str, Any] = {}
@@ -272,7 +278,7 @@ class _Release:
 
     def restore(self) -> None:
         """Load the state of a resumed run: replay the stack onto the (base) model."""
-        text = self.tracker.read_text(STATE)
+        text = self.tracker.read_text(RELEASE_STATE)
         if text is None:
             return
         self.state = json.loads(text)
@@ -280,10 +286,12 @@ class _Release:
         done = len(stack)
         keep = lambda r: r["step"] <= done or r.get("reverted")  # noqa: E731
         # Records uploaded after the last state (crash in between) belong to the step redone.
-        self.steps = [r for r in self.tracker.read_jsonl(STEPS) or [] if keep(r)]
-        self.candidates = [r for r in self.tracker.read_jsonl(CANDIDATES) or [] if keep(r)]
+        self.steps = [r for r in self.tracker.read_jsonl(RELEASE_STEPS) or [] if keep(r)]
+        self.candidates = [r for r in self.tracker.read_jsonl(RELEASE_CANDIDATES) or [] if keep(r)]
         self.similarity = [
-            r for r in self.tracker.read_jsonl(SIMILARITY) or [] if 2 * r["iteration"] + 1 <= done
+            r
+            for r in self.tracker.read_jsonl(RELEASE_SIMILARITY) or []
+            if 2 * r["iteration"] + 1 <= done
         ]
         if not stack:
             return
@@ -306,12 +314,12 @@ class _Release:
         return download_module(self.tracker, entry, self.ctx.workdir / "downloaded")
 
     def _upload_records(self) -> None:
-        self.tracker.log_jsonl(self.steps, STEPS)
-        self.tracker.log_jsonl(self.candidates, CANDIDATES)
+        self.tracker.log_jsonl(self.steps, RELEASE_STEPS)
+        self.tracker.log_jsonl(self.candidates, RELEASE_CANDIDATES)
         if self.similarity:
-            self.tracker.log_jsonl(self.similarity, SIMILARITY)
+            self.tracker.log_jsonl(self.similarity, RELEASE_SIMILARITY)
         # The state goes last: it is what a resumed run trusts.
-        self.tracker.log_dict(self.state, STATE)
+        self.tracker.log_dict(self.state, RELEASE_STATE)
 
     # ------------------------------------------------------------------ steps
     def _examples(self, step: Step, progress: Progress) -> list[Example]:
@@ -323,7 +331,7 @@ class _Release:
         return self.forget if step.kind == "forget" else self.retain
 
     def _cmd_examples(self, progress: Progress) -> list[Example]:
-        records = self.tracker.read_jsonl(cmd.RECORDS)
+        records = self.tracker.read_jsonl(RELEASE_CMD)
         if records is None:
             task = progress.add_task("cmd", total=None)
 
@@ -331,12 +339,12 @@ class _Release:
                 progress.update(task, description=what, completed=done, total=total)
 
             records = cmd.build(self.ctx, cmd_contexts(self.ctx), report)
-            self.tracker.log_jsonl(records, cmd.RECORDS)
+            self.tracker.log_jsonl(records, RELEASE_CMD)
         examples = cmd.examples(records)
         if not examples:
             raise UserError(
                 f"release (cmd): none of the {len(records)} cleaned contexts got a non-toxic "
-                f"continuation (see {cmd.RECORDS} in the run)"
+                f"continuation (see {RELEASE_CMD} in the run)"
             )
         self.ctx.console.print(
             f"release: cmd cleaned {len(records)} contexts, {len(examples)} non-toxic "
@@ -357,7 +365,7 @@ class _Release:
             self._save(ANTI_EXPERT, anti)
             self.state["anti_expert"] = {
                 "module": ANTI_EXPERT,
-                "artifact": f"{MODULES}/{ANTI_EXPERT}.safetensors",
+                "artifact": f"{RELEASE_MODULES}/{ANTI_EXPERT}.safetensors",
                 "sha256": anti.sha256(),
             }
         return self._save(step.name, module)
@@ -443,7 +451,7 @@ class _Release:
                 "`rrtool run SPEC --resume`"
             ) from None
         for file in (path, path.with_suffix(".json")):
-            self.tracker.client.log_artifact(self.tracker.run_id, str(file), MODULES)
+            self.tracker.client.log_artifact(self.tracker.run_id, str(file), RELEASE_MODULES)
         self.modules[name] = module
         return module
 
@@ -509,7 +517,7 @@ class _Release:
             "weight": weight,
             "coefficient": step.sign * weight,
             "weight_from": how,
-            "artifact": f"{MODULES}/{step.name}.safetensors",
+            "artifact": f"{RELEASE_MODULES}/{step.name}.safetensors",
             "sha256": module.sha256(),
             "s": scores.s,
             "u": scores.u,
@@ -661,7 +669,7 @@ class _Release:
                 "eval_queries": self.evaluate.size,
             }
             self.tracker.log_metrics({"release/forget": base.s, "release/utility": base.u}, step=0)
-            self.tracker.log_dict(self.state, STATE)
+            self.tracker.log_dict(self.state, RELEASE_STATE)
             self.ctx.console.print(
                 f"release: base s {base.s:.4g}, u {base.u:.4g} on {self.evaluate.size} evaluation records per measure"
             )

@@ -14,17 +14,15 @@ from typing import Any
 
 from torch import nn
 
+from rrtool.artifacts import RELEASE_STATE
 from rrtool.errors import UserError
 from rrtool.release.compose import MasterWeights, rebuild
 from rrtool.release.lora import LoraModule
 from rrtool.tracking import Tracker
 
-STATE = "release/state.json"
-MODULES = "release/modules"
-
 
 def read_state(tracker: Tracker) -> dict[str, Any] | None:
-    text = tracker.read_text(STATE)
+    text = tracker.read_text(RELEASE_STATE)
     return None if text is None else json.loads(text)
 
 

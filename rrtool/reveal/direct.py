@@ -12,12 +12,12 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rrtool import splits
+from rrtool.artifacts import REVEAL_PROGRESS
 from rrtool.context import RunContext
 from rrtool.errors import UserError
 from rrtool.generation.base import SamplingParams, has_chat_template
 from rrtool.oracles.contract import Sample
 from rrtool.queries import Query, ner_queries, task_queries
-from rrtool.reveal.records import PROGRESS
 from rrtool.tasks import prompt_text
 
 
@@ -105,7 +105,7 @@ def generate_direct(ctx: RunContext, queries: list[Query]) -> tuple[list[dict[st
     records already in ``reveal/progress.jsonl`` are kept, not regenerated. Returns the
     records and the generator used (None when nothing was left to generate)."""
     spec = ctx.spec
-    done = {r["id"]: r for r in ctx.tracker.read_jsonl(PROGRESS) or []}
+    done = {r["id"]: r for r in ctx.tracker.read_jsonl(REVEAL_PROGRESS) or []}
     finished = {r["query_id"] for r in done.values()}
     todo = [q for q in queries if q.id not in finished]
     if finished:
@@ -161,5 +161,5 @@ def generate_direct(ctx: RunContext, queries: list[Query]) -> tuple[list[dict[st
                     "seed": spec.seed,
                 }
             # Upload after every chunk: a crash loses at most the chunk in flight.
-            ctx.tracker.log_jsonl(list(done.values()), PROGRESS)
+            ctx.tracker.log_jsonl(list(done.values()), REVEAL_PROGRESS)
     return list(done.values()), generator

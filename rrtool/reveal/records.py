@@ -1,6 +1,6 @@
 """Reveal's records in the run: where they live, and how a finished Reveal writes them.
 
-Release reads ``FORGET`` / ``RETAIN``; ``PROGRESS`` holds every generation so far (resume).
+Release reads ``REVEAL_FORGET`` / ``REVEAL_RETAIN``; ``REVEAL_PROGRESS`` holds every generation so far (resume).
 """
 
 from __future__ import annotations
@@ -8,12 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rrtool.artifacts import REVEAL_FORGET, REVEAL_RETAIN
 from rrtool.context import RunContext
 from rrtool.errors import UserError
-
-PROGRESS = "reveal/progress.jsonl"
-FORGET = "reveal/forget.jsonl"
-RETAIN = "reveal/retain.jsonl"
 
 
 def dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -33,9 +30,9 @@ def finish(
     """Write Reveal's forget and retain records (deduplicated) and its metrics; returns counts."""
     forget = dedupe([r for r in records if r["split"] == "forget"])
     retain = dedupe([r for r in records if r["split"] == "retain"])
-    ctx.tracker.log_jsonl(forget, FORGET)
+    ctx.tracker.log_jsonl(forget, REVEAL_FORGET)
     if retain:
-        ctx.tracker.log_jsonl(retain, RETAIN)
+        ctx.tracker.log_jsonl(retain, REVEAL_RETAIN)
     if forget and not any(r["completion"].strip() for r in forget):
         raise UserError(
             f"reveal: all {len(forget)} forget generations are empty (the model answered "

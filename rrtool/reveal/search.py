@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rrtool.artifacts import REVEAL_SEARCH_STATE, REVEAL_TRIALS
 from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import UserError
@@ -39,8 +40,6 @@ from rrtool.reveal.scoring import combined_score
 from rrtool.reveal.vendi import VendiAccumulator
 from rrtool.tasks import prompt_text, samples_from_records
 
-STATE = "reveal/search_state.json"
-TRIALS = "reveal/trials.jsonl"
 DECODE_CUE = "The instruction was to"
 # Only the first sentence is kept, so decoding stops where `first_sentence` would cut: after
 # sentence-ending punctuation followed by whitespace, or at a line break. (Decoding ran to
@@ -384,8 +383,8 @@ class InstructionSearch:
         """Upload the state (then per-trial metrics: a kill in between loses a point, never
         duplicates a trial)."""
         self.state["trials"].extend(new_trials)
-        self.ctx.tracker.log_dict(self.state, STATE)
-        self.ctx.tracker.log_jsonl(self.state["trials"], TRIALS)
+        self.ctx.tracker.log_dict(self.state, REVEAL_SEARCH_STATE)
+        self.ctx.tracker.log_jsonl(self.state["trials"], REVEAL_TRIALS)
         for record in (r for r in new_trials if r["trial"] is not None):
             metrics = {f"reveal/{k}": record[k] for k in ("score", "relevance", "diversity")}
             metrics["reveal/best_so_far"] = self.state["best_so_far"]
@@ -395,7 +394,7 @@ class InstructionSearch:
 def run_search(ctx: RunContext) -> dict[str, int]:
     """Run (or resume) the NeuralUCB (or ``random``) Reveal to completion; returns record
     counts."""
-    text = ctx.tracker.read_text(STATE)
+    text = ctx.tracker.read_text(REVEAL_SEARCH_STATE)
     search = InstructionSearch(ctx, json.loads(text) if text else None)
     state, reveal = search.state, ctx.spec.reveal
     if text:

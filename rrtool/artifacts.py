@@ -1,0 +1,29 @@
+"""Where a run keeps what each phase recorded: every artifact path, once.
+
+The phases write them and the audit, export, resume and report read them back, so a path
+spelled twice is a record that one side stops finding when the other renames it.
+"""
+
+from __future__ import annotations
+
+# Reveal
+REVEAL_PROGRESS = "reveal/progress.jsonl"  # every generation so far (resume)
+REVEAL_FORGET = "reveal/forget.jsonl"  # the forget examples Release trains on
+REVEAL_RETAIN = "reveal/retain.jsonl"  # the self-generated retain examples
+REVEAL_SEARCH_STATE = "reveal/search_state.json"  # the instruction search's bandit (resume)
+REVEAL_TRIALS = "reveal/trials.jsonl"  # each instruction tried, with its scores
+
+# Release
+RELEASE_STATE = "release/state.json"  # the applied stack and the stopping state
+RELEASE_MODULES = "release/modules"  # one <name>.safetensors (+ .json) per trained module
+RELEASE_STEPS = "release/steps.jsonl"  # each step: weight, scores, rule, reverted
+RELEASE_CANDIDATES = "release/candidates.jsonl"  # every weight candidate evaluated
+RELEASE_SIMILARITY = "release/similarity.jsonl"  # forget/retain subspace similarity
+RELEASE_CMD = "release/cmd.jsonl"  # CMD's clauses, scores, rewrites and continuations
+
+# Audit
+AUDIT_BEFORE = "audit/before.json"
+AUDIT_AFTER = "audit/after.json"
+AUDIT_SUMMARY = "audit/summary.json"
+AUDIT_PROBES = "audit/probes.json"
+AUDIT_MEMBERSHIP_BASE = "audit/membership_base.json"
