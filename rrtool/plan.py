@@ -17,6 +17,7 @@ from rrtool import splits
 from rrtool.context import SCRATCH
 from rrtool.data import load_records
 from rrtool.errors import SpecError, UserError
+from rrtool.evaluators.utility import UTILITY_EVALUATORS, default_utility
 from rrtool.models import resolve_model
 from rrtool.oracles.registry import create_oracle, entry_points, unknown_oracle_message
 from rrtool.release.weights import ladder, ladder_ratio
@@ -24,13 +25,8 @@ from rrtool.spec import DataSource, Spec
 from rrtool.spec_loader import LoadedSpec
 from rrtool.tracking import check_store, resolve_store, writable_dir
 
+
 # Scorers that are evaluators shipped in rrtool itself rather than oracle plugins.
-BUILTIN_EVALUATORS = {
-    "perplexity": "word/byte perplexity on raw text (lower is better)",
-    "gsm8k_accuracy": "GSM8K exact-match accuracy, strict and flexible extraction",
-}
-
-
 @dataclass
 class Step:
     name: str
@@ -198,8 +194,9 @@ def _check_scorer(
     errors: list[str],
     warnings: list[str],
 ) -> None:
-    if name in BUILTIN_EVALUATORS:
-        checks.append(Check(".".join(key), f"{name}: built-in evaluator"))
+    if name in UTILITY_EVALUATORS:
+        evaluator = UTILITY_EVALUATORS[name]
+        checks.append(Check(".".join(key), f"{name}: built-in evaluator, {evaluator.description}"))
         return
     if name not in entry_points():
         errors.append(f"{loaded.locate(*key, 'name')}: {unknown_oracle_message(name)}")
@@ -558,7 +555,7 @@ def _audit_phase(spec: Spec) -> Phase:
         utility = (
             spec.retain.utility.name
             if spec.retain.utility
-            else {"toxicity": "perplexity", "coding": "gsm8k_accuracy"}.get(kind, "retain.utility")
+            else default_utility(kind) or "retain.utility"
         )
     if audit.forget_eval is not None:
         data = f"audit.forget_eval ({audit.forget_eval.path}, read whole)"

@@ -34,13 +34,12 @@ from rrtool.evaluators.degeneration import degeneration
 from rrtool.evaluators.generated import Item, oracle_evaluation
 from rrtool.evaluators.perplexity import perplexity
 from rrtool.evaluators.staged import MemoGenerator, stages
+from rrtool.evaluators.utility import UTILITY_EVALUATORS, default_utility
 from rrtool.generation.base import Generator, SamplingParams, has_chat_template
 from rrtool.generation.factory import make_generator
 from rrtool.queries import ner_queries, task_queries
 from rrtool.spec import DataSource
 from rrtool.splits import Part, Role, read, whole
-
-BUILTIN_UTILITY = ("perplexity", "gsm8k_accuracy")
 
 
 @dataclass(frozen=True)
@@ -376,9 +375,7 @@ class EvaluationSuite:
         chosen = spec.retain.utility.name if spec.retain.utility else None
         if chosen is None and "utility" in self.measures:  # NER: retained types
             return
-        chosen = chosen or {"toxicity": "perplexity", "coding": "gsm8k_accuracy"}.get(
-            spec.target.kind
-        )
+        chosen = chosen or default_utility(spec.target.kind)
         if chosen is None:
             raise UserError(
                 "audit: give retain.utility (perplexity, gsm8k_accuracy or an oracle plugin) "
@@ -389,12 +386,11 @@ class EvaluationSuite:
             raise UserError(
                 f"audit: utility `{chosen}` needs evaluation data: set audit.retain_eval"
             )
-        if chosen == "perplexity":
-            self.measures["utility"] = self._perplexity(source)
-            self.headlines["utility"] = Headline("word_perplexity", "lower")
-        elif chosen == "gsm8k_accuracy":
-            self.measures["utility"] = self._gsm8k(source)
-            self.headlines["utility"] = Headline("flexible_accuracy", "higher")
+        builtin = UTILITY_EVALUATORS.get(chosen)
+        if builtin is not None:
+            build = {"perplexity": self._perplexity, "gsm8k_accuracy": self._gsm8k}[builtin.name]
+            self.measures["utility"] = build(source)
+            self.headlines["utility"] = Headline(builtin.headline, builtin.better)
         else:
             options = spec.retain.utility.options if spec.retain.utility else {}
             records = self._part("utility", source).records
@@ -413,7 +409,7 @@ class EvaluationSuite:
 
     def _perplexity(self, source: DataSource) -> Measure:
         window = self.spec.audit.perplexity_window
-        if source.format != "text":
+        if source.format != UTILITY_EVALUATORS["perplexity"].data_format:
             raise UserError(
                 f"audit: perplexity needs raw text (format: text), not `{source.format}`"
             )
@@ -432,7 +428,7 @@ class EvaluationSuite:
         return measure
 
     def _gsm8k(self, source: DataSource) -> Measure:
-        if source.format != "gsm8k":
+        if source.format != UTILITY_EVALUATORS["gsm8k_accuracy"].data_format:
             raise UserError(f"audit: GSM8K accuracy needs gsm8k records, not `{source.format}`")
         shots = self.spec.audit.gsm8k_shots
         records = self._part("utility", source).records

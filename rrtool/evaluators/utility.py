@@ -1,0 +1,48 @@
+"""The built-in utility evaluators, in one table that the audit's suite and the planner read.
+
+``retain.utility`` names one of these or an oracle plugin; a target kind without retained
+types of its own (toxicity, coding) gets its default here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class UtilityEvaluator:
+    name: str
+    description: str  # what the plan says it measures
+    headline: str  # the metric the verdict reads
+    better: Literal["lower", "higher"]
+    data_format: str  # the `audit.retain_eval` format it needs
+    default_for: tuple[str, ...] = ()  # target kinds that measure utility with it by default
+
+
+UTILITY_EVALUATORS: dict[str, UtilityEvaluator] = {
+    e.name: e
+    for e in (
+        UtilityEvaluator(
+            "perplexity",
+            "word/byte perplexity on raw text (lower is better)",
+            "word_perplexity",
+            "lower",
+            "text",
+            ("toxicity",),
+        ),
+        UtilityEvaluator(
+            "gsm8k_accuracy",
+            "GSM8K exact-match accuracy, strict and flexible extraction",
+            "flexible_accuracy",
+            "higher",
+            "gsm8k",
+            ("coding",),
+        ),
+    )
+}
+
+
+def default_utility(kind: str) -> str | None:
+    """The built-in evaluator a target kind measures utility with when the spec names none."""
+    return next((e.name for e in UTILITY_EVALUATORS.values() if kind in e.default_for), None)
