@@ -7,6 +7,8 @@ the generator or the oracle twice within one process.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +73,17 @@ class RunContext:
 
         gc.collect()  # the old weights go before the new ones arrive
         return self.model()
+
+    @contextmanager
+    def modified_weights(self) -> Iterator[None]:
+        """A block in which the loaded weights are not a named state (an adapter attached, the
+        weights quantized): answers are neither read from nor written to the answer cache."""
+        saved = self.model_state, self.released_key
+        self.model_state, self.released_key = "modified", None
+        try:
+            yield
+        finally:
+            self.model_state, self.released_key = saved
 
     def weights_state(self) -> str | None:
         """What the loaded weights are, as a key for cached answers; None when not nameable."""

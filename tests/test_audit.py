@@ -342,3 +342,45 @@ def test_cost_table_has_a_gpu_column_only_for_runs_that_used_a_gpu() -> None:
     assert [len(r) for r in rows] == [5, 5]
     assert rows[0][-1] == "1500"
     assert rows[1][-1] == rows[1][2]  # the placeholder: nothing for a phase that did not run
+
+
+def test_the_relearning_probe_is_measured_outside_the_answer_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the relearned adapter attached the weights are not the released state: a forget
+    measure taken there must not read the released model's cached answers (it once did, so
+    "relearning" reported exactly the released model's number)."""
+    import contextlib
+    import types
+
+    from rrtool.audit import probes
+    from rrtool.context import RunContext
+    from rrtool.evaluators.base import Evaluation
+    from rrtool.evaluators.suite import Headline
+    from rrtool.release import compose, lora
+    from rrtool.release import phase as release_phase
+    from rrtool.spec import Spec
+
+    spec = Spec.model_validate(tiny_spec())
+    ctx = types.SimpleNamespace(
+        spec=spec, model_state="released", released_key="stack-key",
+        console=Console(file=io.StringIO()),
+        model=lambda: types.SimpleNamespace(model=None, tokenizer=None),
+    )  # fmt: skip
+    ctx.modified_weights = types.MethodType(RunContext.modified_weights, ctx)
+    ctx.weights_state = types.MethodType(RunContext.weights_state, ctx)
+    seen: list[str | None] = []
+
+    def measure() -> Evaluation:
+        seen.append(ctx.weights_state())
+        return Evaluation("forget", {"m": 0.5}, "test", "test", 1)
+
+    suite = types.SimpleNamespace(headlines={"forget": Headline("m", "lower")},
+                                  measures={"forget": measure})  # fmt: skip
+    monkeypatch.setattr(release_phase, "load_examples", lambda c: ([lora.Example("p", "c")], []))
+    monkeypatch.setattr(release_phase, "trains_in_chat_format", lambda c: True)
+    monkeypatch.setattr(lora, "train_lora", lambda *a, **k: None)
+    monkeypatch.setattr(compose, "ScaledAdapter", lambda *a: contextlib.nullcontext())
+    result = probes.relearning(ctx, suite, 0.8, 0.2)
+    assert seen == [None] and result["after_relearning"] == 0.5
+    assert ctx.weights_state() == "stack-key"  # the released state is named again after

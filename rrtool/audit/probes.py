@@ -81,7 +81,9 @@ def relearning(
         handle.model, handle.tokenizer, chosen, cfg, seed=ctx.spec.seed, kind="forget", chat=chat
     )
     headline = suite.headlines["forget"]
-    with ScaledAdapter(handle.model, module, 1.0):
+    # Not the released state while the adapter is on: its answers must not come from (or go
+    # into) the released model's cached ones.
+    with ctx.modified_weights(), ScaledAdapter(handle.model, module, 1.0):
         evaluation = suite.measures["forget"]()
     relearned = _headline_value(evaluation, headline)
     recovered = None
