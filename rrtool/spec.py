@@ -708,6 +708,13 @@ class ProbesSpec(_Section):
     relearning: bool = Field(default=False, description="Fine-tune briefly on forget data.")
     elicitation: bool = Field(default=False, description="Paraphrased / few-shot prompts.")
     membership: bool = Field(default=False, description="Min-K%++ membership inference AUC.")
+    quantization: bool = Field(
+        default=False,
+        description="The quantization attack: the forget measure again with the released "
+        "model's decoder weights rounded to 8 bits (per channel) and 4 bits (groups of 128), "
+        "and the base model rounded the same way as the control (a CPU simulation of "
+        "deployment quantizers: `rrtool.evaluators.quantization`).",
+    )
 
 
 class AuditSpec(_Section):

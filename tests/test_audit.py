@@ -39,7 +39,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
     store = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{store / 'mlflow.db'}"
     spec = work / "spec.yaml"
-    probes = {"relearning": True, "elicitation": True, "membership": True}
+    probes = {"relearning": True, "elicitation": True, "membership": True, "quantization": True}
     spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri}, audit={"probes": probes})))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
@@ -102,6 +102,10 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert [v["name"] for v in elicitation["variants"]] == ["paraphrase", "few-shot", "bare"]
     worst = max(v["value"] for v in elicitation["variants"])  # forget: lower is better
     assert elicitation["worst"]["value"] == worst
+    quantization = probes["quantization"]
+    assert [r["scheme"] for r in quantization["schemes"]] == ["int8", "int4"]
+    assert all(r["base"] is not None and r["released"] is not None for r in quantization["schemes"])
+    assert quantization["after"] == summary["forget"]["after"]
     # The audit split is held out, so the membership probe has its non-members.
     assert "Reveal did not see" not in probes["membership"]["status"]
     assert len(report["release"]["candidates"]) >= 5
@@ -118,6 +122,7 @@ def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path
     assert "iterative (Reveal's forget data)" in text  # the strategy a reviewer must see
     assert "## Answers before and after" in text and "```yaml" in text
     assert "### Elicitation variants" in text and "| relearning |" in text
+    assert "| quantization | int8: macro_mention_rate" in text
 
 
 def test_html_report_renders_in_chromium(invoke, finished_run, tmp_path: Path) -> None:

@@ -114,8 +114,9 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
     tracker.log_dict(summary, AUDIT_SUMMARY)
     forget = summary.get("forget", {})
     probes = run_probes(
-        ctx, suite, forget.get("before"), forget.get("after"), membership_base, sets
-    )
+        ctx, suite, forget.get("before"), forget.get("after"), membership_base, sets,
+        released=lambda: _released(ctx),
+    )  # fmt: skip
     tracker.log_dict(probes, AUDIT_PROBES)
     for key, row in summary.items():
         line = f"{row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])}"

@@ -7,6 +7,9 @@
 - **elicitation**: the forget measure under other phrasings of the forget prompts (a
   paraphrase, a few-shot prompt, a bare prompt); the worst case (the phrasing on which the
   released model shows most of the target) is the number to read.
+- **quantization** (Zhang et al., ICLR 2025): the forget measure again with the released model's
+  decoder weights rounded to 8 and 4 bits (``rrtool.evaluators.quantization``), and the base
+  model rounded the same way as the control. ``recovered`` as for relearning.
 - **membership**: Min-K%++ scores (``rrtool.evaluators.membership``) of up to
   ``MEMBERSHIP_EXAMPLES`` members (Reveal's forget examples, which the forget modules were
   trained on) and as many non-members (the base model's own answers to the audit's forget
@@ -16,12 +19,15 @@
   apart the very examples it was made to forget (a membership leak). Without a held-out
   ``audit.forget_eval`` there are no non-members and the probe says so.
 
-Each probe measures the released model; nothing here changes its weights.
+Each probe measures the released model; the weights it changes for a measurement (an
+adapter, rounding) are put back, and the quantization control reloads the base weights and
+then the released ones.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from rrtool.context import RunContext
@@ -199,6 +205,61 @@ def membership(base: dict[str, list[float]], released: dict[str, list[float]]) -
     }
 
 
+def quantization(
+    ctx: RunContext,
+    suite: EvaluationSuite,
+    before: float | None,
+    after: float | None,
+    released: Callable[[], None],
+) -> dict[str, Any]:
+    """The forget measure on the released model quantized by each scheme, then on the base
+    model quantized the same way (the control: what quantization alone does to it); the
+    released weights are loaded again after (``released``)."""
+    from rrtool.evaluators.quantization import SCHEMES, quantized
+
+    headline = suite.headlines["forget"]
+
+    def measure_each(side: str) -> dict[str, float | None]:
+        values = {}
+        for scheme in SCHEMES.values():
+            ctx.console.print(f"audit: quantization probe: {side} model at {scheme.name} ...")
+            with ctx.modified_weights(), quantized(ctx.model().model, scheme):
+                values[scheme.name] = _headline_value(suite.measures["forget"](), headline)
+        return values
+
+    on_released = measure_each("released")
+    ctx.reload_model()
+    on_base = measure_each("base")
+    released()
+    rows = []
+    for name, scheme in SCHEMES.items():
+        value = on_released[name]
+        recovered = None
+        if None not in (before, after, value) and before != after:
+            recovered = (value - after) / (before - after)
+        rows.append(
+            {
+                "scheme": name,
+                "text": scheme.text,
+                "base": on_base[name],
+                "released": value,
+                "recovered": recovered,
+            }  # fmt: skip
+        )
+    return {
+        "status": "done",
+        "metric": headline.metric,
+        "better": headline.better,
+        "before": before,
+        "after": after,
+        "schemes": rows,
+        "definition": "the audit's forget measure with the decoder's Linear weights "
+        "fake-quantized (round-to-nearest; output head and embeddings kept), on the released "
+        "model and, as the control, on the base model; recovered = (quantized released - "
+        "after) / (before - after). A simulation of deployment quantizers",
+    }
+
+
 def run_probes(
     ctx: RunContext,
     suite: EvaluationSuite,
@@ -206,7 +267,10 @@ def run_probes(
     after: float | None,
     membership_base: dict[str, Any] | None,
     sets: tuple[list[Any], list[Any]] | str | None,
+    released: Callable[[], None],
 ) -> dict[str, Any]:
+    """Every probe the spec asks for, on the released model (``released`` loads it again
+    after a probe that needed the base weights)."""
     wanted = ctx.spec.audit.probes
     out: dict[str, Any] = {}
     if wanted.relearning:
@@ -218,4 +282,6 @@ def run_probes(
             out["membership"] = {"status": sets if isinstance(sets, str) else "not run"}
         else:
             out["membership"] = membership(membership_base, membership_scores(ctx, sets))
+    if wanted.quantization:
+        out["quantization"] = quantization(ctx, suite, before, after, released)
     return out

@@ -247,6 +247,13 @@ def describe(probe: dict[str, Any]) -> str:
             f"(released), {probe['members']} members vs {probe['non_members']} non-members "
             "(0.5 = indistinguishable)"
         )
+    if "schemes" in probe:
+        return "; ".join(
+            f"{r['scheme']}: {probe['metric']} {_fmt(probe['after'])} -> {_fmt(r['released'])} "
+            f"(recovered {_fmt(r['recovered'])}; base {_fmt(probe['before'])} -> "
+            f"{_fmt(r['base'])})"
+            for r in probe["schemes"]
+        )
     if "recovered" in probe:
         return (
             f"{probe['metric']} {_fmt(probe['after'])} -> {_fmt(probe['after_relearning'])} after "
