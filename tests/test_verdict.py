@@ -56,5 +56,8 @@ def test_degeneration_counts_empty_and_looping_answers() -> None:
     assert not is_repetitive("Alma Reyes introduced a bill in the Harlow State Assembly.")
     assert not is_repetitive("no no no")  # too short to call
     rates = degeneration(["", "  ", "fine answer here", "go go go go go go go go"])
-    assert rates == {"empty_rate": 0.5, "repetition_rate": 0.25, "degenerate_rate": 0.75}
+    # words: fine answer here | go x8 -> 11 unigrams, 4 distinct; 9 bigrams, 3 distinct
+    assert rates == {"empty_rate": 0.5, "repetition_rate": 0.25, "degenerate_rate": 0.75,
+                     "distinct_1": 4 / 11, "distinct_2": 3 / 9}  # fmt: skip
     assert degeneration([]) == {}
+    assert "distinct_2" not in degeneration(["one", "two"])  # no bigram to count

@@ -22,15 +22,33 @@ def is_repetitive(text: str) -> bool:
     return len(set(grams)) / len(grams) < DISTINCT_TRIGRAMS
 
 
+def distinct(completions: Sequence[str], n: int) -> float | None:
+    """Distinct-n (Li et al. 2016): distinct word n-grams over all word n-grams of the answers
+    (lower-cased); None when the answers hold no n-gram."""
+    grams = [
+        tuple(words[i : i + n])
+        for words in (c.lower().split() for c in completions)
+        for i in range(len(words) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else None
+
+
 def degeneration(completions: Sequence[str]) -> dict[str, float]:
-    """``empty_rate``, ``repetition_rate`` and ``degenerate_rate`` (either) over answers."""
+    """``empty_rate``, ``repetition_rate`` and ``degenerate_rate`` (either) over answers, and
+    ``distinct_1`` / ``distinct_2`` over all of them (a model that babbles or answers every
+    prompt alike reads low)."""
     if not completions:
         return {}
     empty = [not c.strip() for c in completions]
     looped = [is_repetitive(c) for c in completions]
     n = len(completions)
-    return {
+    out = {
         "empty_rate": sum(empty) / n,
         "repetition_rate": sum(looped) / n,
         "degenerate_rate": sum(e or r for e, r in zip(empty, looped, strict=True)) / n,
     }
+    for size in (1, 2):
+        value = distinct(completions, size)
+        if value is not None:
+            out[f"distinct_{size}"] = value
+    return out
