@@ -212,9 +212,25 @@ def _check_scorer(
             f"{loaded.locate(*key, 'name')}: oracle `{name}` needs an API key in the "
             f"environment variable {requires.api_key_env} (expected it to be set)"
         )
+    kind = loaded.spec.target.kind
+    if (
+        key == ("oracle",)
+        and requires.target_kinds
+        and kind not in (*requires.target_kinds, "custom")
+    ):
+        errors.append(
+            f"{loaded.locate(*key, 'name')}: oracle `{name}` scores "
+            f"{' or '.join(requires.target_kinds)} targets, not target.kind `{kind}` "
+            f"(expected an oracle for `{kind}`{_oracle_hint(kind)})"
+        )
     if requires.network:
         warnings.append(f"oracle `{name}` calls a remote service: runs depend on the network")
     checks.append(Check(".".join(key), f"{name}: {oracle.description}"))
+
+
+def _oracle_hint(kind: str) -> str:
+    builtin = {"ner": "ner_f1", "coding": "pass_at_1", "toxicity": "toxicity or perspective"}
+    return f", such as {builtin[kind]}" if kind in builtin else ""
 
 
 def _env_set(name: str) -> bool:

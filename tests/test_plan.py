@@ -108,7 +108,7 @@ def test_neuralucb_estimates(invoke, write_spec) -> None:
     spec = write_spec(
         tiny_spec(
             target={"kind": "toxicity", "description": "toxic text"},
-            oracle={"name": "ner_f1"},
+            oracle={"name": "toxicity"},
             reveal={
                 "strategy": "neuralucb",
                 "contexts": {"path": "builtin:toxicity_prompts", "format": "rtp", "limit": 10},
@@ -248,3 +248,12 @@ def test_the_plan_says_when_candidates_are_rejected_early(invoke, write_spec) ->
     assert "confidence on a third" not in release_text(*off)
     paper = ("--set", "release.rules.mode=paper")
     assert "a retain candidate whose utility is below" in release_text(*paper)
+
+
+@pytest.mark.parametrize("oracle", ["toxicity", "pass_at_1"])
+def test_an_oracle_for_another_target_kind_is_refused(oracle: str, invoke, write_spec) -> None:
+    result = invoke("plan", str(write_spec(tiny_spec(oracle={"name": oracle}))))
+    assert result.exit_code == 2, result.output
+    assert "oracle.name" in result.stderr and f"oracle `{oracle}` scores" in result.stderr
+    assert "not target.kind `ner`" in result.stderr and "ner_f1" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -303,7 +303,7 @@ class NerF1Oracle:
 
     name = "ner_f1"
     description = "Entity-extraction F1 of UniversalNER-style answers against gold entities."
-    requires = Requirements(reference=True)
+    requires = Requirements(reference=True, target_kinds=("ner",))
 
     def __init__(self, *, types: Sequence[str] | None = None) -> None:
         """Create the oracle.

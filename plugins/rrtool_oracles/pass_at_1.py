@@ -292,7 +292,7 @@ class PassAt1Oracle:
 
     name = "pass_at_1"
     description = "1.0 if the completion's code passes the task's reference tests (MBPP/MBPP+)"
-    requires = Requirements(reference=True)
+    requires = Requirements(reference=True, target_kinds=("coding",))
 
     def __init__(
         self,

@@ -161,7 +161,9 @@ class PerspectiveOracle:
 
     name = "perspective"
     description = "Toxicity from Google's Perspective API (TOXICITY score; network and API key)."
-    requires = Requirements(network=True, api_key_env=DEFAULT_API_KEY_ENV)
+    requires = Requirements(
+        network=True, api_key_env=DEFAULT_API_KEY_ENV, target_kinds=("toxicity",)
+    )
 
     def __init__(
         self,
@@ -198,7 +200,9 @@ class PerspectiveOracle:
         self.api_key_env = api_key_env
         if api_key_env != DEFAULT_API_KEY_ENV:
             # Shadow the class attribute so the planner checks the variable actually used.
-            self.requires = Requirements(network=True, api_key_env=api_key_env)
+            self.requires = Requirements(
+                network=True, api_key_env=api_key_env, target_kinds=("toxicity",)
+            )
         self.qps = check_number(self.name, "qps", qps, low=0.0, low_open=True)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(

@@ -48,7 +48,7 @@ class ToxicityOracle:
         "Offline toxicity: probability a completion is offensive"
         " (alt-profanity-check; or detoxify from a local checkpoint)."
     )
-    requires = Requirements()
+    requires = Requirements(target_kinds=("toxicity",))
 
     def __init__(
         self,

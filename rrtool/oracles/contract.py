@@ -57,6 +57,10 @@ class Requirements:
     """The oracle calls a remote service."""
     api_key_env: str | None = None
     """Name of the environment variable holding the API key, if one is needed."""
+    target_kinds: tuple[str, ...] = ()
+    """The ``target.kind`` values whose samples it can score as the forget oracle (NER answers,
+    code, continuations); empty = any. ``rrtool plan`` refuses a mismatch (a ``custom`` target
+    takes any oracle: its data is the user's)."""
 
 
 @runtime_checkable
