@@ -103,6 +103,43 @@ def _check_data(
     )
 
 
+def _check_contexts(loaded: LoadedSpec, records: list[dict[str, Any]], errors: list[str]) -> None:
+    """Reveal's queries built from ``reveal.contexts`` as Reveal will build them (no model
+    needed): rows it cannot read, and forget/retain types that labelled data never labels, are
+    errors here rather than after the model loads."""
+    from rrtool.queries import ner_queries, task_queries
+
+    spec, where = loaded.spec, loaded.locate("reveal", "contexts")
+    source, target = spec.reveal.contexts, spec.target
+    keys = sorted({k for r in records[:50] for k in r})
+    try:
+        if target.kind == "ner":
+            queries = ner_queries(records, target.forget_types, target.retain_types, None)
+            needs = "a non-empty `text` (or `prompt`) holding the passage"
+        else:
+            queries = task_queries(target.kind, source.format, records, spec.reveal.template)
+            needs = f"the non-empty prompt field of `{source.format}` records"
+    except UserError as exc:
+        errors.extend(f"{where}: {m}" for m in exc.messages)
+        return
+    if not queries:
+        errors.append(
+            f"{where}: none of the {len(records)} rows gives Reveal a context (expected each row "
+            f"to have {needs}; the rows have: {', '.join(keys) or 'no fields'})"
+        )
+        return
+    labelled = {r["type"] for r in records if isinstance(r.get("type"), str)}
+    if labelled and target.kind == "ner":
+        wanted = [*target.forget_types, *target.retain_types]
+        missing = [t for t in wanted if t not in labelled]
+        if missing:
+            errors.append(
+                f"{where}: the data never labels {', '.join(missing)}, so no gold entities "
+                f"measure {'them' if len(missing) > 1 else 'it'} (expected types among: "
+                f"{', '.join(sorted(labelled)[:20])})"
+            )
+
+
 def _check_splits(
     loaded: LoadedSpec,
     inputs: _Inputs,
@@ -274,6 +311,8 @@ def preflight(
         (("audit", "retain_eval"), spec.audit.retain_eval),
     ):
         _check_data(loaded, key, source, inputs, checks, errors)
+    if "reveal.contexts" in inputs.records:
+        _check_contexts(loaded, inputs.records["reveal.contexts"], errors)
     if not errors:
         _check_splits(loaded, inputs, checks, errors, warnings)
     _check_compute_dtype(loaded, warnings)

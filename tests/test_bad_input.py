@@ -83,8 +83,9 @@ def test_contexts_with_no_usable_rows(invoke, write_spec, tmp_path: Path) -> Non
     reveal = {"strategy": "direct", "contexts": {"path": "empty.jsonl", "format": "jsonl"}}
     result = invoke("run", write_spec(tiny_spec(reveal=reveal)), "--phase", "reveal")
     assert result.exit_code == 2
-    # Reveal's split of the 10 rows: 4
-    assert "empty.jsonl: no usable rows in 4 `jsonl` record(s)" in result.stderr
+    # Caught by the plan, before the model loads (it once surfaced after).
+    assert "reveal.contexts: none of the 10 rows gives Reveal a context" in result.stderr
+    assert "non-empty `text`" in result.stderr
     # Too few rows to cut into three splits: said before any model work.
     (tmp_path / "two.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
     reveal["contexts"] = {"path": "two.jsonl", "format": "jsonl"}

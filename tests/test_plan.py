@@ -257,3 +257,24 @@ def test_an_oracle_for_another_target_kind_is_refused(oracle: str, invoke, write
     assert "oracle.name" in result.stderr and f"oracle `{oracle}` scores" in result.stderr
     assert "not target.kind `ner`" in result.stderr and "ner_f1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_contexts_reveal_cannot_read_are_refused(invoke, write_spec, tmp_path: Path) -> None:
+    rows = tmp_path / "passages.jsonl"
+    rows.write_text('{"passage": "Ada Lovelace met Babbage."}\n{"passage": "Paris."}\n')
+    spec = tiny_spec(reveal={"strategy": "direct",
+                             "contexts": {"path": str(rows), "format": "jsonl"}})  # fmt: skip
+    result = invoke("plan", str(write_spec(spec)))
+    assert result.exit_code == 2, result.output
+    assert "reveal.contexts: none of the 2 rows gives Reveal a context" in result.stderr
+    assert "non-empty `text` (or `prompt`)" in result.stderr
+    assert "the rows have: passage" in result.stderr
+
+
+def test_types_the_data_never_labels_are_refused(invoke, write_spec) -> None:
+    target = {"kind": "ner", "description": "d", "forget_types": ["spaceship"],
+              "retain_types": ["location"]}  # fmt: skip
+    result = invoke("plan", str(write_spec(tiny_spec(target=target))))
+    assert result.exit_code == 2, result.output
+    assert "reveal.contexts: the data never labels spaceship" in result.stderr
+    assert "person" in result.stderr  # the types it does label are listed
