@@ -430,6 +430,60 @@ def _steps_for(examples: int, spec: Spec) -> int:
     )
 
 
+def _first_module_text(spec: Spec, forget_n: int, retain_n: int, lora_text: str, mu0: str) -> str:
+    """What the strategy trains first and how it applies it (the plan's F0 line)."""
+    release = spec.release
+    source = "external" if release.forget_data is not None else "Reveal's"
+    if release.strategy == "cmd":
+        return (
+            f"the model rewrites the toxic segments of up to ~{forget_n} {source} contexts and "
+            f"continues the cleaned texts; a LoRA ({lora_text}) learns the non-toxic "
+            f"continuations from the original contexts, added with weight = {mu0}"
+        )
+    chosen = {"empty_list": "`[]`", "refusal": "the refusal", "retain": "retain answers"}
+    train, apply = {
+        "iterative": ("train forget LoRA", "subtract mu0"),
+        "single_subtraction": ("train forget LoRA", "subtract mu0"),
+        "ext_sub": (
+            f"train expert LoRA E0 on ~{retain_n} retain examples (added whole) and an "
+            "anti-expert LoRA",
+            "subtract its deficiency D0 (Ext-Sub), alpha",
+        ),
+        "gradient_ascent": ("train a LoRA by gradient ascent", "add it, weight"),
+        "npo": (f"train a LoRA by NPO (beta {release.npo_beta:g})", "add it, weight"),
+        "dpo": (
+            f"train a LoRA by DPO (beta {release.dpo_beta:g}; chosen: "
+            f"{chosen[spec.dpo_chosen]}, rejected: the forget answers)",
+            "add it, weight",
+        ),
+    }[release.strategy]
+    return f"{train} ({lora_text}) on ~{forget_n} {source} forget examples, {apply} = {mu0}"
+
+
+def _stopping_step(spec: Spec, iterations: int) -> Step:
+    stop = spec.stopping
+    rules = [f"max {iterations} iterations"]
+    if stop.forget_score is not None:
+        rules.append(f"forget score <= {stop.forget_score}")
+    if stop.utility_floor is not None:
+        rules.append(f"utility >= {stop.utility_floor:.0%} of base")
+    if stop.patience is not None:
+        rules.append(f"no progress for {stop.patience} iteration(s)")
+    return Step("stopping", "; ".join(rules))
+
+
+_RELEASE_SUMMARY = {
+    "iterative": "subtract forget LoRA (mu0), then {iterations} x [add retain LoRA, "
+    "subtract forget LoRA]",
+    "single_subtraction": "baseline: subtract one forget LoRA",
+    "ext_sub": "baseline: Ext-Sub (add an expert LoRA, subtract the anti-expert's deficiency)",
+    "gradient_ascent": "baseline: gradient ascent on the forget data (one LoRA)",
+    "npo": "baseline: NPO on the forget data (one LoRA)",
+    "dpo": "baseline: DPO against the model before it (one LoRA)",
+    "cmd": "baseline: CMD self-detoxification (one LoRA)",
+}
+
+
 def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int) -> Phase:
     release, lora, search = spec.release, spec.release.lora, spec.release.search
     iterations = spec.effective_iterations
@@ -463,36 +517,8 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     elif len(release.forget_formats) > 1:  # each answer re-rendered in every format
         forget_n *= len(release.forget_formats)
         forget_steps = _steps_for(forget_n, spec)
-    source = "external" if release.forget_data is not None else "Reveal's"
-    chosen = {"empty_list": "`[]`", "refusal": "the refusal", "retain": "retain answers"}
     lora_text = f"r={lora.r}, {lora.target_modules}{launcher}"
-    if release.strategy == "cmd":
-        detail = (
-            f"the model rewrites the toxic segments of up to ~{forget_n} {source} contexts and "
-            f"continues the cleaned texts; a LoRA ({lora_text}) learns the non-toxic "
-            f"continuations from the original contexts, added with weight = {how(weights.mu0)}"
-        )
-    else:
-        train, apply = {
-            "iterative": ("train forget LoRA", "subtract mu0"),
-            "single_subtraction": ("train forget LoRA", "subtract mu0"),
-            "ext_sub": (
-                f"train expert LoRA E0 on ~{retain_n} retain examples (added whole) and an "
-                "anti-expert LoRA",
-                "subtract its deficiency D0 (Ext-Sub), alpha",
-            ),
-            "gradient_ascent": ("train a LoRA by gradient ascent", "add it, weight"),
-            "npo": (f"train a LoRA by NPO (beta {release.npo_beta:g})", "add it, weight"),
-            "dpo": (
-                f"train a LoRA by DPO (beta {release.dpo_beta:g}; chosen: "
-                f"{chosen[spec.dpo_chosen]}, rejected: the forget answers)",
-                "add it, weight",
-            ),
-        }[release.strategy]
-        detail = (
-            f"{train} ({lora_text}) on ~{forget_n} {source} forget examples, {apply} = "
-            f"{how(weights.mu0)}"
-        )
+    detail = _first_module_text(spec, forget_n, retain_n, lora_text, how(weights.mu0))
     ext_sub = release.strategy == "ext_sub"
     steps = (
         []
@@ -538,25 +564,8 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
             {"evaluations": evals},
         )
     )
-    stop = spec.stopping
-    rules = [f"max {iterations} iterations"]
-    if stop.forget_score is not None:
-        rules.append(f"forget score <= {stop.forget_score}")
-    if stop.utility_floor is not None:
-        rules.append(f"utility >= {stop.utility_floor:.0%} of base")
-    if stop.patience is not None:
-        rules.append(f"no progress for {stop.patience} iteration(s)")
-    steps.append(Step("stopping", "; ".join(rules)))
-    summary = {
-        "iterative": f"subtract forget LoRA (mu0), then {iterations} x [add retain LoRA, "
-        "subtract forget LoRA]",
-        "single_subtraction": "baseline: subtract one forget LoRA",
-        "ext_sub": "baseline: Ext-Sub (add an expert LoRA, subtract the anti-expert's deficiency)",
-        "gradient_ascent": "baseline: gradient ascent on the forget data (one LoRA)",
-        "npo": "baseline: NPO on the forget data (one LoRA)",
-        "dpo": "baseline: DPO against the model before it (one LoRA)",
-        "cmd": "baseline: CMD self-detoxification (one LoRA)",
-    }[release.strategy]
+    steps.append(_stopping_step(spec, iterations))
+    summary = _RELEASE_SUMMARY[release.strategy].format(iterations=iterations)
     return Phase("release", summary, steps)
 
 
