@@ -42,8 +42,14 @@ def test_allow_list_restricts_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bad_options_become_user_errors() -> None:
-    with pytest.raises(UserError, match="rejected its options"):
+    # An unknown option is named, with the accepted ones and the closest match.
+    with pytest.raises(UserError, match=r"has no option `bogus` \(accepted: types\)"):
         create_oracle("ner_f1", {"bogus": True})
+    with pytest.raises(UserError, match=r"no option `timout` \(did you mean `timeout`\?\)"):
+        create_oracle("pass_at_1", {"timout": 3})
+    # A known option with a bad value is the oracle's own check.
+    with pytest.raises(UserError, match="rejected its options: timeout must be a positive"):
+        create_oracle("pass_at_1", {"timeout": -1})
 
 
 def _samples(tmp_path: Path, lines: list[str]) -> Path:

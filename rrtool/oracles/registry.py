@@ -9,6 +9,8 @@ which plugins load, for reproducible runs.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import warnings
 from collections.abc import Mapping
@@ -79,6 +81,14 @@ def load_factory(name: str) -> Any:
 def create_oracle(name: str, options: Mapping[str, Any] | None = None) -> Oracle:
     """Instantiate an oracle with the spec's options; bad options become a UserError."""
     factory = load_factory(name)
+    accepted = accepted_options(factory)
+    unknown = sorted(set(options or {}) - set(accepted)) if accepted is not None else []
+    if unknown:
+        hint = _did_you_mean(unknown[0], accepted or [])
+        raise UserError(
+            f"oracle `{name}` has no option {', '.join(f'`{u}`' for u in unknown)}{hint} "
+            f"(accepted: {', '.join(accepted or []) or 'none'})"
+        )
     try:
         oracle = factory(**dict(options or {}))
     except (TypeError, ValueError) as exc:
@@ -90,6 +100,24 @@ def create_oracle(name: str, options: Mapping[str, Any] | None = None) -> Oracle
             f"(missing: {', '.join(missing)})"
         )
     return oracle
+
+
+def accepted_options(factory: Any) -> list[str] | None:
+    """The keyword options a factory takes, from its signature; None when it takes any
+    (``**kwargs``) or has no readable signature."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds and p.name != "self"]
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 def list_oracles() -> list[OracleInfo]:
