@@ -289,8 +289,11 @@ def oracles() -> None:
 
 
 @oracles.command("list")
-def oracles_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON: each oracle with what it needs.")
+def oracles_list(as_json: bool) -> None:
     """List installed oracle plugins (name, distribution, description)."""
+    import dataclasses
+    import json
     import warnings
 
     from rrtool.console import print_oracles
@@ -301,6 +304,9 @@ def oracles_list() -> None:
         infos = list_oracles()
     for warning in caught:
         click.secho(f"warning: {warning.message}", fg="yellow", err=True)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        return
     print_oracles(infos)
 
 

@@ -33,6 +33,19 @@ def test_list_command_shows_name_distribution_description(invoke) -> None:
     assert "rrtool 0." in result.stdout
 
 
+def test_list_json_says_what_each_oracle_needs(invoke) -> None:
+    import json
+
+    result = invoke("oracles", "list", "--json")
+    assert result.exit_code == 0, result.output
+    listed = {o["name"]: o for o in json.loads(result.stdout)}
+    assert set(BUILTIN) <= set(listed)
+    assert listed["perspective"]["requires"]["network"] is True
+    assert listed["perspective"]["requires"]["api_key_env"] == "PERSPECTIVE_API_KEY"
+    assert listed["pass_at_1"]["requires"]["target_kinds"] == ["coding"]
+    assert "timeout" in listed["pass_at_1"]["options"] and listed["ner_f1"]["options"] == ["types"]
+
+
 def test_allow_list_restricts_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RRTOOL_LOAD_PLUGINS", "ner_f1, pass_at_1")
     assert set(entry_points()) == {"ner_f1", "pass_at_1"}

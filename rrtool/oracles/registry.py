@@ -9,6 +9,7 @@ which plugins load, for reproducible runs.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import os
@@ -35,6 +36,8 @@ class OracleInfo:
     target: str  # "module:attr" the entry point names
     description: str = ""
     error: str | None = None
+    requires: dict[str, Any] | None = None  # the factory's Requirements, as plain data
+    options: list[str] | None = None  # keyword options it accepts (None: any)
 
 
 def _allowed() -> set[str] | None:
@@ -127,8 +130,18 @@ def list_oracles() -> list[OracleInfo]:
         try:
             factory = ep.load()
             description = getattr(factory, "description", "") or (factory.__doc__ or "")
+            requires = getattr(factory, "requires", None)
             infos.append(
-                OracleInfo(name, _distribution(ep), ep.value, description.strip().split("\n")[0])
+                OracleInfo(
+                    name,
+                    _distribution(ep),
+                    ep.value,
+                    description.strip().split("\n")[0],
+                    requires=dataclasses.asdict(requires)
+                    if dataclasses.is_dataclass(requires)
+                    else None,
+                    options=accepted_options(factory),
+                )
             )
         except Exception as exc:
             message = (
