@@ -253,8 +253,8 @@ def runs(tracking_uri: str | None, limit: int, as_json: bool) -> None:
             r["spec"] or "",
             r["status"],
             r["started"] or "",
-            r["forget"] or "",
-            r["utility"] or "",
+            (r["forget"] or {}).get("text", ""),
+            (r["utility"] or {}).get("text", ""),
             r["stop_reason"] or "",
         )
     Console().print(table)

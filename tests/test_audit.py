@@ -162,7 +162,10 @@ def test_runs_lists_status_and_headlines(invoke, finished_run) -> None:
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)
     assert rows[0]["id"] == run_id and rows[0]["status"] == "finished"
-    assert rows[0]["forget"].startswith("macro_mention_rate ") and " -> " in rows[0]["utility"]
+    forget, utility = rows[0]["forget"], rows[0]["utility"]
+    assert forget["metric"] == "macro_mention_rate" and " -> " in utility["text"]
+    assert all(isinstance(forget[s], float) for s in ("before", "after"))  # numbers, not text
+    assert forget["change"] == pytest.approx(forget["after"] - forget["before"])
 
 
 def test_unknown_run_and_missing_store_are_user_errors(invoke, finished_run, tmp_path) -> None:

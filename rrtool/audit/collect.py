@@ -68,11 +68,22 @@ def list_runs(store: Store, limit: int = 50) -> list[dict[str, Any]]:
                 "started": _time(run.info.start_time),
                 "stop_reason": tags.get("rrtool.stop_reason")
                 or tags.get("rrtool.release.stop_reason"),
-                "forget": tags.get("rrtool.audit.forget"),
-                "utility": tags.get("rrtool.audit.utility"),
+                "forget": _headline(run, "forget"),
+                "utility": _headline(run, "utility"),
             }
         )
     return rows
+
+
+def _headline(run: Any, key: str) -> dict[str, Any] | None:
+    """A measurement's headline metric with its numbers (``audit/summary/<key>/...``) and the
+    one-line text the table shows; None before the audit."""
+    text = run.data.tags.get(f"rrtool.audit.{key}")
+    if text is None:
+        return None
+    metrics = run.data.metrics
+    numbers = {s: metrics.get(f"audit/summary/{key}/{s}") for s in ("before", "after", "change")}
+    return {"metric": text.split(" ", 1)[0], **numbers, "text": text}
 
 
 def find_run(store: Store, ref: str | None) -> Any:

@@ -112,6 +112,15 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
         after = json.loads(after_text)
     summary = summarise(suite.headlines, before, after, suite.provenance)
     tracker.log_dict(summary, AUDIT_SUMMARY)
+    # The headline numbers as metrics too, so listings read numbers rather than tag text.
+    tracker.log_metrics(
+        {
+            metric_key("audit", "summary", key, side): row[side]
+            for key, row in summary.items()
+            for side in ("before", "after", "change")
+            if isinstance(row.get(side), (int, float)) and row[side] == row[side]
+        }
+    )
     forget = summary.get("forget", {})
     probes = run_probes(
         ctx, suite, forget.get("before"), forget.get("after"), membership_base, sets,
