@@ -236,7 +236,8 @@ def _check_scorer(
         checks.append(Check(".".join(key), f"{name}: built-in evaluator, {evaluator.description}"))
         return
     if name not in entry_points():
-        errors.append(f"{loaded.locate(*key, 'name')}: {unknown_oracle_message(name)}")
+        also = tuple(UTILITY_EVALUATORS) if key == ("retain", "utility") else ()
+        errors.append(f"{loaded.locate(*key, 'name')}: {unknown_oracle_message(name, also)}")
         return
     try:
         oracle = create_oracle(name, options)

@@ -187,6 +187,7 @@ def test_unknown_oracle_lists_installed_ones(write_spec, invoke) -> None:
     (error,) = located(result.stderr)
     assert error["key"] == "oracle.name"
     assert "no oracle plugin named `ner_f2`" in error["what"]
+    assert "(did you mean `ner_f1`?)" in error["what"]
     assert "installed: " in error["what"] and "ner_f1" in error["what"]
 
 
@@ -294,3 +295,14 @@ def test_plan_json_is_not_printed_on_error(write_spec, invoke) -> None:
     assert result.stdout == ""
     with pytest.raises(json.JSONDecodeError):
         json.loads(result.stdout)
+
+
+def test_a_misspelt_utility_name_suggests_the_builtin(write_spec, invoke) -> None:
+    text = spec_text(retain={"self_generated": True, "utility": {"name": "perplexty"}})
+    result = invoke("plan", write_spec(text))
+    assert result.exit_code == 2
+    (error,) = located(result.stderr)
+    assert error["key"] == "retain.utility.name"
+    assert (
+        "(did you mean `perplexity`?)" in error["what"] and "built-in: perplexity" in error["what"]
+    )

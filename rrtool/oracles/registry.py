@@ -63,9 +63,15 @@ def _distribution(ep: metadata.EntryPoint) -> str:
     return f"{dist.name} {dist.version}" if dist is not None else "?"
 
 
-def unknown_oracle_message(name: str) -> str:
-    installed = ", ".join(entry_points()) or "none"
-    return f"no oracle plugin named `{name}` is installed (installed: {installed})"
+def unknown_oracle_message(name: str, also: tuple[str, ...] = ()) -> str:
+    """``also``: other names valid where this one was given (built-in utility evaluators)."""
+    known = [*also, *entry_points()]
+    hint = _did_you_mean(name, known)
+    return (
+        f"no oracle plugin named `{name}` is installed{hint} (installed: "
+        f"{', '.join(entry_points()) or 'none'}"
+        + (f"; built-in: {', '.join(also)})" if also else ")")
+    )
 
 
 def load_factory(name: str) -> Any:
