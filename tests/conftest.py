@@ -149,3 +149,24 @@ def one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+LORA_NAMES = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
+
+
+def random_lora(seed: int, kind: str, out: int = 12, fan_in: int = 20, r: int = 3) -> Any:
+    """A seeded random LoRA module on two named layers, with a scale other than 1 (so a
+    forgotten scale shows)."""
+    import torch
+
+    from rrtool.release.lora import LoraModule
+
+    gen = torch.Generator().manual_seed(seed)
+    return LoraModule(
+        A={n: torch.randn(r, fan_in, generator=gen) for n in LORA_NAMES},
+        B={n: torch.randn(out, r, generator=gen) for n in LORA_NAMES},
+        r=r,
+        alpha=2.0 * r + 1,
+        target_modules="all-linear",
+        kind=kind,
+    )

@@ -6,21 +6,7 @@ import pytest
 import torch
 
 from rrtool.release.ext_sub import deficiency
-from rrtool.release.lora import LoraModule
-
-NAMES = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
-
-
-def _module(seed: int, kind: str, out: int = 12, fan_in: int = 20, r: int = 3) -> LoraModule:
-    gen = torch.Generator().manual_seed(seed)
-    return LoraModule(
-        A={n: torch.randn(r, fan_in, generator=gen) for n in NAMES},
-        B={n: torch.randn(out, r, generator=gen) for n in NAMES},
-        r=r,
-        alpha=2.0 * r + 1,  # a scale other than 1, so a forgotten scale shows
-        target_modules="all-linear",
-        kind=kind,
-    )
+from tests.conftest import LORA_NAMES, random_lora
 
 
 def _dense_reference(plus: torch.Tensor, minus: torch.Tensor) -> torch.Tensor:
@@ -39,10 +25,10 @@ def _dense_reference(plus: torch.Tensor, minus: torch.Tensor) -> torch.Tensor:
 
 
 def test_deficiency_matches_the_row_definition() -> None:
-    expert, anti = _module(0, "retain"), _module(1, "forget")
+    expert, anti = random_lora(0, "retain"), random_lora(1, "forget")
     result = deficiency(expert, anti)
     assert result.r == 2 * anti.r and result.scale == 1.0 and result.kind == "forget"
-    for name in NAMES:
+    for name in LORA_NAMES:
         want = _dense_reference(expert.delta(name), anti.delta(name))
         got = result.delta(name).double()
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max())
@@ -52,8 +38,8 @@ def test_deficiency_matches_the_row_definition() -> None:
 
 
 def test_degenerate_rows_follow_the_documented_rule() -> None:
-    expert, anti = _module(2, "retain"), _module(3, "forget")
-    name = NAMES[0]
+    expert, anti = random_lora(2, "retain"), random_lora(3, "forget")
+    name = LORA_NAMES[0]
     expert.B[name][0].zero_()  # expert row 0 empty: nothing is subtracted in that row
     anti.B[name][1].zero_()  # anti-expert row 1 empty: nothing to subtract
     # Row 2 of the expert exactly opposite to the anti-expert's: no shared part, the whole
@@ -71,17 +57,17 @@ def test_degenerate_rows_follow_the_documented_rule() -> None:
 
 def test_identical_modules_leave_no_deficiency() -> None:
     """An anti-expert equal to the expert is all "general capability"."""
-    module = _module(4, "forget")
+    module = random_lora(4, "forget")
     result = deficiency(module, module)
-    for name in NAMES:
+    for name in LORA_NAMES:
         assert result.delta(name).abs().max() < 1e-5 * module.delta(name).abs().max()
 
 
 def test_refuses_mismatched_modules() -> None:
     with pytest.raises(ValueError, match="same modules"):
-        other = _module(5, "retain")
-        other.A.pop(NAMES[1])
-        other.B.pop(NAMES[1])
-        deficiency(other, _module(6, "forget"))
+        other = random_lora(5, "retain")
+        other.A.pop(LORA_NAMES[1])
+        other.B.pop(LORA_NAMES[1])
+        deficiency(other, random_lora(6, "forget"))
     with pytest.raises(ValueError, match="equal ranks"):
-        deficiency(_module(7, "retain", r=2), _module(8, "forget"))
+        deficiency(random_lora(7, "retain", r=2), random_lora(8, "forget"))

@@ -8,20 +8,7 @@ import torch
 
 from rrtool.release.lora import LoraModule
 from rrtool.release.projection import project_out
-
-NAMES = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
-
-
-def _module(seed: int, kind: str, out: int = 12, fan_in: int = 20, r: int = 3) -> LoraModule:
-    gen = torch.Generator().manual_seed(seed)
-    return LoraModule(
-        A={n: torch.randn(r, fan_in, generator=gen) for n in NAMES},
-        B={n: torch.randn(out, r, generator=gen) for n in NAMES},
-        r=r,
-        alpha=2.0 * r + 1,  # a scale other than 1, so a forgotten scale shows
-        target_modules="all-linear",
-        kind=kind,
-    )
+from tests.conftest import LORA_NAMES, random_lora
 
 
 def _orth(m: torch.Tensor) -> torch.Tensor:
@@ -30,11 +17,11 @@ def _orth(m: torch.Tensor) -> torch.Tensor:
 
 
 def test_projection_matches_the_dense_definition_for_two_retain_modules() -> None:
-    forget, r1, r2 = _module(0, "forget"), _module(1, "retain"), _module(2, "retain")
+    forget, r1, r2 = random_lora(0, "forget"), random_lora(1, "retain"), random_lora(2, "retain")
     projected, removed = project_out(forget, [r1, r2])
     assert (projected.r, projected.scale, projected.kind) == (forget.r, forget.scale, "forget")
     before = after = 0.0
-    for name in NAMES:
+    for name in LORA_NAMES:
         u = _orth(torch.cat([r1.B[name], r2.B[name]], dim=1))
         v = _orth(torch.cat([r1.A[name].T, r2.A[name].T], dim=1))
         eye_out, eye_in = torch.eye(u.shape[0], dtype=torch.float64), torch.eye(v.shape[0],
@@ -52,7 +39,7 @@ def test_projection_matches_the_dense_definition_for_two_retain_modules() -> Non
 
 
 def test_no_retain_module_keeps_the_forget_module_and_a_copy_removes_all() -> None:
-    forget = _module(3, "forget")
+    forget = random_lora(3, "forget")
     same, removed = project_out(forget, [])
     assert same is forget and removed == 0.0
     twin = LoraModule(A=dict(forget.A), B=dict(forget.B), r=forget.r, alpha=forget.alpha,
@@ -62,9 +49,11 @@ def test_no_retain_module_keeps_the_forget_module_and_a_copy_removes_all() -> No
 
 
 def test_a_zero_retain_layer_projects_nothing_there() -> None:
-    forget, retain = _module(4, "forget"), _module(5, "retain")
-    retain.B[NAMES[0]].zero_()  # a freshly initialised LoRA: B is zero, it writes nowhere yet
-    retain.A[NAMES[0]].zero_()
+    forget, retain = random_lora(4, "forget"), random_lora(5, "retain")
+    retain.B[LORA_NAMES[0]].zero_()  # a freshly initialised LoRA: B is zero, it writes nowhere yet
+    retain.A[LORA_NAMES[0]].zero_()
     projected, _ = project_out(forget, [retain])
-    assert torch.allclose(projected.delta(NAMES[0]), forget.delta(NAMES[0]), atol=1e-6)
-    assert not torch.allclose(projected.delta(NAMES[1]), forget.delta(NAMES[1]), atol=1e-3)
+    assert torch.allclose(projected.delta(LORA_NAMES[0]), forget.delta(LORA_NAMES[0]), atol=1e-6)
+    assert not torch.allclose(
+        projected.delta(LORA_NAMES[1]), forget.delta(LORA_NAMES[1]), atol=1e-3
+    )
