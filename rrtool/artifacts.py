@@ -6,6 +6,9 @@ spelled twice is a record that one side stops finding when the other renames it.
 
 from __future__ import annotations
 
+# The job
+SPEC_RESOLVED = "spec/resolved.yaml"  # the validated spec, overrides applied, paths resolved
+
 # Reveal
 REVEAL_PROGRESS = "reveal/progress.jsonl"  # every generation so far (resume)
 REVEAL_FORGET = "reveal/forget.jsonl"  # the forget examples Release trains on

@@ -205,6 +205,32 @@ def compare(run_refs: tuple[str, ...], fmt: str, out: str | None, tracking_uri: 
 
 @cli.command()
 @click.argument("run_ref", metavar="[RUN]", required=False)
+@click.option(
+    "--probe",
+    "probes",
+    multiple=True,
+    type=click.Choice(["relearning", "elicitation", "membership", "quantization"]),
+    help="A probe to run (repeatable; default: all four).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db).",
+)
+def attack(run_ref: str | None, probes: tuple[str, ...], tracking_uri: str | None) -> None:
+    """Run more robustness probes on RUN (default: the latest run) after its audit, without
+    retraining: the released model is rebuilt from the run, the results go into the same
+    run's audit/probes.json (and so its report)."""
+    from rich.console import Console
+
+    from rrtool.audit.attack import attack_run
+
+    found = attack_run(_existing_store(tracking_uri), run_ref, probes, Console(stderr=True))
+    click.echo(f"recorded probes: {', '.join(found)}", err=True)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="[RUN]", required=False)
 @click.option("--out", required=True, metavar="DIR", help="Directory for the checkpoint.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @click.option(

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rrtool.artifacts import SPEC_RESOLVED
 from rrtool.errors import UserError
 from rrtool.tracking import Store, Tracker
 
@@ -32,7 +33,7 @@ def export_run(store: Store, ref: str | None, out: Path, *, force: bool = False)
         raise UserError(f"{out}: exists and is not empty (choose another --out, or --force)")
     client, run = find_run(store, ref)
     tracker = Tracker(client, run.info.run_id, store)
-    spec_text = tracker.read_text("spec/resolved.yaml")
+    spec_text = tracker.read_text(SPEC_RESOLVED)
     if spec_text is None:
         raise UserError(f"run {run.info.run_id} has no recorded spec (not an rrtool run?)")
     import yaml

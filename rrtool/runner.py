@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from rrtool.artifacts import SPEC_RESOLVED
 from rrtool.console import print_plan
 from rrtool.context import SCRATCH, RunContext
 from rrtool.errors import PhaseNotImplemented, UserError
@@ -87,7 +88,7 @@ def _open_run(
 def _record_inputs(ctx: RunContext, plan_dict: dict) -> None:
     spec, tracker = ctx.spec, ctx.tracker
     resolved_spec = spec.model_dump(mode="json")
-    tracker.log_text(yaml.safe_dump(resolved_spec, sort_keys=False), "spec/resolved.yaml")
+    tracker.log_text(yaml.safe_dump(resolved_spec, sort_keys=False), SPEC_RESOLVED)
     tracker.log_dict(ctx.loaded.raw, "spec/as_written.json")
     tracker.log_dict(plan_dict, "plan.json")
     tracker.log_dict(package_versions(), "environment.json")

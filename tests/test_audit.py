@@ -392,3 +392,35 @@ def test_the_relearning_probe_is_measured_outside_the_answer_cache(
     result = probes.relearning(ctx, suite, 0.8, 0.2)
     assert seen == [None] and result["after_relearning"] == 0.5
     assert ctx.weights_state() == "stack-key"  # the released state is named again after
+
+
+def test_attack_adds_probes_to_a_finished_run_without_retraining(
+    invoke, tmp_path: Path, model_cache: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri})))  # probes off
+    run_id = run_spec(load_spec(str(spec), tuple(FAST)), console=Console(file=io.StringIO()))
+    md = invoke("audit", run_id, "--report", "md", "--out", "-", "--tracking-uri", uri)
+    assert "| quantization |" not in md.stdout
+    result = invoke("attack", run_id[:8], "--probe", "quantization", "--tracking-uri", uri)
+    assert result.exit_code == 0, result.stderr
+    assert "recorded probes: quantization" in result.stderr
+    report = invoke("audit", run_id, "--report", "json", "--out", tmp_path / "r.json",
+                    "--tracking-uri", uri)  # fmt: skip
+    assert report.exit_code == 0, report.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    probes = data["audit"]["probes"]
+    assert set(probes) == {"quantization"} and probes["quantization"]["status"] == "done"
+    assert probes["quantization"]["after"] == data["audit"]["summary"]["forget"]["after"]
+    assert [m["name"] for m in data["release"]["modules"]]  # the run is the same run
+    unknown = invoke("attack", "nosuchrun", "--tracking-uri", uri)
+    assert unknown.exit_code == 2 and "no run `nosuchrun`" in unknown.stderr
+    sets = [a for s in FAST for a in ("--set", s)]
+    partial = invoke("run", str(spec), *sets, "--phase", "reveal", "--tracking-uri", uri)
+    assert partial.exit_code == 0, partial.stderr
+    newest = json.loads(invoke("runs", "--json", "--tracking-uri", uri).stdout)[0]["id"]
+    early = invoke("attack", newest, "--tracking-uri", uri)
+    assert early.exit_code == 2 and "its audit is not done" in early.stderr
+    assert "Traceback" not in early.stderr

@@ -25,6 +25,7 @@ from rrtool.artifacts import (
     RELEASE_STEPS,
     REVEAL_FORGET,
     REVEAL_TRIALS,
+    SPEC_RESOLVED,
 )
 from rrtool.errors import UserError
 from rrtool.tracking import Store, mlflow_client
@@ -223,7 +224,7 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
     with tempfile.TemporaryDirectory() as tmp:
         art = _Artifacts(client, run_id, Path(tmp))
-        spec_yaml = art.text("spec/resolved.yaml")
+        spec_yaml = art.text(SPEC_RESOLVED)
         state = art.json(RELEASE_STATE)
         steps = art.jsonl(RELEASE_STEPS)
         before = art.json(AUDIT_BEFORE) or {}

@@ -29,6 +29,7 @@ from rrtool.audit.probes import membership_scores, membership_sets, run_probes
 from rrtool.audit.render import describe, with_ci
 from rrtool.audit.verdict import replicate_metrics, summarise
 from rrtool.context import RunContext
+from rrtool.errors import UserError
 from rrtool.evaluators.base import Evaluation
 from rrtool.evaluators.suite import EvaluationSuite
 from rrtool.generation.answer_cache import stack_key
@@ -77,6 +78,62 @@ def _released(ctx: RunContext) -> None:
     ctx.console.print(f"audit: released model = base + {len(stack)} recorded module(s)")
 
 
+Membership = tuple[Any, dict[str, Any] | None]  # (member sets or why not, base scores)
+
+
+def _membership_base(ctx: RunContext, suite: EvaluationSuite, before: dict[str, Any]) -> Membership:
+    """The membership probe's sets and the base model's scores on them: taken while the base
+    model is loaded (or reloaded when the run lacks them), then kept in the run."""
+    if not ctx.spec.audit.probes.membership:
+        return None, None
+    sets = membership_sets(ctx, suite, before)
+    base_text = ctx.tracker.read_text(AUDIT_MEMBERSHIP_BASE)
+    if base_text is not None:
+        return sets, json.loads(base_text)
+    if isinstance(sets, str):
+        return sets, None
+    if ctx.model_state != "base":
+        ctx.reload_model()
+    ctx.console.print("audit: membership probe: scoring on the base model ...")
+    scores = membership_scores(ctx, sets)
+    ctx.tracker.log_dict(scores, AUDIT_MEMBERSHIP_BASE)
+    return sets, scores
+
+
+def run_probes_on_released(
+    ctx: RunContext, suite: EvaluationSuite, summary: dict[str, Any], membership: Membership
+) -> dict[str, Any]:
+    """The spec's probes on the released model (loaded here if it is not)."""
+    _released(ctx)
+    forget = summary.get("forget", {})
+    sets, base_scores = membership
+    return run_probes(
+        ctx, suite, forget.get("before"), forget.get("after"), base_scores, sets,
+        released=lambda: _released(ctx),
+    )  # fmt: skip
+
+
+def attack(ctx: RunContext) -> dict[str, Any]:
+    """More probes on a run whose audit is done (``rrtool attack``): the recorded base and
+    released measurements are read back, only the probes run; their results replace those of
+    the same name in ``audit/probes.json`` and are returned."""
+    tracker = ctx.tracker
+    before_text, summary_text = tracker.read_text(AUDIT_BEFORE), tracker.read_text(AUDIT_SUMMARY)
+    if before_text is None or summary_text is None:
+        raise UserError(
+            f"run {tracker.run_id} has no recorded audit (audit/before.json, summary.json): "
+            "finish it with `rrtool run SPEC --resume` first"
+        )
+    suite = EvaluationSuite.for_audit(ctx)
+    membership = _membership_base(ctx, suite, json.loads(before_text))
+    found = run_probes_on_released(ctx, suite, json.loads(summary_text), membership)
+    recorded = json.loads(tracker.read_text(AUDIT_PROBES) or "{}")
+    tracker.log_dict({**recorded, **found}, AUDIT_PROBES)
+    for name, result in found.items():
+        ctx.console.print(f"attack: probe {name}: {describe(result)}")
+    return found
+
+
 def run_audit(ctx: RunContext) -> dict[str, Any]:
     tracker = ctx.tracker
     suite = EvaluationSuite.for_audit(ctx)  # data and options checked before any model work
@@ -89,20 +146,7 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
     else:
         before = json.loads(before_text)
         ctx.console.print("audit: base model already measured in this run")
-    sets = membership_base = None
-    if ctx.spec.audit.probes.membership:
-        # Membership needs the base model's scores: taken while it is loaded (or reloaded on
-        # a resume that finds them missing), then kept in the run.
-        sets = membership_sets(ctx, suite, before)
-        base_text = tracker.read_text(AUDIT_MEMBERSHIP_BASE)
-        if base_text is not None:
-            membership_base = json.loads(base_text)
-        elif not isinstance(sets, str):
-            if ctx.model_state != "base":
-                ctx.reload_model()
-            ctx.console.print("audit: membership probe: scoring on the base model ...")
-            membership_base = membership_scores(ctx, sets)
-            tracker.log_dict(membership_base, AUDIT_MEMBERSHIP_BASE)
+    membership = _membership_base(ctx, suite, before)
     _released(ctx)
     after_text = tracker.read_text(AUDIT_AFTER)
     if after_text is None:
@@ -121,11 +165,7 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
             if isinstance(row.get(side), (int, float)) and row[side] == row[side]
         }
     )
-    forget = summary.get("forget", {})
-    probes = run_probes(
-        ctx, suite, forget.get("before"), forget.get("after"), membership_base, sets,
-        released=lambda: _released(ctx),
-    )  # fmt: skip
+    probes = run_probes_on_released(ctx, suite, summary, membership)
     tracker.log_dict(probes, AUDIT_PROBES)
     for key, row in summary.items():
         line = f"{row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])}"
