@@ -30,3 +30,4 @@ AUDIT_AFTER = "audit/after.json"
 AUDIT_SUMMARY = "audit/summary.json"
 AUDIT_PROBES = "audit/probes.json"
 AUDIT_MEMBERSHIP_BASE = "audit/membership_base.json"
+AUDIT_LEAKAGE = "audit/leakage.json"  # audit prompts that hold Reveal / search contexts

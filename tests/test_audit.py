@@ -102,6 +102,10 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert [v["name"] for v in elicitation["variants"]] == ["paraphrase", "few-shot", "bare"]
     worst = max(v["value"] for v in elicitation["variants"])  # forget: lower is better
     assert elicitation["worst"]["value"] == worst
+    # Disjoint splits: no audit prompt holds a context Reveal or the weight search read.
+    leakage = report["audit"]["leakage"]
+    assert set(leakage["sources"]) == {"reveal", "weight search"} and not leakage["warn"]
+    assert all(row["rate"] == 0.0 for row in leakage["sources"].values())
     quantization = probes["quantization"]
     assert [r["scheme"] for r in quantization["schemes"]] == ["int8", "int4"]
     assert all(r["base"] is not None and r["released"] is not None for r in quantization["schemes"])
@@ -400,7 +404,8 @@ def test_attack_adds_probes_to_a_finished_run_without_retraining(
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri})))  # probes off
+    # Probes off; the audit reads the whole source (in-sample), so it leaks Reveal's contexts.
+    spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri}, splits={"audit": 0})))
     run_id = run_spec(load_spec(str(spec), tuple(FAST)), console=Console(file=io.StringIO()))
     md = invoke("audit", run_id, "--report", "md", "--out", "-", "--tracking-uri", uri)
     assert "| quantization |" not in md.stdout
@@ -415,6 +420,8 @@ def test_attack_adds_probes_to_a_finished_run_without_retraining(
     assert set(probes) == {"quantization"} and probes["quantization"]["status"] == "done"
     assert probes["quantization"]["after"] == data["audit"]["summary"]["forget"]["after"]
     assert [m["name"] for m in data["release"]["modules"]]  # the run is the same run
+    leakage = data["audit"]["leakage"]
+    assert leakage["warn"] and leakage["sources"]["reveal"]["exact"] > 0
     unknown = invoke("attack", "nosuchrun", "--tracking-uri", uri)
     assert unknown.exit_code == 2 and "no run `nosuchrun`" in unknown.stderr
     sets = [a for s in FAST for a in ("--set", s)]

@@ -17,6 +17,7 @@ from typing import Any
 from rrtool.artifacts import (
     AUDIT_AFTER,
     AUDIT_BEFORE,
+    AUDIT_LEAKAGE,
     AUDIT_PROBES,
     AUDIT_SUMMARY,
     RELEASE_CANDIDATES,
@@ -288,6 +289,7 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
             "steps": _steps(state, steps),
             "audit": {
                 "summary": art.json(AUDIT_SUMMARY),
+                "leakage": art.json(AUDIT_LEAKAGE),
                 "before": _without_answers(before),
                 "after": _without_answers(after),
                 "answers": _side_by_side(before, after, sample_answers),

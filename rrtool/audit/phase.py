@@ -21,9 +21,12 @@ from typing import Any
 from rrtool.artifacts import (
     AUDIT_AFTER,
     AUDIT_BEFORE,
+    AUDIT_LEAKAGE,
     AUDIT_MEMBERSHIP_BASE,
     AUDIT_PROBES,
     AUDIT_SUMMARY,
+    REVEAL_FORGET,
+    REVEAL_RETAIN,
 )
 from rrtool.audit.probes import membership_scores, membership_sets, run_probes
 from rrtool.audit.render import describe, with_ci
@@ -134,6 +137,46 @@ def attack(ctx: RunContext) -> dict[str, Any]:
     return found
 
 
+def check_leakage(ctx: RunContext, suite: EvaluationSuite) -> dict[str, Any]:
+    """The audit's forget prompts against Reveal's contexts and the weight search's
+    (``rrtool.audit.leakage``); recorded, and warned about above its threshold."""
+    from rrtool import splits
+    from rrtool.audit.leakage import WARN_RATE, leakage, source_contexts
+    from rrtool.tasks import prompt_text
+
+    spec = ctx.spec
+    reveal = [
+        r["context"]
+        for path in (REVEAL_FORGET, REVEAL_RETAIN)
+        for r in ctx.tracker.read_jsonl(path) or []
+        if r.get("context")
+    ]
+    sources: dict[str, list[str]] = {"reveal": list(dict.fromkeys(reveal))}
+    try:
+        search = splits.read(spec.reveal.contexts, "search", spec).records
+        sources["weight search"] = source_contexts(search, spec.reveal.contexts.format)
+    except UserError:  # no search split to compare with
+        pass
+    result = leakage([prompt_text(i.prompt) for i in suite.forget_items], sources)
+    ctx.tracker.log_dict(result, AUDIT_LEAKAGE)
+    ctx.tracker.log_metrics(
+        {
+            metric_key("audit", "leakage", name): row["rate"]
+            for name, row in result["sources"].items()
+            if row["rate"] is not None
+        }
+    )
+    for name, row in result["sources"].items():
+        if (row["rate"] or 0) > WARN_RATE:
+            ctx.console.print(
+                f"[yellow]audit: {row['exact'] + row['near_duplicate']} of {row['prompts']} "
+                f"audit prompts hold a {name} context ({row['exact']} exact, "
+                f"{row['near_duplicate']} near-duplicate): those numbers are not held out"
+                "[/yellow]"
+            )
+    return result
+
+
 def run_audit(ctx: RunContext) -> dict[str, Any]:
     tracker = ctx.tracker
     suite = EvaluationSuite.for_audit(ctx)  # data and options checked before any model work
@@ -156,6 +199,7 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
         after = json.loads(after_text)
     summary = summarise(suite.headlines, before, after, suite.provenance)
     tracker.log_dict(summary, AUDIT_SUMMARY)
+    check_leakage(ctx, suite)
     # The headline numbers as metrics too, so listings read numbers rather than tag text.
     tracker.log_metrics(
         {

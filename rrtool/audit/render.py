@@ -68,12 +68,25 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("Status", run["status"] + (f": {run['stop_reason']}" if run.get("stop_reason") else "")),
         ("Release strategy", _strategy(spec)),
         ("Release stopped", report["release"].get("stop_reason") or "–"),
+        ("Leakage", _leakage_text(report["audit"].get("leakage"))),
         ("Store", run["store"]),
         ("Started / ended", f"{run.get('started') or '–'} / {run.get('ended') or '–'}"),
         ("rrtool", f"{run.get('rrtool_version') or '?'} (git {run.get('git_sha') or 'unknown'})"),
         ("Report generated", report["generated_at"]),
     ]
     return facts
+
+
+def _leakage_text(leakage: dict[str, Any] | None) -> str:
+    """How many audit prompts hold a context that Reveal or the weight search saw."""
+    if not leakage:
+        return "not checked (run before the check existed)"
+    parts = [
+        f"{name}: {row['exact'] + row['near_duplicate']} of {row['prompts']} audit prompts "
+        f"({row['exact']} exact, {row['near_duplicate']} near-duplicate)"
+        for name, row in leakage["sources"].items()
+    ]
+    return "; ".join(parts) + (" — WARNING: not held out" if leakage.get("warn") else "")
 
 
 def _strategy(spec: dict[str, Any]) -> str:
