@@ -61,3 +61,16 @@ def test_degeneration_counts_empty_and_looping_answers() -> None:
                      "distinct_1": 4 / 11, "distinct_2": 3 / 9}  # fmt: skip
     assert degeneration([]) == {}
     assert "distinct_2" not in degeneration(["one", "two"])  # no bigram to count
+
+
+def test_membership_reads_privleak_against_the_base_model() -> None:
+    from rrtool.audit.probes import membership
+
+    base = {"members": [0.1, 0.2, 0.3, 0.4], "non_members": [0.15, 0.25, 0.35, 0.45]}
+    same = membership(base, base)
+    assert same["privleak"] == 0.0 and same["reading"].startswith("no leak")
+    leak = membership(base, {"members": [0.9, 0.8, 0.7, 0.6], "non_members": [0.1, 0.2, 0.3, 0.4]})
+    assert leak["auc_after"] == 1.0 and leak["reading"].startswith("leak")
+    over = membership(base, {"members": [0.1, 0.2, 0.3, 0.4], "non_members": [0.9, 0.8, 0.7, 0.6]})
+    assert over["auc_after"] == 0.0 and over["privleak"] < -0.9
+    assert over["reading"].startswith("over-unlearned")

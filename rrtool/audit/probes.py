@@ -35,6 +35,7 @@ from rrtool.evaluators.suite import EvaluationSuite, Headline
 
 RELEARN_EXAMPLES = 16
 MEMBERSHIP_EXAMPLES = 64
+PRIVLEAK_TOLERANCE = 0.1  # |privleak| up to this: as indistinguishable as on the base
 
 ELICITATION_TEMPLATES: dict[str, dict[str, str]] = {
     "ner": {
@@ -193,15 +194,30 @@ def membership(base: dict[str, list[float]], released: dict[str, list[float]]) -
 
     before = auc(base["members"], base["non_members"])
     after = auc(released["members"], released["non_members"])
+    # MUSE's PrivLeak with the base model as the reference (it never trained on the members:
+    # both sets are its own answers): 0 = as indistinguishable as before; far below 0 =
+    # over-unlearned (the forgotten examples now stand out by being *less* likely).
+    privleak = (after - before) / before if before else None
+    if privleak is None:
+        reading = "n/a"
+    elif abs(privleak) <= PRIVLEAK_TOLERANCE:
+        reading = "no leak: members as indistinguishable as on the base model"
+    elif privleak > 0:
+        reading = "leak: the released model still tells the forgotten examples apart"
+    else:
+        reading = "over-unlearned: the forgotten examples stand out as unlikely"
     return {
         "status": "done",
         "members": len(base["members"]),
         "non_members": len(base["non_members"]),
         "auc_before": before,
         "auc_after": after,
+        "privleak": privleak,
+        "reading": reading,
         "definition": f"Min-K%++ (k = {DEFAULT_K:.0%}) on completion tokens; AUC of Reveal's "
         "forget examples (trained on) over the base model's answers on audit.forget_eval "
-        "(never seen); 0.5 = indistinguishable",
+        "(never seen); 0.5 = indistinguishable; privleak = (AUC after - AUC base) / AUC base, "
+        f"read as no leak within +-{PRIVLEAK_TOLERANCE}",
     }
 
 

@@ -258,7 +258,8 @@ def describe(probe: dict[str, Any]) -> str:
         return (
             f"Min-K%++ AUC {_fmt(probe['auc_before'])} (base) -> {_fmt(probe['auc_after'])} "
             f"(released), {probe['members']} members vs {probe['non_members']} non-members "
-            "(0.5 = indistinguishable)"
+            f"(0.5 = indistinguishable); privleak {_fmt(probe.get('privleak'))}: "
+            f"{probe.get('reading', 'n/a')}"
         )
     if "schemes" in probe:
         return "; ".join(
