@@ -61,6 +61,12 @@ ROWS: dict[str, list[str]] = {
         "release.schedule=retain_first",
         "release.forget_formats=[json,prose,bare,bullets]",
     ],
+    # The weight range alone (the control for the projection rows below).
+    "iterative (retain first, weights to 3)": [
+        "release.strategy=iterative",
+        "release.schedule=retain_first",
+        "release.search.max_weight=3",
+    ],
     # method.md's second hypothesis: subtract only the part of each forget update outside the
     # retain modules' subspaces; the projected module is smaller, so weights up to 3.
     "iterative (retain first, forget projected, weights to 3)": [
