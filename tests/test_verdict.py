@@ -74,3 +74,14 @@ def test_membership_reads_privleak_against_the_base_model() -> None:
     over = membership(base, {"members": [0.1, 0.2, 0.3, 0.4], "non_members": [0.9, 0.8, 0.7, 0.6]})
     assert over["auc_after"] == 0.0 and over["privleak"] < -0.9
     assert over["reading"].startswith("over-unlearned")
+
+
+def test_recovered_share_needs_something_forgotten() -> None:
+    from rrtool.audit.probes import recovered_share
+
+    assert recovered_share(0.8, 0.2, 0.5, "lower") == pytest.approx(0.5)
+    assert recovered_share(0.8, 0.2, 0.2, "lower") == 0.0
+    assert recovered_share(0.2, 0.8, 0.5, "higher") == pytest.approx(0.5)
+    # Release forgot nothing (0.70 -> 0.73): no share to report, not "recovered 8".
+    assert recovered_share(0.70, 0.73, 0.51, "lower") is None
+    assert recovered_share(None, 0.2, 0.3, "lower") is None

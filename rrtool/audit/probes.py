@@ -70,6 +70,20 @@ def _headline_value(evaluation: Any, headline: Headline) -> float | None:
     return evaluation.metrics.get(headline.metric)
 
 
+def recovered_share(
+    before: float | None, after: float | None, attacked: float | None, better: str
+) -> float | None:
+    """(attacked - after) / (before - after): 0 = nothing came back, 1 = back to the base.
+    None when Release forgot nothing (after is not better than before): there is nothing to
+    recover, and the ratio of two noise-sized numbers would read as a large recovery."""
+    if None in (before, after, attacked):
+        return None
+    forgot = after < before if better == "lower" else after > before
+    if not forgot:
+        return None
+    return (attacked - after) / (before - after)
+
+
 def relearning(
     ctx: RunContext, suite: EvaluationSuite, before: float | None, after: float | None
 ) -> dict[str, Any]:
@@ -93,9 +107,7 @@ def relearning(
     with ctx.modified_weights(), ScaledAdapter(handle.model, module, 1.0):
         evaluation = suite.measures["forget"]()
     relearned = _headline_value(evaluation, headline)
-    recovered = None
-    if None not in (before, after, relearned) and before != after:
-        recovered = (relearned - after) / (before - after)
+    recovered = recovered_share(before, after, relearned, headline.better)
     return {
         "status": "done",
         "metric": headline.metric,
@@ -250,9 +262,7 @@ def quantization(
     rows = []
     for name, scheme in SCHEMES.items():
         value = on_released[name]
-        recovered = None
-        if None not in (before, after, value) and before != after:
-            recovered = (value - after) / (before - after)
+        recovered = recovered_share(before, after, value, headline.better)
         rows.append(
             {
                 "scheme": name,
