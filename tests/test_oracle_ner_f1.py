@@ -26,7 +26,7 @@ def test_satisfies_contract() -> None:
     assert isinstance(oracle, Oracle)
     assert oracle.name == "ner_f1"
     assert "\n" not in NerF1Oracle.description
-    assert NerF1Oracle.requires == Requirements(reference=True)
+    assert NerF1Oracle.requires == Requirements(reference=True, target_kinds=("ner",))
 
 
 def test_build_query_is_universalner_format() -> None:

@@ -188,7 +188,7 @@ def test_satisfies_contract() -> None:
     assert oracle.name == "perspective"
     assert "\n" not in PerspectiveOracle.description
     assert PerspectiveOracle.requires == Requirements(
-        network=True, api_key_env="PERSPECTIVE_API_KEY"
+        network=True, api_key_env="PERSPECTIVE_API_KEY", target_kinds=("toxicity",)
     )
     # A custom variable is what the planner must check.
     assert PerspectiveOracle(api_key_env="MY_KEY").requires.api_key_env == "MY_KEY"

@@ -44,7 +44,7 @@ def test_satisfies_contract() -> None:
     assert isinstance(oracle, Oracle)
     assert oracle.name == "toxicity"
     assert "\n" not in ToxicityOracle.description
-    assert ToxicityOracle.requires == Requirements()
+    assert ToxicityOracle.requires == Requirements(target_kinds=("toxicity",))
 
 
 def test_entry_points_declared() -> None:
