@@ -287,6 +287,19 @@ def _run_details(res: ExecutionResult) -> dict[str, Any]:
     }
 
 
+def _reported(res: ExecutionResult, count: int, details: dict[str, Any]) -> list[Any] | None:
+    """The ``count`` values a completed run reported, or None (the run failed, or its result
+    line is missing or malformed: recorded in ``details``)."""
+    details.update(_run_details(res))
+    if not res.passed:
+        return None
+    try:
+        return read_values(res.stdout, count)
+    except DecodeError as exc:
+        details.update(status="failed", error="ResultChannel", stderr_tail=str(exc))
+        return None
+
+
 class PassAt1Oracle:
     """Execution-based functional correctness for MBPP / MBPP+ style tasks."""
 
@@ -360,15 +373,10 @@ class PassAt1Oracle:
 
     def _verdict(self, res: ExecutionResult, plan: _MbppPlan, details: dict[str, Any]) -> bool:
         """Decide every check in the parent from the values the run reported."""
-        details.update(_run_details(res))
-        if not res.passed:
+        reported = _reported(res, len(plan.checks) + len(plan.expected_inside), details)
+        if reported is None:
             return False
-        count = len(plan.checks) + len(plan.expected_inside)
-        try:
-            values = iter(read_values(res.stdout, count))
-        except DecodeError as exc:
-            details.update(status="failed", error="ResultChannel", stderr_tail=str(exc))
-            return False
+        values = iter(reported)
         for i, check in enumerate(plan.checks):
             actual = next(values)
             expected = next(values) if i in plan.expected_inside else plan.expected[i]
@@ -381,10 +389,10 @@ class PassAt1Oracle:
     def _mbpp_plan(self, ref: Mapping[str, Any]) -> _MbppPlan:
         """The task's checks and the expected values the parent holds, cached per task: literals
         are parsed here, other expected expressions computed once in a candidate-free run."""
-        checks = tuple(plan_check(t) for t in ref["test_list"])
-        computed = [i for i, c in enumerate(checks) if c.expected is not None and not c.literal]
 
         def build() -> _MbppPlan:
+            checks = tuple(plan_check(t) for t in ref["test_list"])
+            computed = [i for i, c in enumerate(checks) if c.expected is not None and not c.literal]
             expected: list[Any] = [expected_value(c) if c.literal else None for c in checks]
             inside: set[int] = set()
             if computed:
@@ -430,14 +438,10 @@ class PassAt1Oracle:
     def _plus_verdict(
         res: ExecutionResult, ref: Mapping[str, Any], expected: list[Any], details: dict[str, Any]
     ) -> bool:
-        details.update(_run_details(res))
-        if not res.passed:
+        reported = _reported(res, 1, details)
+        if reported is None:
             return False
-        try:
-            (outputs,) = read_values(res.stdout, 1)
-        except DecodeError as exc:
-            details.update(status="failed", error="ResultChannel", stderr_tail=str(exc))
-            return False
+        (outputs,) = reported
         entry, atol = ref["entry_point"], float(ref.get("atol") or 0)
         if not isinstance(outputs, list) or len(outputs) != len(expected):
             details.update(status="failed", error="ResultChannel", stderr_tail="output count")
@@ -471,8 +475,9 @@ class PassAt1Oracle:
     def _run_canonical(
         self, ref: Mapping[str, Any], base: list[Any], plus: list[Any]
     ) -> tuple[list[Any], list[Any]] | str:
+        # The outputs are the program's last line: kept whole up to max_result.
         limits = SandboxLimits(
-            timeout_s=self.limits.timeout_s, memory_mb=self.limits.memory_mb, max_stdout=1 << 28
+            timeout_s=self.limits.timeout_s, memory_mb=self.limits.memory_mb, max_result=1 << 28
         )
         program = _plus_program(ref["canonical_solution"], ref, base, plus, name="__canonical__")
         res = run_python(program, limits)

@@ -338,7 +338,9 @@ class _Capped:
     def _tail(self) -> bytes:
         """The last ``_TAIL_BYTES``, reaching back to the start of the last lines (the last
         output line ahead of the nonce: the values pass_at_1 reads) when they are longer."""
-        tail = b"".join(self.tail)[-self.tail_cap :]
+        if len(self.tail) > 1:  # joined once; read by both last_bytes and text
+            self.tail = collections.deque([b"".join(self.tail)])
+        tail = self.tail[0][-self.tail_cap :] if self.tail else b""
         start = len(tail)
         for _ in range(_LAST_LINES + 1):
             start = tail.rfind(b"\n", 0, start)
@@ -355,7 +357,8 @@ class _Capped:
         return bytes(self.head).decode("utf-8", "replace") + mid + tail.decode("utf-8", "replace")
 
     def last_bytes(self, n: int) -> bytes:
-        return (bytes(self.head) + self._tail())[-n:]
+        tail = self._tail()
+        return tail[-n:] if len(tail) >= n else (bytes(self.head) + tail)[-n:]
 
 
 def _kill_group(pgid: int) -> None:

@@ -172,18 +172,20 @@ def read_values(stdout: str, count: int) -> list[Any]:
 
 # -- tests as checks ---------------------------------------------------------------------------
 
-_OPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.Is: operator.is_,
-    ast.IsNot: operator.is_not,
-    ast.In: lambda a, b: a in b,
-    ast.NotIn: lambda a, b: a not in b,
+# Each comparison operator: its text (how a Check names it) and what it computes.
+_OPS: dict[type[ast.cmpop], tuple[str, Callable[[Any, Any], Any]]] = {
+    ast.Eq: ("==", operator.eq),
+    ast.NotEq: ("!=", operator.ne),
+    ast.Lt: ("<", operator.lt),
+    ast.LtE: ("<=", operator.le),
+    ast.Gt: (">", operator.gt),
+    ast.GtE: (">=", operator.ge),
+    ast.Is: ("is", operator.is_),
+    ast.IsNot: ("is not", operator.is_not),
+    ast.In: ("in", lambda a, b: a in b),
+    ast.NotIn: ("not in", lambda a, b: a not in b),
 }
+_BY_TEXT = dict(_OPS.values())
 _FLIPPED = {ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Gt: ast.Lt, ast.GtE: ast.LtE}
 
 
@@ -215,8 +217,7 @@ def _literal(node: ast.expr) -> bool:
 
 
 def _op_text(op: ast.cmpop) -> str:
-    return {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
-            ast.Is: "is", ast.IsNot: "is not", ast.In: "in", ast.NotIn: "not in"}[type(op)]  # fmt: skip
+    return _OPS[type(op)][0]
 
 
 def plan_check(source: str) -> Check:
@@ -269,8 +270,7 @@ def decide(check: Check, actual: Any, expected: Any = None) -> bool:
         return check.kind == "compare" and check.op in ("!=", "is not", "not in")
     try:
         if check.kind == "compare":
-            op = {_op_text(k()): f for k, f in _OPS.items()}[check.op]
-            return bool(op(actual, expected))
+            return bool(_BY_TEXT[check.op](actual, expected))
         if check.kind == "isclose":
             numbers = (int, float)
             if not (isinstance(actual, numbers) and isinstance(expected, numbers)):
