@@ -6,6 +6,9 @@ with code 2; its messages already say file, line, key and what was expected.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class UserError(Exception):
     """Bad input: a spec, a flag, a data file. Exit code 2, no traceback."""
@@ -31,3 +34,9 @@ class TrainingDiverged(Exception):
 
 class SpecError(UserError):
     """The spec file (or an override of it) is not valid."""
+
+
+def closest(word: str, choices: Sequence[str]) -> str | None:
+    """The choice a misspelt ``word`` most likely meant (for "did you mean"), or None."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None

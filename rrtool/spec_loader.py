@@ -7,7 +7,6 @@ key the user wrote; keys a ``--set`` override introduced point at that flag.
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rrtool.errors import SpecError
+from rrtool.errors import SpecError, closest
 from rrtool.spec import Spec
 
 KeyPath = tuple[str | int, ...]
@@ -148,9 +147,9 @@ def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = closest(word, choices)
     if close:
-        return f"did you mean `{close[0]}`?"
+        return f"did you mean `{close}`?"
     return "expected one of: " + ", ".join(choices)
 
 

@@ -10,7 +10,6 @@ which plugins load, for reproducible runs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import os
 import warnings
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from rrtool.errors import UserError
+from rrtool.errors import UserError, closest
 from rrtool.oracles.contract import ENTRY_POINT_GROUP, Oracle
 
 ALLOW_ENV = "RRTOOL_LOAD_PLUGINS"
@@ -125,8 +124,8 @@ def accepted_options(factory: Any) -> list[str] | None:
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean `{close[0]}`?)" if close else ""
+    close = closest(word, choices)
+    return f" (did you mean `{close}`?)" if close else ""
 
 
 def list_oracles() -> list[OracleInfo]:

@@ -17,6 +17,7 @@ so the stack, export and audit replay it like any module. With no retain module 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -68,15 +69,6 @@ def project_out(forget: LoraModule, retain: Sequence[LoraModule]) -> tuple[LoraM
         "projected_off": [m.sha256() for m in retain],
         "projection_removed_norm2": round(removed, 6),
     }
-    module = LoraModule(
-        A=A,
-        B=B,
-        r=forget.r,
-        alpha=forget.alpha,
-        target_modules=forget.target_modules,
-        kind=forget.kind,
-        seed=forget.seed,
-        loss_curve=list(forget.loss_curve),
-        info=info,
-    )
+    # Everything else (rank, scale, kind, seed, loss curve) is the trained module's.
+    module = replace(forget, A=A, B=B, loss_curve=list(forget.loss_curve), info=info)
     return module, removed
