@@ -107,20 +107,26 @@ def _check_contexts(loaded: LoadedSpec, records: list[dict[str, Any]], errors: l
     """Reveal's queries built from ``reveal.contexts`` as Reveal will build them (no model
     needed): rows it cannot read, and forget/retain types that labelled data never labels, are
     errors here rather than after the model loads."""
-    from rrtool.queries import ner_queries, task_queries
+    from rrtool.queries import reveal_queries
 
     spec, where = loaded.spec, loaded.locate("reveal", "contexts")
     source, target = spec.reveal.contexts, spec.target
     keys = sorted({k for r in records[:50] for k in r})
+    needs = (
+        "a non-empty `text` (or `prompt`) holding the passage"
+        if target.kind == "ner"
+        else f"the non-empty prompt field of `{source.format}` records"
+    )
     try:
-        if target.kind == "ner":
-            queries = ner_queries(records, target.forget_types, target.retain_types, None)
-            needs = "a non-empty `text` (or `prompt`) holding the passage"
-        else:
-            queries = task_queries(target.kind, source.format, records, spec.reveal.template)
-            needs = f"the non-empty prompt field of `{source.format}` records"
+        queries = reveal_queries(spec, records)
     except UserError as exc:
         errors.extend(f"{where}: {m}" for m in exc.messages)
+        return
+    except (KeyError, IndexError, ValueError) as exc:  # str.format of reveal.template
+        errors.append(
+            f"{loaded.locate('reveal', 'template')}: cannot fill the template ({exc!r}; "
+            "expected `{context}` and, for NER, `{type}` as its only placeholders)"
+        )
         return
     if not queries:
         errors.append(
@@ -267,8 +273,11 @@ def _check_scorer(
 
 
 def _oracle_hint(kind: str) -> str:
-    builtin = {"ner": "ner_f1", "coding": "pass_at_1", "toxicity": "toxicity or perspective"}
-    return f", such as {builtin[kind]}" if kind in builtin else ""
+    """The installed oracles that declare ``kind`` among their target kinds."""
+    from rrtool.oracles.registry import list_oracles
+
+    fits = [i.name for i in list_oracles() if kind in (i.requires or {}).get("target_kinds", ())]
+    return f", such as {' or '.join(fits)}" if fits else ""
 
 
 def _env_set(name: str) -> bool:

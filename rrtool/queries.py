@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rrtool.generation.base import Prompt
 from rrtool.tasks import ner_query, samples_from_records
+
+if TYPE_CHECKING:
+    from rrtool.spec import Spec
 
 # A system instruction plus a one-shot exchange teaches the JSON-list answer format: measured on
 # SmolLM2-135M-Instruct (24 built-in queries), a single user message got prose answers (F1 ~0)
@@ -110,3 +113,13 @@ def task_queries(
         for s in samples
         if s.prompt.strip()
     ]
+
+
+def reveal_queries(spec: Spec, records: list[dict[str, Any]], chat: bool = True) -> list[Query]:
+    """Reveal's queries over ``records`` of ``reveal.contexts`` (NER: the retained types only
+    with ``retain.self_generated``); the planner builds them too, before any model loads."""
+    template = spec.reveal.template
+    if spec.target.kind == "ner":
+        retain = spec.target.retain_types if spec.retain.self_generated else []
+        return ner_queries(records, spec.target.forget_types, retain, template, chat)
+    return task_queries(spec.target.kind, spec.reveal.contexts.format, records, template)

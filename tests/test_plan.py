@@ -278,3 +278,12 @@ def test_types_the_data_never_labels_are_refused(invoke, write_spec) -> None:
     assert result.exit_code == 2, result.output
     assert "reveal.contexts: the data never labels spaceship" in result.stderr
     assert "person" in result.stderr  # the types it does label are listed
+
+
+def test_a_template_reveal_cannot_fill_is_refused(invoke, write_spec) -> None:
+    reveal = {"strategy": "direct", "template": "Find {kind} in: {context}",
+              "contexts": {"path": "builtin:ner_passages", "format": "universalner"}}  # fmt: skip
+    result = invoke("plan", str(write_spec(tiny_spec(reveal=reveal))))
+    assert result.exit_code == 2, result.output
+    assert "reveal.template: cannot fill the template (KeyError('kind')" in result.stderr
+    assert "Traceback" not in result.stderr

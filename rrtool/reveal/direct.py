@@ -17,7 +17,7 @@ from rrtool.context import RunContext
 from rrtool.errors import UserError
 from rrtool.generation.base import SamplingParams, has_chat_template
 from rrtool.oracles.contract import Sample
-from rrtool.queries import Query, ner_queries, task_queries
+from rrtool.queries import Query, reveal_queries
 from rrtool.tasks import prompt_text
 
 
@@ -28,12 +28,8 @@ def build_queries(ctx: RunContext) -> list[Query]:
     source = spec.reveal.contexts
     # Reveal's split only: the search and audit splits stay unseen (``rrtool.splits``).
     records = splits.read(source, "reveal", spec).records
-    if spec.target.kind == "ner":
-        retain = spec.target.retain_types if spec.retain.self_generated else []
-        chat = has_chat_template(ctx.model().tokenizer)
-        queries = ner_queries(records, spec.target.forget_types, retain, spec.reveal.template, chat)
-    else:
-        queries = task_queries(spec.target.kind, source.format, records, spec.reveal.template)
+    chat = spec.target.kind == "ner" and has_chat_template(ctx.model().tokenizer)
+    queries = reveal_queries(spec, records, chat)
     if not queries:
         raise UserError(
             f"{source.path}: no usable rows in {len(records)} `{source.format}` record(s) "
