@@ -493,6 +493,37 @@ def test_external_forget_data_replaces_reveals(invoke, write_spec, tmp_path: Pat
     assert sidecar["info"]["examples"] == len(gold) > 0
 
 
+def test_labelled_retain_data_teaches_the_retained_types_only(write_spec, tmp_path: Path) -> None:
+    """NER passages as retain.data: Reveal's own queries for the retained types, answered with
+    the gold entities, from the Reveal split only; never the forget type's answers."""
+    from rrtool import splits
+    from rrtool.generation.base import has_chat_template
+    from rrtool.queries import ner_queries
+    from rrtool.spec import DataSource
+
+    source = {"path": "builtin:ner_passages", "format": "universalner"}
+    spec = load_spec(write_spec({**release_spec(), "retain": {"data": source}}))
+    ctx = RunContext(spec, None, Console(file=io.StringIO()), tmp_path)  # type: ignore[arg-type]
+    examples = release_phase.external_retain_examples(ctx)
+    part = splits.read(DataSource(**source), "reveal", ctx.spec)
+    passages = {r["text"] for r in part.records}
+    location = {
+        (r["text"], json.dumps(r["entities"], ensure_ascii=False))
+        for r in part.records
+        if r["type"] == "location"
+    }
+    chat = has_chat_template(ctx.model().tokenizer)
+    asked = {
+        json.dumps(q.prompt): q.context
+        for q in ner_queries(part.records, ["location"], [], None, chat)
+    }
+    assert len(examples) == len(location) > 0
+    for e in examples:
+        context = asked[json.dumps(e.prompt)]  # the prompt Reveal asks, word for word
+        assert context in passages and (context, e.completion) in location
+        assert "person" not in e.prompt[-1]["content"]
+
+
 def test_dpo_pairs_forget_answers_with_the_chosen_kind(write_spec, tmp_path: Path) -> None:
     """auto on NER prefers `[]`; `refusal` the spec's text; `retain` retain answers in turn."""
     from rrtool.release.lora import Example

@@ -108,24 +108,44 @@ def external_examples(
     return [Example(s.prompt, s.completion) for s in samples_from_records(source.format, records)]
 
 
+def ner_gold_examples(
+    ctx: RunContext, records: list[dict[str, Any]], types: list[str]
+) -> list[Example]:
+    """Labelled NER passages as training examples: the queries Reveal asks (same one-shot
+    conversation), for ``types`` only, answered with the data's gold entities."""
+    queries = ner_queries(
+        records, types, [], ctx.spec.reveal.template, has_chat_template(ctx.model().tokenizer)
+    )
+    return [
+        Example(q.prompt, json.dumps(q.reference.get("entities", []), ensure_ascii=False))
+        for q in queries
+        if "entities" in q.reference
+    ]
+
+
 def external_forget_examples(ctx: RunContext) -> list[Example]:
-    """Forget examples from ``release.forget_data``: for NER passages, the same queries Reveal
-    asks, answered with the data's gold entities of the forget types; other formats as
-    ``retain.data`` reads them."""
+    """Forget examples from ``release.forget_data``: for NER passages, the gold entities of the
+    forget types; other formats as ``retain.data`` reads them."""
     source = ctx.spec.release.forget_data
     assert source is not None
-    target = ctx.spec.target
-    if target.kind == "ner" and source.format == "universalner":
-        queries = ner_queries(
-            load_records(source), target.forget_types, [], ctx.spec.reveal.template,
-            has_chat_template(ctx.model().tokenizer),
-        )  # fmt: skip
-        return [
-            Example(q.prompt, json.dumps(q.reference.get("entities", []), ensure_ascii=False))
-            for q in queries
-            if "entities" in q.reference
-        ]
+    if ctx.spec.target.kind == "ner" and source.format == "universalner":
+        return ner_gold_examples(ctx, load_records(source), ctx.spec.target.forget_types)
     return external_examples(source)
+
+
+def external_retain_examples(ctx: RunContext) -> list[Example]:
+    """Retain examples from the Reveal split of ``retain.data``. Labelled NER passages give
+    the gold entities of the *retained* types only, asked as Reveal asks: read as a plain set,
+    they would teach the forget type's answers too, in a prompt the model is never asked."""
+    source = ctx.spec.retain.data
+    assert source is not None
+    # Retain modules learn from the Reveal split: the search and audit splits measure.
+    part = splits.read(source, "reveal", ctx.spec)
+    if ctx.spec.target.kind == "ner" and source.format == "universalner":
+        examples = ner_gold_examples(ctx, part.records, ctx.spec.target.retain_types)
+    else:
+        examples = external_examples(source, part.records)
+    return [e for e in examples if e.completion.strip()]
 
 
 def _entity_list(completion: str) -> list[str] | None:
@@ -179,10 +199,7 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     # "Nothing found" teaches no target.
     forget = [e for e in forget_records if e.completion.strip() not in ("", "[]")]
     if ctx.spec.retain.data is not None:
-        # Retain modules learn from the Reveal split: the search and audit splits measure.
-        source = ctx.spec.retain.data
-        part = splits.read(source, "reveal", ctx.spec)
-        retain = [e for e in external_examples(source, part.records) if e.completion.strip()]
+        retain = external_retain_examples(ctx)
     else:
         retain = [
             Example(r["prompt"], r["completion"])
