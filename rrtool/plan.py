@@ -398,6 +398,17 @@ def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
             )
         )
     chooser = "UCB-chosen" if reveal.strategy == "neuralucb" else "uniformly drawn"
+    if spec.target.kind != "ner" and search.exemplar_samples and search.exemplars:
+        answers = search.exemplars * search.exemplar_samples
+        steps.append(
+            Step(
+                "exemplars",
+                f"{search.exemplars} decode exemplars; each the data leaves unanswered is shown "
+                f"with the most relevant of {search.exemplar_samples} of the model's own answers "
+                "(at most this many generations)",
+                {"generations": answers, "generated_tokens": answers * gen.max_new_tokens},
+            )
+        )
     steps += [
         Step(
             "search",
@@ -414,9 +425,27 @@ def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
                 * (per_trial * gen.max_new_tokens + search.max_instruction_tokens),
             },
         ),
+        *(
+            [
+                Step(
+                    "confirm",
+                    f"per outer loop, the best {search.confirm_top} instructions scored again on "
+                    f"{reveal.contexts_per_trial} other contexts; the best fresh score is collected",
+                    {
+                        "generations": reveal.outer_iterations * search.confirm_top * per_trial,
+                        "generated_tokens": reveal.outer_iterations
+                        * search.confirm_top
+                        * per_trial
+                        * gen.max_new_tokens,
+                    },
+                )
+            ]
+            if search.confirm_top
+            else []
+        ),
         Step(
             "collect",
-            f"best instruction of each outer loop over all {contexts} contexts -> forget data",
+            f"chosen instruction of each outer loop over all {contexts} contexts -> forget data",
             {
                 "generations": reveal.outer_iterations * contexts * gen.num_samples,
                 "generated_tokens": reveal.outer_iterations

@@ -305,6 +305,14 @@ class InstructionSearchSpec(_Section):
     exemplars: int = Field(
         default=3, ge=0, description="Context exemplars shown when decoding an instruction."
     )
+    exemplar_samples: int = Field(
+        default=4,
+        ge=0,
+        description="An exemplar whose data has no answer (prompt-only toxicity sets) is shown "
+        "with the most relevant of this many of the model's own answers to it (scored by the "
+        "oracle), so the decoded instructions describe the target, not the inputs. 0 = such "
+        "exemplars are shown as bare inputs.",
+    )
     free_repeats: int = Field(
         default=8,
         ge=0,
@@ -313,6 +321,14 @@ class InstructionSearchSpec(_Section):
         "using the step: they cost no generation, only a diversity re-score, and the bandit "
         "still learns their score; after that many the step counts anyway. 0 = every pick "
         "counts.",
+    )
+    confirm_top: int = Field(
+        default=3,
+        ge=0,
+        description="Before each collection, the best this many instructions of the outer loop "
+        "are scored again on other contexts (`contexts_per_trial` of them, fixed) and the best "
+        "*fresh* score is collected: the best of ~20 noisy trials is partly the luckiest draw. "
+        "0 = collect the best trial score as it stands.",
     )
     ucb_lambda: float = Field(default=0.1, gt=0, description="Regulariser lambda of NeuralUCB.")
     ucb_nu: float = Field(default=1.0, ge=0, description="Exploration scale nu of NeuralUCB.")

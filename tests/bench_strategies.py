@@ -77,6 +77,11 @@ ROWS: dict[str, list[str]] = {
     ],
     # Retain modules from the passages' gold labels of the retained types (the Reveal split of
     # the same passages) instead of the model's own answers, which repeat its own errors.
+    "iterative (labelled retain data, weights to 3)": [
+        "release.strategy=iterative",
+        "release.search.max_weight=3",
+        "retain.self_generated=false",
+    ],
     "iterative (retain first, labelled retain data, weights to 3)": [
         "release.strategy=iterative",
         "release.schedule=retain_first",

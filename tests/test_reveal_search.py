@@ -20,7 +20,12 @@ from rich.progress import Progress
 from rrtool.context import RunContext
 from rrtool.generation.base import Completion
 from rrtool.reveal.direct import build_queries
-from rrtool.reveal.search import InstructionSearch, decoded_instruction, first_sentence
+from rrtool.reveal.search import (
+    CONFIRM_PREFIX,
+    InstructionSearch,
+    decoded_instruction,
+    first_sentence,
+)
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Tracker, resolve_store
 from tests.conftest import only_run, read_artifact, read_jsonl, tiny_spec
@@ -89,7 +94,7 @@ def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_p
     run_id, down = run.info.run_id, tmp_path / "down"
 
     trials = read_jsonl(client, run_id, "reveal/trials.jsonl", down)
-    scored = [t for t in trials if t["kind"] != "rescore"]
+    scored = [t for t in trials if t["kind"] not in ("rescore", "confirm")]
     # 2 random arms, then 2 outer x 2 inner UCB rounds; the top 3 re-scored before outer 1.
     assert [t["trial"] for t in scored] == [1, 2, 3, 4, 5, 6]
     assert [t["kind"] for t in scored] == ["initial"] * 2 + ["ucb"] * 4
@@ -113,7 +118,18 @@ def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_p
         assert len(client.get_metric_history(run_id, name)) == 6
 
     forget = read_jsonl(client, run_id, "reveal/forget.jsonl", down)
-    # Each outer iteration adds the best instruction applied to all 8 contexts (deduplicated).
+    # Before each collection the loop's best 3 distinct instructions are scored again on other
+    # contexts; the collection applies the best fresh score (not the luckiest trial).
+    state = json.loads(read_artifact(client, run_id, "reveal/search_state.json", down))
+    for outer in (0, 1):
+        confirms = [t for t in trials if t["kind"] == "confirm" and t["outer"] == outer]
+        assert 1 <= len(confirms) <= 3 and all(t["trial"] is None for t in confirms)
+        assert len({t["instruction"] for t in confirms}) == len(confirms)
+        chosen = max(confirms, key=lambda t: t["score"])
+        assert state["confirmed"][str(outer)] == chosen["arm"]
+        # (a subset: records identical to an earlier loop's are not collected twice)
+        assert {r["instruction"] for r in forget if r["outer"] == outer} <= {chosen["instruction"]}
+    # Each outer iteration adds the chosen instruction applied to all 8 contexts (deduplicated).
     assert 8 <= len(forget) <= 16
     assert len({(r["prompt"], r["completion"]) for r in forget}) == len(forget)
     for record in forget:
@@ -122,7 +138,6 @@ def test_search_records_trials_metrics_and_forget_data(invoke, write_spec, tmp_p
         assert 0 <= record["relevance"] <= 1 and 0 <= record["diversity"] <= 1
     assert run.data.metrics["reveal/forget_examples"] == len(forget)
     assert run.data.metrics["reveal/trials"] == 6
-    state = json.loads(read_artifact(client, run_id, "reveal/search_state.json", down))
     assert state["outer"] == 2 and state["trial"] == 6
 
 
@@ -260,7 +275,14 @@ def test_sigkill_during_search_then_resume_matches_an_uninterrupted_run(
     # Every instruction generated before the kill was reused, not generated again.
     assert state["trials"][: len(killed["trials"])] == killed["trials"]
     resumed_trials = state["trials"][len(killed["trials"]) :]
-    assert not any(t["instruction"] in killed["cache"] and not t["cached"] for t in resumed_trials)
+    # (Confirmation scores are cached under their own key: other contexts, other generations.)
+    keys = [
+        (CONFIRM_PREFIX if t["kind"] == "confirm" else "") + t["instruction"]
+        for t in resumed_trials
+    ]
+    assert not any(
+        k in killed["cache"] and not t["cached"] for k, t in zip(keys, resumed_trials, strict=True)
+    )
 
     # Same seed, uninterrupted, in a fresh store: identical trials and forget data.
     fresh = tmp_path / "fresh"
@@ -290,7 +312,7 @@ def test_random_strategy_spends_the_same_budget_on_uniform_draws(
         assert result.exit_code == 0, result.stderr
         client, run = only_run(f"sqlite:///{tmp_path / store}.db")
         trials = read_jsonl(client, run.info.run_id, "reveal/trials.jsonl", tmp_path / store)
-        scored = [t for t in trials if t["kind"] != "rescore"]
+        scored = [t for t in trials if t["kind"] not in ("rescore", "confirm")]
         assert [t["kind"] for t in scored] == ["initial"] * 2 + ["random"] * (len(scored) - 2)
         # The same inner steps as the bandit's, under the same cached-pick rule.
         assert {(t["outer"], t["inner"]) for t in scored[2:]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
@@ -300,3 +322,42 @@ def test_random_strategy_spends_the_same_budget_on_uniform_draws(
         assert read_jsonl(client, run.info.run_id, "reveal/forget.jsonl", tmp_path / store)
         arms.append([t["arm"] for t in scored])
     assert arms[0] == arms[1]
+
+
+def test_exemplars_without_answers_show_the_models_most_relevant_answer(
+    write_spec, tmp_path: Path
+) -> None:
+    """The built-in toxicity prompts have no continuations: each decode exemplar shows the most
+    toxic (by the oracle) of `exemplar_samples` of the model's own continuations; the decode
+    prompt is kept in the state, so a resumed search decodes the same pool."""
+    import dataclasses
+
+    from rrtool.reveal.direct import score_relevance
+
+    def build(samples: int) -> InstructionSearch:
+        spec = search_spec()
+        spec["reveal"]["search"]["exemplar_samples"] = samples
+        loaded = load_spec(write_spec(spec))
+        tracker = Tracker.start(resolve_store(cwd=tmp_path), "rrtool", f"ex{samples}", {})
+        return InstructionSearch(RunContext(loaded, tracker, Console(quiet=True), tmp_path))
+
+    bare = build(0)
+    assert "Output:" not in bare.decode_prompt
+    search = build(4)
+    blocks = search.decode_prompt.split("\n\n")[:-1]
+    assert len(blocks) == 2 and search.state["decode_prompt"] == search.decode_prompt
+    by_context = {q.context: q for q in search.queries}
+    params = dataclasses.replace(search.params, num_samples=4)
+    for block in blocks:
+        context, shown = block.removeprefix("Input: ").split("\nOutput: ")
+        query = by_context[context]
+        (outs,) = search.generator.generate([query.prompt], params, chat=search.chat)
+        texts = [c.text.strip() for c in outs]
+        relevance, _ = score_relevance(search.ctx, [query] * 4, texts)
+        assert shown in texts  # one of the model's own answers ...
+        # ... the most relevant one (ties: the first sampled)
+        assert relevance[texts.index(shown)] == max(
+            r for r, t in zip(relevance, texts, strict=True) if t
+        )
+    resumed = InstructionSearch(search.ctx, json.loads(json.dumps(search.state)))
+    assert resumed.decode_prompt == search.decode_prompt

@@ -17,6 +17,7 @@ original batches and continues with the next step, recomputing no finished gener
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -52,6 +53,9 @@ FALLBACK = {
     "ner": "Answer the question about the text.",
     "custom": "Respond to the input.",
 }
+# Cache key of an instruction's generations on the confirmation contexts (no decoded text
+# holds a NUL).
+CONFIRM_PREFIX = "\x00confirm\x00"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s|\n")
 
 
@@ -87,6 +91,7 @@ def _fresh_state() -> dict[str, Any]:
         "events": [],
         "arms": {},  # pool index -> decoded instruction
         "cache": {},  # instruction -> trial generations, oracle scores, relevance
+        "confirmed": {},  # outer loop -> the arm its confirmation chose
         "collected": [],  # D_selfgen records (the forget data)
         "trials": [],
     }
@@ -121,7 +126,17 @@ class InstructionSearch:
         # and a cached instruction's generations stay valid for its re-scores.
         size = min(self.reveal.contexts_per_trial, len(self.queries))
         self.trial_queries = rng.sample(self.queries, size)
-        self.decode_prompt = self._decode_prompt(rng)
+        # A second fixed subset, disjoint from the first where the contexts allow, confirms the
+        # best trials before a collection (``search.confirm_top``).
+        others = [q for q in self.queries if q not in self.trial_queries] or self.queries
+        self.confirm_queries = rng.sample(others, min(size, len(others)))
+        self.state: dict[str, Any] = state or _fresh_state()
+        self.state.setdefault("confirmed", {})  # states saved before confirmation existed
+        # Kept in the state: its exemplar outputs may be the model's own sampled answers, and
+        # a resumed search must decode the same pool.
+        if "decode_prompt" not in self.state:
+            self.state["decode_prompt"] = self._decode_prompt(rng)
+        self.decode_prompt = self.state["decode_prompt"]
         self.pool = sobol_pool(self.search.intrinsic_dim, self.search.pool_size, spec.seed)
         hidden = ctx.model().model.get_input_embeddings().weight.shape[1]
         dims = (self.search.intrinsic_dim, self.search.soft_tokens, hidden)
@@ -131,12 +146,14 @@ class InstructionSearch:
         self.accumulator = VendiAccumulator(self.embedder.dim)
         self._embeddings: dict[str, torch.Tensor] = {}
         self.generation_calls = 0  # LLM calls for trial generations (cache hits make none)
-        self.state: dict[str, Any] = state or _fresh_state()
         self.bandit: NeuralUCB | None = None
 
     # ------------------------------------------------------------------ inputs
     def _decode_prompt(self, rng: random.Random) -> str:
-        """Exemplars ("Input: ...\\nOutput: ..." where the data has answers) + the cue."""
+        """Exemplars ("Input: ...\\nOutput: ...") + the cue. An exemplar's output is the data's
+        own answer; where the data has none (prompt-only toxicity sets), the most relevant of
+        a few of the model's own answers to it (``_target_outputs``), so the decoded
+        instructions describe the target rather than the inputs."""
         count = min(self.search.exemplars, len(self.queries))
         picked = rng.sample(self.queries, count)
         outputs: dict[str, str] = {}
@@ -144,14 +161,34 @@ class InstructionSearch:
             source = self.reveal.contexts
             for sample in samples_from_records(source.format, load_records(source)):
                 outputs[sample.id] = sample.completion
-        blocks = []
+        answers = {}
         for query in picked:
             answer = outputs.get(query.id, "")
             if self.kind == "ner" and "entities" in query.reference:
                 answer = json.dumps(query.reference["entities"])
+            answers[query.id] = answer
+        missing = [q for q in picked if not answers[q.id].strip()]
+        if missing and self.kind != "ner" and self.search.exemplar_samples:
+            answers.update(self._target_outputs(missing))
+        blocks = []
+        for query in picked:
             block = f"Input: {query.context}"
-            blocks.append(f"{block}\nOutput: {answer}" if answer else block)
+            answer = answers[query.id]
+            blocks.append(f"{block}\nOutput: {answer}" if answer.strip() else block)
         return "\n\n".join([*blocks, DECODE_CUE])
+
+    def _target_outputs(self, queries: list[Query]) -> dict[str, str]:
+        """For each query, the most relevant (by the oracle) of ``exemplar_samples`` of the
+        model's own answers to the plain task prompt; none where the oracle scored nothing."""
+        params = dataclasses.replace(self.params, num_samples=self.search.exemplar_samples)
+        outs = self.generator.generate([q.prompt for q in queries], params, chat=self.chat)
+        flat = [(q, c.text.strip()) for q, cs in zip(queries, outs, strict=True) for c in cs]
+        relevance, _ = score_relevance(self.ctx, [q for q, _ in flat], [t for _, t in flat])
+        best: dict[str, tuple[float, str]] = {}
+        for (query, text), score in zip(flat, relevance, strict=True):
+            if score is not None and text and score > best.get(query.id, (-1.0, ""))[0]:
+                best[query.id] = (score, text)
+        return {qid: text for qid, (_, text) in best.items()}
 
     def pool_features(self, progress: Progress) -> torch.Tensor:
         """Final hidden state of every pool point's decode input (N, hidden): one pass."""
@@ -218,15 +255,18 @@ class InstructionSearch:
         """The instruction applied to one (templated) context."""
         return f"{instruction}\n\n{prompt_text(query.prompt)}"
 
-    def generations(self, instruction: str) -> tuple[dict[str, Any], bool]:
-        """The cached trial generations of ``instruction`` (generated on a miss), and a hit flag."""
+    def generations(self, instruction: str, confirm: bool = False) -> tuple[dict[str, Any], bool]:
+        """The cached trial generations of ``instruction`` (generated on a miss), and a hit
+        flag; ``confirm``: on the confirmation contexts (cached apart)."""
         cache = self.state["cache"]
-        if instruction in cache:
-            return cache[instruction], True
-        prompts = [self.prompt(instruction, q) for q in self.trial_queries]
+        key = CONFIRM_PREFIX + instruction if confirm else instruction
+        if key in cache:
+            return cache[key], True
+        queries = self.confirm_queries if confirm else self.trial_queries
+        prompts = [self.prompt(instruction, q) for q in queries]
         outs = self.generator.generate(prompts, self.params, chat=self.chat)
         self.generation_calls += 1
-        flat = [(q, c) for q, cs in zip(self.trial_queries, outs, strict=True) for c in cs]
+        flat = [(q, c) for q, cs in zip(queries, outs, strict=True) for c in cs]
         relevance, error = score_relevance(
             self.ctx, [q for q, _ in flat], [c.text for _, c in flat]
         )
@@ -239,28 +279,31 @@ class InstructionSearch:
             # No oracle verdict (missing references) counts as no evidence of relevance.
             "tau": sum(scored) / len(scored) if scored else 0.0,
         }
-        cache[instruction] = entry
+        cache[key] = entry
         return entry, False
 
-    def diversity(self, instruction: str) -> float:
-        """Normalised Vendi score of D_selfgen plus this instruction's trial generations."""
-        if instruction not in self._embeddings:
-            texts = self.state["cache"][instruction]["texts"]
-            self._embeddings[instruction] = self.embedder.encode(texts)
-        return self.accumulator.normalised_score_with(self._embeddings[instruction])
+    def diversity(self, key: str) -> float:
+        """Normalised Vendi score of D_selfgen plus the cached generations under ``key``."""
+        if key not in self._embeddings:
+            texts = self.state["cache"][key]["texts"]
+            self._embeddings[key] = self.embedder.encode(texts)
+        return self.accumulator.normalised_score_with(self._embeddings[key])
 
-    def score(self, instruction: str) -> tuple[float, float, float, bool, int]:
+    def score(
+        self, instruction: str, confirm: bool = False
+    ) -> tuple[float, float, float, bool, int]:
         """(score, relevance, diversity, cached, generated tokens) of one instruction."""
-        entry, cached = self.generations(instruction)
-        diversity = self.diversity(instruction)
+        entry, cached = self.generations(instruction, confirm)
+        diversity = self.diversity(CONFIRM_PREFIX + instruction if confirm else instruction)
         score = combined_score(entry["tau"], diversity, self.reveal.alpha)
         return score, entry["tau"], diversity, cached, 0 if cached else entry["tokens"]
 
     # ------------------------------------------------------------------ steps
     def _evaluate(self, arm: int, kind: str, inner: int | None) -> dict[str, Any]:
-        """Score pool point ``arm``: the trial record (``trial`` left for the caller)."""
+        """Score pool point ``arm``: the trial record (``trial`` left for the caller); kind
+        ``confirm`` scores it on the confirmation contexts."""
         instruction = self.instruction(arm)
-        score, tau, diversity, cached, tokens = self.score(instruction)
+        score, tau, diversity, cached, tokens = self.score(instruction, kind == "confirm")
         return {
             "trial": None,
             "kind": kind,
@@ -275,7 +318,9 @@ class InstructionSearch:
             "generated_tokens": tokens,
             # A trial whose generations the oracle could not score: recorded as failed (its
             # relevance counts as 0, so the bandit learns to avoid it), the search goes on.
-            "error": self.state["cache"][instruction].get("error"),
+            "error": self.state["cache"][
+                CONFIRM_PREFIX + instruction if kind == "confirm" else instruction
+            ].get("error"),
         }
 
     def next_arm(self) -> int:
@@ -318,11 +363,34 @@ class InstructionSearch:
         self.state["reset_for"] = self.state["outer"]
         return records
 
+    def confirm(self) -> list[dict[str, Any]]:
+        """Score the outer loop's best ``confirm_top`` distinct instructions on the
+        confirmation contexts; records the chosen arm (the best fresh score) in the state.
+        The bandit does not learn these scores: they are on other contexts."""
+        assert self.bandit is not None
+        top = self.search.confirm_top
+        ranked = self.bandit.best(len(self.bandit.observations))
+        distinct: dict[str, int] = {}
+        for arm in ranked:
+            distinct.setdefault(self.instruction(arm), arm)
+            if len(distinct) == top:
+                break
+        records = [self._evaluate(arm, "confirm", None) for arm in distinct.values()]
+        best = max(records, key=lambda r: r["score"]) if records else None
+        self.state["confirmed"][str(self.state["outer"])] = best["arm"] if best else None
+        return records
+
+    def chosen_arm(self) -> int:
+        """The arm the collection applies: the confirmed one, else the best trial score."""
+        assert self.bandit is not None
+        confirmed = self.state.get("confirmed", {}).get(str(self.state["outer"]))
+        return confirmed if confirmed is not None else self.bandit.best(1)[0]
+
     def collect(self, progress: Progress) -> None:
-        """End an outer iteration: apply the best instruction to all contexts, grow D."""
+        """End an outer iteration: apply the chosen instruction to all contexts, grow D."""
         assert self.bandit is not None
         outer = self.state["outer"]
-        instruction = self.state["arms"][str(self.bandit.best(1)[0])]
+        instruction = self.state["arms"][str(self.chosen_arm())]
         prompts = [self.prompt(instruction, q) for q in self.queries]
         sub = progress.add_task(f"outer {outer}: all contexts", total=len(prompts))
         outs = self.generator.generate(
@@ -455,6 +523,8 @@ def run_search(ctx: RunContext) -> dict[str, int]:
                     state["inner"] += 1
                     progress.advance(task)
                 search.save([record])
+            if reveal.search.confirm_top and str(state["outer"]) not in state["confirmed"]:
+                search.save(search.confirm())
             search.collect(progress)
             search.save([])
             progress.advance(task)
