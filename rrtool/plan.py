@@ -170,6 +170,11 @@ def _check_splits(
             errors.extend(f"{loaded.locate('splits')}: {m}" for m in exc.messages)
             continue
         inputs.counts[key] = len(parts[0].records)
+        if key == "retain.data" and source.format == "universalner" and spec.target.kind == "ner":
+            # Labelled passages train on the retained types' gold answers only (Release's
+            # external_retain_examples), one record per (passage, type).
+            wanted = set(spec.target.retain_types)
+            inputs.counts[key] = sum(1 for r in parts[0].records if r.get("type") in wanted)
         if key == "reveal.contexts" and source.format == "universalner":
             inputs.passages = parts[0].units
         sizes = " / ".join(f"{p.units} {p.role}" for p in parts)
