@@ -14,6 +14,7 @@ from typing import Any
 
 from rrtool.audit.collect import collect
 from rrtool.audit.render import change, held_out_label, html_table, md_table, num, with_ci
+from rrtool.audit.verdict import shown
 from rrtool.tracking import Store
 
 
@@ -66,7 +67,7 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     if h is None
                     else f"{h['metric']}: {with_ci(h['before'], h.get('before_ci'))} → "
                     f"{with_ci(h['after'], h.get('after_ci'))} ({change(h)}; {h['better']} is "
-                    f"better): {h.get('verdict') or 'no verdict recorded'}; "
+                    f"better): {shown(h) if h.get('verdict') else 'no verdict recorded'}; "
                     f"{held_out_label(h)}"
                     for h in heads
                 ],

@@ -215,6 +215,34 @@ def _check_splits(
         )
 
 
+def _check_utility_data(loaded: LoadedSpec, errors: list[str]) -> None:
+    """A built-in utility evaluator reads the data it will be given: the weight search reads
+    ``retain.data`` (else ``audit.retain_eval``), the audit ``audit.retain_eval`` (else
+    ``retain.data``). Caught here, a wrong format fails before any model loads."""
+    spec = loaded.spec
+    name = spec.retain.utility.name if spec.retain.utility else default_utility(spec.target.kind)
+    evaluator = UTILITY_EVALUATORS.get(name or "")
+    if evaluator is None:
+        return
+    sources = [
+        (("retain", "data"), spec.retain.data),
+        (("audit", "retain_eval"), spec.audit.retain_eval),
+    ]
+    given = [(key, source) for key, source in sources if source is not None]
+    if not given:
+        errors.append(
+            f"{loaded.locate('retain')}: utility `{evaluator.name}` needs evaluation data: set "
+            f"retain.data or audit.retain_eval (format: {' or '.join(evaluator.data_formats)})"
+        )
+    for key, source in given:
+        if source.format not in evaluator.data_formats:
+            errors.append(
+                f"{loaded.locate(*key, 'format')}: utility `{evaluator.name}` reads "
+                f"{' or '.join(evaluator.data_formats)} records, not `{source.format}` (set "
+                "retain.utility to an evaluator for this data, or give audit.retain_eval)"
+            )
+
+
 def _check_compute_dtype(loaded: LoadedSpec, warnings: list[str]) -> None:
     """bf16 generation on a CPU without bf16 instructions is emulated, and slower than fp32."""
     spec = loaded.spec
@@ -330,6 +358,7 @@ def preflight(
         _check_contexts(loaded, inputs.records["reveal.contexts"], errors)
     if not errors:
         _check_splits(loaded, inputs, checks, errors, warnings)
+    _check_utility_data(loaded, errors)
     _check_compute_dtype(loaded, warnings)
     store = resolve_store(tracking_flag, spec.tracking.uri)
     try:

@@ -287,3 +287,24 @@ def test_a_template_reveal_cannot_fill_is_refused(invoke, write_spec) -> None:
     assert result.exit_code == 2, result.output
     assert "reveal.template: cannot fill the template (KeyError('kind')" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_utility_data_the_evaluator_cannot_read_is_refused(invoke, write_spec) -> None:
+    """Perplexity over coding problems: the weight search would fail after Reveal's compute."""
+    spec = {
+        **tiny_spec(),
+        "target": {"kind": "toxicity", "description": "Toxic continuations"},
+        "oracle": {"name": "toxicity"},
+        "reveal": {"strategy": "direct",
+                   "contexts": {"path": "builtin:toxicity_prompts", "format": "rtp"}},
+        "retain": {"data": {"path": "builtin:coding_problems", "format": "mbpp"},
+                   "utility": {"name": "perplexity"}},
+    }  # fmt: skip
+    result = invoke("plan", str(write_spec(spec)))
+    assert result.exit_code == 2, result.output
+    assert "retain.data.format: utility `perplexity` reads text or gsm8k records, not `mbpp`" in (
+        result.stderr
+    )
+    # GSM8K records are read as question and answer text.
+    spec["retain"]["data"] = {"path": "builtin:math_problems", "format": "gsm8k"}
+    assert invoke("plan", str(write_spec(spec))).exit_code == 0

@@ -99,9 +99,9 @@ def test_the_relative_tradeoff_is_scale_free() -> None:
 
 
 def test_per_step_floor_rejects_weights_that_wreck_utility() -> None:
-    # 95% forgotten from w = 0.3, but utility falls below half of base from w = 0.2.
+    # 95% forgotten from w = 0.3, but utility falls below half of base from w = 0.25.
     def steep(w: float) -> tuple[float, float]:
-        return (0.025 if w >= 0.3 else 0.5 - w), 0.6 * (1 - 2 * w) if w < 0.5 else 0.0
+        return (0.025 if w >= 0.3 else 0.5 - 1.5 * w), 0.6 * (1 - 2 * w) if w < 0.5 else 0.0
 
     result = search_weight("mu", steep, START, SEARCH, RULES)
     for cand in result.candidates:
@@ -654,3 +654,20 @@ def test_forget_projection_subtracts_forget_modules_off_the_applied_retain_subsp
     _assert_equals_rebuild(ctx, tracker, tmp_path / "a")  # export replays projected modules
     with pytest.raises(ValueError, match="forget_projection projects the iterative"):
         Spec.model_validate(tiny_spec(release={"strategy": "dpo", "forget_projection": "retain"}))
+
+
+def test_with_nothing_acceptable_mu_bisects_the_feasibility_edge() -> None:
+    """Forgetting only in a band just below collapse (what the demo showed with labelled retain
+    data: 0.333 changed nothing, 1.0 took utility to 0): the ladder misses it, the bisection of
+    the edge between the largest feasible and the smallest infeasible rung finds it."""
+    search = WeightSearchSpec(budget=6, min_weight=0.0, max_weight=3.0)
+
+    def band(w: float) -> tuple[float, float]:
+        if w >= 0.9:
+            return 0.5, 0.0  # collapse
+        return (0.05, 0.58) if w >= 0.6 else (0.5, 0.6)
+
+    assert ladder(search) == pytest.approx([1 / 9, 1 / 3, 1.0, 3.0], rel=1e-4)
+    result = search_weight("mu", band, START, search, RULES)
+    assert len(result.candidates) == search.budget
+    assert result.reason in ("forget_fraction", "tradeoff") and 0.6 <= result.weight < 0.9

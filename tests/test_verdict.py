@@ -85,3 +85,28 @@ def test_recovered_share_needs_something_forgotten() -> None:
     # Release forgot nothing (0.70 -> 0.73): no share to report, not "recovered 8".
     assert recovered_share(0.70, 0.73, 0.51, "lower") is None
     assert recovered_share(None, 0.2, 0.3, "lower") is None
+
+
+def test_a_measure_at_its_bound_cannot_show_the_change() -> None:
+    """A base model at 0 on the utility measure (GSM8K on a 135M model) cannot show a loss;
+    one at 0 on the forget measure cannot show forgetting; the verdict says so, not "kept"."""
+    from rrtool.audit.verdict import shown
+    from rrtool.evaluators.bounds import limit
+
+    zero, some = [0.0] * 40, [1.0] * 2 + [0.0] * 38
+    utility = summarise(
+        {"utility": Headline("m", "higher")}, {"utility": _side(zero)}, {"utility": _side(some)}, {}
+    )["utility"]
+    assert utility["verdict"] == "cannot show a utility loss"
+    assert "at the floor" in shown(utility)
+    forget = _summary(_side(zero), _side(zero))
+    assert forget["verdict"] == "cannot show forgetting"
+    # Room to move: the usual verdicts.
+    assert _summary(_side([1.0] * 30 + [0.0] * 10), _side(zero))["verdict"] == "forgotten"
+    # A forget measure at its ceiling can still show forgetting; a utility one cannot be lost
+    # from its ceiling only if higher is worse (perplexity has no ceiling).
+    assert limit("forget", 1.0, None, "lower", (0.0, 1.0)) is None
+    assert "ceiling" in limit("utility", 1.0, None, "lower", (0.0, 1.0))
+    assert limit("utility", 1e6, None, "lower", (1.0, None)) is None
+    assert "floor" in limit("forget", 1.0, None, "lower", (1.0, None))
+    assert "spans" in limit("utility", 0.5, [0.02, 0.97], "higher", (0.0, 1.0))

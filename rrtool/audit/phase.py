@@ -30,7 +30,7 @@ from rrtool.artifacts import (
 )
 from rrtool.audit.probes import membership_scores, membership_sets, run_probes
 from rrtool.audit.render import describe, with_ci
-from rrtool.audit.verdict import replicate_metrics, summarise
+from rrtool.audit.verdict import replicate_metrics, shown, summarise
 from rrtool.context import RunContext
 from rrtool.errors import UserError
 from rrtool.evaluators.base import Evaluation
@@ -218,7 +218,7 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
         ctx.console.print(
             f"audit: {key} {with_ci(row['before'], row['before_ci'])} -> "
             f"{with_ci(row['after'], row['after_ci'])} {row['metric']} ({row['better']} is "
-            f"better; change {with_ci(row['change'], row['change_ci'])}): {row['verdict']}; "
+            f"better; change {with_ci(row['change'], row['change_ci'])}): {shown(row)}; "
             f"{data}"
         )
     for name, probe in probes.items():

@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 
 from rrtool.audit.charts import line_chart
+from rrtool.audit.verdict import shown
 
 FORMATS = ("html", "md", "json")
 
@@ -118,7 +119,7 @@ def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
     for key, row in (audit.get("summary") or {}).items():
         side = (audit.get("after") or {}).get(key) or (audit.get("before") or {}).get(key) or {}
         data = row.get("data") or {}
-        lines = [(key, row, row.get("verdict") or "–")]
+        lines = [(key, row, shown(row))]
         lines += [(f"{key} (also)", extra, "") for extra in row.get("also", [])]
         for label, line, verdict in lines:
             rows.append(

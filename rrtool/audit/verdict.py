@@ -10,7 +10,11 @@ Verdicts (the headline's ``better`` direction decides what "improved" means):
   ``COLLAPSE_POINTS``, then ``format collapse`` (the score fell because the output stopped
   being answers, not because the target was removed);
 - forget measure, worse: ``not forgotten (worse)``;
-- utility, worse: ``utility lost``; improved: ``utility kept``.
+- utility, worse: ``utility lost``; improved: ``utility kept``;
+- ``cannot show forgetting`` / ``cannot show a utility loss``: the base model's score sits at
+  the end of the range the change would move towards, or its interval spans the range
+  (``rrtool.evaluators.bounds``; ``limit`` says which), and the change is inside the noise or
+  in the direction the measure has no room for (a clear change the other way keeps its verdict).
 
 Without intervals (a measure that reports none, or a run recorded before they existed) the
 verdict says so instead of guessing. A side measure (NER's strict F1 next to the robust
@@ -23,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from rrtool.evaluators.bootstrap import paired_change
+from rrtool.evaluators.bounds import limit
 
 COLLAPSE_POINTS = 0.10  # a 10-point rise in empty/repetitive answers is not forgetting
 # Reported next to the headline where the measurement has them (NER's forget side).
@@ -71,15 +76,25 @@ def _row(before: dict[str, Any], after: dict[str, Any], name: str) -> dict[str, 
     }
 
 
+def shown(row: dict[str, Any]) -> str:
+    """The verdict as the report and the console print it (with the limit's reason)."""
+    text = row.get("verdict") or "–"
+    return f"{text} ({row['limit']})" if row.get("limit") else text
+
+
 def verdict(key: str, row: dict[str, Any], degeneration: dict[str, list[float | None]]) -> str:
     change, ci = row["change"], row["change_ci"]
     if change is None:
         return "not measured"
     if ci is None:
         return "no interval: cannot tell the change from noise"
-    if ci[0] <= 0.0 <= ci[1]:
-        return "inside the noise"
+    noise = ci[0] <= 0.0 <= ci[1]
     improved = change < 0 if row["better"] == "lower" else change > 0
+    # At its bound the measure can still show the other way (worse forgetting), not this one.
+    if row.get("limit") and (noise or improved):
+        return "cannot show forgetting" if key == "forget" else "cannot show a utility loss"
+    if noise:
+        return "inside the noise"
     if key != "forget":
         return "utility kept" if improved else "utility lost"
     if not improved:
@@ -107,6 +122,14 @@ def summarise(
         }
         row["degeneration"] = degeneration
         row["data"] = provenance.get(key)
+        reason = limit(
+            key,
+            row["before"],
+            row["before_ci"],
+            headline.better,
+            getattr(headline, "bounds", (0.0, 1.0)),
+        )
+        row["limit"] = reason  # why the measure cannot show its change, or None
         row["verdict"] = verdict(key, row, degeneration)
         also = [
             _row(side_b, side_a, name)

@@ -34,7 +34,7 @@ from rrtool.evaluators.degeneration import degeneration
 from rrtool.evaluators.generated import Item, oracle_evaluation
 from rrtool.evaluators.perplexity import perplexity
 from rrtool.evaluators.staged import MemoGenerator, stages
-from rrtool.evaluators.utility import UTILITY_EVALUATORS, default_utility
+from rrtool.evaluators.utility import UTILITY_EVALUATORS, as_text, default_utility
 from rrtool.generation.base import Generator, SamplingParams, has_chat_template
 from rrtool.generation.factory import make_generator
 from rrtool.queries import ner_queries, task_queries
@@ -46,6 +46,9 @@ from rrtool.splits import Part, Role, read, whole
 class Headline:
     metric: str
     better: Literal["lower", "higher"]
+    # The range the metric can take (None: unbounded above); ``evaluators.bounds`` reads it
+    # to tell a measure that cannot show a change.
+    bounds: tuple[float, float | None] = (0.0, 1.0)
 
 
 Measure = Callable[[], Evaluation]
@@ -390,7 +393,7 @@ class EvaluationSuite:
         if builtin is not None:
             build = {"perplexity": self._perplexity, "gsm8k_accuracy": self._gsm8k}[builtin.name]
             self.measures["utility"] = build(source)
-            self.headlines["utility"] = Headline(builtin.headline, builtin.better)
+            self.headlines["utility"] = Headline(builtin.headline, builtin.better, builtin.bounds)
         else:
             options = spec.retain.utility.options if spec.retain.utility else {}
             records = self._part("utility", source).records
@@ -409,11 +412,12 @@ class EvaluationSuite:
 
     def _perplexity(self, source: DataSource) -> Measure:
         window = self.spec.audit.perplexity_window
-        if source.format != UTILITY_EVALUATORS["perplexity"].data_format:
+        if source.format not in UTILITY_EVALUATORS["perplexity"].data_formats:
             raise UserError(
-                f"audit: perplexity needs raw text (format: text), not `{source.format}`"
+                f"audit: perplexity needs raw text (format: text) or gsm8k records, not "
+                f"`{source.format}`"
             )
-        text = "\n".join(r["text"] for r in self._part("utility", source).records)
+        text = "\n".join(as_text(r, source.format) for r in self._part("utility", source).records)
 
         def measure() -> Evaluation:
             handle = self.ctx.model()
@@ -428,7 +432,7 @@ class EvaluationSuite:
         return measure
 
     def _gsm8k(self, source: DataSource) -> Measure:
-        if source.format != UTILITY_EVALUATORS["gsm8k_accuracy"].data_format:
+        if source.format not in UTILITY_EVALUATORS["gsm8k_accuracy"].data_formats:
             raise UserError(f"audit: GSM8K accuracy needs gsm8k records, not `{source.format}`")
         shots = self.spec.audit.gsm8k_shots
         records = self._part("utility", source).records

@@ -57,6 +57,7 @@ from rrtool.artifacts import (
 from rrtool.context import RunContext
 from rrtool.data import load_records
 from rrtool.errors import PhaseNotImplemented, TrainingDiverged, UserError
+from rrtool.evaluators.bounds import limit
 from rrtool.generation.answer_cache import stack_key as answer_stack_key
 from rrtool.generation.base import has_chat_template
 from rrtool.queries import ner_queries
@@ -675,6 +676,30 @@ class _Release:
             f"{kept['u']:.4g}), the best state seen that meets the utility floor"
         )
 
+    def _warn_limits(self, base: Scores) -> None:
+        """Say so when the base model's score leaves a measure no room to show its change
+        (``evaluators.bounds``): every weight then looks free, or nothing can look forgotten."""
+        suite = getattr(self.evaluate, "suite", None)  # an evaluator may bring no headlines
+        if suite is None:
+            return
+        headlines = suite.headlines
+        found = {}
+        for key, value, ci in (
+            ("forget", base.s, base.s_ci),
+            ("utility", base.details.get(f"utility/{headlines['utility'].metric}"), None),
+        ):
+            head = headlines[key]
+            reason = limit(key, value, ci, head.better, head.bounds)
+            if reason:
+                found[key] = reason
+                what = "forgetting" if key == "forget" else "a utility loss"
+                self.ctx.console.print(
+                    f"release: warning: the {key} measure ({head.metric}) cannot show {what} "
+                    f"on these records: {reason}"
+                )
+        if found:
+            self.tracker.set_tags({"rrtool.release.measure_limits": json.dumps(found)})
+
     def run(self) -> dict[str, Any]:
         if not self.state:
             base = self.evaluate()
@@ -690,6 +715,7 @@ class _Release:
             self.ctx.console.print(
                 f"release: base s {base.s:.4g}, u {base.u:.4g} on {self.evaluate.size} evaluation records per measure"
             )
+            self._warn_limits(base)
         # Measured on the base model (its answers may come from the answer cache); from here
         # on modules are merged into the weights.
         self.ctx.model_state = "modified"

@@ -27,7 +27,9 @@ model's utility, and relative changes ``gain = (s0 - s) / s0``, ``loss = (u0 - u
 - search: a geometric ladder of ``budget - budget // 3`` weights, neighbours 3x apart, ending at
   ``max_weight`` (starting at ``min_weight`` when that is set, then the ratio follows), all
   evaluated; the rest of the budget bisects (geometric midpoint) between the best candidate
-  and its better neighbour, so the whole budget is always spent.
+  and its better neighbour, so the whole budget is always spent; a forget weight with nothing
+  acceptable yet bisects the edge between the largest feasible and the smallest infeasible
+  weight instead (below it nothing changes, above it utility is gone).
 
 Early rejection (``release.search.early_reject_confidence``, default 0.95): the phase measures
 a candidate's utility first, in stages, and when it is below ``utility_threshold`` (the floor
@@ -293,9 +295,14 @@ def _refine(
     search: WeightSearchSpec,
 ) -> None:  # fmt: skip
     """Spend the rest of the budget bisecting next to the best candidate, on the side of its
-    better neighbour first (the other side when that interval is used up)."""
+    better neighbour first (the other side when that interval is used up). A forget weight
+    with nothing acceptable yet bisects the feasibility edge instead (``_edge``)."""
     floor = search.min_weight
     while len(tried) < search.budget:
+        edge = _edge(tried) if kind == "mu" else None
+        if edge is not None:
+            trial(edge)
+            continue
         weights = sorted(tried)
         best = max(tried.values(), key=lambda c: _rank(kind, c)).weight
         i = weights.index(best)
@@ -316,6 +323,22 @@ def _refine(
                 break
         else:
             return  # both intervals are as fine as six digits allow
+
+
+def _edge(tried: dict[float, Candidate]) -> float | None:
+    """With no forget weight acceptable and a feasible weight below an infeasible one, the
+    midpoint of that interval: weights too small change nothing and too large wreck utility,
+    so forgetting, if any, appears between the two (measured on the demo with labelled retain
+    data: 0.333 changed nothing, 1.0 took utility to 0; bisecting next to the "best", the
+    no-change 0.111, spent the budget below it). None when there is nothing to bisect."""
+    if any(c.accepted for c in tried.values()):
+        return None
+    weights = sorted(tried)
+    for low, high in zip(weights, weights[1:], strict=False):
+        if tried[low].feasible and not tried[high].feasible:
+            mid = _midpoint(low, high)
+            return mid if mid not in tried and low < mid < high else None
+    return None
 
 
 def _select(kind: Kind, candidates: list[Candidate], start: Start) -> tuple[Candidate, str]:
