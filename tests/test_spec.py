@@ -10,7 +10,14 @@ from pydantic import BaseModel
 
 from rrtool.errors import SpecError
 from rrtool.spec import Spec
-from rrtool.spec_docs import readme_block, spec_reference
+from rrtool.spec_docs import (
+    DEFAULT_TARGET,
+    END,
+    START,
+    reference_block,
+    spec_reference,
+    update_reference,
+)
 from rrtool.spec_loader import load_spec
 from tests.conftest import REPO, tiny_spec
 
@@ -84,11 +91,27 @@ def test_schema_command_prints_the_json_schema(invoke) -> None:
     assert "release" in schema["properties"]
 
 
-def test_readme_reference_is_in_sync_with_the_code() -> None:
-    readme = (REPO / "README.md").read_text()
-    assert readme_block(readme) == spec_reference(), (
-        "README spec reference is stale: run `python -m rrtool.spec_docs README.md`"
+def test_docs_spec_reference_is_in_sync_with_the_code() -> None:
+    doc = (REPO / DEFAULT_TARGET).read_text()
+    assert reference_block(doc) == spec_reference(), (
+        f"{DEFAULT_TARGET} is stale: run `python -m rrtool.spec_docs` from the repository root"
     )
+
+
+def test_spec_reference_update_rewrites_only_between_the_markers(tmp_path) -> None:
+    doc = tmp_path / "reference.md"
+    doc.write_text(f"# Title\n\nprose\n\n{START}\nold table\n{END}\n\nmore prose\n")
+    assert update_reference(str(doc)) is True
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nprose\n\n") and text.endswith(f"{END}\n\nmore prose\n")
+    assert reference_block(text) == spec_reference()
+    assert update_reference(str(doc)) is False  # already in sync
+
+
+def test_the_readme_points_at_the_docs_spec_reference() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert START not in readme  # one generated copy, in docs/
+    assert f"]({DEFAULT_TARGET})" in readme
 
 
 def test_reference_lists_nested_keys_with_defaults(invoke) -> None:
