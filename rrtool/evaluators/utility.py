@@ -26,7 +26,7 @@ UTILITY_EVALUATORS: dict[str, UtilityEvaluator] = {
     for e in (
         UtilityEvaluator(
             "perplexity",
-            "word/byte perplexity on raw text (lower is better)",
+            "word/byte perplexity on raw text, or GSM8K questions with their worked answers (lower is better)",
             "word_perplexity",
             "lower",
             # GSM8K records are read as their question and worked answer: prose with
