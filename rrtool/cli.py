@@ -303,7 +303,7 @@ def schema() -> None:
 
 @spec.command()
 def reference() -> None:
-    """Print the spec reference (Markdown), as in the README."""
+    """Print the spec reference (Markdown), as in docs/spec-reference.md."""
     from rrtool.spec_docs import spec_reference
 
     click.echo(spec_reference(), nl=False)

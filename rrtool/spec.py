@@ -1,7 +1,7 @@
 """The spec: one YAML file that says what to forget, what to keep, and how.
 
 Every field is documented where it is defined; those descriptions become the
-JSON Schema (`rrtool spec schema`) and the README's spec reference
+JSON Schema (`rrtool spec schema`) and docs/spec-reference.md
 (`rrtool spec reference`). The spec is validated once, here, and typed
 sub-models are handed to the phases.
 """

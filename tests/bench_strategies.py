@@ -11,7 +11,7 @@ peak memory are its own), all recorded in one MLflow store, with:
 
 With ``--data builtin`` (or without ../shared/data/ner) the built-in passages are used,
 cut by the spec's splits (Reveal, search and audit on disjoint passages).
-Writes OUT/benchmark.md and OUT/benchmark.json; the README's table is that Markdown.
+Writes OUT/benchmark.md and OUT/benchmark.json; docs/strategies.md's table is that Markdown.
 
     python tests/bench_strategies.py --out reports/benchmark          # ~1 h on 2 cores
     python tests/bench_strategies.py --quick --only iterative npo     # a smoke run
