@@ -290,14 +290,12 @@ def _check_scorer(
             f"environment variable {requires.api_key_env} (expected it to be set)"
         )
     kind = loaded.spec.target.kind
-    if (
-        key == ("oracle",)
-        and requires.target_kinds
-        and kind not in (*requires.target_kinds, "custom")
-    ):
+    # `target_kinds` came into the contract later: a plugin written before it scores any kind.
+    kinds = getattr(requires, "target_kinds", ())
+    if key == ("oracle",) and kinds and kind not in (*kinds, "custom"):
         errors.append(
             f"{loaded.locate(*key, 'name')}: oracle `{name}` scores "
-            f"{' or '.join(requires.target_kinds)} targets, not target.kind `{kind}` "
+            f"{' or '.join(kinds)} targets, not target.kind `{kind}` "
             f"(expected an oracle for `{kind}`{_oracle_hint(kind)})"
         )
     if requires.network:

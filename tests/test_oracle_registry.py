@@ -221,3 +221,25 @@ def test_the_readme_plugin_example_works() -> None:
     assert oracle.aggregate(samples, scores) == {"mean": 0.5}
     with pytest.raises(ValueError):
         namespace["LegalNamesOracle"]()
+
+
+def test_a_plugin_written_before_target_kinds_plans_as_the_forget_oracle(
+    example_plugin: Path, tmp_path: Path
+) -> None:
+    """The example plugin's requirements predate `target_kinds` (duck-typed, no rrtool
+    import): the plan reads them as "any kind" instead of failing with an AttributeError."""
+    from tests.conftest import tiny_spec
+
+    spec = tiny_spec(
+        target={"kind": "custom", "description": "Mentions of a code name"},
+        oracle={"name": "keywords", "options": {"keywords": ["falcon"]}},
+        reveal={"strategy": "direct",
+                "contexts": {"path": "builtin:toxicity_prompts", "format": "rtp"}},
+        retain={"data": {"path": "builtin:wiki_text", "format": "text"},
+                "utility": {"name": "perplexity"}},
+    )  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(spec))
+    planned = _rrtool(["plan", str(path)], example_plugin, tmp_path)
+    assert "AttributeError" not in planned.stderr and "Traceback" not in planned.stderr
+    assert planned.returncode == 0, planned.stderr

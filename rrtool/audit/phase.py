@@ -3,7 +3,9 @@ model and on the released model, recorded in the run.
 
 Run records: ``audit/before.json`` and ``audit/after.json`` (every evaluation with its metrics,
 definition, scorer and answers), ``audit/summary.json`` (headline metric per measurement,
-before, after, change), ``audit/probes.json``; metrics ``audit/<measure>/<metric>`` at step 0
+before, after, change), ``audit/probes.json``, ``audit/membership_base.json`` (the membership
+probe's base-model scores), ``audit/leakage.json`` (audit prompts found in Reveal's or the
+search's data); metrics ``audit/<measure>/<metric>`` at step 0
 (before) and step 1 (after). Resume: a recorded side is not measured again.
 
 The base model is measured on fresh base weights (reloaded if Release changed the loaded

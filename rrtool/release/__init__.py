@@ -5,6 +5,10 @@
 - ``compose``: exact weight arithmetic in fp32 (``MasterWeights``), unmerged candidates whose
   weight changes in place (``ScaledAdapter``), and ``rebuild`` for export.
 - ``analysis``: subspace similarity of two updates (the paper's Table 1).
+- ``phase``: the Release phase (schedule, training, weight search, stopping, resume);
+  ``weights``: the schedule and the merge-weight rules; ``evaluate``: the running scores;
+  ``stack``: the recorded module stack; ``projection``, ``ext_sub``, ``cmd``,
+  ``distributed``: the strategies' and launchers' own pieces.
 
 Nothing here is imported by ``rrtool`` at start-up: these modules import torch.
 """

@@ -1,11 +1,13 @@
-"""Stage 1 (Reveal): the model-independent cores of the instruction search.
+"""Stage 1 (Reveal): the model produces its own forget data.
 
-- :mod:`rrtool.reveal.vendi`: Vendi diversity, exact, in the ``d x d`` form that stays cheap
-  however large the self-generated forget set grows.
-- :mod:`rrtool.reveal.embedder`: sentence embeddings the diversity is measured on.
-- :mod:`rrtool.reveal.neuralucb`: the Sobol candidate pool, the soft-prompt projection and the
-  NeuralUCB surrogate that picks the next instruction to try.
-- :mod:`rrtool.reveal.scoring`: the weighted harmonic mean of relevance and diversity.
-
-Nothing here loads the unlearned LLM: the search loop that drives these pieces lives elsewhere.
+- :mod:`rrtool.reveal.phase`: the phase entry point, which picks the strategy.
+- :mod:`rrtool.reveal.direct`: ``direct`` (one fixed instruction over the contexts) and the
+  oracle scoring every strategy shares.
+- :mod:`rrtool.reveal.search`: the ``neuralucb`` / ``random`` instruction search loop (decode,
+  score, confirm, collect), resumable from its recorded state.
+- :mod:`rrtool.reveal.records`: the forget/retain records written to the run.
+- Model-independent cores: :mod:`rrtool.reveal.vendi` (Vendi diversity in the ``d x d`` form),
+  :mod:`rrtool.reveal.embedder` (sentence embeddings), :mod:`rrtool.reveal.neuralucb` (Sobol
+  pool, soft-prompt projection, the NeuralUCB surrogate), :mod:`rrtool.reveal.scoring` (the
+  weighted harmonic mean of relevance and diversity).
 """
