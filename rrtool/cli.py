@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from rrtool import __version__
+from rrtool.audit import PROBES
 from rrtool.errors import UserError
 
 SET_HELP = "Override a spec key, typed like the field: --set release.iterations=5 (repeatable)."
@@ -209,8 +210,8 @@ def compare(run_refs: tuple[str, ...], fmt: str, out: str | None, tracking_uri: 
     "--probe",
     "probes",
     multiple=True,
-    type=click.Choice(["relearning", "elicitation", "membership", "quantization"]),
-    help="A probe to run (repeatable; default: all four).",
+    type=click.Choice(PROBES),
+    help="A probe to run (repeatable; default: all of them).",
 )
 @click.option(
     "--tracking-uri",

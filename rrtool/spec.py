@@ -731,6 +731,13 @@ class ProbesSpec(_Section):
         "and the base model rounded the same way as the control (a CPU simulation of "
         "deployment quantizers: `rrtool.evaluators.quantization`).",
     )
+    linear_probe: bool = Field(
+        default=False,
+        description="White-box probe (NER): a logistic regression on hidden states, trained on "
+        "the base model's, tells tokens of the forget types from other entities on held-out "
+        "passages; read on the released model's states (and retrained on them), per layer "
+        "(`rrtool.evaluators.linear_probe`).",
+    )
 
 
 class AuditSpec(_Section):

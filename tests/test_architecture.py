@@ -137,3 +137,11 @@ def test_artifact_paths_are_spelled_once() -> None:
         if literal.search(line)
     ]
     assert spelled == []
+
+
+def test_the_probe_names_are_the_specs_probe_keys() -> None:
+    """`rrtool attack --probe` offers `rrtool.audit.PROBES` (read without importing the spec)."""
+    from rrtool.audit import PROBES
+    from rrtool.spec import ProbesSpec
+
+    assert tuple(ProbesSpec.model_fields) == PROBES

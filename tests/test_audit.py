@@ -39,7 +39,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
     store = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{store / 'mlflow.db'}"
     spec = work / "spec.yaml"
-    probes = {"relearning": True, "elicitation": True, "membership": True, "quantization": True}
+    probes = {"relearning": True, "elicitation": True, "membership": True, "quantization": True,
+              "linear_probe": True}  # fmt: skip
     spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri}, audit={"probes": probes})))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
@@ -110,6 +111,14 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert [r["scheme"] for r in quantization["schemes"]] == ["int8", "int4"]
     assert all(r["base"] is not None and r["released"] is not None for r in quantization["schemes"])
     assert quantization["after"] == summary["forget"]["after"]
+    # The white-box probe: the audit split's passages, halved; both layers of the tiny model.
+    linear = probes["linear_probe"]
+    assert linear["status"] == "done" and [r["layer"] for r in linear["layers"]] == [1, 2]
+    assert linear["passages"]["train"] > 0 and linear["passages"]["test"] > 0
+    for row in linear["layers"]:
+        for side in ("base", "released_base_probe", "released_retrained"):
+            assert 0.0 <= row[side]["value"] <= 1.0
+            assert row[side]["ci"][0] <= row[side]["value"] <= row[side]["ci"][1]
     # The audit split is held out, so the membership probe has its non-members.
     assert "Reveal did not see" not in probes["membership"]["status"]
     assert len(report["release"]["candidates"]) >= 5
@@ -151,7 +160,8 @@ def test_html_report_renders_in_chromium(invoke, finished_run, tmp_path: Path) -
         console = page.console()
     assert "Release: step by step" in text and run_id in text
     assert resources == 0, "the report fetched something"
-    assert charts >= 2  # forget and utility curves
+    assert charts >= 3  # forget and utility curves, the linear probe's per-layer accuracy
+    assert "Linear probe: balanced accuracy per layer" in text
     assert [e for e in console if e.get("level") in ("SEVERE", "WARNING")] == []
     image = Image.open(io.BytesIO(png)).convert("L")
     histogram = image.histogram()

@@ -1,2 +1,6 @@
 """Stage 3: measure the base and the released model (``phase``), and turn a run's MLflow
 records into a report (``collect`` reads, ``render`` writes HTML, Markdown or JSON)."""
+
+# The robustness probes, by their `audit.probes` keys: `rrtool attack --probe` offers these
+# (the CLI reads this without importing the spec; a test keeps it equal to the spec's fields).
+PROBES = ("relearning", "elicitation", "membership", "quantization", "linear_probe")

@@ -16,12 +16,11 @@ from typing import Any
 from rich.console import Console
 
 from rrtool.artifacts import SPEC_RESOLVED
+from rrtool.audit import PROBES
 from rrtool.context import SCRATCH, RunContext
 from rrtool.errors import UserError
 from rrtool.spec_loader import load_spec
 from rrtool.tracking import Store, Tracker
-
-PROBES = ("relearning", "elicitation", "membership", "quantization")
 
 
 def attack_run(

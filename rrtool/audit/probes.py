@@ -19,6 +19,9 @@
   apart the very examples it was made to forget (a membership leak). Without a held-out
   ``audit.forget_eval`` there are no non-members and the probe says so.
 
+- **linear_probe** (white-box): whether the forget type is still linearly decodable from the
+  hidden states of held-out passages (``rrtool.evaluators.linear_probe``).
+
 Each probe measures the released model; the weights it changes for a measurement (an
 adapter, rounding) are put back, and the quantization control reloads the base weights and
 then the released ones.
@@ -286,6 +289,50 @@ def quantization(
     }
 
 
+def linear_probe(
+    ctx: RunContext, suite: EvaluationSuite, released: Callable[[], None]
+) -> dict[str, Any]:
+    """The white-box probe (``rrtool.evaluators.linear_probe``) on the audit's forget passages:
+    released states first, then the base model's (reloaded), then the released weights again."""
+    from rrtool.evaluators.linear_probe import Passage, probe, selected_layers, token_states
+
+    spec = ctx.spec
+    source = suite.forget_source
+    if spec.target.kind != "ner" or source is None or source.format != "universalner":
+        return {
+            "status": "not run: the linear probe needs labelled entity passages (target.kind "
+            "ner with universalner data); other target kinds have no token labels"
+        }
+    gold: dict[str, dict[str, list[str]]] = {}
+    for record in suite.forget_records():
+        gold.setdefault(record["text"], {})[record.get("type", "")] = record.get("entities", [])
+    forget, retain = set(spec.target.forget_types), set(spec.target.retain_types)
+    passages = [
+        Passage(
+            text,
+            [e for t, ents in types.items() if t in forget for e in ents],
+            [e for t, ents in types.items() if t in retain for e in ents],
+        )
+        for text, types in gold.items()
+    ]
+    handle = ctx.model()
+    layers = selected_layers(handle.model.config.num_hidden_layers)
+    ctx.console.print(f"audit: linear probe: {len(passages)} passages, layers {layers} ...")
+    on_released = token_states(handle.model, handle.tokenizer, passages, layers)
+    base = ctx.reload_model()
+    on_base = token_states(base.model, base.tokenizer, passages, layers)
+    released()
+    result = probe(on_base, on_released, layers, spec.seed)
+    result["definition"] = (
+        "balanced accuracy of a logistic regression telling tokens of "
+        f"{'/'.join(sorted(forget))} entities from tokens of other entities, on held-out "
+        "passages (half train, half test); trained on the base model's hidden states and read "
+        "on the released model's (base probe), and trained again on the released model's "
+        "(retrained); 0.5 = chance"
+    )
+    return result
+
+
 def run_probes(
     ctx: RunContext,
     suite: EvaluationSuite,
@@ -310,4 +357,6 @@ def run_probes(
             out["membership"] = membership(membership_base, membership_scores(ctx, sets))
     if wanted.quantization:
         out["quantization"] = quantization(ctx, suite, before, after, released)
+    if wanted.linear_probe:
+        out["linear_probe"] = linear_probe(ctx, suite, released)
     return out

@@ -255,6 +255,16 @@ def describe(probe: dict[str, Any]) -> str:
     """One line for the console and the report."""
     if probe.get("status") != "done":
         return probe.get("status", "?")
+    if "layers" in probe:
+        return (
+            "; ".join(
+                f"layer {r['layer']}: {_fmt(r['base']['value'])} (base) -> "
+                f"{_fmt(r['released_base_probe']['value'])} (released, base probe) / "
+                f"{_fmt(r['released_retrained']['value'])} (retrained)"
+                for r in probe["layers"]
+            )
+            + f"; {probe.get('reading', '')}"
+        )
     if "auc_after" in probe:
         return (
             f"Min-K%++ AUC {_fmt(probe['auc_before'])} (base) -> {_fmt(probe['auc_after'])} "
@@ -498,6 +508,26 @@ def _answers_html(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _linear_probe_html(report: dict[str, Any]) -> str:
+    probe = (report["audit"].get("probes") or {}).get("linear_probe") or {}
+    if probe.get("status") != "done":
+        return ""
+    series = [
+        (
+            label,
+            [(r["layer"], r[key]["value"]) for r in probe["layers"] if r[key]["value"] is not None],
+        )
+        for label, key in (
+            ("base", "base"),
+            ("released, base probe", "released_base_probe"),
+            ("released, retrained", "released_retrained"),
+        )
+    ]
+    return "<h3>Linear probe: balanced accuracy per layer (0.5 = chance)</h3>" + line_chart(
+        series, title="linear probe", x_label="layer", y_label="balanced accuracy"
+    )
+
+
 def _elicitation_html(report: dict[str, Any]) -> str:
     rows = _elicitation_rows(report)
     if not rows:
@@ -550,6 +580,7 @@ def _html(report: dict[str, Any]) -> str:
         "<h2>Robustness probes</h2>",
         html_table(["probe", "result", "definition"], _probe_rows(report)),
         _elicitation_html(report),
+        _linear_probe_html(report),
         "<h2>Cost</h2>",
         html_table(*_phase_table(report), numeric=(2, 3, 4)),
         "<h2>Environment</h2>",

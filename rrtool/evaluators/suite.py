@@ -187,6 +187,11 @@ class EvaluationSuite:
             explicit=frozenset() if spec.retain.data else frozenset({"utility"}),
         )
 
+    def forget_records(self) -> list[dict[str, Any]]:
+        """The records the forget measurement reads (its split, or explicit data whole)."""
+        assert self.forget_source is not None
+        return self._part("forget", self.forget_source).records
+
     def _part(self, key: str, source: DataSource) -> Part:
         """The records measure ``key`` reads: the suite's split of a shared source, or an
         explicit source whole; its provenance is kept for the report."""

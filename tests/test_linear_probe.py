@@ -1,0 +1,68 @@
+"""The white-box linear probe: token labels from gold entity spans, and what the probe reads
+on states where the concept is (or is not) linearly present."""
+
+from __future__ import annotations
+
+import torch
+
+from rrtool.evaluators.linear_probe import (
+    TokenStates,
+    probe,
+    selected_layers,
+    spans,
+    token_labels,
+)
+
+
+def test_tokens_inside_forget_entities_are_positives_others_negatives() -> None:
+    text = "Ada Lovelace met Babbage in London."
+    person = spans(text, ["Ada Lovelace", "Babbage"])
+    place = spans(text, ["London"])
+    assert person == [(0, 12), (17, 24)] and place == [(28, 34)]
+    # Offsets as a tokenizer gives them: " met", " in" and "." lie in no entity.
+    offsets = [(0, 3), (3, 12), (12, 16), (16, 24), (24, 27), (27, 34), (34, 35), (0, 0)]
+    assert token_labels(offsets, person, place) == [1, 1, None, 1, None, 0, None, None]
+    assert spans("no entity here", ["", "Paris"]) == []
+
+
+def _states(seed: int, separable: bool, passages: int = 40) -> list[TokenStates | None]:
+    """Per passage 6 tokens, half positive; the concept lies along feature 0 when separable."""
+    gen = torch.Generator().manual_seed(seed)
+    out: list[TokenStates | None] = []
+    for _ in range(passages):
+        labels = torch.tensor([1, 1, 1, 0, 0, 0])
+        x = torch.randn(6, 8, generator=gen)
+        if separable:
+            x[:, 0] += 3.0 * (labels * 2 - 1)
+        out.append(TokenStates(labels, {1: x, 2: x.clone()}))
+    return out
+
+
+def test_probe_reads_a_present_concept_and_chance_where_it_is_gone() -> None:
+    base = _states(0, separable=True)
+    # Same labels, states without the concept: the base probe and a retrained one read chance.
+    gone = probe(base, _states(1, separable=False), [1, 2], seed=0)
+    assert gone["status"] == "done" and gone["decodable_layers"] == []
+    for row in gone["layers"]:
+        assert row["base"]["value"] > 0.9 and row["base"]["ci"][0] > 0.8
+        assert abs(row["released_base_probe"]["value"] - 0.5) < 0.15
+        assert abs(row["released_retrained"]["value"] - 0.5) < 0.15
+    assert "not linearly decodable" in gone["reading"]
+    # The concept kept, in a rotated direction: the base probe misses it, a retrained one not.
+    rotated = _states(2, separable=True)
+    for states in rotated:
+        assert states is not None
+        for layer, x in states.layers.items():
+            states.layers[layer] = x[:, [1, 0, 2, 3, 4, 5, 6, 7]]
+    kept = probe(base, rotated, [1, 2], seed=0)
+    assert kept["decodable_layers"] == [1, 2]
+    for row in kept["layers"]:
+        assert row["released_retrained"]["value"] > 0.9
+        assert row["released_base_probe"]["value"] < 0.75
+    assert kept["passages"] == {"train": 20, "test": 20} and kept["tokens"] == 240
+
+
+def test_too_few_labelled_passages_is_a_reason_not_a_crash() -> None:
+    one_class = [TokenStates(torch.tensor([1, 1]), {1: torch.randn(2, 4)}) for _ in range(4)]
+    assert probe(one_class, one_class, [1], seed=0)["status"].startswith("not run")
+    assert selected_layers(30) == [1, 7, 15, 22, 30] and selected_layers(2) == [1, 2]
