@@ -104,7 +104,8 @@ def _crossner() -> bool:
 
 def _common(quick: bool) -> list[str]:
     sets = ["audit.probes.relearning=false", "audit.probes.elicitation=false",
-            "audit.probes.membership=false", "audit.probes.quantization=false"]  # fmt: skip
+            "audit.probes.membership=false", "audit.probes.quantization=false",
+            "audit.probes.linear_probe=false"]  # fmt: skip
     if _crossner():
         # The file has one record per (passage, type), 8 types per passage, in passage order:
         # passages 1-60 are cut into Reveal (40) and search (20); the audit reads 61-650.
