@@ -145,3 +145,18 @@ def test_the_probe_names_are_the_specs_probe_keys() -> None:
     from rrtool.spec import ProbesSpec
 
     assert tuple(ProbesSpec.model_fields) == PROBES
+
+
+def test_every_module_objective_has_a_loss_train_lora_knows() -> None:
+    """weights.MODULE_OBJECTIVES decides a step's loss and sign; lora.OBJECTIVES the losses."""
+    from rrtool.release.lora import OBJECTIVES as LOSSES
+    from rrtool.release.weights import MODULE_OBJECTIVES, OBJECTIVES, Step
+
+    assert {loss for loss, _ in MODULE_OBJECTIVES.values()} <= set(LOSSES)
+    assert set(OBJECTIVES.values()) <= set(MODULE_OBJECTIVES)
+    try:
+        Step(1, "F0", "forget", 0, "simnpo")
+    except ValueError as exc:
+        assert "simnpo" in str(exc)
+    else:
+        raise AssertionError("an unknown objective was accepted")

@@ -122,17 +122,38 @@ class Step:
     # trained with nll; D0: Ext-Sub's deficiency, computed from the expert and anti-expert).
     objective: str = "nll"
 
+    def __post_init__(self) -> None:
+        if self.objective not in MODULE_OBJECTIVES:
+            raise ValueError(
+                f"objective must be one of {', '.join(MODULE_OBJECTIVES)}, got {self.objective!r}"
+            )
+
     @property
     def sign(self) -> float:
         """A forget module that learnt the target (or Ext-Sub's deficiency of one) is
         subtracted; a retain module, or one trained away from the target (gradient ascent,
         NPO, DPO, CMD), is added."""
-        return -1.0 if self.kind == "forget" and self.objective in ("nll", "ext_sub") else 1.0
+        learnt_target = MODULE_OBJECTIVES[self.objective][1]
+        return -1.0 if self.kind == "forget" and learnt_target else 1.0
 
     @property
     def training_objective(self) -> str:
         """The loss ``train_lora`` minimises for this step."""
-        return self.objective if self.objective in ("gradient_ascent", "npo", "dpo") else "nll"
+        return MODULE_OBJECTIVES[self.objective][0]
+
+
+# How a step's module is made -> (the loss ``train_lora`` minimises, whether a forget module
+# made so has learnt the target and is therefore subtracted). One table for both, so a new
+# objective cannot be trained with one loss and signed as another (``lora.OBJECTIVES`` lists
+# the losses; a test keeps the two in step).
+MODULE_OBJECTIVES: dict[str, tuple[str, bool]] = {
+    "nll": ("nll", True),
+    "ext_sub": ("nll", True),  # D0, the deficiency of an anti-expert trained with nll
+    "gradient_ascent": ("gradient_ascent", False),
+    "npo": ("npo", False),
+    "dpo": ("dpo", False),
+    "cmd": ("nll", False),  # learns the model's own cleaned continuations: added
+}
 
 
 # strategy -> objective of its one forget-side module
