@@ -39,6 +39,7 @@ class ResolvedModel:
     note: str = ""
     gguf_file: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    config: str | None = None  # the checkpoint's config.json, where one exists already
 
 
 def cache_dir() -> Path:
@@ -93,7 +94,11 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
         note = (
             "cached checkpoint" if (cached / "config.json").exists() else "converted on first use"
         )
-        return ResolvedModel(ref, "builtin", str(gguf), note, facts={"parameters": 134_515_008})
+        config = cached / "config.json"
+        return ResolvedModel(
+            ref, "builtin", str(gguf), note, facts={"parameters": 134_515_008},
+            config=str(config) if config.exists() else None,
+        )  # fmt: skip
     if name == "tiny-random":
         return ResolvedModel(ref, "builtin", "built in code", "random weights")
     path = Path(ref).expanduser()
@@ -112,7 +117,9 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
             raise UserError(
                 f"{ref}: directory has no config.json (expected a transformers checkpoint)"
             )
-        return ResolvedModel(ref, "local", str(path.resolve()), facts=_config_facts(config))
+        return ResolvedModel(
+            ref, "local", str(path.resolve()), facts=_config_facts(config), config=str(config)
+        )
     if path.exists():
         raise UserError(f"{ref}: not a model directory or .gguf file")
     if _looks_like_path(ref):
@@ -128,8 +135,9 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
     if isinstance(cached, str):
         facts = _config_facts(Path(cached)) if wanted == "config.json" else {}
         return ResolvedModel(
-            spec.id, "hub", spec.id, "in the local HF cache", spec.gguf_file, facts
-        )
+            spec.id, "hub", spec.id, "in the local HF cache", spec.gguf_file, facts,
+            config=cached if wanted == "config.json" else None,
+        )  # fmt: skip
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UserError(
             f"{spec.id}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
@@ -137,6 +145,18 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
             "or point model.id at a local directory)"
         )
     return ResolvedModel(spec.id, "hub", spec.id, "downloaded from the hub on first use")
+
+
+def linear_module_names(config_path: str) -> list[str]:
+    """The dotted names of the Linear layers of the model a config.json describes, read from
+    the architecture built on the meta device (no weights, no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(Path(config_path).parent))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
 # ------------------------------------------------------------------------ loading

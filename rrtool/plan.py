@@ -303,6 +303,50 @@ def _check_scorer(
     checks.append(Check(".".join(key), f"{name}: {oracle.description}"))
 
 
+def _check_hardware(loaded: LoadedSpec, errors: list[str]) -> None:
+    """A CUDA device that is not there, and the vLLM backend without vLLM installed, fail
+    after minutes of work otherwise (the model load, Reveal's first call)."""
+    import importlib.util
+
+    spec = loaded.spec
+    if spec.model.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            errors.append(
+                f"{loaded.locate('model', 'device')}: `{spec.model.device}` but torch sees no "
+                f"CUDA device (torch {torch.__version__}; expected `auto` or `cpu` here, or a "
+                "CUDA build of torch on a machine with a GPU)"
+            )
+    if spec.reveal.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        errors.append(
+            f"{loaded.locate('reveal', 'generation', 'backend')}: `vllm` is not installed "
+            "(fix: `pip install vllm` on a machine with an NVIDIA GPU, or use backend: hf)"
+        )
+
+
+def _check_target_modules(loaded: LoadedSpec, resolved: Any, errors: list[str]) -> None:
+    """Every ``release.lora.target_modules`` entry must match a Linear layer of the model (as
+    PEFT matches: the whole name or its last dotted parts), read from the checkpoint's config
+    without weights; a model whose config is not on disk yet is not checked."""
+    from rrtool.errors import closest
+    from rrtool.models import linear_module_names
+
+    wanted = loaded.spec.release.lora.target_modules
+    if wanted == "all-linear" or resolved.config is None:
+        return
+    names = linear_module_names(resolved.config)
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    for i, key in enumerate(wanted):
+        if not any(n == key or n.endswith(f".{key}") for n in names):
+            guess = closest(key, leaves)
+            errors.append(
+                f"{loaded.locate('release', 'lora', 'target_modules', i)}: `{key}` matches no "
+                f"Linear layer of the model (its Linear layers: {', '.join(leaves)})"
+                + (f"; did you mean `{guess}`?" if guess else "")
+            )
+
+
 def _oracle_hint(kind: str) -> str:
     """The installed oracles that declare ``kind`` among their target kinds."""
     from rrtool.oracles.registry import list_oracles
@@ -334,8 +378,10 @@ def preflight(
                 + (f" ({resolved.note})" if resolved.note else ""),
             )
         )
+        _check_target_modules(loaded, resolved, errors)
     except UserError as exc:
         errors.extend(f"{loaded.locate('model', 'id')}: {m}" for m in exc.messages)
+    _check_hardware(loaded, errors)
     _check_scorer(
         loaded, ("oracle",), spec.oracle.name, spec.oracle.options, checks, errors, warnings
     )

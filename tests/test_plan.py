@@ -308,3 +308,34 @@ def test_utility_data_the_evaluator_cannot_read_is_refused(invoke, write_spec) -
     # GSM8K records are read as question and answer text.
     spec["retain"]["data"] = {"path": "builtin:math_problems", "format": "gsm8k"}
     assert invoke("plan", str(write_spec(spec))).exit_code == 0
+
+
+def test_target_modules_that_match_no_layer_are_refused(invoke, write_spec, tmp_path) -> None:
+    """Read from the checkpoint's config alone (no weights): a Llama config in a folder."""
+    from transformers import LlamaConfig
+
+    checkpoint = tmp_path / "ckpt"
+    LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, vocab_size=64).save_pretrained(checkpoint)  # fmt: skip
+    lora = {"target_modules": ["q_proj", "vproj"]}
+    spec = tiny_spec(model={"id": str(checkpoint)}, release={"lora": lora})
+    result = invoke("plan", str(write_spec(spec)))
+    assert result.exit_code == 2, result.output
+    assert "release.lora.target_modules[1]: `vproj` matches no Linear layer" in result.stderr
+    assert "did you mean `v_proj`?" in result.stderr and "q_proj`" not in result.stderr
+
+
+def test_hardware_the_spec_asks_for_and_cannot_have_is_refused(invoke, write_spec) -> None:
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() or importlib.util.find_spec("vllm") is not None:
+        pytest.skip("this machine has CUDA or vLLM")
+    spec = tiny_spec(model={"id": "builtin:tiny-random", "device": "cuda"})
+    spec["reveal"]["generation"] = {"backend": "vllm"}
+    result = invoke("plan", str(write_spec(spec)))
+    assert result.exit_code == 2, result.output
+    assert "model.device: `cuda` but torch sees no CUDA device" in result.stderr
+    assert "reveal.generation.backend: `vllm` is not installed" in result.stderr
+    assert "pip install vllm" in result.stderr
