@@ -2,15 +2,15 @@
 known? (``tests/synthetic_bandit.py``: Reveal's pool, features, surrogate and UCB code; rewards
 a known smooth function of the pool points with noise SD 0.074; no LLM, seconds per search.)
 
-Rows: NeuralUCB as shipped (features standardised, then unit norm), NeuralUCB as before the
-unit-norm change (standardised only), each at the exploration scales given, and uniform random
-choice, all with Reveal's default budget (5 initial, 3 outer x 20 inner, top-10 re-scored) and
+Rows: NeuralUCB as shipped (features standardised, then unit norm) at each exploration scale
+given, NeuralUCB as before the unit-norm change (standardised only) at the first, uniform random
+choice, and both with the best 3 confirmed on fresh noise (``reveal.search.confirm_top``), all with Reveal's default budget (5 initial, 3 outer x 20 inner, top-10 re-scored) and
 the same seeds; every search of a seed sees the same problem and initial arms. Per row: the
 true reward of the arm the search answers with (mean and 95% bootstrap interval over seeds),
 its regret, the best true reward among the arms it evaluated, and the paired one-sided
 sign-flip p-value of "better than random". Writes OUT/bandit_synthetic.md and .json.
 
-    python tests/bench_bandit_synthetic.py --out reports/bandit          # ~15 min on 1 core
+    python tests/bench_bandit_synthetic.py --epochs 300 --out reports/bandit   # ~25 min, 1 core
     python tests/bench_bandit_synthetic.py --seeds 4 --epochs 100        # a smoke run
 """
 
@@ -49,10 +49,10 @@ def main() -> None:
     rows: list[tuple[str, str, dict[str, Any]]] = [("random", "random", {})]
     for nu in args.nu:
         rows.append((f"NeuralUCB, unit-norm features, nu={nu:g}", "neuralucb", {"nu": nu}))
-        rows.append(
-            (f"NeuralUCB, standardised features (before), nu={nu:g}", "neuralucb",
-             {"nu": nu, "unit_norm": False})
-        )  # fmt: skip
+    rows.append(
+        (f"NeuralUCB, standardised features (before), nu={args.nu[0]:g}", "neuralucb",
+         {"nu": args.nu[0], "unit_norm": False})
+    )  # fmt: skip
     rows.append(
         (f"NeuralUCB, unit-norm features, nu={args.nu[0]:g}, best 3 confirmed", "neuralucb",
          {"nu": args.nu[0], "confirm_top": 3})
