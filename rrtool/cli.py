@@ -172,7 +172,12 @@ def audit(run_ref: str | None, fmt: str | None, out: str | None, tracking_uri: s
     show_default=True,
     help="`table` prints to the terminal; the others write a file (or stdout with --out -).",
 )
-@click.option("--out", default=None, metavar="PATH", help="Where to write html/md/json.")
+@click.option(
+    "--out",
+    default=None,
+    metavar="PATH",
+    help="Where to write html/md/json (default: compare-RUNID-RUNID....EXT here; '-' = stdout).",
+)
 @click.option(
     "--tracking-uri",
     default=None,
@@ -197,11 +202,16 @@ def compare(run_refs: tuple[str, ...], fmt: str, out: str | None, tracking_uri: 
         Console().print(table)
         return
     text = render_compare(data, fmt)
-    if out in (None, "-"):
+    if out == "-":
         click.echo(text, nl=False)
         return
-    Path(out).write_text(text, encoding="utf-8")
-    click.echo(f"comparison written to {out}", err=True)
+    # As `rrtool audit`: a file named after the runs, unless told otherwise.
+    path = Path(out or f"compare-{'-'.join(r['id'][:8] for r in data['runs'])}.{fmt}")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the comparison ({exc.strerror})") from None
+    click.echo(f"comparison written to {path}", err=True)
 
 
 @cli.command()
