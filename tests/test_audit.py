@@ -135,7 +135,10 @@ def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path
     assert "iterative (Reveal's forget data)" in text  # the strategy a reviewer must see
     assert "## Answers before and after" in text and "```yaml" in text
     assert "### Elicitation variants" in text and "| relearning |" in text
-    assert "| quantization | int8: macro_mention_rate" in text
+    # The attack battery: one row per attack, a quantization scheme each, with a verdict.
+    assert "## Attack battery (robustness probes)" in text
+    assert "| quantization int8 |" in text and "| quantization int4 |" in text
+    assert "| linear_probe | logistic regression" in text
 
 
 def test_html_report_renders_in_chromium(invoke, finished_run, tmp_path: Path) -> None:
@@ -323,21 +326,25 @@ def test_membership_probe_with_held_out_passages(invoke, write_spec, tmp_path: P
 
 
 def test_coding_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
-    """The coding path end to end: pass@1 in the sandbox as the forget measure, GSM8K accuracy
-    as utility, GSM8K-style retain data (the random model solves nothing: this checks the
-    pipeline and what it records, not forgetting)."""
+    """The coding path end to end: pass@1 in the sandbox as the forget measure, perplexity of
+    the held-out math problems as utility, GSM8K-style retain data (the random model solves
+    nothing: this checks the pipeline and what it records, not forgetting)."""
     report = _run_shipped_spec(
         invoke, tmp_path, "coding", "reveal.generation.max_new_tokens=16",
-        "audit.gsm8k_shots=1", "audit.probes.relearning=false",
-        "audit.probes.elicitation=false", "audit.probes.membership=false",
+        "audit.probes.relearning=false", "audit.probes.elicitation=false",
+        "audit.probes.membership=false",
     )  # fmt: skip
     summary = report["audit"]["summary"]
     assert summary["forget"]["metric"] == "pass@1"
     assert summary["utility"] == summary["utility"] | {
-        "metric": "flexible_accuracy",
-        "better": "higher",
+        "metric": "word_perplexity",
+        "better": "lower",
     }
+    assert summary["utility"]["data"]["held_out"]
     assert summary["forget"]["before"] == 0.0 == summary["forget"]["after"]
+    # pass@1 0 on the base model: nothing can be seen to be forgotten, and the verdict says so.
+    assert summary["forget"]["verdict"] == "cannot show forgetting"
+    assert "at the floor" in summary["forget"]["limit"]
     assert [s["module"] for s in report["steps"]] == ["base", "F0", "R1", "F1"]
 
 

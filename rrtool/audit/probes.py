@@ -73,6 +73,11 @@ def _headline_value(evaluation: Any, headline: Headline) -> float | None:
     return evaluation.metrics.get(headline.metric)
 
 
+def _headline_ci(evaluation: Any, headline: Headline) -> list[float] | None:
+    found = (getattr(evaluation, "intervals", None) or {}).get(headline.metric)
+    return [float(found[0]), float(found[1])] if found else None
+
+
 def recovered_share(
     before: float | None, after: float | None, attacked: float | None, better: str
 ) -> float | None:
@@ -116,9 +121,11 @@ def relearning(
         "metric": headline.metric,
         "better": headline.better,
         "examples": len(chosen),
+        "budget": f"LoRA r={cfg.r}, 1 epoch on {len(chosen)} forget examples",
         "before": before,
         "after": after,
         "after_relearning": relearned,
+        "after_relearning_ci": _headline_ci(evaluation, headline),
         "recovered": recovered,
         "definition": f"LoRA r={cfg.r} (release.lora), 1 epoch on {len(chosen)} seeded forget "
         "examples, attached to the released model; recovered = (relearned - after) / "
@@ -142,6 +149,7 @@ def elicitation(ctx: RunContext, after: float | None) -> dict[str, Any]:
                 "name": name,
                 "template": template,
                 "value": _headline_value(evaluation, headline),
+                "ci": _headline_ci(evaluation, headline),
                 "answers": evaluation.answers[: ctx.spec.audit.sample_answers],
             }
         )
@@ -155,7 +163,10 @@ def elicitation(ctx: RunContext, after: float | None) -> dict[str, Any]:
         "better": headline.better,
         "standard_prompt_after": after,
         "variants": variants,
-        "worst": None if worst is None else {"name": worst["name"], "value": worst["value"]},
+        "worst": None
+        if worst is None
+        else {"name": worst["name"], "value": worst["value"], "ci": worst["ci"]},
+        "budget": f"{len(variants)} prompt phrasings",
         "definition": "the audit's forget measure on the released model with the forget "
         "prompts rephrased; worst = the variant on which most of the target shows",
     }
@@ -250,12 +261,16 @@ def quantization(
 
     headline = suite.headlines["forget"]
 
-    def measure_each(side: str) -> dict[str, float | None]:
+    def measure_each(side: str) -> dict[str, tuple[float | None, list[float] | None]]:
         values = {}
         for scheme in SCHEMES.values():
             ctx.console.print(f"audit: quantization probe: {side} model at {scheme.name} ...")
             with ctx.modified_weights(), quantized(ctx.model().model, scheme):
-                values[scheme.name] = _headline_value(suite.measures["forget"](), headline)
+                evaluation = suite.measures["forget"]()
+            values[scheme.name] = (
+                _headline_value(evaluation, headline),
+                _headline_ci(evaluation, headline),
+            )
         return values
 
     on_released = measure_each("released")
@@ -264,14 +279,15 @@ def quantization(
     released()
     rows = []
     for name, scheme in SCHEMES.items():
-        value = on_released[name]
+        value, interval = on_released[name]
         recovered = recovered_share(before, after, value, headline.better)
         rows.append(
             {
                 "scheme": name,
                 "text": scheme.text,
-                "base": on_base[name],
+                "base": on_base[name][0],
                 "released": value,
+                "released_ci": interval,
                 "recovered": recovered,
             }  # fmt: skip
         )

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
+from rrtool.audit.battery import battery
 from rrtool.audit.charts import line_chart
 from rrtool.audit.verdict import shown
 
@@ -302,9 +303,26 @@ def _elicitation_rows(report: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+BATTERY_HEAD = ["attack", "budget", "base", "released", "under attack [95% CI]", "verdict",
+                "definition"]  # fmt: skip
+
+
 def _probe_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The attack battery (``rrtool.audit.battery``): one row per attack."""
     probes = report["audit"].get("probes") or {}
-    return [[name, describe(p), p.get("definition", "")] for name, p in probes.items()]
+    before = ((report["audit"].get("summary") or {}).get("forget") or {}).get("before")
+    return [
+        [
+            r["attack"],
+            r["budget"],
+            num(r["base"]),
+            num(r["released"]),
+            with_ci(r["attacked"], r["attacked_ci"]) if r["attacked"] is not None else "–",
+            r["verdict"],
+            r["definition"],
+        ]  # fmt: skip
+        for r in battery(probes, before)
+    ]
 
 
 def _reveal_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -367,8 +385,8 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"- before ({num(row['score_before'])}): `{_inline(row['before'])}`\n"
                 f"- after ({num(row['score_after'])}): `{_inline(row['after'])}`\n"
             )
-    out.append("\n## Robustness probes\n")
-    out.append(md_table(["probe", "result", "definition"], _probe_rows(report)))
+    out.append("\n## Attack battery (robustness probes)\n")
+    out.append(md_table(BATTERY_HEAD, _probe_rows(report)))
     elicitation = _elicitation_rows(report)
     if elicitation:
         out.append("\n### Elicitation variants\n")
@@ -577,8 +595,8 @@ def _html(report: dict[str, Any]) -> str:
         html_table(["metric", "value"], _reveal_rows(report), numeric=(1,)),
         "<h2>Answers before and after</h2>",
         _answers_html(report),
-        "<h2>Robustness probes</h2>",
-        html_table(["probe", "result", "definition"], _probe_rows(report)),
+        "<h2>Attack battery (robustness probes)</h2>",
+        html_table(BATTERY_HEAD, _probe_rows(report), numeric=(2, 3)),
         _elicitation_html(report),
         _linear_probe_html(report),
         "<h2>Cost</h2>",
