@@ -59,14 +59,26 @@ def _spec_argument(func: Any) -> Any:
 @_spec_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (a `phases` list).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (overrides the spec).")
+@click.option(
+    "--throughput",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    metavar="TOKENS_PER_S",
+    help="Generation speed the time estimate assumes (default: SmolLM2-135M's on 2 CPU cores, "
+    "scaled by parameter count).",
+)
 def plan(
-    spec_path: str, overrides: tuple[str, ...], as_json: bool, tracking_uri: str | None
+    spec_path: str,
+    overrides: tuple[str, ...],
+    as_json: bool,
+    tracking_uri: str | None,
+    throughput: float | None,
 ) -> None:
-    """Validate SPEC, check its inputs, and show the phases it will run."""
+    """Validate SPEC, check its inputs, and show the phases it will run and what they cost."""
     from rrtool.plan import build_plan
     from rrtool.spec_loader import load_spec
 
-    result = build_plan(load_spec(spec_path, overrides), tracking_uri)
+    result = build_plan(load_spec(spec_path, overrides), tracking_uri, throughput)
     if as_json:
         import json
 

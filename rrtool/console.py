@@ -63,14 +63,34 @@ def print_plan(plan: Plan, console: Console | None = None) -> None:
         for step in phase.steps:
             table.add_row(escape(step.name), escape(step.detail), _cost(step.estimate))
         console.print(table)
-    totals = plan.to_dict()["totals"]
+    totals = plan.totals()
     console.print(
         f"totals: ~{_fmt(totals['generations'])} generations (<= {_fmt(totals['generated_tokens'])} "
         f"tokens), {_fmt(totals['training_steps'])} LoRA training steps, "
         f"{_fmt(totals['evaluations'])} evaluation prompts"
     )
+    if plan.resources is not None:
+        r = plan.resources
+        m, t = r["memory_gib"], r["seconds"]
+        console.print(
+            f"estimate ({r['parameters'] / 1e9:.2f}B parameters, {r['dtype']}): peak tensor memory "
+            f"~{m['peak']:.1f} GiB (weights {m['weights']:.1f}, fp32 masters "
+            f"{m['fp32_masters']:.1f}, LoRA + Adam {m['lora_training_state']:.2f}, training "
+            f"activations {m['training_activations']:.1f}, generation KV cache "
+            f"{m['generation_kv_cache']:.2f}); time ~{_duration(t['generation'])} generating at "
+            f"{r['throughput_tokens_per_s']:.3g} tokens/s ({r['throughput_source']}; "
+            f"--throughput to state yours) + ~{_duration(t['training'])} training"
+        )
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def print_oracles(infos: Sequence[OracleInfo], console: Console | None = None) -> None:

@@ -59,13 +59,18 @@ class Plan:
     checks: list[Check]
     tracking_uri: str
     warnings: list[str] = field(default_factory=list)
+    # Memory and time from the model's config (``rrtool.estimate``); None: no config on disk.
+    resources: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["totals"] = {
+    def totals(self) -> dict[str, int]:
+        return {
             key: sum(p.total(key) for p in self.phases)
             for key in ("generations", "generated_tokens", "training_steps", "evaluations")
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["totals"] = self.totals()
         return data
 
 
@@ -73,6 +78,8 @@ class Plan:
 @dataclass
 class _Inputs:
     """What the checks found out, used for the estimates."""
+
+    model_config: dict[str, Any] | None = None  # the checkpoint's config.json, when on disk
 
     counts: dict[str, int] = field(default_factory=dict)
     passages: int = 0
@@ -379,6 +386,13 @@ def preflight(
             )
         )
         _check_target_modules(loaded, resolved, errors)
+        if resolved.config is not None:
+            import json
+
+            try:
+                inputs.model_config = json.loads(Path(resolved.config).read_text())
+            except (OSError, json.JSONDecodeError):
+                inputs.model_config = None  # resolve_model reported an unreadable config
     except UserError as exc:
         errors.extend(f"{loaded.locate('model', 'id')}: {m}" for m in exc.messages)
     _check_hardware(loaded, errors)
@@ -762,10 +776,47 @@ def _audit_phase(spec: Spec) -> Phase:
     return Phase("audit", "evaluation, robustness probes, report", steps)
 
 
-def build_plan(loaded: LoadedSpec, tracking_flag: str | None = None) -> Plan:
-    """Check the spec against the world, then lay out the phases. Raises SpecError."""
+def build_plan(
+    loaded: LoadedSpec, tracking_flag: str | None = None, throughput: float | None = None
+) -> Plan:
+    """Check the spec against the world, then lay out the phases. Raises SpecError.
+    ``throughput``: the generation speed (new tokens/s) the time estimate assumes."""
     checks, inputs, warnings, uri = preflight(loaded, tracking_flag)
     spec = loaded.spec
     reveal, forget_n, retain_self = _reveal_phase(spec, inputs)
     phases = [reveal, _release_phase(spec, inputs, forget_n, retain_self), _audit_phase(spec)]
-    return Plan(spec.name, spec.model.id, spec.target.description, phases, checks, uri, warnings)
+    plan = Plan(spec.name, spec.model.id, spec.target.description, phases, checks, uri, warnings)
+    if inputs.model_config is not None:
+        plan.resources = _resources(spec, inputs.model_config, plan.totals(), throughput)
+    return plan
+
+
+def _resources(
+    spec: Spec, config: dict[str, Any], totals: dict[str, int], throughput: float | None
+) -> dict[str, Any]:
+    """``rrtool.estimate`` for this spec's model, dtype and counts."""
+    from rrtool.estimate import Shape, estimate
+
+    dtype = spec.model.dtype
+    if dtype == "auto":
+        device = spec.model.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    lora, gen = spec.release.lora, spec.reveal.generation
+    return estimate(
+        Shape.from_config(config),
+        dtype,
+        lora_r=lora.r,
+        batch=lora.batch_size,
+        max_length=lora.max_length,
+        generation_batch=gen.batch_size,
+        max_new_tokens=gen.max_new_tokens,
+        # Reveal's tokens, plus an answer of up to max_new_tokens per evaluation prompt.
+        generated_tokens=totals["generated_tokens"] + totals["evaluations"] * gen.max_new_tokens,
+        training_steps=totals["training_steps"],
+        tokens_per_step=lora.batch_size * lora.gradient_accumulation * lora.max_length,
+        throughput=throughput,
+    )
