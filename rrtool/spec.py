@@ -722,6 +722,12 @@ class ProbesSpec(_Section):
     """Robustness probes beyond the paper (off unless asked for)."""
 
     relearning: bool = Field(default=False, description="Fine-tune briefly on forget data.")
+    relearning_ood: bool = Field(
+        default=False,
+        description="Fine-tune briefly on retain examples (related data, not the target), on "
+        "the released model and, as the control, on the base model; the forget measure after "
+        "each.",
+    )
     elicitation: bool = Field(default=False, description="Paraphrased / few-shot prompts.")
     membership: bool = Field(default=False, description="Min-K%++ membership inference AUC.")
     quantization: bool = Field(

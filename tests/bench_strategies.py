@@ -105,7 +105,7 @@ def _crossner() -> bool:
 def _common(quick: bool) -> list[str]:
     sets = ["audit.probes.relearning=false", "audit.probes.elicitation=false",
             "audit.probes.membership=false", "audit.probes.quantization=false",
-            "audit.probes.linear_probe=false"]  # fmt: skip
+            "audit.probes.linear_probe=false", "audit.probes.relearning_ood=false"]  # fmt: skip
     if _crossner():
         # The file has one record per (passage, type), 8 types per passage, in passage order:
         # passages 1-60 are cut into Reveal (40) and search (20); the audit reads 61-650.

@@ -40,7 +40,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
     uri = f"sqlite:///{store / 'mlflow.db'}"
     spec = work / "spec.yaml"
     probes = {"relearning": True, "elicitation": True, "membership": True, "quantization": True,
-              "linear_probe": True}  # fmt: skip
+              "linear_probe": True, "relearning_ood": True}  # fmt: skip
     spec.write_text(yaml.safe_dump(tiny_spec(tracking={"uri": uri}, audit={"probes": probes})))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
@@ -99,6 +99,10 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert relearning["status"] == "done" and relearning["examples"] > 0
     assert relearning["after"] == summary["forget"]["after"]
     assert relearning["after_relearning"] is not None
+    # Out of domain: retain examples, on the released model and (the control) on the base.
+    ood = probes["relearning_ood"]
+    assert ood["status"] == "done" and ood["examples"] > 0 and ood["after"] == relearning["after"]
+    assert ood["after_relearning"] is not None and ood["base_after_same_fine_tune"] is not None
     elicitation = probes["elicitation"]
     assert [v["name"] for v in elicitation["variants"]] == ["paraphrase", "few-shot", "bare"]
     worst = max(v["value"] for v in elicitation["variants"])  # forget: lower is better
@@ -139,6 +143,9 @@ def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path
     assert "## Attack battery (robustness probes)" in text
     assert "| quantization int8 |" in text and "| quantization int4 |" in text
     assert "| linear_probe | logistic regression" in text
+    assert (
+        "| relearning_ood | LoRA r=" in text and "the base model after the same fine-tune" in text
+    )
 
 
 def test_html_report_renders_in_chromium(invoke, finished_run, tmp_path: Path) -> None:

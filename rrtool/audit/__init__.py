@@ -3,4 +3,11 @@ records into a report (``collect`` reads, ``render`` writes HTML, Markdown or JS
 
 # The robustness probes, by their `audit.probes` keys: `rrtool attack --probe` offers these
 # (the CLI reads this without importing the spec; a test keeps it equal to the spec's fields).
-PROBES = ("relearning", "elicitation", "membership", "quantization", "linear_probe")
+PROBES = (
+    "relearning",
+    "relearning_ood",
+    "elicitation",
+    "membership",
+    "quantization",
+    "linear_probe",
+)

@@ -62,9 +62,12 @@ def battery(probes: dict[str, Any], forget_before: float | None) -> list[dict[st
             rows.append(_row(name, "", None, None, None, None, probe.get("status", "?"), ""))
             continue
         before, after = probe.get("before"), probe.get("after")
-        if name == "relearning":
+        if name in ("relearning", "relearning_ood"):
             attacked, ci = probe.get("after_relearning"), probe.get("after_relearning_ci")
             verdict = attack_verdict(after, attacked, ci, probe.get("recovered"))
+            control = probe.get("base_after_same_fine_tune")
+            if control is not None:
+                verdict += f"; the base model after the same fine-tune: {control:.3g}"
             rows.append(
                 _row(
                     name,

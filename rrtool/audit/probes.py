@@ -4,6 +4,9 @@
   of the run's forget data (``RELEARN_EXAMPLES`` examples) is attached to the released model,
   and the forget measure is taken again. ``recovered`` = (relearned - after) / (before -
   after): 0 = nothing came back, 1 = back to the base model.
+- **relearning_ood**: the same short fine-tune on retain examples (related data, not the
+  target) on the released model and, as the control, on the base model: does unrelated
+  training bring the target back, and what does the fine-tune alone do to the measure?
 - **elicitation**: the forget measure under other phrasings of the forget prompts (a
   paraphrase, a few-shot prompt, a bare prompt); the worst case (the phrasing on which the
   released model shows most of the target) is the number to read.
@@ -130,6 +133,65 @@ def relearning(
         "definition": f"LoRA r={cfg.r} (release.lora), 1 epoch on {len(chosen)} seeded forget "
         "examples, attached to the released model; recovered = (relearned - after) / "
         "(before - after)",
+    }
+
+
+def relearning_ood(
+    ctx: RunContext,
+    suite: EvaluationSuite,
+    before: float | None,
+    after: float | None,
+    released: Callable[[], None],
+) -> dict[str, Any]:
+    """Relearning on related-but-different data, with a control: the same short fine-tune
+    (``RELEARN_EXAMPLES`` retain examples: the retained behaviour, not the target) on the
+    released model and on the base model. On the released model it tells whether unrelated
+    training brings the target back; on the base it shows what the fine-tune alone does to
+    the measure, so "came back" is not read into what the fine-tune taught."""
+    from rrtool.release.compose import ScaledAdapter
+    from rrtool.release.lora import train_lora
+    from rrtool.release.phase import load_examples, trains_in_chat_format
+
+    _, retain = load_examples(ctx)
+    if not retain:
+        return {"status": "not run: no retain examples to fine-tune on"}
+    chosen = random.Random(ctx.spec.seed + 1).sample(retain, min(RELEARN_EXAMPLES, len(retain)))
+    cfg = ctx.spec.release.lora.model_copy(update={"epochs": 1})
+    headline = suite.headlines["forget"]
+    chat = trains_in_chat_format(ctx)
+
+    def fine_tuned(side: str) -> tuple[float | None, list[float] | None]:
+        handle = ctx.model()
+        ctx.console.print(
+            f"audit: out-of-domain relearning: {side} model, {len(chosen)} retain examples ..."
+        )
+        module = train_lora(
+            handle.model, handle.tokenizer, chosen, cfg, seed=ctx.spec.seed, kind="retain",
+            chat=chat,
+        )  # fmt: skip
+        with ctx.modified_weights(), ScaledAdapter(handle.model, module, 1.0):
+            evaluation = suite.measures["forget"]()
+        return _headline_value(evaluation, headline), _headline_ci(evaluation, headline)
+
+    on_released, released_ci = fine_tuned("released")
+    ctx.reload_model()
+    on_base, _ = fine_tuned("base")
+    released()
+    return {
+        "status": "done",
+        "metric": headline.metric,
+        "better": headline.better,
+        "examples": len(chosen),
+        "budget": f"LoRA r={cfg.r}, 1 epoch on {len(chosen)} retain examples",
+        "before": before,
+        "after": after,
+        "after_relearning": on_released,
+        "after_relearning_ci": released_ci,
+        "base_after_same_fine_tune": on_base,
+        "recovered": recovered_share(before, after, on_released, headline.better),
+        "definition": f"LoRA r={cfg.r}, 1 epoch on {len(chosen)} seeded retain examples (the "
+        "retained behaviour, not the target), on the released model and, as the control, on "
+        "the base model; recovered = (fine-tuned released - after) / (before - after)",
     }
 
 
@@ -364,6 +426,8 @@ def run_probes(
     out: dict[str, Any] = {}
     if wanted.relearning:
         out["relearning"] = relearning(ctx, suite, before, after)
+    if wanted.relearning_ood:
+        out["relearning_ood"] = relearning_ood(ctx, suite, before, after, released)
     if wanted.elicitation:
         out["elicitation"] = elicitation(ctx, after)
     if wanted.membership:
