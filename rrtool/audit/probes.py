@@ -95,29 +95,41 @@ def recovered_share(
     return (attacked - after) / (before - after)
 
 
+def _after_fine_tune(
+    ctx: RunContext, suite: EvaluationSuite, examples: list[Any], kind: str
+) -> tuple[float | None, list[float] | None]:
+    """The forget measure (value, interval) of the loaded model with a LoRA (``release.lora``,
+    one epoch) trained on ``examples`` attached; the adapter is removed after."""
+    from rrtool.release.compose import ScaledAdapter
+    from rrtool.release.lora import train_lora
+    from rrtool.release.phase import trains_in_chat_format
+
+    cfg = ctx.spec.release.lora.model_copy(update={"epochs": 1})
+    handle = ctx.model()
+    module = train_lora(
+        handle.model, handle.tokenizer, examples, cfg, seed=ctx.spec.seed, kind=kind,
+        chat=trains_in_chat_format(ctx),
+    )  # fmt: skip
+    headline = suite.headlines["forget"]
+    # Not the named state while the adapter is on: its answers must not come from (or go
+    # into) that state's cached ones.
+    with ctx.modified_weights(), ScaledAdapter(handle.model, module, 1.0):
+        evaluation = suite.measures["forget"]()
+    return _headline_value(evaluation, headline), _headline_ci(evaluation, headline)
+
+
 def relearning(
     ctx: RunContext, suite: EvaluationSuite, before: float | None, after: float | None
 ) -> dict[str, Any]:
-    from rrtool.release.compose import ScaledAdapter
-    from rrtool.release.lora import train_lora
-    from rrtool.release.phase import load_examples, trains_in_chat_format
+    from rrtool.release.phase import load_examples
 
     forget, _ = load_examples(ctx)
     rng = random.Random(ctx.spec.seed)
     chosen = rng.sample(forget, min(RELEARN_EXAMPLES, len(forget)))
     cfg = ctx.spec.release.lora.model_copy(update={"epochs": 1})
-    handle = ctx.model()
-    chat = trains_in_chat_format(ctx)
-    ctx.console.print(f"audit: relearning probe: training on {len(chosen)} forget examples ...")
-    module = train_lora(
-        handle.model, handle.tokenizer, chosen, cfg, seed=ctx.spec.seed, kind="forget", chat=chat
-    )
     headline = suite.headlines["forget"]
-    # Not the released state while the adapter is on: its answers must not come from (or go
-    # into) the released model's cached ones.
-    with ctx.modified_weights(), ScaledAdapter(handle.model, module, 1.0):
-        evaluation = suite.measures["forget"]()
-    relearned = _headline_value(evaluation, headline)
+    ctx.console.print(f"audit: relearning probe: training on {len(chosen)} forget examples ...")
+    relearned, interval = _after_fine_tune(ctx, suite, chosen, "forget")
     recovered = recovered_share(before, after, relearned, headline.better)
     return {
         "status": "done",
@@ -128,7 +140,7 @@ def relearning(
         "before": before,
         "after": after,
         "after_relearning": relearned,
-        "after_relearning_ci": _headline_ci(evaluation, headline),
+        "after_relearning_ci": interval,
         "recovered": recovered,
         "definition": f"LoRA r={cfg.r} (release.lora), 1 epoch on {len(chosen)} seeded forget "
         "examples, attached to the released model; recovered = (relearned - after) / "
@@ -148,9 +160,7 @@ def relearning_ood(
     released model and on the base model. On the released model it tells whether unrelated
     training brings the target back; on the base it shows what the fine-tune alone does to
     the measure, so "came back" is not read into what the fine-tune taught."""
-    from rrtool.release.compose import ScaledAdapter
-    from rrtool.release.lora import train_lora
-    from rrtool.release.phase import load_examples, trains_in_chat_format
+    from rrtool.release.phase import load_examples
 
     _, retain = load_examples(ctx)
     if not retain:
@@ -158,25 +168,16 @@ def relearning_ood(
     chosen = random.Random(ctx.spec.seed + 1).sample(retain, min(RELEARN_EXAMPLES, len(retain)))
     cfg = ctx.spec.release.lora.model_copy(update={"epochs": 1})
     headline = suite.headlines["forget"]
-    chat = trains_in_chat_format(ctx)
-
-    def fine_tuned(side: str) -> tuple[float | None, list[float] | None]:
-        handle = ctx.model()
+    sides = {}
+    for side in ("released", "base"):
+        if side == "base":
+            ctx.reload_model()
         ctx.console.print(
             f"audit: out-of-domain relearning: {side} model, {len(chosen)} retain examples ..."
         )
-        module = train_lora(
-            handle.model, handle.tokenizer, chosen, cfg, seed=ctx.spec.seed, kind="retain",
-            chat=chat,
-        )  # fmt: skip
-        with ctx.modified_weights(), ScaledAdapter(handle.model, module, 1.0):
-            evaluation = suite.measures["forget"]()
-        return _headline_value(evaluation, headline), _headline_ci(evaluation, headline)
-
-    on_released, released_ci = fine_tuned("released")
-    ctx.reload_model()
-    on_base, _ = fine_tuned("base")
+        sides[side] = _after_fine_tune(ctx, suite, chosen, "retain")
     released()
+    (on_released, released_ci), (on_base, _) = sides["released"], sides["base"]
     return {
         "status": "done",
         "metric": headline.metric,
