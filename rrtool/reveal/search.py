@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rrtool import splits
 from rrtool.artifacts import REVEAL_SEARCH_STATE, REVEAL_TRIALS
 from rrtool.context import RunContext
-from rrtool.data import load_records
 from rrtool.errors import UserError
 from rrtool.generation.base import Completion, SamplingParams, encode_prompt
 from rrtool.queries import Query
@@ -159,7 +159,10 @@ class InstructionSearch:
         outputs: dict[str, str] = {}
         if self.kind != "ner":
             source = self.reveal.contexts
-            for sample in samples_from_records(source.format, load_records(source)):
+            # The records the queries were built from (Reveal's split): formats whose sample
+            # ids are positions (gsm8k, jsonl rows without ids) must be numbered the same way.
+            records = splits.read(source, "reveal", self.ctx.spec).records
+            for sample in samples_from_records(source.format, records):
                 outputs[sample.id] = sample.completion
         answers = {}
         for query in picked:
