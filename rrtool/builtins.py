@@ -21,6 +21,8 @@ BUILTIN_DATA: dict[str, tuple[str, str]] = {
     "math_problems": ("math_problems.jsonl", "gsm8k"),
     "toxicity_prompts": ("toxicity_prompts.jsonl", "rtp"),
     "wiki_text": ("wiki_text.txt", "text"),
+    "entity_questions": ("entity_questions.jsonl", "jsonl"),
+    "neighbour_questions": ("neighbour_questions.jsonl", "jsonl"),
 }
 
 BUILTIN_EMBEDDERS: dict[str, str] = {

@@ -416,7 +416,9 @@ def oracles_score(name: str, input_path: str, pairs: tuple[str, ...]) -> None:
 
 @oracles.command("samples")
 @click.argument(
-    "fmt", metavar="FORMAT", type=click.Choice(["universalner", "mbpp", "mbppplus", "gsm8k", "rtp"])
+    "fmt",
+    metavar="FORMAT",
+    type=click.Choice(["universalner", "mbpp", "mbppplus", "gsm8k", "rtp", "jsonl", "text"]),
 )
 @click.argument("path", metavar="FILE")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="First N records only.")

@@ -227,7 +227,16 @@ def _check_utility_data(loaded: LoadedSpec, errors: list[str]) -> None:
     ``retain.data`` (else ``audit.retain_eval``), the audit ``audit.retain_eval`` (else
     ``retain.data``). Caught here, a wrong format fails before any model loads."""
     spec = loaded.spec
-    name = spec.retain.utility.name if spec.retain.utility else default_utility(spec.target.kind)
+    kind = spec.target.kind
+    name = spec.retain.utility.name if spec.retain.utility else default_utility(kind)
+    if name is None and kind != "ner":  # NER measures utility on its retained types
+        errors.append(
+            f"{loaded.locate('retain', 'utility')}: target.kind `{kind}` has no default utility "
+            "measure: set retain.utility to a built-in evaluator "
+            f"({', '.join(UTILITY_EVALUATORS)}) or an oracle plugin (e.g. `{{name: mentions}}` "
+            "over jsonl questions with `keywords`)"
+        )
+        return
     evaluator = UTILITY_EVALUATORS.get(name or "")
     if evaluator is None:
         return
@@ -248,6 +257,43 @@ def _check_utility_data(loaded: LoadedSpec, errors: list[str]) -> None:
                 f"{' or '.join(evaluator.data_formats)} records, not `{source.format}` (set "
                 "retain.utility to an evaluator for this data, or give audit.retain_eval)"
             )
+
+
+def _check_retain_rows(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> None:
+    """Retain-side rows that would fail only after Reveal's compute: Release trains retain
+    modules on each jsonl row's `prompt` and `completion`, and an oracle measuring utility asks
+    the model each row's prompt (``rrtool.tasks.samples_from_records``)."""
+    from rrtool.tasks import samples_from_records
+
+    spec = loaded.spec
+    data, records = spec.retain.data, inputs.records.get("retain.data")
+    if data is not None and data.format == "jsonl" and records and spec.needs_retain_examples:
+        bad = [i for i, r in enumerate(records, 1) if not {"prompt", "completion"} <= set(r)]
+        if bad:
+            fields = ", ".join(sorted(records[bad[0] - 1])) or "none"
+            errors.append(
+                f"{loaded.locate('retain', 'data', 'path')}: {len(bad)} of {len(records)} jsonl "
+                f"rows lack `prompt` or `completion` (first: record {bad[0]}, with fields: "
+                f"{fields}); retain modules train on each row's prompt and completion"
+            )
+    utility = spec.retain.utility
+    if utility is None or utility.name in UTILITY_EVALUATORS:
+        return
+    for key, source in (
+        (("retain", "data"), spec.retain.data),
+        (("audit", "retain_eval"), spec.audit.retain_eval),
+    ):
+        rows = inputs.records.get(".".join(key))
+        if source is None or not rows:
+            continue
+        where = f"{loaded.locate(*key, 'path')}: utility `{utility.name}` asks the model each row's"
+        try:
+            samples = samples_from_records(source.format, rows)
+        except UserError as exc:
+            errors.extend(f"{where} prompt: {m}" for m in exc.messages)
+            continue
+        if not any(s.prompt.strip() for s in samples):
+            errors.append(f"{where} prompt, and all {len(rows)} prompts are empty")
 
 
 def _check_compute_dtype(loaded: LoadedSpec, warnings: list[str]) -> None:
@@ -417,6 +463,7 @@ def preflight(
     if not errors:
         _check_splits(loaded, inputs, checks, errors, warnings)
     _check_utility_data(loaded, errors)
+    _check_retain_rows(loaded, inputs, errors)
     _check_compute_dtype(loaded, warnings)
     store = resolve_store(tracking_flag, spec.tracking.uri)
     try:

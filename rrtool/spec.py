@@ -51,9 +51,11 @@ class DataSource(_Section):
     )
     format: DataFormat = Field(
         description=(
-            "How to parse it: `jsonl` (generic JSON lines), `universalner` (conversation "
-            "JSON), `mbpp`, `mbppplus` (evalplus), `gsm8k`, `rtp` (RealToxicityPrompts) "
-            "or `text` (raw corpus)."
+            "How to parse it: `jsonl` (generic JSON lines: the prompt in `prompt`, `text` or "
+            "`question`, an optional `completion`, other fields kept for the oracle), "
+            "`universalner` (conversation JSON), `mbpp`, `mbppplus` (evalplus), `gsm8k`, `rtp` "
+            "(RealToxicityPrompts) or `text` (raw corpus); the fields each reads: "
+            "docs/spec-reference.md, Data sources."
         )
     )
     limit: int | None = Field(
@@ -420,7 +422,8 @@ class RetainSpec(_Section):
     utility: PluginRef | None = Field(
         default=None,
         description="Utility scorer: an oracle plugin, or a built-in evaluator "
-        "(`perplexity`, `gsm8k_accuracy`). Default for NER: `ner_f1` on the retained types.",
+        "(`perplexity`, `gsm8k_accuracy`). Default for NER: `ner_f1` on the retained types; "
+        "toxicity: `perplexity`; coding: `gsm8k_accuracy`; `custom` has none (required).",
     )
 
     @model_validator(mode="after")

@@ -101,12 +101,63 @@ def _rtp(records: Sequence[Record]) -> list[Sample]:
     return out
 
 
+# The fields a generic `jsonl` record may hold its prompt in, in the order they are tried.
+JSONL_PROMPT_FIELDS = ("prompt", "text", "question")
+
+
+def jsonl_prompt_field(record: Record) -> str | None:
+    """The first of ``JSONL_PROMPT_FIELDS`` a generic record has, or None."""
+    return next((key for key in JSONL_PROMPT_FIELDS if key in record), None)
+
+
+def _jsonl(records: Sequence[Record]) -> list[Sample]:
+    """Generic JSON lines: the prompt is the first of `prompt`, `text`, `question` present;
+    `completion`, if present, the answer; every other field (`keywords`, `id`, ...) goes
+    into the reference, where an oracle reads per-item fields. Sample ids are the records'
+    `id` fields when every record has a distinct one, else their positions."""
+    ids = [str(r["id"]) for r in records if isinstance(r.get("id"), (str, int))]
+    distinct = len(ids) == len(records) and len(set(ids)) == len(ids)
+    out = []
+    for i, r in enumerate(records):
+        key = jsonl_prompt_field(r)
+        if key is None:
+            raise UserError(
+                f"jsonl record {i + 1} has none of the prompt fields "
+                f"{', '.join(f'`{k}`' for k in JSONL_PROMPT_FIELDS)} (its fields: "
+                f"{', '.join(sorted(r)) or 'none'}; expected a row such as "
+                '{"prompt": "Where was Ada born?"})'
+            )
+        completion = r.get("completion", "")
+        for name, value in ((key, r[key]), ("completion", completion)):
+            if not isinstance(value, str):
+                raise UserError(
+                    f"jsonl record {i + 1}: field `{name}` is {type(value).__name__} "
+                    "(expected a string)"
+                )
+        out.append(
+            Sample(
+                id=ids[i] if distinct else str(i),
+                prompt=r[key],
+                completion=completion,
+                reference={k: v for k, v in r.items() if k not in (key, "completion")},
+            )
+        )
+    return out
+
+
+def _text(records: Sequence[Record]) -> list[Sample]:
+    """Raw text: each line (record) is a prompt, with no answer."""
+    return [Sample(id=str(i), prompt=r["text"], completion="") for i, r in enumerate(records)]
+
+
 CONVERTERS: dict[str, Callable[[Sequence[Record]], list[Sample]]] = {
     "universalner": _universalner,
     "mbpp": _mbpp,
     "mbppplus": _mbppplus,
     "gsm8k": _gsm8k,
     "rtp": _rtp,
+    "jsonl": _jsonl,
+    "text": _text,
 }
 
 

@@ -355,6 +355,34 @@ def test_coding_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
     assert [s["module"] for s in report["steps"]] == ["base", "F0", "R1", "F1"]
 
 
+def test_forget_entity_spec_runs_reveal_release_and_audit(invoke, tmp_path: Path) -> None:
+    """The `custom` path end to end ("forget one named person"): the `mentions` oracle's mean
+    score on the held-out Einstein questions is the forget measure, its mean on the held-out
+    questions about other scientists the utility measure (the random model names nobody: this
+    checks the pipeline and what it records, not forgetting)."""
+    report = _run_shipped_spec(
+        invoke, tmp_path, "forget_entity", "reveal.generation.max_new_tokens=4",
+        "release.lora.epochs=1",
+    )  # fmt: skip
+    summary = report["audit"]["summary"]
+    assert summary["forget"] | {"metric": "mean_score", "better": "lower"} == summary["forget"]
+    assert summary["utility"] | {"metric": "mean_score", "better": "higher"} == (summary["utility"])
+    for key, source in (("forget", "builtin:entity_questions"),
+                        ("utility", "builtin:neighbour_questions")):  # fmt: skip
+        data = summary[key]["data"]
+        assert data["held_out"] and data["role"] == "audit" and data["source"] == source, data
+        assert "held-out" in data["text"]
+    after = report["audit"]["after"]
+    assert "scored by `mentions`" in after["forget"]["definition"]
+    assert after["forget"]["metrics"]["samples"] == 2  # audit.eval_size
+    # Each question's own keywords reach the oracle through the sample's reference.
+    rows = report["audit"]["answers"]["forget"]
+    assert rows and all("Einstein" in r["reference"]["keywords"] for r in rows)
+    assert report["audit"]["probes"]["relearning"]["status"] == "done"
+    assert report["audit"]["probes"]["elicitation"]["status"].startswith("not run")
+    assert [s["module"] for s in report["steps"]] == ["base", "F0", "R1", "F1"]
+
+
 def test_cost_table_has_a_gpu_column_only_for_runs_that_used_a_gpu() -> None:
     from rrtool.audit.render import _phase_table
 

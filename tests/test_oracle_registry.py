@@ -14,7 +14,7 @@ from rrtool.errors import UserError
 from rrtool.oracles.registry import create_oracle, entry_points, list_oracles
 from tests.conftest import REPO, plugin_site
 
-BUILTIN = {"ner_f1", "pass_at_1", "perspective", "toxicity"}
+BUILTIN = {"mentions", "ner_f1", "pass_at_1", "perspective", "toxicity"}
 
 
 def test_builtins_register_through_the_entry_point_group() -> None:

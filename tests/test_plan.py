@@ -191,7 +191,7 @@ def test_unreachable_tracking_server_is_an_error(write_spec) -> None:
     assert "tracking server unreachable" in caught.value.messages[0]
 
 
-@pytest.mark.parametrize("name", ["person_ner", "toxicity", "coding"])
+@pytest.mark.parametrize("name", ["person_ner", "toxicity", "coding", "forget_entity"])
 def test_example_specs_plan(name: str, invoke) -> None:
     started = time.perf_counter()
     result = invoke("plan", REPO / "specs" / f"{name}.yaml")
@@ -339,3 +339,62 @@ def test_hardware_the_spec_asks_for_and_cannot_have_is_refused(invoke, write_spe
     assert "model.device: `cuda` but torch sees no CUDA device" in result.stderr
     assert "reveal.generation.backend: `vllm` is not installed" in result.stderr
     assert "pip install vllm" in result.stderr
+
+
+def _custom_spec(contexts: dict, retain: dict) -> dict:
+    return {
+        **tiny_spec(),
+        "target": {"kind": "custom", "description": "Knowledge of Albert Einstein"},
+        "oracle": {"name": "mentions", "options": {"keywords": ["Einstein"]}},
+        "reveal": {"strategy": "direct", "contexts": contexts},
+        "retain": retain,
+    }
+
+
+ENTITY = {"path": "builtin:entity_questions", "format": "jsonl"}
+NEIGHBOURS = {"path": "builtin:neighbour_questions", "format": "jsonl"}
+
+
+def test_a_custom_target_without_a_utility_measure_is_refused(invoke, write_spec) -> None:
+    """It has no default (`default_utility`): the audit used to fail after Release's compute."""
+    spec = _custom_spec(ENTITY, {"data": NEIGHBOURS})
+    result = invoke("plan", str(write_spec(spec)))
+    assert result.exit_code == 2, result.output
+    assert "retain.utility: target.kind `custom` has no default utility measure" in result.stderr
+    assert "perplexity, gsm8k_accuracy" in result.stderr and "Traceback" not in result.stderr
+    spec["retain"]["utility"] = {"name": "mentions"}
+    plan = plan_json(invoke, write_spec(spec))
+    assert "forget: mentions; utility: mentions" in plan["phases"][2]["steps"][0]["detail"]
+    # Kinds with a default (toxicity: perplexity) and NER (its retained types) need none.
+    assert invoke("plan", str(write_spec(tiny_spec()))).exit_code == 0
+
+
+def test_jsonl_rows_without_a_prompt_field_are_refused(invoke, write_spec, tmp_path) -> None:
+    rows = tmp_path / "questions.jsonl"
+    rows.write_text('{"prompt": "Where was Einstein born?"}\n{"query": "And when?", "id": 7}\n')
+    spec = _custom_spec({"path": str(rows), "format": "jsonl"},
+                        {"data": NEIGHBOURS, "utility": {"name": "mentions"}})  # fmt: skip
+    result = invoke("plan", str(write_spec(spec)))
+    assert result.exit_code == 2, result.output
+    assert "reveal.contexts: jsonl record 2 has none of the prompt fields `prompt`, `text`, " in (
+        result.stderr
+    )
+    assert "(its fields: id, query;" in result.stderr
+    # `text` or `question` hold the prompt as well.
+    rows.write_text('{"prompt": "Where was Einstein born?"}\n{"question": "And when?"}\n' * 3)
+    result = invoke("plan", str(write_spec(spec)))
+    assert result.exit_code == 0, result.stderr
+
+
+def test_retain_rows_release_or_the_utility_oracle_cannot_read_are_refused(
+    invoke, write_spec, tmp_path
+) -> None:
+    rows = tmp_path / "retain.jsonl"
+    rows.write_text("".join(f'{{"answer": "Marie Curie {i}."}}\n' for i in range(6)))
+    retain = {"data": {"path": str(rows), "format": "jsonl"}, "utility": {"name": "mentions"}}
+    result = invoke("plan", str(write_spec(_custom_spec(ENTITY, retain))))
+    assert result.exit_code == 2, result.output
+    assert "retain.data.path: 6 of 6 jsonl rows lack `prompt` or `completion`" in result.stderr
+    assert "retain.data.path: utility `mentions` asks the model each row's prompt: jsonl " in (
+        result.stderr
+    )

@@ -43,6 +43,9 @@ def test_gsm8k_final_answer(answer: str, expected: str | None) -> None:
         ("coding_problems", "mbpp"),
         ("math_problems", "gsm8k"),
         ("toxicity_prompts", "rtp"),
+        ("entity_questions", "jsonl"),
+        ("neighbour_questions", "jsonl"),
+        ("wiki_text", "text"),
     ],
 )
 def test_builtin_sets_convert(name: str, fmt: str) -> None:
@@ -50,6 +53,46 @@ def test_builtin_sets_convert(name: str, fmt: str) -> None:
     samples = samples_from_records(fmt, records)
     assert len(samples) == len(records)
     assert len({s.id for s in samples}) == len(samples), "sample ids must be unique"
+
+
+def test_jsonl_records_convert_with_their_other_fields_as_the_reference() -> None:
+    records = [
+        {"prompt": "Where was Einstein born?", "keywords": ["Einstein", "Ulm"], "topic": "birth"},
+        {"question": "Who discovered radium?", "completion": "Marie Curie.", "id": 9},
+        {"text": "Albert Einstein was", "prompt": "wins over text"},
+    ]
+    first, second, third = samples_from_records("jsonl", records)
+    assert first.prompt == "Where was Einstein born?" and first.completion == ""
+    assert first.reference == {"keywords": ["Einstein", "Ulm"], "topic": "birth"}
+    assert (second.prompt, second.completion) == ("Who discovered radium?", "Marie Curie.")
+    assert second.reference == {"id": 9}
+    assert third.prompt == "wins over text" and third.reference == {"text": "Albert Einstein was"}
+    assert [s.id for s in (first, second, third)] == ["0", "1", "2"]  # not every row has an id
+    ids = samples_from_records("jsonl", [{"prompt": "a", "id": "q1"}, {"prompt": "b", "id": 2}])
+    assert [s.id for s in ids] == ["q1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"passage": "x"}, "jsonl record 1 has none of the prompt fields `prompt`, `text`"),
+        ({"prompt": ["a", "b"]}, "jsonl record 1: field `prompt` is list (expected a string)"),
+        ({"text": "x", "completion": 3}, "field `completion` is int"),
+    ],
+)
+def test_jsonl_records_without_a_string_prompt_are_refused(record: dict, message: str) -> None:
+    from rrtool.errors import UserError
+
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        samples_from_records("jsonl", [record])
+
+
+def test_text_lines_convert_to_prompts() -> None:
+    samples = samples_from_records("text", [{"text": "The cat"}, {"text": "sat on"}])
+    assert [(s.id, s.prompt, s.completion, dict(s.reference)) for s in samples] == [
+        ("0", "The cat", "", {}),
+        ("1", "sat on", "", {}),
+    ]
 
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
