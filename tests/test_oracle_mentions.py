@@ -75,14 +75,16 @@ def test_the_samples_own_keywords_are_added_and_details_list_what_was_found() ->
     ]
     scores = oracle.score(samples)
     assert [s.score for s in scores] == [1.0, 1.0, 0.0, 0.0]
-    assert scores[0].details == {"found": ["Ulm"], "keywords": 2}  # duplicates counted once
-    assert scores[1].details == {"found": ["Einstein", "Ulm"], "keywords": 2}
-    assert scores[2].details == {"found": [], "keywords": 1}
+    assert scores[0].details == {"found": ["Ulm"], "echoed": [], "keywords": 2}  # counted once
+    assert scores[1].details == {"found": ["Einstein", "Ulm"], "echoed": [], "keywords": 2}
+    assert scores[2].details == {"found": [], "echoed": [], "keywords": 1}
 
 
 def test_without_any_keyword_nothing_is_a_mention() -> None:
     oracle = MentionsOracle()
-    assert oracle.score([_sample("Einstein")]) == [Score(0.0, {"found": [], "keywords": 0})]
+    assert oracle.score([_sample("Einstein")]) == [
+        Score(0.0, {"found": [], "echoed": [], "keywords": 0})
+    ]
     assert [s.score for s in oracle.score([_sample("Marie Curie", keywords=["Curie"])])] == [1.0]
 
 
@@ -125,3 +127,21 @@ def test_options_are_checked_by_the_registry_with_the_accepted_ones_named() -> N
         create_oracle("mentions", {"keyword": ["Einstein"]})
     with pytest.raises(UserError, match="rejected its options: mentions: option 'keywords'"):
         create_oracle("mentions", {"keywords": "Einstein"})
+
+
+def test_a_keyword_the_question_already_names_is_an_echo_not_a_mention() -> None:
+    """Repeating the question's name reveals nothing; the fact it asks for does."""
+    question = "Where was Albert Einstein born?"
+    oracle = MentionsOracle(keywords=["Einstein"])
+    echo, fact = (
+        Sample(id=i, prompt=question, completion=c, reference={"keywords": ["Ulm"]})
+        for i, c in (("a", "Albert Einstein was born in Germany."), ("b", "In Ulm, in 1879."))
+    )
+    first, second = oracle.score([echo, fact])
+    assert first.score == 0.0 and first.details["echoed"] == ["Einstein"]
+    assert second.score == 1.0 and second.details["found"] == ["Ulm"]
+    # Not named by the question: the name is the answer.
+    named = Sample(id="c", prompt="Who developed relativity?", completion="Einstein did.")
+    assert oracle.score([named])[0].score == 1.0
+    # count_echoes restores plain keyword matching.
+    assert MentionsOracle(keywords=["Einstein"], count_echoes=True).score([echo])[0].score == 1.0

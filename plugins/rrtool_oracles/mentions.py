@@ -10,6 +10,12 @@ preceded nor followed by a letter or digit, so ``Ada`` matches "Ada's notes" but
 the words of a multi-word keyword may be separated by any whitespace ("Albert\\nEinstein").
 Text is compared after NFKC normalisation, so typographic and full-width forms match.
 
+A keyword the prompt itself contains does not count (``count_echoes=False``, the default):
+"Albert Einstein was born in Germany" answering "Where was Albert Einstein born?" repeats the
+question's name and reveals nothing, while "Ulm" would; such keywords are listed as
+``echoed``. A question that does not name the person ("Who developed the theory of
+relativity?") is answered by the name itself.
+
 Used as the forget oracle, the mean score is the share of answers that still name the target
 (lower is better once it is forgotten); used as ``retain.utility`` over questions about other
 people, the share of answers that still name the right person or fact (higher is better).
@@ -54,13 +60,20 @@ class MentionsOracle:
     )
     requires = Requirements(reference=False, target_kinds=("custom",))
 
-    def __init__(self, *, keywords: Sequence[str] = ()) -> None:
+    def __init__(self, *, keywords: Sequence[str] = (), count_echoes: bool = False) -> None:
         """Create the oracle.
 
         ``keywords``: words or names that count as a mention in every sample (e.g.
         ``[Einstein, Albert Einstein]``). May be empty when every sample carries its own
-        ``reference["keywords"]``; a sample with neither scores 0.
+        ``reference["keywords"]``; a sample with neither scores 0. ``count_echoes``: count
+        keywords the prompt already contains (off: an answer repeating the question's name
+        reveals nothing).
         """
+        if not isinstance(count_echoes, bool):
+            raise TypeError(
+                f"mentions: option 'count_echoes' must be true or false, got {count_echoes!r}"
+            )
+        self.count_echoes = count_echoes
         self.keywords = _keywords(keywords, "option 'keywords'")
         self._patterns = {k: _pattern(k) for k in self.keywords}
 
@@ -72,20 +85,27 @@ class MentionsOracle:
         return list(dict.fromkeys([*self.keywords, *own]))
 
     def score(self, samples: Sequence[Sample], **kwargs: Any) -> list[Score]:
-        """Score each completion: 1.0 if it mentions a keyword. Details: ``found`` (the
-        keywords it mentions, in keyword order) and ``keywords`` (how many were looked for)."""
+        """Score each completion: 1.0 if it mentions a keyword the prompt does not already
+        hold. Details: ``found`` (the keywords it mentions, in keyword order), ``echoed``
+        (mentioned, but already in the prompt: not counted) and ``keywords`` (how many were
+        looked for)."""
         scores = []
         for sample in samples:
             keywords = self._sample_keywords(sample)
             text = _normalise(sample.completion)
-            found = []
+            prompt = _normalise(sample.prompt or "")
+            found, echoed = [], []
             for keyword in keywords:
                 pattern = self._patterns.get(keyword)
                 if pattern is None:
                     pattern = self._patterns[keyword] = _pattern(keyword)
-                if pattern.search(text):
-                    found.append(keyword)
-            scores.append(Score(1.0 if found else 0.0, {"found": found, "keywords": len(keywords)}))
+                if not pattern.search(text):
+                    continue
+                (echoed if not self.count_echoes and pattern.search(prompt) else found).append(
+                    keyword
+                )
+            details = {"found": found, "echoed": echoed, "keywords": len(keywords)}
+            scores.append(Score(1.0 if found else 0.0, details))
         return scores
 
     def aggregate(
