@@ -308,12 +308,14 @@ class InstructionSearchSpec(_Section):
         default=3, ge=0, description="Context exemplars shown when decoding an instruction."
     )
     exemplar_samples: int = Field(
-        default=4,
+        default=0,
         ge=0,
         description="An exemplar whose data has no answer (prompt-only toxicity sets) is shown "
         "with the most relevant of this many of the model's own answers to it (scored by the "
-        "oracle), so the decoded instructions describe the target, not the inputs. 0 = such "
-        "exemplars are shown as bare inputs.",
+        "oracle), meant to make the decoded instructions describe the target, not the inputs. "
+        "0 (default) = such exemplars are shown as bare inputs: on the toxicity spec, 4 "
+        "answered exemplars cut the distinct instructions of 60 pool points from 23 to 5 "
+        "(`tests/bench_decode_prompts.py`).",
     )
     free_repeats: int = Field(
         default=8,
