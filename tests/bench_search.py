@@ -67,7 +67,8 @@ def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, A
     vendi = VendiAccumulator(vectors.shape[1])
     vendi.add(vectors)
     diversity = vendi.normalised_score_with()
-    trials = [t for t in jsonl("reveal/trials.jsonl") if t["kind"] != "rescore"]
+    # Confirmation scores (kind `confirm`) are not picks: they re-score the best on other contexts.
+    trials = [t for t in jsonl("reveal/trials.jsonl") if t["kind"] not in ("rescore", "confirm")]
     # Trial quality over the instructions the search paid generations for (a cached pick
     # re-scores an earlier one and would count it twice).
     generated = [t for t in trials if not t["cached"]]
