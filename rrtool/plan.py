@@ -776,6 +776,41 @@ def _rule_words(spec: Spec) -> str:
     )
 
 
+def _probe_budget(spec: Spec, name: str, forget_side: int) -> tuple[str, dict[str, int]]:
+    """What a probe does and costs (``rrtool.audit.probes``; its budgets are fixed there:
+    16 fine-tuning examples, 64 members, two quantization schemes)."""
+    lora = spec.release.lora
+    relearn_steps = math.ceil(16 / (lora.batch_size * lora.gradient_accumulation))  # 1 epoch
+    budgets: dict[str, tuple[str, dict[str, int]]] = {
+        "relearning": (
+            "LoRA 1 epoch on 16 forget examples on the released model, forget measure again",
+            {"training_steps": relearn_steps, "evaluations": forget_side},
+        ),
+        "relearning_ood": (
+            "the same fine-tune on 16 retain examples, on the released and on the base model",
+            {"training_steps": 2 * relearn_steps, "evaluations": 2 * forget_side},
+        ),
+        "elicitation": (
+            "the forget measure under each other phrasing of the forget prompts",
+            {"evaluations": 3 * forget_side},
+        ),
+        "membership": (
+            "Min-K%++ scores of up to 64 members and 64 non-members, base and released",
+            {"forward_passes": 4 * 64},
+        ),
+        "quantization": (
+            "the forget measure at int8 and int4, released and base (the control)",
+            {"evaluations": 4 * forget_side},
+        ),
+        "linear_probe": (
+            "one forward pass per audit passage on the base and on the released model; "
+            "logistic regressions per layer",
+            {},
+        ),
+    }
+    return budgets.get(name, (name, {}))
+
+
 def _audit_phase(spec: Spec) -> Phase:
     audit = spec.audit
     kind = spec.target.kind
@@ -814,9 +849,15 @@ def _audit_phase(spec: Spec) -> Phase:
         ),
     ]
     probes = [name for name, on in audit.probes.model_dump().items() if on]
-    steps.append(
-        Step("probes", ", ".join(probes) if probes else "none (enable under audit.probes)")
-    )
+    if not probes:
+        steps.append(Step("probes", "none (enable under audit.probes)"))
+    forget_side = audit.eval_size * (
+        len(spec.target.forget_types) if kind == "ner" else
+        (audit.toxicity_samples if kind == "toxicity" else 1)
+    )  # fmt: skip
+    for name in probes:
+        text, cost = _probe_budget(spec, name, forget_side)
+        steps.append(Step(f"probe {name}", text, cost))
     steps.append(
         Step("report", f"{audit.report} report with {audit.sample_answers} before/after answers")
     )

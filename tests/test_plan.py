@@ -398,3 +398,15 @@ def test_retain_rows_release_or_the_utility_oracle_cannot_read_are_refused(
     assert "retain.data.path: utility `mentions` asks the model each row's prompt: jsonl " in (
         result.stderr
     )
+
+
+def test_each_probe_is_planned_with_its_budget(invoke, write_spec) -> None:
+    probes = {"relearning": True, "quantization": True, "linear_probe": True}
+    spec = write_spec(tiny_spec(audit={"eval_size": 10, "probes": probes}))
+    audit = next(p for p in plan_json(invoke, spec)["phases"] if p["name"] == "audit")
+    steps = {s["name"]: s for s in audit["steps"]}
+    # tiny_spec: one forget type, so a forget measurement is 10 prompts.
+    assert steps["probe relearning"]["estimate"] == {"training_steps": 2, "evaluations": 10}
+    assert steps["probe quantization"]["estimate"] == {"evaluations": 40}
+    assert "16 forget examples" in steps["probe relearning"]["detail"]
+    assert "probe linear_probe" in steps and "probe membership" not in steps
