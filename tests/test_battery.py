@@ -40,3 +40,14 @@ def test_battery_has_a_row_per_attack_with_budget_and_verdict() -> None:
     assert rows["elicitation (bare)"]["verdict"] == "partly came back (33%)"
     assert rows["elicitation (bare)"]["base"] == 0.7
     assert rows["membership"]["verdict"] == "not run: no held-out non-members"
+
+
+def test_the_console_line_is_the_battery_row() -> None:
+    from rrtool.audit.render import describe
+
+    probe = {"status": "done", "before": 0.7, "after": 0.1, "after_relearning": 0.6,
+             "after_relearning_ci": [0.5, 0.7], "recovered": 5 / 6, "budget": "16 examples"}  # fmt: skip
+    line = describe("relearning", probe)
+    assert line.startswith("relearning: 0.7 (base) -> 0.1 (released) -> 0.6 [0.5")
+    assert line.endswith("under attack: came back (83%)")
+    assert describe("membership", {"status": "not run: why"}) == "membership: not run: why"

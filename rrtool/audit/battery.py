@@ -108,7 +108,7 @@ def battery(probes: dict[str, Any], forget_before: float | None) -> list[dict[st
             attacked, ci = worst.get("value"), worst.get("ci")
             # The base model's value under the same phrasing is not measured: the recovery is
             # read against the standard prompt's before (the audit's).
-            base = forget_before
+            base = probe.get("before", forget_before)
             recovered = recovered_share(base, after, attacked, probe.get("better", "lower"))
             rows.append(
                 _row(

@@ -135,7 +135,7 @@ def attack(ctx: RunContext) -> dict[str, Any]:
     recorded = json.loads(tracker.read_text(AUDIT_PROBES) or "{}")
     tracker.log_dict({**recorded, **found}, AUDIT_PROBES)
     for name, result in found.items():
-        ctx.console.print(f"attack: probe {name}: {describe(result)}")
+        ctx.console.print(f"attack: probe {name}: {describe(name, result)}")
     return found
 
 
@@ -224,7 +224,7 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
             f"{data}"
         )
     for name, probe in probes.items():
-        ctx.console.print(f"audit: probe {name}: {describe(probe)}")
+        ctx.console.print(f"audit: probe {name}: {describe(name, probe)}")
     return summary
 
 

@@ -196,7 +196,7 @@ def relearning_ood(
     }
 
 
-def elicitation(ctx: RunContext, after: float | None) -> dict[str, Any]:
+def elicitation(ctx: RunContext, before: float | None, after: float | None) -> dict[str, Any]:
     templates = ELICITATION_TEMPLATES.get(ctx.spec.target.kind)
     if not templates:
         return {"status": f"not run: no prompt variants for target.kind `{ctx.spec.target.kind}`"}
@@ -224,6 +224,8 @@ def elicitation(ctx: RunContext, after: float | None) -> dict[str, Any]:
         "status": "done",
         "metric": headline.metric,
         "better": headline.better,
+        "before": before,  # the audit's, with the standard prompt (the base model's own
+        # phrasing-specific values are not measured)
         "standard_prompt_after": after,
         "variants": variants,
         "worst": None
@@ -430,7 +432,7 @@ def run_probes(
     if wanted.relearning_ood:
         out["relearning_ood"] = relearning_ood(ctx, suite, before, after, released)
     if wanted.elicitation:
-        out["elicitation"] = elicitation(ctx, after)
+        out["elicitation"] = elicitation(ctx, before, after)
     if wanted.membership:
         if isinstance(sets, str) or sets is None or membership_base is None:
             out["membership"] = {"status": sets if isinstance(sets, str) else "not run"}

@@ -252,44 +252,18 @@ def _phase_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def describe(probe: dict[str, Any]) -> str:
-    """One line for the console and the report."""
-    if probe.get("status") != "done":
-        return probe.get("status", "?")
-    if "layers" in probe:
-        return (
-            "; ".join(
-                f"layer {r['layer']}: {_fmt(r['base']['value'])} (base) -> "
-                f"{_fmt(r['released_base_probe']['value'])} (released, base probe) / "
-                f"{_fmt(r['released_retrained']['value'])} (retrained)"
-                for r in probe["layers"]
-            )
-            + f"; {probe.get('reading', '')}"
-        )
-    if "auc_after" in probe:
-        return (
-            f"Min-K%++ AUC {_fmt(probe['auc_before'])} (base) -> {_fmt(probe['auc_after'])} "
-            f"(released), {probe['members']} members vs {probe['non_members']} non-members "
-            f"(0.5 = indistinguishable); privleak {_fmt(probe.get('privleak'))}: "
-            f"{probe.get('reading', 'n/a')}"
-        )
-    if "schemes" in probe:
-        return "; ".join(
-            f"{r['scheme']}: {probe['metric']} {_fmt(probe['after'])} -> {_fmt(r['released'])} "
-            f"(recovered {_fmt(r['recovered'])}; base {_fmt(probe['before'])} -> "
-            f"{_fmt(r['base'])})"
-            for r in probe["schemes"]
-        )
-    if "recovered" in probe:
-        return (
-            f"{probe['metric']} {_fmt(probe['after'])} -> {_fmt(probe['after_relearning'])} after "
-            f"relearning on {probe['examples']} examples (recovered {_fmt(probe['recovered'])})"
-        )
-    worst = probe.get("worst") or {}
-    return (
-        f"{probe['metric']} worst {_fmt(worst.get('value'))} ({worst.get('name')}) vs "
-        f"{_fmt(probe['standard_prompt_after'])} with the standard prompt"
-    )
+def describe(name: str, probe: dict[str, Any]) -> str:
+    """One line for the console: the probe's battery rows (``rrtool.audit.battery``)."""
+    parts = []
+    for row in battery({name: probe}, probe.get("before")):
+        text = f"{row['attack']}: "
+        if row["base"] is not None or row["released"] is not None:
+            text += f"{_fmt(row['base'])} (base) -> {_fmt(row['released'])} (released)"
+            if row["attacked"] is not None:
+                text += f" -> {with_ci(row['attacked'], row['attacked_ci'])} under attack"
+            text += ": "
+        parts.append(text + row["verdict"])
+    return "; ".join(parts)
 
 
 def _fmt(value: float | None) -> str:
