@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from rrtool.context import RunContext
 from rrtool.evaluators.suite import EvaluationSuite, Headline
 
+T = TypeVar("T")
 RELEARN_EXAMPLES = 16
 MEMBERSHIP_EXAMPLES = 64
 PRIVLEAK_TOLERANCE = 0.1  # |privleak| up to this: as indistinguishable as on the base
@@ -95,6 +96,19 @@ def recovered_share(
     return (attacked - after) / (before - after)
 
 
+def _released_then_base(
+    ctx: RunContext, released: Callable[[], None], measure: Callable[[str], T]
+) -> tuple[T, T]:
+    """``measure("released")`` on the loaded released model, then ``measure("base")`` on the
+    base weights loaded again, then the released weights back (``released``): for probes
+    whose control is the base model treated the same way."""
+    on_released = measure("released")
+    ctx.reload_model()
+    on_base = measure("base")
+    released()
+    return on_released, on_base
+
+
 def _after_fine_tune(
     ctx: RunContext, suite: EvaluationSuite, examples: list[Any], kind: str
 ) -> tuple[float | None, list[float] | None]:
@@ -126,7 +140,7 @@ def relearning(
     forget, _ = load_examples(ctx)
     rng = random.Random(ctx.spec.seed)
     chosen = rng.sample(forget, min(RELEARN_EXAMPLES, len(forget)))
-    cfg = ctx.spec.release.lora.model_copy(update={"epochs": 1})
+    r = ctx.spec.release.lora.r
     headline = suite.headlines["forget"]
     ctx.console.print(f"audit: relearning probe: training on {len(chosen)} forget examples ...")
     relearned, interval = _after_fine_tune(ctx, suite, chosen, "forget")
@@ -136,13 +150,13 @@ def relearning(
         "metric": headline.metric,
         "better": headline.better,
         "examples": len(chosen),
-        "budget": f"LoRA r={cfg.r}, 1 epoch on {len(chosen)} forget examples",
+        "budget": f"LoRA r={r}, 1 epoch on {len(chosen)} forget examples",
         "before": before,
         "after": after,
         "after_relearning": relearned,
         "after_relearning_ci": interval,
         "recovered": recovered,
-        "definition": f"LoRA r={cfg.r} (release.lora), 1 epoch on {len(chosen)} seeded forget "
+        "definition": f"LoRA r={r} (release.lora), 1 epoch on {len(chosen)} seeded forget "
         "examples, attached to the released model; recovered = (relearned - after) / "
         "(before - after)",
     }
@@ -166,31 +180,29 @@ def relearning_ood(
     if not retain:
         return {"status": "not run: no retain examples to fine-tune on"}
     chosen = random.Random(ctx.spec.seed + 1).sample(retain, min(RELEARN_EXAMPLES, len(retain)))
-    cfg = ctx.spec.release.lora.model_copy(update={"epochs": 1})
+    r = ctx.spec.release.lora.r
     headline = suite.headlines["forget"]
-    sides = {}
-    for side in ("released", "base"):
-        if side == "base":
-            ctx.reload_model()
+
+    def fine_tuned(side: str) -> tuple[float | None, list[float] | None]:
         ctx.console.print(
             f"audit: out-of-domain relearning: {side} model, {len(chosen)} retain examples ..."
         )
-        sides[side] = _after_fine_tune(ctx, suite, chosen, "retain")
-    released()
-    (on_released, released_ci), (on_base, _) = sides["released"], sides["base"]
+        return _after_fine_tune(ctx, suite, chosen, "retain")
+
+    (on_released, released_ci), (on_base, _) = _released_then_base(ctx, released, fine_tuned)
     return {
         "status": "done",
         "metric": headline.metric,
         "better": headline.better,
         "examples": len(chosen),
-        "budget": f"LoRA r={cfg.r}, 1 epoch on {len(chosen)} retain examples",
+        "budget": f"LoRA r={r}, 1 epoch on {len(chosen)} retain examples",
         "before": before,
         "after": after,
         "after_relearning": on_released,
         "after_relearning_ci": released_ci,
         "base_after_same_fine_tune": on_base,
         "recovered": recovered_share(before, after, on_released, headline.better),
-        "definition": f"LoRA r={cfg.r}, 1 epoch on {len(chosen)} seeded retain examples (the "
+        "definition": f"LoRA r={r}, 1 epoch on {len(chosen)} seeded retain examples (the "
         "retained behaviour, not the target), on the released model and, as the control, on "
         "the base model; recovered = (fine-tuned released - after) / (before - after)",
     }
@@ -338,10 +350,7 @@ def quantization(
             )
         return values
 
-    on_released = measure_each("released")
-    ctx.reload_model()
-    on_base = measure_each("base")
-    released()
+    on_released, on_base = _released_then_base(ctx, released, measure_each)
     rows = []
     for name, scheme in SCHEMES.items():
         value, interval = on_released[name]
@@ -396,13 +405,14 @@ def linear_probe(
         )
         for text, types in gold.items()
     ]
-    handle = ctx.model()
-    layers = selected_layers(handle.model.config.num_hidden_layers)
+    layers = selected_layers(ctx.model().model.config.num_hidden_layers)
     ctx.console.print(f"audit: linear probe: {len(passages)} passages, layers {layers} ...")
-    on_released = token_states(handle.model, handle.tokenizer, passages, layers)
-    base = ctx.reload_model()
-    on_base = token_states(base.model, base.tokenizer, passages, layers)
-    released()
+
+    def states(_side: str) -> list[Any]:
+        handle = ctx.model()
+        return token_states(handle.model, handle.tokenizer, passages, layers)
+
+    on_released, on_base = _released_then_base(ctx, released, states)
     result = probe(on_base, on_released, layers, spec.seed)
     result["definition"] = (
         "balanced accuracy of a logistic regression telling tokens of "
