@@ -673,17 +673,20 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         return f"{given:g} (given)" if given is not None else f"searched, budget {search.budget}"
 
     retain_first = release.strategy == "iterative" and release.schedule == "retain_first"
+    retain_last = release.strategy == "iterative" and release.end_with_retain
     searched = (
         (weights.mu0 is None)
         + (retain_first and weights.lambda0 is None)
         + iterations * ((weights.lambdas is None) + (weights.mus is None))
+        + (retain_last and weights.lambdas is None)
     )
     # One evaluation = eval_size passages x every forget and retained type (NER), scored for both
     # forget and utility; plus the base model and a re-score of the merged model after each step.
     per_eval = search.eval_size * max(
         1, len(spec.target.forget_types) + len(spec.target.retain_types)
     )
-    evals = (searched * search.budget + 1 + 1 + 2 * iterations) * per_eval
+    rescored = 1 + retain_first + 2 * iterations + retain_last  # the merged model, per step
+    evals = (searched * search.budget + 1 + rescored) * per_eval
     launcher = ""
     if lora.accelerate_config is not None:
         launcher = f"; accelerate launch --config_file {Path(lora.accelerate_config).name}"
@@ -730,6 +733,17 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
                 f"train retain LoRA R{i} on ~{retain_n} examples, add lambda{i} = {how(lam)}; "
                 f"train forget LoRA F{i}{projected}, subtract mu{i} = {how(mu)}",
                 {"training_steps": forget_steps + retain_steps},
+            )
+        )
+    if retain_last:
+        last = iterations + 1
+        lam = weights.lambdas[iterations] if weights.lambdas else None
+        steps.append(
+            Step(
+                f"retain R{last}",
+                f"train retain LoRA R{last} on ~{retain_n} examples, add lambda{last} = "
+                f"{how(lam)} (release.end_with_retain)",
+                {"training_steps": retain_steps},
             )
         )
     steps.append(

@@ -519,7 +519,8 @@ class WeightsSpec(_Section):
     lambdas: list[Weight] | None = Field(
         default=None,
         description="Retain weights lambda_1..lambda_n, one per iteration (magnitudes in "
-        "[0, 100]; the schedule gives the sign).",
+        "[0, 100]; the schedule gives the sign); with `release.end_with_retain` one more, "
+        "lambda_{n+1}, for the last retain module.",
     )
     mus: list[Weight] | None = Field(
         default=None,
@@ -655,6 +656,12 @@ class ReleaseSpec(_Section):
         "of the forget update that lives where the retained behaviour is written, such as the "
         "answer format, is kept); F0 of the forget-first schedule has none to project on.",
     )
+    end_with_retain: bool = Field(
+        default=False,
+        description="`iterative` only: after the last forget module, add a last retain module "
+        "R_{n+1} (searched like every lambda: it must restore what the last subtraction took), "
+        "so the released model ends on a restoring step rather than a subtraction.",
+    )
     iterations: int = Field(
         default=3,
         ge=0,
@@ -674,10 +681,13 @@ class ReleaseSpec(_Section):
     def _schedule_lengths(self) -> ReleaseSpec:
         for key in ("lambdas", "mus"):
             given = getattr(self.weights, key)
-            if given is not None and len(given) != self.iterations:
+            last = key == "lambdas" and self.end_with_retain  # R_{n+1} takes one more
+            expected = self.iterations + last
+            if given is not None and len(given) != expected:
                 raise ValueError(
                     f"weights.{key} has {len(given)} entries but iterations is "
-                    f"{self.iterations} (one weight per iteration)"
+                    f"{self.iterations} (one weight per iteration"
+                    + (", plus one for the last retain module of end_with_retain)" if last else ")")
                 )
         return self
 
@@ -861,6 +871,8 @@ class Spec(_Section):
         release = self.release
         return (
             self.effective_iterations > 0
+            or (release.strategy == "iterative" and release.schedule == "retain_first")
+            or (release.strategy == "iterative" and release.end_with_retain)
             or release.strategy == "ext_sub"
             or (release.strategy == "dpo" and self.dpo_chosen == "retain")
         )
@@ -902,6 +914,11 @@ class Spec(_Section):
                 "release.forget_projection projects the iterative strategy's forget modules off "
                 f"its retain modules: it needs release.strategy `iterative` (got "
                 f"`{self.release.strategy}`)"
+            )
+        if self.release.end_with_retain and self.release.strategy != "iterative":
+            raise ValueError(
+                "release.end_with_retain adds a last retain module to the iterative schedule: "
+                f"it needs release.strategy `iterative` (got `{self.release.strategy}`)"
             )
         if self.release.strategy == "cmd" and self.target.kind != "toxicity":
             raise ValueError(

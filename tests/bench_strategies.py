@@ -67,6 +67,21 @@ ROWS: dict[str, list[str]] = {
         "release.schedule=retain_first",
         "release.search.max_weight=3",
     ],
+    # The same, with a last retain module after F1: the step that took utility to 71% of base
+    # was the last subtraction, with nothing after it to restore it.
+    "iterative (retain first, weights to 3, ends with retain)": [
+        "release.strategy=iterative",
+        "release.schedule=retain_first",
+        "release.end_with_retain=true",
+        "release.search.max_weight=3",
+    ],
+    "iterative (retain first, forget projected, weights to 3, ends with retain)": [
+        "release.strategy=iterative",
+        "release.schedule=retain_first",
+        "release.forget_projection=retain",
+        "release.end_with_retain=true",
+        "release.search.max_weight=3",
+    ],
     # method.md's second hypothesis: subtract only the part of each forget update outside the
     # retain modules' subspaces; the projected module is smaller, so weights up to 3.
     "iterative (retain first, forget projected, weights to 3)": [

@@ -92,6 +92,27 @@ def test_explicit_weights_are_not_searched(invoke, write_spec) -> None:
     assert steps["weight search"]["detail"].startswith("0 weights")
 
 
+def test_retain_first_and_end_with_retain_are_planned_steps(invoke, write_spec) -> None:
+    spec = write_spec(
+        tiny_spec(
+            release={
+                "iterations": 1,
+                "schedule": "retain_first",
+                "end_with_retain": True,
+                "weights": {"lambda0": 1.0, "mu0": 0.5, "lambdas": [1.0, 0.7], "mus": [0.2]},
+            }
+        )
+    )
+    steps = {s["name"]: s for s in plan_json(invoke, spec)["phases"][1]["steps"]}
+    assert list(steps)[:4] == ["retain R0", "forget F0", "iteration 1", "retain R2"]
+    assert "lambda2 = 0.7 (given)" in steps["retain R2"]["detail"]
+    # Nothing searched; the base model and one re-score after each of R0, F0, R1, F1, R2.
+    assert steps["weight search"]["estimate"]["evaluations"] == (1 + 5) * 64 * 2
+    searched = plan_json(invoke, spec, "--set", "release.weights.lambdas=null")
+    search = {s["name"]: s for s in searched["phases"][1]["steps"]}["weight search"]
+    assert search["detail"].startswith("2 weights")  # lambda1 and lambda2
+
+
 def test_stopping_cap_limits_planned_iterations(invoke, write_spec) -> None:
     spec = write_spec(
         tiny_spec(release={"iterations": 5}, stopping={"max_iterations": 1, "patience": 2})

@@ -61,6 +61,9 @@ START = Start(s=0.5, u=0.6, u_ref=0.6, u_base=0.6)
 def test_schedule_and_ladder() -> None:
     assert [s.name for s in schedule(2)] == ["F0", "R1", "F1", "R2", "F2"]
     assert [s.name for s in schedule(1, order="retain_first")] == ["R0", "F0", "R1", "F1"]
+    last = schedule(1, order="retain_first", end_with_retain=True)
+    assert [(s.name, s.sign, s.iteration) for s in last][-2:] == [("F1", -1.0, 1), ("R2", 1.0, 2)]
+    assert [s.name for s in schedule(1, "npo", end_with_retain=True)] == ["F0"]
     assert [s.sign for s in schedule(1)] == [-1.0, 1.0, -1.0]
     points = ladder(SEARCH)  # budget 8: 6 rungs 3x apart, 2 bisections
     assert len(points) == 6 and points[-1] == 2.0
@@ -627,6 +630,33 @@ def test_retain_first_adds_r0_before_f0(
     ]  # fmt: skip
     assert summary["modules"] == 4 and summary["stop_reason"] == "all 1 iteration(s) done"
     _assert_equals_rebuild(ctx, tracker, tmp_path / "a")
+
+
+def test_end_with_retain_restores_after_the_last_subtraction(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Floor 0.5 x 0.8 = 0.4: F1 dips to 0.3, which would end Release (reverted to R1) without
+    # a step after it; R2, the last retain module, brings utility back and is kept.
+    script = [(0.6, 0.8), (0.3, 0.6), (0.35, 0.7), (0.1, 0.3), (0.12, 0.75)]
+    weights = {"mu0": 0.3, "lambdas": [0.2, 0.5], "mus": [0.4]}
+    summary, tracker, ctx = _scripted_release(
+        write_spec, tmp_path, monkeypatch, 1, script, {"utility_floor": 0.5},
+        end_with_retain=True, weights=weights,
+    )  # fmt: skip
+    steps = tracker.read_jsonl("release/steps.jsonl")
+    assert [(s["module"], s["coefficient"], s["reverted"]) for s in steps] == [
+        ("F0", -0.3, False), ("R1", 0.2, False), ("F1", -0.4, False), ("R2", 0.5, False)
+    ]  # fmt: skip
+    assert summary["modules"] == 4 and (summary["s"], summary["u"]) == (0.12, 0.75)
+    assert summary["stop_reason"] == "all 1 iteration(s) done"
+    _assert_equals_rebuild(ctx, tracker, tmp_path / "a")
+    with pytest.raises(ValueError, match="plus one for the last retain module"):
+        Spec.model_validate(
+            tiny_spec(release={"iterations": 1, "end_with_retain": True,
+                               "weights": {"lambdas": [0.2]}})
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="end_with_retain adds a last retain module"):
+        Spec.model_validate(tiny_spec(release={"strategy": "npo", "end_with_retain": True}))
 
 
 def test_forget_projection_subtracts_forget_modules_off_the_applied_retain_subspaces(

@@ -13,7 +13,9 @@ Weights given in the spec are used as given; the others are searched (``weights.
 new module attached unmerged. Every applied weight goes through fp32 masters (``MasterWeights``),
 so the final model equals ``rebuild(base, stack)`` bit for bit.
 
-Schedule ``retain_first`` (``release.schedule``) adds R0 before F0.
+Schedule ``retain_first`` (``release.schedule``) adds R0 before F0; ``release.end_with_retain``
+adds a last retain module R_{n+1} after F_n (searched like every lambda: it must restore what
+the last subtraction took), so the released model ends on a restoring step.
 
 Stopping (checked after every step): a forget step may leave utility below
 ``stopping.utility_floor`` x the base utility only while a retain step follows; a retain step
@@ -724,7 +726,12 @@ class _Release:
         last = stack[-1] if stack else {"s": self.state["s0"], "u": self.state["u0"]}
         current = Scores(last["s"], last["u"], {})
         release = self.spec.release
-        plan = schedule(self.spec.effective_iterations, release.strategy, release.schedule)
+        plan = schedule(
+            self.spec.effective_iterations,
+            release.strategy,
+            release.schedule,
+            release.end_with_retain,
+        )
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),

@@ -161,11 +161,14 @@ OBJECTIVES = {"gradient_ascent": "gradient_ascent", "npo": "npo", "dpo": "dpo", 
 
 
 def schedule(
-    iterations: int, strategy: str = "iterative", order: str = "forget_first"
+    iterations: int,
+    strategy: str = "iterative",
+    order: str = "forget_first",
+    end_with_retain: bool = False,
 ) -> list[Step]:
-    """F0 (after R0 with ``order="retain_first"``), then [R_i, F_i] for each iteration; the
-    baselines are F0 alone, except Ext-Sub: its expert E0 (added at full weight), then its
-    deficiency D0 (subtracted)."""
+    """F0 (after R0 with ``order="retain_first"``), then [R_i, F_i] for each iteration, then
+    (``end_with_retain``) a last retain module R_{n+1}; the baselines are F0 alone, except
+    Ext-Sub: its expert E0 (added at full weight), then its deficiency D0 (subtracted)."""
     if strategy == "ext_sub":
         return [Step(1, "E0", "retain", 0, "ext_sub"), Step(2, "D0", "forget", 0, "ext_sub")]
     if strategy != "iterative":
@@ -175,6 +178,9 @@ def schedule(
     for i in range(1, iterations + 1):
         steps.append(Step(len(steps) + 1, f"R{i}", "retain", i))
         steps.append(Step(len(steps) + 1, f"F{i}", "forget", i))
+    if end_with_retain:
+        last = iterations + 1
+        steps.append(Step(len(steps) + 1, f"R{last}", "retain", last))
     return steps
 
 
