@@ -144,7 +144,71 @@ def _resolve_hub(spec: ModelSpec) -> ResolvedModel:
             f"(fix: on a machine with internet, `huggingface-cli download {spec.id}`; "
             "or point model.id at a local directory)"
         )
-    return ResolvedModel(spec.id, "hub", spec.id, "downloaded from the hub on first use")
+    return _check_on_hub(spec, wanted)
+
+
+def _check_on_hub(spec: ModelSpec, wanted: str) -> ResolvedModel:
+    """Fetch ``wanted`` (config.json, or the .gguf file's name) from the hub: a model that does
+    not exist, a gated one, a wrong revision or a missing file is a plan-time error; a
+    config.json brings the facts (parameters, dtype) and lets the plan check target modules and
+    estimate memory without weights. A hub that cannot be reached is no error: the run tries
+    again, and the note says it was not checked."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HTTPError,  # the hub client's transport errors (its httpx's), whatever its version
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{spec.id}" + (f" at revision {spec.revision}" if spec.revision else "")
+    try:
+        if wanted == "config.json":
+            path = hf_hub_download(spec.id, wanted, revision=spec.revision, etag_timeout=10)
+        else:  # a .gguf file is gigabytes: its existence is enough at plan time
+            get_hf_file_metadata(hf_hub_url(spec.id, wanted, revision=spec.revision), timeout=10)
+            path = None
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError: first
+        raise UserError(
+            f"{where}: a gated model on the hub: request access on its page, then log in "
+            "(`huggingface-cli login`, or set HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"{spec.id}: no such model on the hub (check the owner/name spelling; a private "
+            "model needs `huggingface-cli login` or HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise UserError(
+            f"{spec.id}: no revision {spec.revision!r} on the hub (model.revision: a branch, "
+            "tag or commit of the repository)"
+        ) from None
+    except RemoteEntryNotFoundError:
+        fix = (
+            "model.gguf_file: a file the repository has"
+            if spec.gguf_file
+            else "expected a transformers checkpoint; for a GGUF repository set model.gguf_file"
+        )
+        raise UserError(f"{where}: the repository has no {wanted} ({fix})") from None
+    except (HfHubHTTPError, OSError, HTTPError) as exc:  # no connection, a proxy, a 5xx
+        # (hf_hub_download reports an unreachable hub as LocalEntryNotFoundError, an OSError;
+        # the metadata call lets httpx's transport errors through.)
+        return ResolvedModel(
+            spec.id, "hub", spec.id,
+            f"not checked: the hub could not be reached ({type(exc).__name__}); "
+            "downloaded on first use",
+        )  # fmt: skip
+    if path is None:
+        return ResolvedModel(
+            spec.id, "hub", spec.id, f"on the hub ({wanted}); downloaded on first use",
+            spec.gguf_file,
+        )  # fmt: skip
+    return ResolvedModel(
+        spec.id, "hub", spec.id, "on the hub (config.json fetched); weights downloaded on first use",
+        facts=_config_facts(Path(path)), config=path,
+    )  # fmt: skip
 
 
 def linear_module_names(config_path: str) -> list[str]:
