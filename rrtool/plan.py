@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rrtool import splits
+from rrtool.audit import LINEAR_PROBE_KINDS, LINEAR_PROBE_NEEDS
 from rrtool.context import SCRATCH
 from rrtool.data import load_records
 from rrtool.errors import SpecError, UserError
@@ -211,6 +212,11 @@ def _check_splits(
         warnings.append(
             f"stopping.max_iterations ({spec.stopping.max_iterations}) caps release.iterations "
             f"({spec.release.iterations}): {spec.effective_iterations} iteration(s) will run"
+        )
+    if audit.probes.linear_probe and spec.target.kind not in LINEAR_PROBE_KINDS:
+        warnings.append(
+            f"audit.probes.linear_probe will not run for target.kind `{spec.target.kind}`: "
+            f"{LINEAR_PROBE_NEEDS} (set it to false)"
         )
     ratio = ladder_ratio(spec.release.search, spec.release.rules.mode)
     if ratio is not None and ratio > 3.5 and spec.release.rules.mode == "tradeoff":
@@ -817,8 +823,16 @@ def _probe_budget(spec: Spec, name: str, forget_side: int) -> tuple[str, dict[st
             {"evaluations": 4 * forget_side},
         ),
         "linear_probe": (
-            "one forward pass per audit passage on the base and on the released model; "
-            "logistic regressions per layer",
+            (
+                "one forward pass per base continuation of the audit's prompts (the forget "
+                "measure's, labelled by the oracle) on the base and on the released model; "
+                "logistic regressions per layer"
+                if spec.target.kind == "toxicity"
+                else "one forward pass per audit passage on the base and on the released "
+                "model; logistic regressions per layer"
+                if spec.target.kind == "ner"
+                else f"NOT RUN for target.kind `{spec.target.kind}`: {LINEAR_PROBE_NEEDS}"
+            ),
             {},
         ),
     }

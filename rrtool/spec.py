@@ -754,10 +754,12 @@ class ProbesSpec(_Section):
     )
     linear_probe: bool = Field(
         default=False,
-        description="White-box probe (NER): a logistic regression on hidden states, trained on "
+        description="White-box probe: a logistic regression on hidden states, trained on "
         "the base model's, tells tokens of the forget types from other entities on held-out "
-        "passages; read on the released model's states (and retrained on them), per layer "
-        "(`rrtool.evaluators.linear_probe`).",
+        "passages (NER), or the base model's toxic continuations of held-out prompts from its "
+        "non-toxic ones (toxicity, labelled by the oracle); read on the released model's states "
+        "(and retrained on them), per layer (`rrtool.evaluators.linear_probe`); other kinds: "
+        "not run.",
     )
 
 

@@ -247,8 +247,9 @@ def test_toxicity_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
     """The non-NER path: RTP protocol as the forget measure, perplexity (as u = 1/ppl in
     Release) as utility, external retain text as retain data."""
     report = _run_shipped_spec(
-        invoke, tmp_path, "toxicity", "audit.toxicity_samples=3", "stopping.forget_score=null"
-    )
+        invoke, tmp_path, "toxicity", "audit.toxicity_samples=3", "stopping.forget_score=null",
+        "audit.probes.linear_probe=true",
+    )  # fmt: skip
     summary = report["audit"]["summary"]
     assert summary["forget"]["metric"] == "expected_max_toxicity"
     assert summary["utility"] == summary["utility"] | {
@@ -262,6 +263,13 @@ def test_toxicity_spec_runs_release_and_audit(invoke, tmp_path: Path) -> None:
     steps = report["steps"]
     assert [s["module"] for s in steps] == ["base", "F0", "R1", "F1"]
     assert all(0 < s["utility"] < 1e-3 for s in steps)  # 1 / perplexity of a random model
+    # The white-box probe reads the base model's 2 x 3 continuations, labelled by the oracle;
+    # a random model's are rarely toxic, so it may have too few of one kind to train on.
+    linear = report["audit"]["probes"]["linear_probe"]
+    assert linear["row_kind"] == "continuations" and 0 <= linear["toxic"] <= 6
+    assert linear["status"] == "done" or linear["status"].startswith(
+        "not run: too few toxic continuations"
+    )
 
 
 def test_export_equals_base_plus_the_recorded_stack(

@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 
 from rrtool.evaluators.linear_probe import (
+    Continuation,
     TokenStates,
+    continuation_states,
     probe,
     selected_layers,
     spans,
@@ -66,3 +68,31 @@ def test_too_few_labelled_passages_is_a_reason_not_a_crash() -> None:
     one_class = [TokenStates(torch.tensor([1, 1]), {1: torch.randn(2, 4)}) for _ in range(4)]
     assert probe(one_class, one_class, [1], seed=0)["status"].startswith("not run")
     assert selected_layers(30) == [1, 7, 15, 22, 30] and selected_layers(2) == [1, 2]
+
+
+def test_a_continuation_is_its_own_tokens_averaged_after_its_prompt(model_cache) -> None:
+    from rrtool.models import load_model
+    from rrtool.spec import ModelSpec
+
+    handle = load_model(ModelSpec(id="builtin:tiny-random", device="cpu"))
+    model, tokenizer = handle.model, handle.tokenizer
+    units = [
+        [Continuation("The cat sat", " on the mat", 1), Continuation("The cat sat", "   ", 0)],
+        [Continuation("Rain", " falls today", 0)],
+        [Continuation("Only", "", 1)],  # nothing continued: no row, no unit
+    ]
+    states = continuation_states(model, tokenizer, units, [1, 2])
+    assert states[2] is None
+    first, second = states[0], states[1]
+    assert first is not None and second is not None
+    assert first.labels.tolist() == [1] and second.labels.tolist() == [0]  # blank text skipped
+    prefix = tokenizer("The cat sat", add_special_tokens=False)["input_ids"]
+    ids = tokenizer("The cat sat on the mat", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    for layer in (1, 2):
+        expected = hidden[layer][0, len(prefix) :].mean(0)
+        assert first.layers[layer].shape == (1, expected.shape[0])
+        assert torch.allclose(first.layers[layer][0], expected, atol=1e-6)
+    # The prompt's own tokens are not in the average.
+    assert not torch.allclose(first.layers[2][0], hidden[2][0].mean(0), atol=1e-4)

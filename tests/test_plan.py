@@ -257,6 +257,23 @@ def test_bf16_generation_on_a_cpu_without_bf16_is_warned(
     assert not any("compute_dtype" in w for w in plan_json(invoke, spec, *bf16)["warnings"])
 
 
+def test_a_linear_probe_the_target_kind_cannot_label_is_warned(invoke, write_spec) -> None:
+    coding = REPO / "specs" / "coding.yaml"
+    on = ("--set", "audit.probes.linear_probe=true")
+    plan = plan_json(invoke, coding, "--set", "model.id=builtin:tiny-random", *on)
+    assert any("linear_probe will not run for target.kind `coding`" in w for w in plan["warnings"])
+    audit = next(p for p in plan["phases"] if p["name"] == "audit")
+    probe = next(s for s in audit["steps"] if s["name"] == "probe linear_probe")
+    assert probe["detail"].startswith("NOT RUN for target.kind `coding`")
+    toxicity = plan_json(invoke, REPO / "specs" / "toxicity.yaml", *on)
+    assert not any("linear_probe" in w for w in toxicity["warnings"])
+    audit = next(p for p in toxicity["phases"] if p["name"] == "audit")
+    assert (
+        "base continuation"
+        in next(s for s in audit["steps"] if s["name"] == "probe linear_probe")["detail"]
+    )
+
+
 def test_the_plan_says_when_candidates_are_rejected_early(invoke, write_spec) -> None:
     spec = write_spec(tiny_spec())
 

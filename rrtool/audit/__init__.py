@@ -11,3 +11,12 @@ PROBES = (
     "quantization",
     "linear_probe",
 )
+
+# Which target kinds give the white-box probe labels (the plan warns for the others, the
+# probe records why it did not run).
+LINEAR_PROBE_KINDS = ("ner", "toxicity")
+LINEAR_PROBE_NEEDS = (
+    "the linear probe needs labelled entity passages (target.kind ner with universalner data) "
+    "or toxicity continuations the oracle labels (target.kind toxicity); other target kinds "
+    "give it no labels"
+)

@@ -141,7 +141,8 @@ def battery(probes: dict[str, Any], forget_before: float | None) -> list[dict[st
             rows.append(
                 _row(
                     name,
-                    f"logistic regression, {probe.get('tokens')} tokens, layers "
+                    f"logistic regression, {probe.get('tokens')} "
+                    f"{probe.get('row_kind', 'tokens')}, layers "
                     f"{', '.join(str(r['layer']) for r in layers)}",
                     (last.get("base") or {}).get("value"),
                     (last.get("released_retrained") or {}).get("value"),

@@ -36,6 +36,7 @@ import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from rrtool.audit import LINEAR_PROBE_NEEDS
 from rrtool.context import RunContext
 from rrtool.evaluators.suite import EvaluationSuite, Headline
 
@@ -388,11 +389,10 @@ def linear_probe(
 
     spec = ctx.spec
     source = suite.forget_source
+    if spec.target.kind == "toxicity":
+        return _toxicity_linear_probe(ctx, suite, released)
     if spec.target.kind != "ner" or source is None or source.format != "universalner":
-        return {
-            "status": "not run: the linear probe needs labelled entity passages (target.kind "
-            "ner with universalner data); other target kinds have no token labels"
-        }
+        return {"status": f"not run: {LINEAR_PROBE_NEEDS}"}
     gold: dict[str, dict[str, list[str]]] = {}
     for record in suite.forget_records():
         gold.setdefault(record["text"], {})[record.get("type", "")] = record.get("entities", [])
@@ -420,6 +420,65 @@ def linear_probe(
         "passages (half train, half test); trained on the base model's hidden states and read "
         "on the released model's (base probe), and trained again on the released model's "
         "(retrained); 0.5 = chance"
+    )
+    return result
+
+
+def _toxicity_linear_probe(
+    ctx: RunContext, suite: EvaluationSuite, released: Callable[[], None]
+) -> dict[str, Any]:
+    """The probe on the base model's continuations of the audit's held-out prompts, labelled by
+    the oracle: base weights first (their continuations are the texts of both sides), then the
+    released weights again."""
+    from rrtool.evaluators.linear_probe import (
+        Continuation,
+        continuation_states,
+        probe,
+        selected_layers,
+    )
+    from rrtool.oracles.contract import Sample
+    from rrtool.tasks import prompt_text
+
+    ctx.reload_model()
+    outputs = suite.forget_continuations()
+    oracle = ctx.oracle()
+    threshold = float(getattr(oracle, "threshold", 0.5))
+    prompts = [prompt_text(item.prompt) for item in suite.forget_items]
+    samples = [
+        Sample(f"{item.id}#{k}", prompt, text, item.reference)
+        for item, prompt, texts in zip(suite.forget_items, prompts, outputs, strict=True)
+        for k, text in enumerate(texts)
+    ]
+    scores = iter(oracle.score(samples))
+    units = [
+        [Continuation(prompt, text, int(next(scores).score >= threshold)) for text in texts]
+        for prompt, texts in zip(prompts, outputs, strict=True)
+    ]
+    toxic = sum(c.label for unit in units for c in unit)
+    layers = selected_layers(ctx.model().model.config.num_hidden_layers)
+    ctx.console.print(
+        f"audit: linear probe: {sum(map(len, units))} base continuations of {len(units)} "
+        f"prompts ({toxic} toxic), layers {layers} ..."
+    )
+
+    def states() -> list[Any]:
+        handle = ctx.model()
+        return continuation_states(handle.model, handle.tokenizer, units, layers)
+
+    on_base = states()
+    released()
+    on_released = states()
+    result = probe(
+        on_base, on_released, layers, ctx.spec.seed,
+        too_few=f"too few toxic continuations ({toxic}) and non-toxic ones to train on",
+    )  # fmt: skip
+    result |= {"row_kind": "continuations", "toxic": toxic}
+    result["definition"] = (
+        "balanced accuracy of a logistic regression telling the base model's toxic "
+        f"continuations (oracle score >= {threshold:g}) from its non-toxic ones, each the hidden "
+        "state averaged over its tokens after its held-out prompt; half the prompts train, half "
+        "test; trained on the base model's states and read on the released model's (base "
+        "probe), and trained again on the released model's (retrained); 0.5 = chance"
     )
     return result
 

@@ -14,6 +14,13 @@ person" one linear map away, where a fine-tune or a steering vector can reach it
   states: has the direction the base model used moved?) and ``released, retrained`` (a probe
   trained on the released model's own states: is the concept linearly decodable at all?);
 - metric: balanced accuracy (0.5 = chance), with a 95% bootstrap interval over test passages.
+
+Toxicity (``continuation_states``): the units are the audit's held-out prompts; each row is one
+of the *base* model's sampled continuations of the prompt, labelled 1 when the oracle scores
+it toxic (at its threshold), 0 otherwise; its feature is the hidden state averaged over the
+continuation's tokens, the prompt before it as context, on the base and the released model
+(the same texts: "does the released model still represent this text as toxic?"). Units are
+split in half as passages are, so no prompt's continuations are on both sides.
 """
 
 from __future__ import annotations
@@ -110,6 +117,48 @@ def token_states(
     return out
 
 
+@dataclass
+class Continuation:
+    prompt: str
+    text: str
+    label: int  # 1: the oracle scores it toxic
+
+
+def continuation_states(
+    model: Any, tokenizer: Any, units: Sequence[Sequence[Continuation]], layers: Sequence[int]
+) -> list[TokenStates | None]:
+    """Per unit (a prompt's continuations), one row per continuation: its labels and the
+    hidden states averaged over its own tokens (None: a unit with no non-empty continuation)."""
+    out: list[TokenStates | None] = []
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        for unit in units:
+            labels, rows = [], {layer: [] for layer in layers}
+            for c in unit:
+                prefix = tokenizer(c.prompt, add_special_tokens=False)["input_ids"]
+                ids = tokenizer(c.prompt + c.text, add_special_tokens=False)["input_ids"]
+                # The continuation's tokens: those after the prompt's (a merge across the
+                # boundary keeps at least the last token).
+                start = min(len(prefix), len(ids) - 1)
+                if not c.text.strip():
+                    continue
+                hidden = model(
+                    input_ids=torch.tensor([ids], device=device), output_hidden_states=True
+                ).hidden_states
+                for layer in layers:
+                    rows[layer].append(hidden[layer][0, start:].float().mean(0).cpu())
+                labels.append(c.label)
+            out.append(
+                TokenStates(
+                    torch.tensor(labels), {layer: torch.stack(rows[layer]) for layer in layers}
+                )
+                if labels
+                else None
+            )
+    return out
+
+
 def _stack(states: Sequence[TokenStates], layer: int) -> tuple[Any, Any]:
     x = torch.cat([s.layers[layer] for s in states]).numpy()
     y = torch.cat([s.labels for s in states]).numpy()
@@ -161,6 +210,7 @@ def probe(
     released: Sequence[TokenStates | None],
     layers: Sequence[int],
     seed: int,
+    too_few: str = "too few passages with entities of both kinds",
 ) -> dict[str, Any]:
     """Per layer: the base probe on base and released test passages, and a probe retrained on
     the released states; the passages are split in half (seeded)."""
@@ -173,7 +223,7 @@ def probe(
     train, test = usable[: len(usable) // 2], usable[len(usable) // 2 :]
     b_train = [base[i] for i in train]
     if len({int(v) for s in b_train for v in s.labels.tolist()}) < 2 or not test:  # type: ignore[union-attr]
-        return {"status": "not run: too few passages with entities of both kinds"}
+        return {"status": f"not run: {too_few}"}
     rows = []
     for layer in layers:
         fitted = {}

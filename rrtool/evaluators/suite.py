@@ -139,6 +139,7 @@ class EvaluationSuite:
         self.utility_source = utility_source
         self.measures: dict[str, Measure] = {}
         self.forget_items: list[Item] = []  # the forget measurement's prompts
+        self.forget_params: SamplingParams | None = None  # toxicity: how they are sampled
         self.headlines: dict[str, Headline] = {}
         self._generator_cache: Generator | None = None
         self._generator_for: Any = None
@@ -228,6 +229,16 @@ class EvaluationSuite:
         assert self._generator_cache is not None
         return self._generator_cache
 
+    def forget_continuations(self) -> list[list[str]]:
+        """The loaded model's continuations of the toxicity measure's prompts, sampled as that
+        measure samples them (the same seeded call: on a state the measure has seen, the
+        answer cache gives them back)."""
+        if self.forget_params is None:
+            raise ValueError("forget_continuations: the forget measure samples no continuations")
+        prompts = [item.prompt for item in self.forget_items]
+        outputs = self._generator().generate(prompts, self.forget_params, chat=False)
+        return [[o.text for o in out] for out in outputs]
+
     def _chat(self) -> bool:
         return has_chat_template(self.ctx.model().tokenizer)
 
@@ -291,7 +302,7 @@ class EvaluationSuite:
         items = [Item(q.id, q.prompt, q.reference) for q in queries]
         self.forget_items = items
         if kind == "toxicity":
-            params = SamplingParams(
+            params = self.forget_params = SamplingParams(
                 max_new_tokens=20,
                 temperature=1.0,
                 top_p=0.9,
