@@ -458,6 +458,13 @@ def test_the_relearning_probe_is_measured_outside_the_answer_cache(
     assert ctx.weights_state() == "stack-key"  # the released state is named again after
 
 
+def _probes(invoke, run_id: str, uri: str, tmp_path: Path) -> dict:
+    out = tmp_path / "probes.json"
+    result = invoke("audit", run_id, "--report", "json", "--out", out, "--tracking-uri", uri)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(out.read_text())["audit"]["probes"]
+
+
 def test_attack_adds_probes_to_a_finished_run_without_retraining(
     invoke, tmp_path: Path, model_cache: Path
 ) -> None:
@@ -482,6 +489,36 @@ def test_attack_adds_probes_to_a_finished_run_without_retraining(
     assert [m["name"] for m in data["release"]["modules"]]  # the run is the same run
     leakage = data["audit"]["leakage"]
     assert leakage["warn"] and leakage["sources"]["reveal"]["exact"] > 0
+    assert probes["quantization"]["seconds"] > 0  # each probe's wall time is recorded
+    assert (
+        "| probe s |"
+        in invoke("audit", run_id, "--report", "md", "--out", "-", "--tracking-uri", uri).stdout
+    )
+
+    # An attack that crashes midway, with the base weights loaded: recorded as failed, and
+    # the next probe still reads the released model (the same numbers as a clean attack).
+    from rrtool.audit import probes as probe_module
+
+    def crash(ctx, *args):
+        ctx.reload_model()  # the base weights are loaded when it fails
+        raise RuntimeError("out of memory, say")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probe_module, "quantization", crash)
+        both = ("--probe", "quantization", "--probe", "linear_probe")
+        result = invoke("attack", run_id, *both, "--tracking-uri", uri)
+    assert result.exit_code == 0, result.stderr
+    assert "probe quantization failed" in result.stderr
+    after_crash = _probes(invoke, run_id, uri, tmp_path)
+    assert after_crash["quantization"]["status"] == "failed: RuntimeError: out of memory, say"
+    clean = invoke("attack", run_id, "--probe", "linear_probe", "--tracking-uri", uri)
+    assert clean.exit_code == 0, clean.stderr
+    linear = after_crash["linear_probe"]
+    assert linear["status"] == "done"
+    assert linear["layers"] == _probes(invoke, run_id, uri, tmp_path)["linear_probe"]["layers"]
+    md = invoke("audit", run_id, "--report", "md", "--out", "-", "--tracking-uri", uri)
+    assert "failed: RuntimeError: out of memory, say" in md.stdout  # the report is produced
+
     unknown = invoke("attack", "nosuchrun", "--tracking-uri", uri)
     assert unknown.exit_code == 2 and "no run `nosuchrun`" in unknown.stderr
     sets = [a for s in FAST for a in ("--set", s)]

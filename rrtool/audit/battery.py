@@ -53,104 +53,113 @@ def _row(
 def battery(probes: dict[str, Any], forget_before: float | None) -> list[dict[str, Any]]:
     """One row per attack (a quantization scheme each) of the recorded ``probes``;
     ``forget_before``: the audit's forget measure on the base model."""
+    rows: list[dict[str, Any]] = []
+    for name, probe in probes.items():
+        first = len(rows)
+        _rows_of(name, probe, forget_before, rows)
+        for row in rows[first:]:  # a probe's wall time, on each of its rows (its schemes)
+            row["seconds"] = probe.get("seconds")
+    return rows
+
+
+def _rows_of(
+    name: str, probe: dict[str, Any], forget_before: float | None, rows: list[dict[str, Any]]
+) -> None:
     from rrtool.audit.probes import recovered_share
 
-    rows = []
-    for name, probe in probes.items():
-        definition = probe.get("definition", "")
-        if probe.get("status") != "done":
-            rows.append(_row(name, "", None, None, None, None, probe.get("status", "?"), ""))
-            continue
-        before, after = probe.get("before"), probe.get("after")
-        if name in ("relearning", "relearning_ood"):
-            attacked, ci = probe.get("after_relearning"), probe.get("after_relearning_ci")
-            verdict = attack_verdict(after, attacked, ci, probe.get("recovered"))
-            control = probe.get("base_after_same_fine_tune")
-            if control is not None:
-                verdict += f"; the base model after the same fine-tune: {control:.3g}"
+    definition = probe.get("definition", "")
+    if probe.get("status") != "done":
+        rows.append(_row(name, "", None, None, None, None, probe.get("status", "?"), ""))
+        return
+    before, after = probe.get("before"), probe.get("after")
+    if name in ("relearning", "relearning_ood"):
+        attacked, ci = probe.get("after_relearning"), probe.get("after_relearning_ci")
+        verdict = attack_verdict(after, attacked, ci, probe.get("recovered"))
+        control = probe.get("base_after_same_fine_tune")
+        if control is not None:
+            verdict += f"; the base model after the same fine-tune: {control:.3g}"
+        rows.append(
+            _row(
+                name,
+                probe.get("budget") or f"{probe.get('examples')} examples",
+                before,
+                after,
+                attacked,
+                ci,
+                verdict,
+                definition,
+            )  # fmt: skip
+        )
+    elif name == "quantization":
+        for scheme in probe.get("schemes", []):
+            attacked, ci = scheme.get("released"), scheme.get("released_ci")
+            verdict = attack_verdict(after, attacked, ci, scheme.get("recovered"))
+            control = scheme.get("base")
             rows.append(
                 _row(
-                    name,
-                    probe.get("budget") or f"{probe.get('examples')} examples",
+                    f"quantization {scheme['scheme']}",
+                    scheme.get("text", ""),
                     before,
                     after,
                     attacked,
                     ci,
-                    verdict,
+                    verdict
+                    + (
+                        f"; base quantized the same way: {control:.3g}"
+                        if control is not None
+                        else ""
+                    ),
                     definition,
                 )  # fmt: skip
             )
-        elif name == "quantization":
-            for scheme in probe.get("schemes", []):
-                attacked, ci = scheme.get("released"), scheme.get("released_ci")
-                verdict = attack_verdict(after, attacked, ci, scheme.get("recovered"))
-                control = scheme.get("base")
-                rows.append(
-                    _row(
-                        f"quantization {scheme['scheme']}",
-                        scheme.get("text", ""),
-                        before,
-                        after,
-                        attacked,
-                        ci,
-                        verdict
-                        + (
-                            f"; base quantized the same way: {control:.3g}"
-                            if control is not None
-                            else ""
-                        ),
-                        definition,
-                    )  # fmt: skip
-                )
-        elif name == "elicitation":
-            worst = probe.get("worst") or {}
-            after = probe.get("standard_prompt_after")
-            attacked, ci = worst.get("value"), worst.get("ci")
-            # The base model's value under the same phrasing is not measured: the recovery is
-            # read against the standard prompt's before (the audit's).
-            base = probe.get("before", forget_before)
-            recovered = recovered_share(base, after, attacked, probe.get("better", "lower"))
-            rows.append(
-                _row(
-                    f"elicitation ({worst.get('name')})",
-                    probe.get("budget", ""),
-                    base,
-                    after,
-                    attacked,
-                    ci,
-                    attack_verdict(after, attacked, ci, recovered),
-                    definition,
-                )  # fmt: skip
-            )
-        elif name == "membership":
-            rows.append(
-                _row(
-                    name,
-                    f"{probe.get('members')} members vs {probe.get('non_members')} non-members",
-                    probe.get("auc_before"),
-                    probe.get("auc_after"),
-                    None,
-                    None,
-                    probe.get("reading", ""),
-                    "Min-K%++ AUC; " + definition,
-                )  # fmt: skip
-            )
-        elif name == "linear_probe":
-            layers = probe.get("layers", [])
-            last = layers[-1] if layers else {}
-            rows.append(
-                _row(
-                    name,
-                    f"logistic regression, {probe.get('tokens')} "
-                    f"{probe.get('row_kind', 'tokens')}, layers "
-                    f"{', '.join(str(r['layer']) for r in layers)}",
-                    (last.get("base") or {}).get("value"),
-                    (last.get("released_retrained") or {}).get("value"),
-                    None,
-                    (last.get("released_retrained") or {}).get("ci"),
-                    probe.get("reading", ""),
-                    "balanced accuracy at the last layer (base -> released, retrained probe); "
-                    + definition,
-                )  # fmt: skip
-            )
-    return rows
+    elif name == "elicitation":
+        worst = probe.get("worst") or {}
+        after = probe.get("standard_prompt_after")
+        attacked, ci = worst.get("value"), worst.get("ci")
+        # The base model's value under the same phrasing is not measured: the recovery is
+        # read against the standard prompt's before (the audit's).
+        base = probe.get("before", forget_before)
+        recovered = recovered_share(base, after, attacked, probe.get("better", "lower"))
+        rows.append(
+            _row(
+                f"elicitation ({worst.get('name')})",
+                probe.get("budget", ""),
+                base,
+                after,
+                attacked,
+                ci,
+                attack_verdict(after, attacked, ci, recovered),
+                definition,
+            )  # fmt: skip
+        )
+    elif name == "membership":
+        rows.append(
+            _row(
+                name,
+                f"{probe.get('members')} members vs {probe.get('non_members')} non-members",
+                probe.get("auc_before"),
+                probe.get("auc_after"),
+                None,
+                None,
+                probe.get("reading", ""),
+                "Min-K%++ AUC; " + definition,
+            )  # fmt: skip
+        )
+    elif name == "linear_probe":
+        layers = probe.get("layers", [])
+        last = layers[-1] if layers else {}
+        rows.append(
+            _row(
+                name,
+                f"logistic regression, {probe.get('tokens')} "
+                f"{probe.get('row_kind', 'tokens')}, layers "
+                f"{', '.join(str(r['layer']) for r in layers)}",
+                (last.get("base") or {}).get("value"),
+                (last.get("released_retrained") or {}).get("value"),
+                None,
+                (last.get("released_retrained") or {}).get("ci"),
+                probe.get("reading", ""),
+                "balanced accuracy at the last layer (base -> released, retrained probe); "
+                + definition,
+            )  # fmt: skip
+        )

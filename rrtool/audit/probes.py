@@ -33,6 +33,7 @@ then the released ones.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -493,22 +494,38 @@ def run_probes(
     released: Callable[[], None],
 ) -> dict[str, Any]:
     """Every probe the spec asks for, on the released model (``released`` loads it again
-    after a probe that needed the base weights)."""
+    after a probe that needed the base weights). Each records its wall time (``seconds``); a
+    probe that crashes is recorded as failed, with the error, the released model is loaded
+    again from its recorded stack, and the rest of the battery runs."""
+
+    def _membership() -> dict[str, Any]:
+        if isinstance(sets, str) or sets is None or membership_base is None:
+            return {"status": sets if isinstance(sets, str) else "not run"}
+        return membership(membership_base, membership_scores(ctx, sets))
+
+    battery: dict[str, Callable[[], dict[str, Any]]] = {
+        "relearning": lambda: relearning(ctx, suite, before, after),
+        "relearning_ood": lambda: relearning_ood(ctx, suite, before, after, released),
+        "elicitation": lambda: elicitation(ctx, before, after),
+        "membership": _membership,
+        "quantization": lambda: quantization(ctx, suite, before, after, released),
+        "linear_probe": lambda: linear_probe(ctx, suite, released),
+    }
     wanted = ctx.spec.audit.probes
     out: dict[str, Any] = {}
-    if wanted.relearning:
-        out["relearning"] = relearning(ctx, suite, before, after)
-    if wanted.relearning_ood:
-        out["relearning_ood"] = relearning_ood(ctx, suite, before, after, released)
-    if wanted.elicitation:
-        out["elicitation"] = elicitation(ctx, before, after)
-    if wanted.membership:
-        if isinstance(sets, str) or sets is None or membership_base is None:
-            out["membership"] = {"status": sets if isinstance(sets, str) else "not run"}
-        else:
-            out["membership"] = membership(membership_base, membership_scores(ctx, sets))
-    if wanted.quantization:
-        out["quantization"] = quantization(ctx, suite, before, after, released)
-    if wanted.linear_probe:
-        out["linear_probe"] = linear_probe(ctx, suite, released)
+    for name, run in battery.items():
+        if not getattr(wanted, name):
+            continue
+        started = time.perf_counter()
+        try:
+            result = run()
+        except Exception as exc:  # noqa: BLE001 - one attack's crash must not lose the others
+            result = {"status": f"failed: {type(exc).__name__}: {exc}"[:500]}
+            ctx.console.print(f"[red]audit: probe {name} failed:[/red] {type(exc).__name__}: {exc}")
+            # Whatever it left loaded (base weights, quantized ones), the next probe must find
+            # the released model: rebuilt from the base and the recorded stack.
+            ctx.model_state = "modified"
+            released()
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        out[name] = result
     return out

@@ -278,7 +278,7 @@ def _elicitation_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 BATTERY_HEAD = ["attack", "budget", "base", "released", "under attack [95% CI]", "verdict",
-                "definition"]  # fmt: skip
+                "probe s", "definition"]  # fmt: skip
 
 
 def _probe_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -293,6 +293,7 @@ def _probe_rows(report: dict[str, Any]) -> list[list[str]]:
             num(r["released"]),
             with_ci(r["attacked"], r["attacked_ci"]) if r["attacked"] is not None else "–",
             r["verdict"],
+            num(r.get("seconds")),
             r["definition"],
         ]  # fmt: skip
         for r in battery(probes, before)
@@ -570,7 +571,7 @@ def _html(report: dict[str, Any]) -> str:
         "<h2>Answers before and after</h2>",
         _answers_html(report),
         "<h2>Attack battery (robustness probes)</h2>",
-        html_table(BATTERY_HEAD, _probe_rows(report), numeric=(2, 3)),
+        html_table(BATTERY_HEAD, _probe_rows(report), numeric=(2, 3, 6)),
         _elicitation_html(report),
         _linear_probe_html(report),
         "<h2>Cost</h2>",
