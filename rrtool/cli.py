@@ -205,10 +205,11 @@ def compare(run_refs: tuple[str, ...], fmt: str, out: str | None, tracking_uri: 
     data = compare_runs(_existing_store(tracking_uri), list(run_refs))
     if fmt == "table":
         from rich.console import Console
-        from rich.table import Table
+
+        from rrtool.console import folding_table
 
         head, rows = table_rows(data)
-        table = Table(*head)
+        table = folding_table(*head)
         for row in rows:
             table.add_row(*row)
         Console().print(table)
@@ -287,21 +288,21 @@ def runs(tracking_uri: str | None, limit: int, as_json: bool) -> None:
     import json
 
     from rich.console import Console
-    from rich.table import Table
 
     from rrtool.audit.collect import list_runs
+    from rrtool.console import folding_table
 
     rows = list_runs(_existing_store(tracking_uri), limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("run", "spec", "status", "started", "forget", "utility", "stop reason")
+    table = folding_table("run", "spec", "status", "started", "forget", "utility", "stop reason")
     for r in rows:
         table.add_row(
-            r["id"][:12],
+            r["id"][:8],  # what `rrtool audit`, `attack` and `export` accept as a prefix
             r["spec"] or "",
             r["status"],
-            r["started"] or "",
+            (r["started"] or "")[:16].replace("T", " "),  # to the minute, UTC
             (r["forget"] or {}).get("text", ""),
             (r["utility"] or {}).get("text", ""),
             r["stop_reason"] or "",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -93,11 +93,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def folding_table(*columns: str, **options: Any) -> Table:
+    """A table whose cells fold long words instead of cutting them to an ellipsis, so that
+    run ids, spec names and metric names stay whole at 80 columns."""
+    table = Table(**options)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
 def print_oracles(infos: Sequence[OracleInfo], console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title="Oracle plugins (entry-point group rrtool.oracles)", title_justify="left")
-    for column in ("name", "distribution", "description"):
-        table.add_column(column)
+    table = folding_table(
+        "name",
+        "distribution",
+        "description",
+        title="Oracle plugins (entry-point group rrtool.oracles)",
+        title_justify="left",
+    )
     for info in infos:
         detail = escape(info.description) if not info.error else f"[red]{escape(info.error)}[/red]"
         table.add_row(escape(info.name), escape(info.distribution), detail)

@@ -124,8 +124,8 @@ def write_spec(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def invoke() -> Callable[..., Result]:
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    def run(*args: str, env: dict[str, str] | None = None) -> Result:
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env=env)
 
     return run
 

@@ -190,6 +190,10 @@ def test_runs_lists_status_and_headlines(invoke, finished_run) -> None:
     assert forget["metric"] == "macro_mention_rate" and " -> " in utility["text"]
     assert all(isinstance(forget[s], float) for s in ("before", "after"))  # numbers, not text
     assert forget["change"] == pytest.approx(forget["after"] - forget["before"])
+    # At 80 columns the table folds long words instead of cutting them to an ellipsis.
+    table = invoke("runs", "--tracking-uri", uri, env={"COLUMNS": "80"})
+    assert table.exit_code == 0 and "…" not in table.stdout
+    assert run_id[:8] in table.stdout and max(map(len, table.stdout.splitlines())) <= 80
 
 
 def test_unknown_run_and_missing_store_are_user_errors(invoke, finished_run, tmp_path) -> None:
