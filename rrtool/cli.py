@@ -16,7 +16,10 @@ from rrtool import __version__
 from rrtool.audit import PROBES
 from rrtool.errors import UserError
 
-SET_HELP = "Override a spec key, typed like the field: --set release.iterations=5 (repeatable)."
+SET_HELP = (
+    "Override a spec key, typed like the field: --set release.iterations=5 (repeatable). "
+    "A relative path given so is relative to the spec file's folder, as in the file."
+)
 
 
 def _print_errors(messages: list[str]) -> None:
