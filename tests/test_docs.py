@@ -79,3 +79,19 @@ def test_spec_docs_module_rewrites_docs_spec_reference_by_default(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "updated"
     assert reference_block(doc.read_text()) == spec_reference()
+
+
+def test_the_shipped_specs_full_set_paths_resolve_from_the_spec_folder() -> None:
+    """Each spec names, in a comment, the public set to point at instead of a built-in one;
+    the path is written as a spec path (relative to the spec's folder) and must exist there."""
+    specs = sorted((REPO / "specs").glob("*.yaml"))
+    found = [
+        (spec, match)
+        for spec in specs
+        for match in re.findall(r"full set \(relative to this file\): (\S+)", spec.read_text())
+    ]
+    assert len(found) >= 4
+    if not (REPO.parent / "shared" / "data").is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    missing = [f"{spec.name}: {path}" for spec, path in found if not (spec.parent / path).exists()]
+    assert not missing, missing
