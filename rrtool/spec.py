@@ -29,9 +29,18 @@ from rrtool.builtins import (
 )
 
 
+class FieldError(ValueError):
+    """A check across fields, located at the key it names (``key``: dotted, from the model
+    whose validator raised it), so the error points at that key's line, not the section's."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = tuple(key.split("."))
+
+
 class _Section(BaseModel):
     # extra="forbid" makes misspelt keys errors instead of silently ignored defaults.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -113,16 +122,18 @@ class DataSource(_Section):
     def _builtin_format(self) -> DataSource:
         name = builtin_name(self.path)
         if name is not None and BUILTIN_DATA[name][1] != self.format:
-            raise ValueError(
+            raise FieldError(
+                "format",
                 f"built-in set `{self.path}` is in format `{BUILTIN_DATA[name][1]}` "
-                f"(got format `{self.format}`)"
+                f"(got format `{self.format}`)",
             )
         if not self.is_hub:
             given = [k for k in ("config", "split", "revision") if getattr(self, k) is not None]
             if given:
-                raise ValueError(
+                raise FieldError(
+                    given[0],
                     f"`{given[0]}` applies only to hub datasets "
-                    f"(a `path` starting with `hf:`; got `{self.path}`)"
+                    f"(a `path` starting with `hf:`; got `{self.path}`)",
                 )
         return self
 
@@ -216,12 +227,19 @@ class TargetSpec(_Section):
     def _ner_types(self) -> TargetSpec:
         if self.kind == "ner":
             if not self.forget_types:
-                raise ValueError("target.kind is `ner`: list at least one entry in forget_types")
+                raise FieldError(
+                    "forget_types", "target.kind is `ner`: list at least one entry in forget_types"
+                )
             both = sorted(set(self.forget_types) & set(self.retain_types))
             if both:
-                raise ValueError(f"types both forgotten and retained: {', '.join(both)}")
+                raise FieldError(
+                    "retain_types", f"types both forgotten and retained: {', '.join(both)}"
+                )
         elif self.forget_types or self.retain_types:
-            raise ValueError("forget_types/retain_types apply only to target.kind `ner`")
+            raise FieldError(
+                "forget_types" if self.forget_types else "retain_types",
+                "forget_types/retain_types apply only to target.kind `ner`",
+            )
         return self
 
 
@@ -282,9 +300,11 @@ class GenerationSpec(_Section):
     def _vllm_only(self) -> GenerationSpec:
         if self.backend != "vllm":
             if self.tensor_parallel_size != 1:
-                raise ValueError("`tensor_parallel_size` applies only to backend: vllm")
+                raise FieldError(
+                    "tensor_parallel_size", "`tensor_parallel_size` applies only to backend: vllm"
+                )
             if self.engine_options:
-                raise ValueError("`engine_options` applies only to backend: vllm")
+                raise FieldError("engine_options", "`engine_options` applies only to backend: vllm")
         return self
 
 
@@ -402,9 +422,10 @@ class RevealSpec(_Section):
     @model_validator(mode="after")
     def _search_backend(self) -> RevealSpec:
         if self.strategy == "neuralucb" and self.generation.backend == "vllm":
-            raise ValueError(
+            raise FieldError(
+                "generation.backend",
                 "strategy `neuralucb` needs the model's last-token features, which only "
-                "generation.backend `hf` gives (use strategy `direct` with vllm)"
+                "generation.backend `hf` gives (use strategy `direct` with vllm)",
             )
         return self
 
@@ -590,7 +611,7 @@ class WeightSearchSpec(_Section):
     @model_validator(mode="after")
     def _range(self) -> WeightSearchSpec:
         if self.min_weight >= self.max_weight:
-            raise ValueError("min_weight must be below max_weight")
+            raise FieldError("min_weight", "min_weight must be below max_weight")
         return self
 
 
@@ -684,10 +705,13 @@ class ReleaseSpec(_Section):
             last = key == "lambdas" and self.end_with_retain  # R_{n+1} takes one more
             expected = self.iterations + last
             if given is not None and len(given) != expected:
-                raise ValueError(
+                raise FieldError(
+                    f"weights.{key}",
                     f"weights.{key} has {len(given)} entries but iterations is "
                     f"{self.iterations} (one weight per iteration"
-                    + (", plus one for the last retain module of end_with_retain)" if last else ")")
+                    + (
+                        ", plus one for the last retain module of end_with_retain)" if last else ")"
+                    ),
                 )
         return self
 
@@ -821,9 +845,10 @@ class SplitsSpec(_Section):
     @model_validator(mode="after")
     def _room_left(self) -> SplitsSpec:
         if self.search + self.audit >= 1.0:
-            raise ValueError(
+            raise FieldError(
+                "audit",
                 f"search ({self.search}) + audit ({self.audit}) must stay below 1: the rest is "
-                "what Reveal generates from"
+                "what Reveal generates from",
             )
         return self
 
@@ -903,28 +928,33 @@ class Spec(_Section):
             and self.target.kind == "ner"
             and not self.target.retain_types
         ):
-            raise ValueError(
-                "retain.self_generated with target.kind `ner` needs target.retain_types"
+            raise FieldError(
+                "retain.self_generated",
+                "retain.self_generated with target.kind `ner` needs target.retain_types",
             )
         if self.release.forget_formats != ["json"] and self.target.kind != "ner":
-            raise ValueError(
+            raise FieldError(
+                "release.forget_formats",
                 "release.forget_formats re-renders NER answers: it needs target.kind `ner` "
-                f"(got `{self.target.kind}`)"
+                f"(got `{self.target.kind}`)",
             )
         if self.release.forget_projection != "none" and self.release.strategy != "iterative":
-            raise ValueError(
+            raise FieldError(
+                "release.forget_projection",
                 "release.forget_projection projects the iterative strategy's forget modules off "
                 f"its retain modules: it needs release.strategy `iterative` (got "
-                f"`{self.release.strategy}`)"
+                f"`{self.release.strategy}`)",
             )
         if self.release.end_with_retain and self.release.strategy != "iterative":
-            raise ValueError(
+            raise FieldError(
+                "release.end_with_retain",
                 "release.end_with_retain adds a last retain module to the iterative schedule: "
-                f"it needs release.strategy `iterative` (got `{self.release.strategy}`)"
+                f"it needs release.strategy `iterative` (got `{self.release.strategy}`)",
             )
         if self.release.strategy == "cmd" and self.target.kind != "toxicity":
-            raise ValueError(
+            raise FieldError(
+                "release.strategy",
                 f"release.strategy `cmd` rewrites toxic contexts: it needs target.kind "
-                f"`toxicity` (got `{self.target.kind}`)"
+                f"`toxicity` (got `{self.target.kind}`)",
             )
         return self

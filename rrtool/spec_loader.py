@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rrtool.errors import SpecError, closest
-from rrtool.spec import Spec
+from rrtool.spec import FieldError, Spec
 
 KeyPath = tuple[str | int, ...]
 
@@ -204,6 +204,23 @@ def apply_override(data: dict[str, Any], assignment: str, source: _Source) -> No
 
 
 # -------------------------------------------------------------------- validation
+def _key_path(data: Any, base: KeyPath, key: tuple[str, ...]) -> KeyPath:
+    """``base`` + ``key`` as far as the document has it (a key left at its default is named,
+    its line being the nearest written one's)."""
+    node: Any = data
+    for part in base:
+        node = node[part]
+    path = list(base)
+    for i, part in enumerate(key):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        else:
+            path.extend(key[i:])
+            break
+    return tuple(path)
+
+
 def _data_path(data: Any, loc: tuple[Any, ...]) -> KeyPath:
     """Map pydantic's ``loc`` onto keys of the document, dropping union tags."""
     path: list[str | int] = []
@@ -284,7 +301,11 @@ def validate(data: dict[str, Any], source: _Source, base_dir: Path) -> Spec:
     except ValidationError as exc:
         messages = []
         for err in exc.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            # A cross-field check names its key: point there, not at the section.
             path = _data_path(data, tuple(err["loc"]))
+            if isinstance(cause, FieldError):
+                path = _key_path(data, path, cause.key)
             messages.append(f"{source.where(path)}: {dotted(path)}: {_describe(err, path)}")
         # Several union branches can report the same spot; keep each message once.
         raise SpecError(*dict.fromkeys(messages)) from None
