@@ -614,36 +614,6 @@ def _steps_for(examples: int, spec: Spec) -> int:
     )
 
 
-def _first_module_text(spec: Spec, forget_n: int, retain_n: int, lora_text: str, mu0: str) -> str:
-    """What the strategy trains first and how it applies it (the plan's F0 line)."""
-    release = spec.release
-    source = "external" if release.forget_data is not None else "Reveal's"
-    if release.strategy == "cmd":
-        return (
-            f"the model rewrites the toxic segments of up to ~{forget_n} {source} contexts and "
-            f"continues the cleaned texts; a LoRA ({lora_text}) learns the non-toxic "
-            f"continuations from the original contexts, added with weight = {mu0}"
-        )
-    chosen = {"empty_list": "`[]`", "refusal": "the refusal", "retain": "retain answers"}
-    train, apply = {
-        "iterative": ("train forget LoRA", "subtract mu0"),
-        "single_subtraction": ("train forget LoRA", "subtract mu0"),
-        "ext_sub": (
-            f"train expert LoRA E0 on ~{retain_n} retain examples (added whole) and an "
-            "anti-expert LoRA",
-            "subtract its deficiency D0 (Ext-Sub), alpha",
-        ),
-        "gradient_ascent": ("train a LoRA by gradient ascent", "add it, weight"),
-        "npo": (f"train a LoRA by NPO (beta {release.npo_beta:g})", "add it, weight"),
-        "dpo": (
-            f"train a LoRA by DPO (beta {release.dpo_beta:g}; chosen: "
-            f"{chosen[spec.dpo_chosen]}, rejected: the forget answers)",
-            "add it, weight",
-        ),
-    }[release.strategy]
-    return f"{train} ({lora_text}) on ~{forget_n} {source} forget examples, {apply} = {mu0}"
-
-
 def _stopping_step(spec: Spec, iterations: int) -> Step:
     stop = spec.stopping
     rules = [f"max {iterations} iterations"]
@@ -656,18 +626,6 @@ def _stopping_step(spec: Spec, iterations: int) -> Step:
     return Step("stopping", "; ".join(rules))
 
 
-_RELEASE_SUMMARY = {
-    "iterative": "subtract forget LoRA (mu0), then {iterations} x [add retain LoRA, "
-    "subtract forget LoRA]",
-    "single_subtraction": "baseline: subtract one forget LoRA",
-    "ext_sub": "baseline: Ext-Sub (add an expert LoRA, subtract the anti-expert's deficiency)",
-    "gradient_ascent": "baseline: gradient ascent on the forget data (one LoRA)",
-    "npo": "baseline: NPO on the forget data (one LoRA)",
-    "dpo": "baseline: DPO against the model before it (one LoRA)",
-    "cmd": "baseline: CMD self-detoxification (one LoRA)",
-}
-
-
 def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int) -> Phase:
     release, lora, search = spec.release, spec.release.lora, spec.release.search
     iterations = spec.effective_iterations
@@ -678,8 +636,9 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     def how(given: float | None) -> str:
         return f"{given:g} (given)" if given is not None else f"searched, budget {search.budget}"
 
-    retain_first = release.strategy == "iterative" and release.schedule == "retain_first"
-    retain_last = release.strategy == "iterative" and release.end_with_retain
+    planned = spec.strategy.schedule(spec.strategy_options)
+    retain_first = planned[0].name == "R0"
+    retain_last = spec.strategy.iterative and release.end_with_retain
     searched = (
         (weights.mu0 is None)
         + (retain_first and weights.lambda0 is None)
@@ -705,7 +664,10 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         forget_n *= len(release.forget_formats)
         forget_steps = _steps_for(forget_n, spec)
     lora_text = f"r={lora.r}, {lora.target_modules}{launcher}"
-    detail = _first_module_text(spec, forget_n, retain_n, lora_text, how(weights.mu0))
+    source = "external" if release.forget_data is not None else "Reveal's"
+    detail = spec.strategy.plan_line(
+        spec.strategy_options, forget_n, retain_n, source, lora_text, how(weights.mu0)
+    )
     ext_sub = release.strategy == "ext_sub"
     steps = (
         []
@@ -763,7 +725,7 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
         )
     )
     steps.append(_stopping_step(spec, iterations))
-    summary = _RELEASE_SUMMARY[release.strategy].format(iterations=iterations)
+    summary = spec.strategy.summary.format(iterations=iterations)
     return Phase("release", summary, steps)
 
 

@@ -27,6 +27,8 @@ from rrtool.builtins import (
     builtin_name,
     hub_name,
 )
+from rrtool.strategies import STRATEGIES, Strategy
+from rrtool.strategies import Options as StrategyOptions
 
 
 class FieldError(ValueError):
@@ -892,17 +894,28 @@ class Spec(_Section):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Tracking store.")
 
     @property
+    def strategy(self) -> Strategy:
+        """``release.strategy``'s unit (``rrtool.strategies``)."""
+        return STRATEGIES[self.release.strategy]
+
+    @property
+    def strategy_options(self) -> StrategyOptions:
+        """What the strategy reads of this spec."""
+        release = self.release
+        return StrategyOptions(
+            iterations=self.effective_iterations,
+            schedule=release.schedule,
+            end_with_retain=release.end_with_retain,
+            npo_beta=release.npo_beta,
+            dpo_beta=release.dpo_beta,
+            dpo_chosen=self.dpo_chosen,
+        )
+
+    @property
     def needs_retain_examples(self) -> bool:
         """Whether Release trains on retain examples (retain modules, Ext-Sub's expert, or
         DPO's retained-behaviour answers)."""
-        release = self.release
-        return (
-            self.effective_iterations > 0
-            or (release.strategy == "iterative" and release.schedule == "retain_first")
-            or (release.strategy == "iterative" and release.end_with_retain)
-            or release.strategy == "ext_sub"
-            or (release.strategy == "dpo" and self.dpo_chosen == "retain")
-        )
+        return self.strategy.needs_retain_examples(self.strategy_options)
 
     @property
     def dpo_chosen(self) -> str:
@@ -916,7 +929,7 @@ class Spec(_Section):
     def effective_iterations(self) -> int:
         """Release iterations after applying the hard cap in ``stopping`` (0 for the
         one-module baseline strategies)."""
-        if self.release.strategy != "iterative":
+        if not self.strategy.iterative:
             return 0
         cap = self.stopping.max_iterations
         return self.release.iterations if cap is None else min(cap, self.release.iterations)
@@ -938,23 +951,25 @@ class Spec(_Section):
                 "release.forget_formats re-renders NER answers: it needs target.kind `ner` "
                 f"(got `{self.target.kind}`)",
             )
-        if self.release.forget_projection != "none" and self.release.strategy != "iterative":
-            raise FieldError(
-                "release.forget_projection",
-                "release.forget_projection projects the iterative strategy's forget modules off "
-                f"its retain modules: it needs release.strategy `iterative` (got "
-                f"`{self.release.strategy}`)",
-            )
-        if self.release.end_with_retain and self.release.strategy != "iterative":
-            raise FieldError(
-                "release.end_with_retain",
-                "release.end_with_retain adds a last retain module to the iterative schedule: "
-                f"it needs release.strategy `iterative` (got `{self.release.strategy}`)",
-            )
-        if self.release.strategy == "cmd" and self.target.kind != "toxicity":
+        strategy = self.strategy
+        iterative_only = {
+            "forget_projection": self.release.forget_projection != "none",
+            "end_with_retain": self.release.end_with_retain,
+            "schedule": self.release.schedule != "forget_first",
+        }
+        for key, given in iterative_only.items():
+            if given and not strategy.iterative:
+                raise FieldError(
+                    f"release.{key}",
+                    f"release.{key} shapes the iterative strategy's schedule of retain and "
+                    "forget modules: it needs release.strategy `iterative` (got "
+                    f"`{strategy.name}`)",
+                )
+        if strategy.target_kinds is not None and self.target.kind not in strategy.target_kinds:
             raise FieldError(
                 "release.strategy",
-                f"release.strategy `cmd` rewrites toxic contexts: it needs target.kind "
-                f"`toxicity` (got `{self.target.kind}`)",
+                f"release.strategy `{strategy.name}` applies to target.kind "
+                f"{' or '.join(f'`{k}`' for k in strategy.target_kinds)} (got "
+                f"`{self.target.kind}`)",
             )
         return self

@@ -148,15 +148,30 @@ def test_the_probe_names_are_the_specs_probe_keys() -> None:
 
 
 def test_every_module_objective_has_a_loss_train_lora_knows() -> None:
-    """weights.MODULE_OBJECTIVES decides a step's loss and sign; lora.OBJECTIVES the losses."""
+    """steps.MODULE_OBJECTIVES decides a step's loss and sign; lora.OBJECTIVES the losses."""
     from rrtool.release.lora import OBJECTIVES as LOSSES
-    from rrtool.release.weights import MODULE_OBJECTIVES, OBJECTIVES, Step
+    from rrtool.strategies import MODULE_OBJECTIVES, STRATEGIES, Step
 
     assert {loss for loss, _ in MODULE_OBJECTIVES.values()} <= set(LOSSES)
-    assert set(OBJECTIVES.values()) <= set(MODULE_OBJECTIVES)
+    assert {s.objective for s in STRATEGIES.values()} <= set(MODULE_OBJECTIVES)
     try:
         Step(1, "F0", "forget", 0, "simnpo")
     except ValueError as exc:
         assert "simnpo" in str(exc)
     else:
         raise AssertionError("an unknown objective was accepted")
+
+
+def test_the_spec_offers_exactly_the_registered_strategies() -> None:
+    """`release.strategy`'s choices are the registry's names (one table, read by the spec,
+    the planner and the phase), and each strategy's module lives in its own file."""
+    import typing
+
+    from rrtool.spec import ReleaseSpec
+    from rrtool.strategies import STRATEGIES
+
+    choices = typing.get_args(ReleaseSpec.model_fields["strategy"].annotation)
+    assert set(choices) == set(STRATEGIES)
+    for name, strategy in STRATEGIES.items():
+        assert strategy.name == name and strategy.summary
+        assert type(strategy).__module__ == f"rrtool.strategies.{name}"

@@ -21,14 +21,20 @@ from rrtool.release.compose import rebuild
 from rrtool.release.evaluate import Scores
 from rrtool.release.lora import Example as LoraExample
 from rrtool.release.lora import LoraModule
-from rrtool.release.weights import Start, ladder, ladder_ratio, schedule, search_weight
+from rrtool.release.weights import Start, ladder, ladder_ratio, search_weight
 from rrtool.reveal.phase import run_reveal
 from rrtool.spec import RulesSpec, Spec, WeightSearchSpec
 from rrtool.spec_loader import load_spec
+from rrtool.strategies import STRATEGIES, Options
 from rrtool.tracking import Tracker, resolve_store
 from tests.conftest import only_run, read_artifact, read_jsonl, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def schedule(iterations: int, strategy: str = "iterative", **options: object) -> list:
+    """The registered strategy's steps for these options."""
+    return STRATEGIES[strategy].schedule(Options(iterations, **options))  # type: ignore[arg-type]
 
 
 def release_spec(release: dict | None = None, stopping: dict | None = None) -> dict:
@@ -60,8 +66,8 @@ START = Start(s=0.5, u=0.6, u_ref=0.6, u_base=0.6)
 
 def test_schedule_and_ladder() -> None:
     assert [s.name for s in schedule(2)] == ["F0", "R1", "F1", "R2", "F2"]
-    assert [s.name for s in schedule(1, order="retain_first")] == ["R0", "F0", "R1", "F1"]
-    last = schedule(1, order="retain_first", end_with_retain=True)
+    assert [s.name for s in schedule(1, schedule="retain_first")] == ["R0", "F0", "R1", "F1"]
+    last = schedule(1, schedule="retain_first", end_with_retain=True)
     assert [(s.name, s.sign, s.iteration) for s in last][-2:] == [("F1", -1.0, 1), ("R2", 1.0, 2)]
     assert [s.name for s in schedule(1, "npo", end_with_retain=True)] == ["F0"]
     assert [s.sign for s in schedule(1)] == [-1.0, 1.0, -1.0]
@@ -655,7 +661,7 @@ def test_end_with_retain_restores_after_the_last_subtraction(
             tiny_spec(release={"iterations": 1, "end_with_retain": True,
                                "weights": {"lambdas": [0.2]}})
         )  # fmt: skip
-    with pytest.raises(ValueError, match="end_with_retain adds a last retain module"):
+    with pytest.raises(ValueError, match="end_with_retain shapes the iterative strategy"):
         Spec.model_validate(tiny_spec(release={"strategy": "npo", "end_with_retain": True}))
 
 
@@ -682,7 +688,7 @@ def test_forget_projection_subtracts_forget_modules_off_the_applied_retain_subsp
     metrics = tracker.client.get_run(tracker.run_id).data.metrics
     assert 0 < metrics["release/F1/projection_removed_norm2"] <= 1
     _assert_equals_rebuild(ctx, tracker, tmp_path / "a")  # export replays projected modules
-    with pytest.raises(ValueError, match="forget_projection projects the iterative"):
+    with pytest.raises(ValueError, match="forget_projection shapes the iterative strategy"):
         Spec.model_validate(tiny_spec(release={"strategy": "dpo", "forget_projection": "retain"}))
 
 

@@ -146,6 +146,20 @@ CASES = [
         ["needs release.strategy `iterative`", "got `npo`"],
     ),
     (
+        "an option of the iterative schedule on a one-module strategy",
+        lambda s: s + "release:\n  strategy: npo\n  schedule: retain_first\n",
+        "release.schedule",
+        "schedule: retain_first",
+        ["shapes the iterative strategy's schedule", "got `npo`"],
+    ),
+    (
+        "a strategy for another target kind",
+        lambda s: s + "release:\n  strategy: cmd\n",
+        "release.strategy",
+        "strategy: cmd",
+        ["`cmd` applies to target.kind `toxicity`", "got `ner`"],
+    ),
+    (
         "missing section key",
         lambda s: s.replace("  description: Recognising Person entities\n", ""),
         "target.description",

@@ -6,7 +6,7 @@
   weight changes in place (``ScaledAdapter``), and ``rebuild`` for export.
 - ``analysis``: subspace similarity of two updates (the paper's Table 1).
 - ``phase``: the Release phase (schedule, training, weight search, stopping, resume);
-  ``weights``: the schedule and the merge-weight rules; ``evaluate``: the running scores;
+  ``weights``: the merge-weight rules (the schedules are ``rrtool.strategies``); ``evaluate``: the running scores;
   ``stack``: the recorded module stack; ``projection``, ``ext_sub``, ``cmd``,
   ``distributed``: the strategies' and launchers' own pieces.
 

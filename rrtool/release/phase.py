@@ -1,7 +1,7 @@
 """Stage 2 (Release) as a phase: ``release.strategy: iterative`` and the baselines.
 
-The baselines (``weights.schedule``) are one forget-side module F0 trained on the forget data
-(``single_subtraction``: nll, subtracted; ``gradient_ascent``, ``npo``, ``dpo``: trained away
+The steps come from the strategy's unit (``rrtool.strategies``). The baselines are one
+forget-side module F0 trained on the forget data (``single_subtraction``: nll, subtracted; ``gradient_ascent``, ``npo``, ``dpo``: trained away
 from the target, added; ``cmd``: nll on the model's continuations of cleaned contexts, see
 ``cmd.py``, added), or Ext-Sub's two steps (E0, the expert, added whole; D0, the deficiency of
 an anti-expert A0 trained on the same weights, subtracted; see ``ext_sub.py``). Their weights
@@ -74,20 +74,19 @@ from rrtool.release.projection import project_out
 from rrtool.release.stack import download_module
 from rrtool.release.weights import (
     Start,
-    Step,
     combined_objective,
     explicit_weight,
-    schedule,
     search_weight,
     utility_threshold,
 )
 from rrtool.spec import DataSource
+from rrtool.strategies.steps import Step
 from rrtool.tasks import samples_from_records
 
 STOP_TAG = "rrtool.release.stop_reason"
 ANTI_EXPERT = "A0"  # Ext-Sub's anti-expert: recorded, never applied itself
 
-__all__ = ["PhaseNotImplemented", "run_release", "schedule"]
+__all__ = ["PhaseNotImplemented", "run_release"]
 
 
 def external_examples(
@@ -726,12 +725,7 @@ class _Release:
         last = stack[-1] if stack else {"s": self.state["s0"], "u": self.state["u0"]}
         current = Scores(last["s"], last["u"], {})
         release = self.spec.release
-        plan = schedule(
-            self.spec.effective_iterations,
-            release.strategy,
-            release.schedule,
-            release.end_with_retain,
-        )
+        plan = self.spec.strategy.schedule(self.spec.strategy_options)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),

@@ -1,5 +1,5 @@
-"""Release's schedule (F0, R1, F1, ...) and automatic merge-weight search (the paper picks
-mu_i and lambda_i by hand).
+"""Release's merge weights: the spec's explicit ones and the automatic search (the paper picks
+mu_i and lambda_i by hand); the schedule of steps is each strategy's (``rrtool.strategies``).
 
 A candidate weight is scored by an ``evaluate(w)`` callable returning ``(s, u)`` or an object
 with ``s``, ``u`` (and optionally their intervals ``s_ci``, ``u_ci``); in a run it changes the
@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from rrtool.spec import RulesSpec, WeightSearchSpec, WeightsSpec
+from rrtool.strategies.steps import Step
 
 Interval = tuple[float, float] | None
 Evaluate = Callable[[float], Any]  # -> (s, u) or an object with s, u, s_ci, u_ci
@@ -107,81 +108,6 @@ class Start:
     u: float
     u_ref: float
     u_base: float
-
-
-@dataclass(frozen=True)
-class Step:
-    """One module of the Release schedule."""
-
-    number: int  # 1-based position in the stack (0 is the base model)
-    name: str  # F0, R1, F1, ... (R0 first with the retain-first schedule)
-    kind: str  # forget | retain
-    iteration: int
-    # How the module is made: nll (learn the examples) | gradient_ascent | npo | dpo | cmd
-    # (learn the model's own continuations of cleaned contexts) | ext_sub (E0: the expert,
-    # trained with nll; D0: Ext-Sub's deficiency, computed from the expert and anti-expert).
-    objective: str = "nll"
-
-    def __post_init__(self) -> None:
-        if self.objective not in MODULE_OBJECTIVES:
-            raise ValueError(
-                f"objective must be one of {', '.join(MODULE_OBJECTIVES)}, got {self.objective!r}"
-            )
-
-    @property
-    def sign(self) -> float:
-        """A forget module that learnt the target (or Ext-Sub's deficiency of one) is
-        subtracted; a retain module, or one trained away from the target (gradient ascent,
-        NPO, DPO, CMD), is added."""
-        learnt_target = MODULE_OBJECTIVES[self.objective][1]
-        return -1.0 if self.kind == "forget" and learnt_target else 1.0
-
-    @property
-    def training_objective(self) -> str:
-        """The loss ``train_lora`` minimises for this step."""
-        return MODULE_OBJECTIVES[self.objective][0]
-
-
-# How a step's module is made -> (the loss ``train_lora`` minimises, whether a forget module
-# made so has learnt the target and is therefore subtracted). One table for both, so a new
-# objective cannot be trained with one loss and signed as another (``lora.OBJECTIVES`` lists
-# the losses; a test keeps the two in step).
-MODULE_OBJECTIVES: dict[str, tuple[str, bool]] = {
-    "nll": ("nll", True),
-    "ext_sub": ("nll", True),  # D0, the deficiency of an anti-expert trained with nll
-    "gradient_ascent": ("gradient_ascent", False),
-    "npo": ("npo", False),
-    "dpo": ("dpo", False),
-    "cmd": ("nll", False),  # learns the model's own cleaned continuations: added
-}
-
-
-# strategy -> objective of its one forget-side module
-OBJECTIVES = {"gradient_ascent": "gradient_ascent", "npo": "npo", "dpo": "dpo", "cmd": "cmd"}
-
-
-def schedule(
-    iterations: int,
-    strategy: str = "iterative",
-    order: str = "forget_first",
-    end_with_retain: bool = False,
-) -> list[Step]:
-    """F0 (after R0 with ``order="retain_first"``), then [R_i, F_i] for each iteration, then
-    (``end_with_retain``) a last retain module R_{n+1}; the baselines are F0 alone, except
-    Ext-Sub: its expert E0 (added at full weight), then its deficiency D0 (subtracted)."""
-    if strategy == "ext_sub":
-        return [Step(1, "E0", "retain", 0, "ext_sub"), Step(2, "D0", "forget", 0, "ext_sub")]
-    if strategy != "iterative":
-        return [Step(1, "F0", "forget", 0, OBJECTIVES.get(strategy, "nll"))]
-    steps = [Step(1, "R0", "retain", 0)] if order == "retain_first" else []
-    steps.append(Step(len(steps) + 1, "F0", "forget", 0))
-    for i in range(1, iterations + 1):
-        steps.append(Step(len(steps) + 1, f"R{i}", "retain", i))
-        steps.append(Step(len(steps) + 1, f"F{i}", "forget", i))
-    if end_with_retain:
-        last = iterations + 1
-        steps.append(Step(len(steps) + 1, f"R{last}", "retain", last))
-    return steps
 
 
 def explicit_weight(weights: WeightsSpec, step: Step) -> float | None:

@@ -1,0 +1,60 @@
+"""The interface every Release strategy implements (one file per strategy in this folder)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rrtool.strategies.steps import Step
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a strategy reads of the spec: its release section and the target kind, passed
+    in by the spec, the planner and the phase (this room imports no spec)."""
+
+    iterations: int  # after the stopping cap
+    schedule: str = "forget_first"  # release.schedule
+    end_with_retain: bool = False
+    npo_beta: float = 0.1
+    dpo_beta: float = 0.1
+    dpo_chosen: str = "refusal"  # resolved for the target kind
+
+
+class Strategy:
+    """A Release strategy: how the forget (and retain) data become an edit.
+
+    ``name``: the `release.strategy` value; ``summary``: the plan's one-line description
+    (``{iterations}`` is filled in); ``objective``: how its forget-side module is made (a key
+    of ``MODULE_OBJECTIVES``: its loss and sign); ``target_kinds``: the kinds it applies to
+    (None: all); ``iterative``: whether it composes retain and forget modules in turn (the
+    options ``release.schedule``, ``end_with_retain`` and ``forget_projection`` apply only then).
+    """
+
+    name: str = ""
+    summary: str = ""
+    objective: str = "nll"
+    target_kinds: tuple[str, ...] | None = None
+    iterative: bool = False
+
+    def schedule(self, options: Options) -> list[Step]:
+        """The steps Release runs, in order: by default one forget-side module F0."""
+        return [Step(1, "F0", "forget", 0, self.objective)]
+
+    def needs_retain_examples(self, options: Options) -> bool:
+        """Whether a step trains on retain examples."""
+        return any(step.kind == "retain" for step in self.schedule(options))
+
+    def first_module(self, options: Options, retain_n: int) -> tuple[str, str]:
+        """What is trained first and how it is applied (the two halves of ``plan_line``)."""
+        raise NotImplementedError
+
+    def plan_line(
+        self, options: Options, forget_n: int, retain_n: int, source: str, lora: str, weight: str
+    ) -> str:
+        """The plan's line for the first module: ``source`` names the forget data
+        (Reveal's or external), ``lora`` the LoRA settings, ``weight`` how its weight is set."""
+        train, apply = self.first_module(options, retain_n)
+        return f"{train} ({lora}) on ~{forget_n} {source} forget examples, {apply} = {weight}"
+
+    def __repr__(self) -> str:  # the registry's entries read as their names in errors
+        return f"<strategy {self.name}>"
