@@ -175,6 +175,26 @@ def test_lambda_recovers_utility_and_keeps_the_forgetting() -> None:
     assert result.u == max(c.u for c in result.candidates)
 
 
+def test_a_retain_weight_after_full_forgetting_still_counts_forgetting_undone() -> None:
+    """The R2 the bench met: after F1 the search split named the person in none of its answers
+    (s = 0); retain weights from 0.58 on brought it back (s 0.22, then 0.44 at w = 1) for a
+    little more utility. On the step's own scale (s0 = 0) undoing was free and w = 1 won; on
+    the base's scale (s_base = 0.78) the weight that recovers enough and undoes least wins."""
+    table = {0.111111: (0.0, 0.386), 0.333333: (0.222, 0.450), 0.57735: (0.222, 0.471),
+             1.0: (0.444, 0.493), 3.0: (0.556, 0.35)}  # fmt: skip
+
+    def scores(w: float) -> tuple[float, float]:
+        return table[min(table, key=lambda k: abs(k - w))]
+
+    start = Start(s=0.0, u=0.386, u_ref=0.4705, u_base=0.387, s_base=0.778)
+    search = WeightSearchSpec(budget=5, min_weight=0.0, max_weight=3.0)
+    result = search_weight("lambda", scores, start, search, RULES)
+    assert result.reason == "utility_recovery"  # u >= 0.95 x 0.4705 = 0.447
+    assert result.weight == pytest.approx(0.57735, rel=1e-3) and result.s == 0.222
+    blind = Start(s=0.0, u=0.386, u_ref=0.4705, u_base=0.387)  # no base scale: s0 = 0
+    assert search_weight("lambda", scores, blind, search, RULES).weight == 1.0
+
+
 def test_candidates_record_intervals_when_the_evaluation_gives_them() -> None:
     scores = Scores(0.2, 0.5, {}, [0.1, 0.3], [0.4, 0.6])
     result = search_weight("mu", lambda w: scores, START, WeightSearchSpec(budget=2), RULES)

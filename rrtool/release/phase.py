@@ -485,7 +485,13 @@ class _Release:
 
         with ScaledAdapter(self.model, module, 0.0) as adapter:
             kind = "mu" if step.kind == "forget" else "lambda"
-            begin = Start(start.s, start.u, utility_reference(self.state), self.state["u0"])
+            begin = Start(
+                start.s,
+                start.u,
+                utility_reference(self.state),
+                self.state["u0"],
+                s_base=self.state["s0"],
+            )
             threshold = utility_threshold(kind, begin, self.spec.release.rules)
 
             def evaluate(weight: float) -> Scores:

@@ -20,8 +20,10 @@ model's utility, and relative changes ``gain = (s0 - s) / s0``, ``loss = (u0 - u
 - a retain weight (lambda) is acceptable when ``u >= utility_recovery x u_ref`` (``u_ref``:
   utility just before the preceding forget subtraction; rule ``utility_recovery``);
 - among acceptable weights the one with the best *combined objective*
-  ``J = (s0 - s) / s0 + (u - u0) / u0`` is chosen (forgetting gained plus utility kept; for a
-  retain weight it rewards recovery and penalises forgetting undone); equal J: the smaller
+  ``J = (s0 - s) / s_base + (u - u0) / u_base`` is chosen (forgetting gained plus utility kept,
+  each on the base model's scale, so a step is ranked as the states it leads to are; for a
+  retain weight it rewards recovery and penalises forgetting undone, also when the step starts
+  at s0 = 0, where a scale of s0 would make undoing free); equal J: the smaller
   weight. With none acceptable: mu takes the smallest weight tried (reason
   ``none_acceptable``: as little change as possible), lambda the highest utility.
 - search: a geometric ladder of ``budget - budget // 3`` weights, neighbours 3x apart, ending at
@@ -102,12 +104,24 @@ class SearchResult:
 @dataclass(frozen=True)
 class Start:
     """What a weight is judged against: scores at the step's start, the utility a retain weight
-    must recover (``u_ref``) and the base model's utility (the per-step floor's reference)."""
+    must recover (``u_ref``), the base model's utility (the per-step floor's reference) and its
+    forget score (``s_base``; None: the step's start, as for a step on the base model). The
+    base scores are the objective's scales."""
 
     s: float
     u: float
     u_ref: float
     u_base: float
+    s_base: float | None = None
+
+    def objective(self, s: float, u: float) -> float:
+        """A candidate's combined objective: forget drop and utility change from the step's
+        start, each on the base model's scale, so candidates of every step are ranked as
+        states are (``combined_objective`` from the base, plus a constant). On the step's own
+        scale a step that starts at s = 0 (nothing left to forget on the search split) would
+        see every weight that brings the target back as free."""
+        s_scale = self.s if self.s_base is None else self.s_base
+        return _relative(self.s - s, s_scale) + _relative(u - self.u, self.u_base)
 
 
 def explicit_weight(weights: WeightsSpec, step: Step) -> float | None:
@@ -141,7 +155,7 @@ def utility_threshold(kind: Kind, start: Start, rules: RulesSpec) -> float | Non
 
 def judge(kind: Kind, s: float, u: float, start: Start, rules: RulesSpec) -> Candidate:
     """A candidate's verdict under ``rules`` (weight filled in by the caller)."""
-    objective = combined_objective(s, u, start.s, start.u)
+    objective = start.objective(s, u)
     threshold = utility_threshold(kind, start, rules)
     if kind == "lambda":
         ok = u >= threshold  # type: ignore[operator]
