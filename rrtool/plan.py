@@ -639,11 +639,15 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     planned = spec.strategy.schedule(spec.strategy_options)
     retain_first = planned[0].name == "R0"
     retain_last = spec.strategy.iterative and release.end_with_retain
+
+    def unset(given: list[float | None] | None, n: int) -> int:
+        return n if given is None else sum(w is None for w in given[:n])
+
     searched = (
         (weights.mu0 is None)
         + (retain_first and weights.lambda0 is None)
-        + iterations * ((weights.lambdas is None) + (weights.mus is None))
-        + (retain_last and weights.lambdas is None)
+        + unset(weights.lambdas, iterations + retain_last)
+        + unset(weights.mus, iterations)
     )
     # One evaluation = eval_size passages x every forget and retained type (NER), scored for both
     # forget and utility; plus the base model and a re-score of the merged model after each step.

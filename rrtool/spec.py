@@ -539,15 +539,16 @@ class WeightsSpec(_Section):
     mu0: Weight | None = Field(
         default=None, description="Weight of the first forget subtraction (in [0, 100])."
     )
-    lambdas: list[Weight] | None = Field(
+    lambdas: list[Weight | None] | None = Field(
         default=None,
         description="Retain weights lambda_1..lambda_n, one per iteration (magnitudes in "
-        "[0, 100]; the schedule gives the sign); with `release.end_with_retain` one more, "
-        "lambda_{n+1}, for the last retain module.",
+        "[0, 100]; the schedule gives the sign; a `null` entry is searched); with "
+        "`release.end_with_retain` one more, lambda_{n+1}, for the last retain module.",
     )
-    mus: list[Weight] | None = Field(
+    mus: list[Weight | None] | None = Field(
         default=None,
-        description="Forget weights mu_1..mu_n, one per iteration (magnitudes in [0, 100]).",
+        description="Forget weights mu_1..mu_n, one per iteration (magnitudes in [0, 100]; a "
+        "`null` entry is searched).",
     )
     lambda0: Weight | None = Field(
         default=None,

@@ -32,7 +32,8 @@ def _type_name(annotation: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " \\| ".join(_type_name(a) for a in args)
     if origin is list:
-        return f"list of {_type_name(args[0])}"
+        inner = _type_name(args[0])
+        return f"list of ({inner})" if " \\| " in inner else f"list of {inner}"
     if origin is dict:
         return "mapping"
     if origin is typing.Annotated:

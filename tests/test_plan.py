@@ -111,6 +111,12 @@ def test_retain_first_and_end_with_retain_are_planned_steps(invoke, write_spec) 
     searched = plan_json(invoke, spec, "--set", "release.weights.lambdas=null")
     search = {s["name"]: s for s in searched["phases"][1]["steps"]}["weight search"]
     assert search["detail"].startswith("2 weights")  # lambda1 and lambda2
+    # A replayed schedule with only its last weight searched: a null entry.
+    last = plan_json(invoke, spec, "--set", "release.weights.lambdas=[1.0, null]")
+    steps = {s["name"]: s for s in last["phases"][1]["steps"]}
+    assert steps["weight search"]["detail"].startswith("1 weights")
+    assert "lambda2 = searched" in steps["retain R2"]["detail"]
+    assert "lambda1 = 1 (given)" in steps["iteration 1"]["detail"]
 
 
 def test_stopping_cap_limits_planned_iterations(invoke, write_spec) -> None:
