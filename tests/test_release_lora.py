@@ -519,7 +519,8 @@ def test_dpo_loss_pairs_each_chosen_answer_with_its_own_rejected_one(
     """The trainer's DPO loss against an independent computation: with a zero reference NLL
     the loss of pair i is softplus(-beta * (log pi(chosen_i) - log pi(rejected_i))), averaged
     over pairs; answers of different lengths, so a pairing or padding slip shows."""
-    from rrtool.release.lora import _accumulate, _Objective
+    from rrtool.release.lora import _accumulate
+    from rrtool.release.losses import Dpo
 
     pairs = [
         Example(ex.prompt, "No." + " idea" * i, rejected=ex.completion + " yes" * (3 - i % 3))
@@ -535,7 +536,7 @@ def test_dpo_loss_pairs_each_chosen_answer_with_its_own_rejected_one(
     # (_accumulate also runs the backward: into the fixture's own copy of the model)
     loss = _accumulate(
         model, rows, [[0, 1], [2, 3, 4]], tokenizer.pad_token_id, torch.device("cpu"),
-        False, None, _Objective("dpo", beta, zero_reference),
+        False, None, Dpo(beta), zero_reference,
     )  # fmt: skip
     want = sum(
         math.log1p(math.exp(-beta * (_log_prob(model, tokenizer, ex.prompt, ex.completion)

@@ -23,11 +23,12 @@ from torch import Tensor
 
 from rrtool.errors import TrainingDiverged, UserError
 from rrtool.examples import IGNORE_INDEX, Example, encode_example
+from rrtool.release.losses import LOSSES, Loss, Nll, make_loss, row_sums
 from rrtool.spec import LoraSpec
 
 FORMAT = "rrtool-lora"
 FORMAT_VERSION = 1
-OBJECTIVES = ("nll", "gradient_ascent", "npo", "dpo")
+OBJECTIVES = LOSSES  # the losses train_lora accepts (``losses.py``: one object each)
 _ADAPTER = "rrtool"
 
 
@@ -220,17 +221,18 @@ def train_lora(
 
     if kind not in ("forget", "retain"):
         raise ValueError(f"kind must be 'forget' or 'retain', got {kind!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    loss_fn = make_loss(objective, npo_beta=npo_beta, dpo_beta=dpo_beta)  # checks the name
     if not examples:
         raise UserError(f"no training examples for the {kind} module")
-    if objective == "dpo" and any(ex.rejected is None for ex in examples):
+    if loss_fn.sequences == 2 and any(ex.rejected is None for ex in examples):
         raise ValueError("DPO needs a rejected answer on every example")
     # One group of sequences per example: the example itself, or (chosen, rejected) for DPO.
     rows = [
         [
             encode_example(tokenizer, replace(ex, completion=answer), cfg.max_length, chat)
-            for answer in ([ex.completion, ex.rejected] if objective == "dpo" else [ex.completion])
+            for answer in (
+                [ex.completion, ex.rejected] if loss_fn.sequences == 2 else [ex.completion]
+            )
         ]
         for ex in examples
     ]
@@ -306,23 +308,20 @@ def train_lora(
                         )
                 finally:
                     tuner.enable_adapter_layers()
-                return _row_sums(nll, keep)
+                return row_sums(nll, keep)
 
-            goal = _Objective(
-                objective,
-                dpo_beta if objective == "dpo" else npo_beta,
-                reference_nll if objective in ("npo", "dpo") else None,
-            )
+            reference = reference_nll if loss_fn.uses_reference else None
             step = 0
-            sequences = 2 if objective == "dpo" else 1  # a DPO example: chosen + rejected
+            sequences = loss_fn.sequences  # a DPO example: chosen + rejected
             for _epoch in range(cfg.epochs):
                 order = torch.randperm(len(rows), generator=generator).tolist()
                 for group in _step_groups(
                     order, cfg.batch_size, cfg.gradient_accumulation, sequences
                 ):
                     loss = _accumulate(
-                        model, rows, group, pad_id, device, autocast_bf16, share, goal
-                    )
+                        model, rows, group, pad_id, device, autocast_bf16, share, loss_fn,
+                        reference,
+                    )  # fmt: skip
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"{kind} module: loss is {loss} at step {step + 1} of {total_steps} "
@@ -438,23 +437,6 @@ class _Share:
         return float(self.accelerator.reduce(torch.tensor([value], device=device), "sum"))
 
 
-@dataclass
-class _Objective:
-    """What a module is trained to do with its examples.
-
-    ``nll``: learn them (the forget and retain modules of Reveal & Release). ``gradient_ascent``:
-    the negated token-mean NLL (the GA baseline). ``npo``: Negative Preference Optimisation
-    (Zhang et al. 2024), (2 / beta) * softplus(beta * log(pi / pi_ref)) per sequence, where
-    pi_ref is the model before this LoRA (``reference`` gives its per-row NLL). ``dpo``
-    (Rafailov et al. 2023): -log sigmoid(beta * (log pi/pi_ref (chosen) - log pi/pi_ref
-    (rejected))) per example, the same reference.
-    """
-
-    kind: str = "nll"
-    beta: float = 0.1
-    reference: Callable[[dict[str, Tensor], Tensor, Tensor], Tensor] | None = None
-
-
 def _kept_logits(
     forward: Any, model: Any, batch: dict[str, Tensor], keep: Tensor, selective: bool, bf16: bool
 ) -> Tensor:
@@ -472,12 +454,6 @@ def _kept_logits(
         ]
 
 
-def _row_sums(values: Tensor, keep: Tensor) -> Tensor:
-    """Per-row sums of values laid out like ``keep``'s True positions (row-major)."""
-    rows = keep.nonzero()[:, 0]
-    return torch.zeros(keep.shape[0], device=values.device).index_add_(0, rows, values)
-
-
 def _accumulate(
     model: Any,
     rows: Sequence[Sequence[tuple[list[int], list[int]]]],
@@ -486,7 +462,8 @@ def _accumulate(
     device: torch.device,
     autocast_bf16: bool,
     share: _Share | None = None,
-    objective: _Objective | None = None,
+    loss_fn: Loss | None = None,
+    reference: Callable[[dict[str, Tensor], Tensor, Tensor], Tensor] | None = None,
 ) -> float:
     """Accumulate gradients over the micro-batches of one step; return its loss.
 
@@ -498,9 +475,9 @@ def _accumulate(
     number, so the processes' gradients add up to the single-process one.
     """
     share = share or _Share(model)
-    objective = objective or _Objective()
+    loss_fn = loss_fn or Nll()
     batches = [_collate([seq for i in micro for seq in rows[i]], pad_id) for micro in group]
-    if objective.kind in ("npo", "dpo"):
+    if loss_fn.per_example:
         normaliser = sum(len(micro) for micro in group)
     else:
         normaliser = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
@@ -524,20 +501,8 @@ def _accumulate(
             # Cross-entropy in fp32 even under autocast: bf16 log-softmax over a large
             # vocabulary loses the small differences training depends on.
             token_nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
-            if objective.kind == "nll":
-                loss_sum = token_nll.sum()
-            elif objective.kind == "gradient_ascent":
-                loss_sum = -token_nll.sum()
-            else:
-                assert objective.reference is not None
-                reference = objective.reference(batch, keep, targets)
-                log_ratio = reference - _row_sums(token_nll, keep)  # log pi - log pi_ref
-                beta = objective.beta
-                if objective.kind == "npo":
-                    loss_sum = (2.0 / beta) * torch.nn.functional.softplus(beta * log_ratio).sum()
-                else:  # dpo: rows alternate chosen, rejected
-                    margin = beta * (log_ratio[0::2] - log_ratio[1::2])
-                    loss_sum = torch.nn.functional.softplus(-margin).sum()
+            ref = reference(batch, keep, targets) if loss_fn.uses_reference else None
+            loss_sum = loss_fn(token_nll, keep, ref)
             (loss_sum * (weight * share.processes / normaliser)).backward()
         total += weight * float(loss_sum.detach())
     return share.total(total, device) / normaliser
