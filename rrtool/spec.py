@@ -953,19 +953,17 @@ class Spec(_Section):
                 f"(got `{self.target.kind}`)",
             )
         strategy = self.strategy
-        iterative_only = {
-            "forget_projection": self.release.forget_projection != "none",
-            "end_with_retain": self.release.end_with_retain,
-            "schedule": self.release.schedule != "forget_first",
-        }
-        for key, given in iterative_only.items():
-            if given and not strategy.iterative:
-                raise FieldError(
-                    f"release.{key}",
-                    f"release.{key} shapes the iterative strategy's schedule of retain and "
-                    "forget modules: it needs release.strategy `iterative` (got "
-                    f"`{strategy.name}`)",
-                )
+        given = self.release.model_fields_set
+        for other in STRATEGIES.values():
+            for key in other.options:
+                if key in given and key not in strategy.options:
+                    owners = [s.name for s in STRATEGIES.values() if key in s.options]
+                    raise FieldError(
+                        f"release.{key}",
+                        f"release.{key} is an option of release.strategy "
+                        f"{' or '.join(f'`{o}`' for o in owners)} (got `{strategy.name}`): "
+                        "remove it, or choose that strategy",
+                    )
         if strategy.target_kinds is not None and self.target.kind not in strategy.target_kinds:
             raise FieldError(
                 "release.strategy",

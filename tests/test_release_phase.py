@@ -681,7 +681,7 @@ def test_end_with_retain_restores_after_the_last_subtraction(
             tiny_spec(release={"iterations": 1, "end_with_retain": True,
                                "weights": {"lambdas": [0.2]}})
         )  # fmt: skip
-    with pytest.raises(ValueError, match="end_with_retain shapes the iterative strategy"):
+    with pytest.raises(ValueError, match="end_with_retain is an option of release.strategy"):
         Spec.model_validate(tiny_spec(release={"strategy": "npo", "end_with_retain": True}))
 
 
@@ -708,7 +708,7 @@ def test_forget_projection_subtracts_forget_modules_off_the_applied_retain_subsp
     metrics = tracker.client.get_run(tracker.run_id).data.metrics
     assert 0 < metrics["release/F1/projection_removed_norm2"] <= 1
     _assert_equals_rebuild(ctx, tracker, tmp_path / "a")  # export replays projected modules
-    with pytest.raises(ValueError, match="forget_projection shapes the iterative strategy"):
+    with pytest.raises(ValueError, match="forget_projection is an option of release.strategy"):
         Spec.model_validate(tiny_spec(release={"strategy": "dpo", "forget_projection": "retain"}))
 
 

@@ -143,14 +143,21 @@ CASES = [
         lambda s: s + "release:\n  strategy: npo\n  end_with_retain: true\n",
         "release.end_with_retain",
         "end_with_retain: true",
-        ["needs release.strategy `iterative`", "got `npo`"],
+        ["is an option of release.strategy `iterative`", "got `npo`"],
     ),
     (
         "an option of the iterative schedule on a one-module strategy",
         lambda s: s + "release:\n  strategy: npo\n  schedule: retain_first\n",
         "release.schedule",
         "schedule: retain_first",
-        ["shapes the iterative strategy's schedule", "got `npo`"],
+        ["is an option of release.strategy `iterative`", "got `npo`"],
+    ),
+    (
+        "another strategy's option",
+        lambda s: s + "release:\n  strategy: dpo\n  npo_beta: 0.2\n",
+        "release.npo_beta",
+        "npo_beta: 0.2",
+        ["release.npo_beta is an option of release.strategy `npo`", "got `dpo`"],
     ),
     (
         "a strategy for another target kind",

@@ -26,8 +26,8 @@ class Strategy:
     ``name``: the `release.strategy` value; ``summary``: the plan's one-line description
     (``{iterations}`` is filled in); ``objective``: how its forget-side module is made (a key
     of ``MODULE_OBJECTIVES``: its loss and sign); ``target_kinds``: the kinds it applies to
-    (None: all); ``iterative``: whether it composes retain and forget modules in turn (the
-    options ``release.schedule``, ``end_with_retain`` and ``forget_projection`` apply only then).
+    (None: all); ``iterative``: whether it composes retain and forget modules in turn;
+    ``options``: the ``release`` keys it owns.
     """
 
     name: str = ""
@@ -35,6 +35,9 @@ class Strategy:
     objective: str = "nll"
     target_kinds: tuple[str, ...] | None = None
     iterative: bool = False
+    # The `release` keys only this strategy reads: given with another strategy, they are a
+    # located spec error rather than silently ignored.
+    options: tuple[str, ...] = ()
 
     def schedule(self, options: Options) -> list[Step]:
         """The steps Release runs, in order: by default one forget-side module F0."""

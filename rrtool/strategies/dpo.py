@@ -12,6 +12,7 @@ CHOSEN = {"empty_list": "`[]`", "refusal": "the refusal", "retain": "retain answ
 class Dpo(Strategy):
     name = "dpo"
     summary = "baseline: DPO against the model before it (one LoRA)"
+    options = ("dpo_beta", "dpo_chosen", "refusal")
     objective = "dpo"
 
     def needs_retain_examples(self, options: Options) -> bool:

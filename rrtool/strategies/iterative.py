@@ -15,6 +15,7 @@ class Iterative(Strategy):
         "subtract forget LoRA (mu0), then {iterations} x [add retain LoRA, subtract forget LoRA]"
     )
     iterative = True
+    options = ("schedule", "end_with_retain", "forget_projection")
 
     def schedule(self, options: Options) -> list[Step]:
         steps = [Step(1, "R0", "retain", 0)] if options.schedule == "retain_first" else []

@@ -9,6 +9,7 @@ from rrtool.strategies.base import Options, Strategy
 class Npo(Strategy):
     name = "npo"
     summary = "baseline: NPO on the forget data (one LoRA)"
+    options = ("npo_beta",)
     objective = "npo"
 
     def first_module(self, options: Options, retain_n: int) -> tuple[str, str]:
