@@ -8,6 +8,10 @@ from __future__ import annotations
 
 # The job
 SPEC_RESOLVED = "spec/resolved.yaml"  # the validated spec, overrides applied, paths resolved
+SPEC_AS_WRITTEN = "spec/as_written.json"  # the document as the user wrote it, overrides applied
+PLAN = "plan.json"  # what `rrtool plan` showed for the run, with its estimate
+ENVIRONMENT = "environment.json"  # the package versions the run used
+MODEL_FACTS = "model.json"  # the loaded model: parameters, dtype, device, load time
 
 # Reveal
 REVEAL_PROGRESS = "reveal/progress.jsonl"  # every generation so far (resume)

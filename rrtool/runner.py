@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from rrtool.artifacts import SPEC_RESOLVED
+from rrtool.artifacts import ENVIRONMENT, MODEL_FACTS, PLAN, SPEC_AS_WRITTEN, SPEC_RESOLVED
 from rrtool.console import print_plan
 from rrtool.context import SCRATCH, RunContext
 from rrtool.errors import PhaseNotImplemented, UserError
@@ -89,9 +89,9 @@ def _record_inputs(ctx: RunContext, plan_dict: dict) -> None:
     spec, tracker = ctx.spec, ctx.tracker
     resolved_spec = spec.model_dump(mode="json")
     tracker.log_text(yaml.safe_dump(resolved_spec, sort_keys=False), SPEC_RESOLVED)
-    tracker.log_dict(ctx.loaded.raw, "spec/as_written.json")
-    tracker.log_dict(plan_dict, "plan.json")
-    tracker.log_dict(package_versions(), "environment.json")
+    tracker.log_dict(ctx.loaded.raw, SPEC_AS_WRITTEN)
+    tracker.log_dict(plan_dict, PLAN)
+    tracker.log_dict(package_versions(), ENVIRONMENT)
     tracker.log_params(flatten(resolved_spec))
 
 
@@ -110,7 +110,7 @@ def _record_model(ctx: RunContext) -> None:
         "has_chat_template": bool(getattr(handle.tokenizer, "chat_template", None)),
         "load_seconds": round(time.perf_counter() - started, 2),
     }
-    ctx.tracker.log_dict(facts, "model.json")
+    ctx.tracker.log_dict(facts, MODEL_FACTS)
     ctx.tracker.set_tags({"rrtool.model.parameters": str(facts["parameters"])})
     ctx.console.print(
         f"model: {facts['ref']}, {facts['parameters']:,} parameters, {facts['dtype']} "

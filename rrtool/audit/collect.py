@@ -20,6 +20,9 @@ from rrtool.artifacts import (
     AUDIT_LEAKAGE,
     AUDIT_PROBES,
     AUDIT_SUMMARY,
+    ENVIRONMENT,
+    MODEL_FACTS,
+    PLAN,
     RELEASE_CANDIDATES,
     RELEASE_SIMILARITY,
     RELEASE_STATE,
@@ -251,9 +254,9 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
             },
             "spec": spec,
             "spec_yaml": spec_yaml,
-            "plan": art.json("plan.json"),
-            "model": art.json("model.json"),
-            "environment": art.json("environment.json"),
+            "plan": art.json(PLAN),
+            "model": art.json(MODEL_FACTS),
+            "environment": art.json(ENVIRONMENT),
             "phases": [
                 {
                     "name": name,
