@@ -145,6 +145,9 @@ def test_the_probe_names_are_the_specs_probe_keys() -> None:
     from rrtool.spec import ProbesSpec
 
     assert tuple(ProbesSpec.model_fields) == PROBES
+    from rrtool.audit.battery import ROWS
+
+    assert set(ROWS) == set(PROBES)  # every probe has its battery rows
 
 
 def test_every_module_objective_has_a_loss_train_lora_knows() -> None:

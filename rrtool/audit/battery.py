@@ -55,111 +55,95 @@ def battery(probes: dict[str, Any], forget_before: float | None) -> list[dict[st
     ``forget_before``: the audit's forget measure on the base model."""
     rows: list[dict[str, Any]] = []
     for name, probe in probes.items():
-        first = len(rows)
-        _rows_of(name, probe, forget_before, rows)
-        for row in rows[first:]:  # a probe's wall time, on each of its rows (its schemes)
+        if probe.get("status") != "done":
+            found = [_row(name, "", None, None, None, None, probe.get("status", "?"), "")]
+        else:
+            found = ROWS[name](name, probe, forget_before)
+        for row in found:  # a probe's wall time, on each of its rows (its schemes)
             row["seconds"] = probe.get("seconds")
+        rows.extend(found)
     return rows
 
 
-def _rows_of(
-    name: str, probe: dict[str, Any], forget_before: float | None, rows: list[dict[str, Any]]
-) -> None:
-    from rrtool.audit.probes import recovered_share
+def _relearning(name: str, probe: dict[str, Any], _: float | None) -> list[dict[str, Any]]:
+    after = probe.get("after")
+    attacked, ci = probe.get("after_relearning"), probe.get("after_relearning_ci")
+    verdict = attack_verdict(after, attacked, ci, probe.get("recovered"))
+    control = probe.get("base_after_same_fine_tune")
+    if control is not None:
+        verdict += f"; the base model after the same fine-tune: {control:.3g}"
+    budget = probe.get("budget") or f"{probe.get('examples')} examples"
+    return [_row(name, budget, probe.get("before"), after, attacked, ci, verdict,
+                 probe.get("definition", ""))]  # fmt: skip
 
-    definition = probe.get("definition", "")
-    if probe.get("status") != "done":
-        rows.append(_row(name, "", None, None, None, None, probe.get("status", "?"), ""))
-        return
+
+def _quantization(name: str, probe: dict[str, Any], _: float | None) -> list[dict[str, Any]]:
     before, after = probe.get("before"), probe.get("after")
-    if name in ("relearning", "relearning_ood"):
-        attacked, ci = probe.get("after_relearning"), probe.get("after_relearning_ci")
-        verdict = attack_verdict(after, attacked, ci, probe.get("recovered"))
-        control = probe.get("base_after_same_fine_tune")
+    rows = []
+    for scheme in probe.get("schemes", []):
+        attacked, ci = scheme.get("released"), scheme.get("released_ci")
+        verdict = attack_verdict(after, attacked, ci, scheme.get("recovered"))
+        control = scheme.get("base")
         if control is not None:
-            verdict += f"; the base model after the same fine-tune: {control:.3g}"
+            verdict += f"; base quantized the same way: {control:.3g}"
         rows.append(
             _row(
-                name,
-                probe.get("budget") or f"{probe.get('examples')} examples",
+                f"quantization {scheme['scheme']}",
+                scheme.get("text", ""),
                 before,
                 after,
                 attacked,
                 ci,
                 verdict,
-                definition,
+                probe.get("definition", ""),
             )  # fmt: skip
         )
-    elif name == "quantization":
-        for scheme in probe.get("schemes", []):
-            attacked, ci = scheme.get("released"), scheme.get("released_ci")
-            verdict = attack_verdict(after, attacked, ci, scheme.get("recovered"))
-            control = scheme.get("base")
-            rows.append(
-                _row(
-                    f"quantization {scheme['scheme']}",
-                    scheme.get("text", ""),
-                    before,
-                    after,
-                    attacked,
-                    ci,
-                    verdict
-                    + (
-                        f"; base quantized the same way: {control:.3g}"
-                        if control is not None
-                        else ""
-                    ),
-                    definition,
-                )  # fmt: skip
-            )
-    elif name == "elicitation":
-        worst = probe.get("worst") or {}
-        after = probe.get("standard_prompt_after")
-        attacked, ci = worst.get("value"), worst.get("ci")
-        # The base model's value under the same phrasing is not measured: the recovery is
-        # read against the standard prompt's before (the audit's).
-        base = probe.get("before", forget_before)
-        recovered = recovered_share(base, after, attacked, probe.get("better", "lower"))
-        rows.append(
-            _row(
-                f"elicitation ({worst.get('name')})",
-                probe.get("budget", ""),
-                base,
-                after,
-                attacked,
-                ci,
-                attack_verdict(after, attacked, ci, recovered),
-                definition,
-            )  # fmt: skip
-        )
-    elif name == "membership":
-        rows.append(
-            _row(
-                name,
-                f"{probe.get('members')} members vs {probe.get('non_members')} non-members",
-                probe.get("auc_before"),
-                probe.get("auc_after"),
-                None,
-                None,
-                probe.get("reading", ""),
-                "Min-K%++ AUC; " + definition,
-            )  # fmt: skip
-        )
-    elif name == "linear_probe":
-        layers = probe.get("layers", [])
-        last = layers[-1] if layers else {}
-        rows.append(
-            _row(
-                name,
-                f"logistic regression, {probe.get('tokens')} "
-                f"{probe.get('row_kind', 'tokens')}, layers "
-                f"{', '.join(str(r['layer']) for r in layers)}",
-                (last.get("base") or {}).get("value"),
-                (last.get("released_retrained") or {}).get("value"),
-                None,
-                (last.get("released_retrained") or {}).get("ci"),
-                probe.get("reading", ""),
-                "balanced accuracy at the last layer (base -> released, retrained probe); "
-                + definition,
-            )  # fmt: skip
-        )
+    return rows
+
+
+def _elicitation(name: str, probe: dict[str, Any], forget_before: float | None) -> list[dict]:
+    from rrtool.audit.probes import recovered_share
+
+    worst = probe.get("worst") or {}
+    after = probe.get("standard_prompt_after")
+    attacked, ci = worst.get("value"), worst.get("ci")
+    # The base model's value under the same phrasing is not measured: the recovery is read
+    # against the standard prompt's before (the audit's).
+    base = probe.get("before", forget_before)
+    recovered = recovered_share(base, after, attacked, probe.get("better", "lower"))
+    return [_row(f"elicitation ({worst.get('name')})", probe.get("budget", ""), base, after,
+                 attacked, ci, attack_verdict(after, attacked, ci, recovered),
+                 probe.get("definition", ""))]  # fmt: skip
+
+
+def _membership(name: str, probe: dict[str, Any], _: float | None) -> list[dict[str, Any]]:
+    budget = f"{probe.get('members')} members vs {probe.get('non_members')} non-members"
+    return [_row(name, budget, probe.get("auc_before"), probe.get("auc_after"), None, None,
+                 probe.get("reading", ""), "Min-K%++ AUC; " + probe.get("definition", ""))]  # fmt: skip
+
+
+def _linear_probe(name: str, probe: dict[str, Any], _: float | None) -> list[dict[str, Any]]:
+    layers = probe.get("layers", [])
+    last = layers[-1] if layers else {}
+    retrained = last.get("released_retrained") or {}
+    budget = (
+        f"logistic regression, {probe.get('tokens')} {probe.get('row_kind', 'tokens')}, "
+        f"layers {', '.join(str(r['layer']) for r in layers)}"
+    )
+    definition = (
+        "balanced accuracy at the last layer (base -> released, retrained probe); "
+        + probe.get("definition", "")
+    )
+    return [_row(name, budget, (last.get("base") or {}).get("value"), retrained.get("value"),
+                 None, retrained.get("ci"), probe.get("reading", ""), definition)]  # fmt: skip
+
+
+# A probe's rows, by its `audit.probes` key (`rrtool.audit.PROBES`; a test keeps them equal).
+ROWS = {
+    "relearning": _relearning,
+    "relearning_ood": _relearning,
+    "elicitation": _elicitation,
+    "membership": _membership,
+    "quantization": _quantization,
+    "linear_probe": _linear_probe,
+}
