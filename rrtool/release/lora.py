@@ -216,26 +216,12 @@ def train_lora(
     or ``dpo`` (prefer each example's completion over its ``rejected`` answer, against the
     same reference, with ``dpo_beta``).
     """
-    from peft import LoraConfig, LoraModel
-    from peft.tuners.lora import LoraLayer
+    from peft import LoraConfig
 
     if kind not in ("forget", "retain"):
         raise ValueError(f"kind must be 'forget' or 'retain', got {kind!r}")
     loss_fn = make_loss(objective, npo_beta=npo_beta, dpo_beta=dpo_beta)  # checks the name
-    if not examples:
-        raise UserError(f"no training examples for the {kind} module")
-    if loss_fn.sequences == 2 and any(ex.rejected is None for ex in examples):
-        raise ValueError("DPO needs a rejected answer on every example")
-    # One group of sequences per example: the example itself, or (chosen, rejected) for DPO.
-    rows = [
-        [
-            encode_example(tokenizer, replace(ex, completion=answer), cfg.max_length, chat)
-            for answer in (
-                [ex.completion, ex.rejected] if loss_fn.sequences == 2 else [ex.completion]
-            )
-        ]
-        for ex in examples
-    ]
+    rows = _encode_rows(tokenizer, examples, cfg.max_length, chat, kind, loss_fn)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     steps_per_epoch = math.ceil(math.ceil(len(rows) / cfg.batch_size) / cfg.gradient_accumulation)
@@ -256,40 +242,9 @@ def train_lora(
     # disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
-        # LoraModel directly (not get_peft_model): no PeftModel wrapper to unwrap, and the
-        # caller's model object keeps its identity.
+        tuner = None
         try:
-            tuner = LoraModel(model, config, _ADAPTER)
-        except ValueError as exc:
-            if "not found in the base model" not in str(
-                exc
-            ) and "No modules were targeted" not in str(exc):
-                raise
-            raise UserError(
-                f"release.lora.target_modules: {cfg.target_modules!r} matches no module of the "
-                f"model (its linear modules: {', '.join(_linear_names(model)) or 'none'})"
-            ) from None
-        try:
-            layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
-            too_small = [
-                (n, layer.in_features, layer.out_features)
-                for n, layer in layers.items()
-                if cfg.r > min(layer.in_features, layer.out_features)
-            ]
-            if too_small:
-                name, fan_in, fan_out = too_small[0]
-                raise UserError(
-                    f"release.lora.r: got {cfg.r}, larger than layer {name} ({fan_out} x "
-                    f"{fan_in}) allows (expected a rank <= {min(fan_in, fan_out)}; "
-                    f"{len(too_small)} targeted layer(s) are that small)"
-                )
-            params = []
-            for layer in layers.values():
-                for sub in (layer.lora_A[_ADAPTER], layer.lora_B[_ADAPTER]):
-                    # Half-precision models: train the adapter in fp32 (PEFT's
-                    # get_peft_model does the same) so small updates are not rounded away.
-                    sub.float()
-                    params.extend(sub.parameters())
+            tuner, layers, params = _attach(model, config, cfg)
             optimiser = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
             previous = _previous_factors(layers, orthogonal_to or [], device)
             generator = torch.Generator().manual_seed(seed)
@@ -327,18 +282,7 @@ def train_lora(
                             f"{kind} module: loss is {loss} at step {step + 1} of {total_steps} "
                             "(lower release.lora.learning_rate, or check the data)"
                         )
-                    if orthogonal_weight > 0 and previous:
-                        penalty = orthogonal_weight * _orthogonal_penalty(layers, previous)
-                        # autograd.grad, not backward(): a backward outside a forward would
-                        # trip DDP's gradient hooks; every process adds the same penalty.
-                        factors = [layers[n].lora_A[_ADAPTER].weight for n in previous]
-                        for weight, grad in zip(
-                            factors, torch.autograd.grad(penalty, factors), strict=True
-                        ):
-                            weight.grad = grad if weight.grad is None else weight.grad + grad
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)  # HF Trainer's default
-                    optimiser.step()
-                    optimiser.zero_grad(set_to_none=True)
+                    _update(optimiser, params, layers, previous, orthogonal_weight)
                     step += 1
                     losses.append(loss)
                     if progress is not None:
@@ -346,7 +290,8 @@ def train_lora(
             A = {n: layer.lora_A[_ADAPTER].weight for n, layer in layers.items()}
             B = {n: layer.lora_B[_ADAPTER].weight for n, layer in layers.items()}
         finally:
-            tuner.unload()  # back to the original Linear objects, nothing merged
+            if tuner is not None:  # (_attach detaches what it attached when it refuses)
+                tuner.unload()  # back to the original Linear objects, nothing merged
             _return_freed_memory()
             for name, param in model.named_parameters():
                 param.requires_grad_(requires_grad.get(name, param.requires_grad))
@@ -360,23 +305,119 @@ def train_lora(
         kind=kind,
         seed=seed,
         loss_curve=losses,
-        info={
-            "examples": len(rows),
-            "epochs": cfg.epochs,
-            "steps": total_steps,
-            "learning_rate": cfg.learning_rate,
-            "batch_size": cfg.batch_size,
-            "gradient_accumulation": cfg.gradient_accumulation,
-            "dropout": cfg.dropout,
-            "max_length": cfg.max_length,
-            "chat": chat,
-            "autocast_bf16": autocast_bf16,
-            "orthogonal_weight": orthogonal_weight if orthogonal_to else 0.0,
-            "objective": objective,
-            **({"npo_beta": npo_beta} if objective == "npo" else {}),
-            **({"dpo_beta": dpo_beta} if objective == "dpo" else {}),
-        },
+        info=_module_info(
+            cfg,
+            len(rows),
+            total_steps,
+            chat,
+            autocast_bf16,
+            orthogonal_weight if orthogonal_to else 0.0,
+            loss_fn,
+        ),  # fmt: skip
     )
+
+
+def _encode_rows(
+    tokenizer: Any, examples: Sequence[Example], max_length: int, chat: bool, kind: str,
+    loss_fn: Loss,
+) -> list[list[tuple[list[int], list[int]]]]:  # fmt: skip
+    """One group of encoded sequences per example: the example itself, or (chosen, rejected)
+    for a loss of two sequences (DPO)."""
+    if not examples:
+        raise UserError(f"no training examples for the {kind} module")
+    if loss_fn.sequences == 2 and any(ex.rejected is None for ex in examples):
+        raise ValueError("DPO needs a rejected answer on every example")
+    return [
+        [
+            encode_example(tokenizer, replace(ex, completion=answer), max_length, chat)
+            for answer in (
+                [ex.completion, ex.rejected] if loss_fn.sequences == 2 else [ex.completion]
+            )
+        ]
+        for ex in examples
+    ]
+
+
+def _attach(model: Any, config: Any, cfg: LoraSpec) -> tuple[Any, dict[str, Any], list[Tensor]]:
+    """The LoRA layers on ``model`` (PEFT's ``LoraModel`` directly, not ``get_peft_model``:
+    no wrapper to unwrap, and the caller's model object keeps its identity): the tuner, its
+    layers by name and their trainable parameters, in fp32 (half-precision models too, as
+    ``get_peft_model`` does, so small updates are not rounded away). Detached again (nothing
+    merged) if a layer is too small for the rank."""
+    from peft import LoraModel
+    from peft.tuners.lora import LoraLayer
+
+    try:
+        tuner = LoraModel(model, config, _ADAPTER)
+    except ValueError as exc:
+        if "not found in the base model" not in str(exc) and "No modules were targeted" not in str(
+            exc
+        ):
+            raise
+        raise UserError(
+            f"release.lora.target_modules: {cfg.target_modules!r} matches no module of the "
+            f"model (its linear modules: {', '.join(_linear_names(model)) or 'none'})"
+        ) from None
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    too_small = [
+        (n, layer.in_features, layer.out_features)
+        for n, layer in layers.items()
+        if cfg.r > min(layer.in_features, layer.out_features)
+    ]
+    if too_small:
+        tuner.unload()
+        name, fan_in, fan_out = too_small[0]
+        raise UserError(
+            f"release.lora.r: got {cfg.r}, larger than layer {name} ({fan_out} x "
+            f"{fan_in}) allows (expected a rank <= {min(fan_in, fan_out)}; "
+            f"{len(too_small)} targeted layer(s) are that small)"
+        )
+    params = []
+    for layer in layers.values():
+        for sub in (layer.lora_A[_ADAPTER], layer.lora_B[_ADAPTER]):
+            sub.float()
+            params.extend(sub.parameters())
+    return tuner, layers, params
+
+
+def _update(
+    optimiser: Any, params: list[Tensor], layers: dict[str, Any],
+    previous: dict[str, list[Tensor]], orthogonal_weight: float,
+) -> None:  # fmt: skip
+    """One optimiser step on the accumulated gradients, O-LoRA's penalty added first."""
+    if orthogonal_weight > 0 and previous:
+        penalty = orthogonal_weight * _orthogonal_penalty(layers, previous)
+        # autograd.grad, not backward(): a backward outside a forward would trip DDP's
+        # gradient hooks; every process adds the same penalty.
+        factors = [layers[n].lora_A[_ADAPTER].weight for n in previous]
+        for weight, grad in zip(factors, torch.autograd.grad(penalty, factors), strict=True):
+            weight.grad = grad if weight.grad is None else weight.grad + grad
+    torch.nn.utils.clip_grad_norm_(params, 1.0)  # HF Trainer's default
+    optimiser.step()
+    optimiser.zero_grad(set_to_none=True)
+
+
+def _module_info(
+    cfg: LoraSpec, examples: int, steps: int, chat: bool, autocast_bf16: bool,
+    orthogonal_weight: float, loss_fn: Loss,
+) -> dict[str, Any]:  # fmt: skip
+    """What a module records of how it was trained (its json sidecar)."""
+    beta = getattr(loss_fn, "beta", None)
+    return {
+        "examples": examples,
+        "epochs": cfg.epochs,
+        "steps": steps,
+        "learning_rate": cfg.learning_rate,
+        "batch_size": cfg.batch_size,
+        "gradient_accumulation": cfg.gradient_accumulation,
+        "dropout": cfg.dropout,
+        "max_length": cfg.max_length,
+        "chat": chat,
+        "autocast_bf16": autocast_bf16,
+        "orthogonal_weight": orthogonal_weight,
+        "objective": loss_fn.name,
+        **({f"{loss_fn.name}_beta": beta} if beta is not None else {}),
+    }
 
 
 def _return_freed_memory() -> None:
