@@ -491,36 +491,16 @@ def preflight(
 # ------------------------------------------------------------------------ estimates
 def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
     """Returns the phase and the expected forget / self-generated retain example counts."""
-    reveal, gen = spec.reveal, spec.reveal.generation
     contexts = inputs.counts.get("reveal.contexts", 0)
     steps: list[Step] = []
     if spec.target.kind == "ner":
-        passages = inputs.passages or contexts
-        forget = passages * len(spec.target.forget_types) * gen.num_samples
-        retain = (
-            passages * len(spec.target.retain_types) * gen.num_samples
-            if spec.retain.self_generated
-            else 0
-        )
-        steps.append(
-            Step(
-                "extract",
-                f"{reveal.strategy}: query {passages} passages for "
-                f"{', '.join(spec.target.forget_types)} (forget)"
-                + (f" and {', '.join(spec.target.retain_types)} (retain)" if retain else ""),
-                {
-                    "generations": forget + retain,
-                    "generated_tokens": (forget + retain) * gen.max_new_tokens,
-                },
-            )
-        )
-        if reveal.strategy == "direct":
-            return (
-                Phase("reveal", "model's own answers become forget/retain data", steps),
-                forget,
-                retain,
-            )
-    if reveal.strategy == "direct":
+        extract, forget, retain = _ner_extract_step(spec, inputs.passages or contexts)
+        steps.append(extract)
+        if spec.reveal.strategy == "direct":
+            summary = "model's own answers become forget/retain data"
+            return Phase("reveal", summary, steps), forget, retain
+    if spec.reveal.strategy == "direct":
+        gen = spec.reveal.generation
         generations = contexts * gen.num_samples
         steps.append(
             Step(
@@ -531,9 +511,41 @@ def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
             )
         )
         return Phase("reveal", "self-generated forget data", steps), generations, 0
-    search = reveal.search
+    steps += _search_steps(spec, contexts)
+    forget = spec.reveal.outer_iterations * contexts * spec.reveal.generation.num_samples
+    title = "NeuralUCB" if spec.reveal.strategy == "neuralucb" else "random (baseline)"
+    return Phase("reveal", f"{title} instruction search + Vendi diversity", steps), forget, 0
+
+
+def _ner_extract_step(spec: Spec, passages: int) -> tuple[Step, int, int]:
+    """NER's extraction queries: the step, and the forget / retain answers it yields."""
+    reveal, gen = spec.reveal, spec.reveal.generation
+    forget = passages * len(spec.target.forget_types) * gen.num_samples
+    retain = (
+        passages * len(spec.target.retain_types) * gen.num_samples
+        if spec.retain.self_generated
+        else 0
+    )
+    step = Step(
+        "extract",
+        f"{reveal.strategy}: query {passages} passages for "
+        f"{', '.join(spec.target.forget_types)} (forget)"
+        + (f" and {', '.join(spec.target.retain_types)} (retain)" if retain else ""),
+        {
+            "generations": forget + retain,
+            "generated_tokens": (forget + retain) * gen.max_new_tokens,
+        },
+    )
+    return step, forget, retain
+
+
+def _search_steps(spec: Spec, contexts: int) -> list[Step]:
+    """The instruction search's steps (NeuralUCB or random): features, exemplars, trials,
+    confirmations, collection."""
+    reveal, gen, search = spec.reveal, spec.reveal.generation, spec.reveal.search
     trials = search.initial_evaluations + reveal.outer_iterations * reveal.inner_iterations
     per_trial = reveal.contexts_per_trial * gen.num_samples
+    steps: list[Step] = []
     if reveal.strategy == "neuralucb":
         steps.append(
             Step(
@@ -600,9 +612,7 @@ def _reveal_phase(spec: Spec, inputs: _Inputs) -> tuple[Phase, int, int]:
             },
         ),
     ]
-    forget = reveal.outer_iterations * contexts * gen.num_samples
-    title = "NeuralUCB" if reveal.strategy == "neuralucb" else "random (baseline)"
-    return Phase("reveal", f"{title} instruction search + Vendi diversity", steps), forget, 0
+    return steps
 
 
 def _steps_for(examples: int, spec: Spec) -> int:
