@@ -650,22 +650,6 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
     retain_first = planned[0].name == "R0"
     retain_last = spec.strategy.iterative and release.end_with_retain
 
-    def unset(given: list[float | None] | None, n: int) -> int:
-        return n if given is None else sum(w is None for w in given[:n])
-
-    searched = (
-        (weights.mu0 is None)
-        + (retain_first and weights.lambda0 is None)
-        + unset(weights.lambdas, iterations + retain_last)
-        + unset(weights.mus, iterations)
-    )
-    # One evaluation = eval_size passages x every forget and retained type (NER), scored for both
-    # forget and utility; plus the base model and a re-score of the merged model after each step.
-    per_eval = search.eval_size * max(
-        1, len(spec.target.forget_types) + len(spec.target.retain_types)
-    )
-    rescored = 1 + retain_first + 2 * iterations + retain_last  # the merged model, per step
-    evals = (searched * search.budget + 1 + rescored) * per_eval
     launcher = ""
     if lora.accelerate_config is not None:
         launcher = f"; accelerate launch --config_file {Path(lora.accelerate_config).name}"
@@ -728,19 +712,41 @@ def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int)
                 {"training_steps": retain_steps},
             )
         )
-    steps.append(
-        Step(
-            "weight search",
-            f"{searched} weights x {search.budget} candidates (ladder "
-            f"{', '.join(f'{w:.3g}' for w in ladder(search, release.rules.mode))}, then "
-            f"{'bisection around the best' if release.rules.mode == 'tradeoff' else 'bisection'}"
-            f"), each {per_eval} prompts of the search split; {_rules_text(spec)}",
-            {"evaluations": evals},
-        )
-    )
+    steps.append(_weight_search_step(spec, retain_first, retain_last))
     steps.append(_stopping_step(spec, iterations))
     summary = spec.strategy.summary.format(iterations=iterations)
     return Phase("release", summary, steps)
+
+
+def _weight_search_step(spec: Spec, retain_first: bool, retain_last: bool) -> Step:
+    """How many weights are searched, with what ladder and rules, at what cost."""
+    release, search, weights = spec.release, spec.release.search, spec.release.weights
+    iterations = spec.effective_iterations
+
+    def unset(given: list[float | None] | None, n: int) -> int:
+        return n if given is None else sum(w is None for w in given[:n])
+
+    searched = (
+        (weights.mu0 is None)
+        + (retain_first and weights.lambda0 is None)
+        + unset(weights.lambdas, iterations + retain_last)
+        + unset(weights.mus, iterations)
+    )
+    # One evaluation = eval_size passages x every forget and retained type (NER), scored for both
+    # forget and utility; plus the base model and a re-score of the merged model after each step.
+    per_eval = search.eval_size * max(
+        1, len(spec.target.forget_types) + len(spec.target.retain_types)
+    )
+    rescored = 1 + retain_first + 2 * iterations + retain_last  # the merged model, per step
+    evals = (searched * search.budget + 1 + rescored) * per_eval
+    return Step(
+        "weight search",
+        f"{searched} weights x {search.budget} candidates (ladder "
+        f"{', '.join(f'{w:.3g}' for w in ladder(search, release.rules.mode))}, then "
+        f"{'bisection around the best' if release.rules.mode == 'tradeoff' else 'bisection'}"
+        f"), each {per_eval} prompts of the search split; {_rules_text(spec)}",
+        {"evaluations": evals},
+    )
 
 
 def _rules_text(spec: Spec) -> str:
