@@ -21,9 +21,10 @@ from rrtool.errors import SpecError, UserError
 from rrtool.evaluators.utility import UTILITY_EVALUATORS, default_utility
 from rrtool.models import resolve_model
 from rrtool.oracles.registry import create_oracle, entry_points, unknown_oracle_message
-from rrtool.release.weights import ladder, ladder_ratio
+from rrtool.release.weights import explicit_weight, ladder, ladder_ratio
 from rrtool.spec import DataSource, Spec
 from rrtool.spec_loader import LoadedSpec
+from rrtool.strategies import Step as StrategyStep
 from rrtool.tracking import check_store, resolve_store, writable_dir
 
 
@@ -637,108 +638,100 @@ def _stopping_step(spec: Spec, iterations: int) -> Step:
 
 
 def _release_phase(spec: Spec, inputs: _Inputs, forget_n: int, retain_self: int) -> Phase:
+    """The strategy's own schedule (``rrtool.strategies``), one plan line per module, or per
+    iteration where an iteration adds a retain and subtracts a forget module."""
     release, lora, search = spec.release, spec.release.lora, spec.release.search
-    iterations = spec.effective_iterations
     retain_n = inputs.counts.get("retain.data", 0) + retain_self
+    if release.forget_data is not None:
+        forget_n = inputs.counts.get("release.forget_data", forget_n)
+    elif len(release.forget_formats) > 1:  # each answer re-rendered in every format
+        forget_n *= len(release.forget_formats)
     forget_steps, retain_steps = _steps_for(forget_n, spec), _steps_for(retain_n, spec)
-    weights = release.weights
 
-    def how(given: float | None) -> str:
+    def how(step: StrategyStep) -> str:
+        given = explicit_weight(release.weights, step)
         return f"{given:g} (given)" if given is not None else f"searched, budget {search.budget}"
-
-    planned = spec.strategy.schedule(spec.strategy_options)
-    retain_first = planned[0].name == "R0"
-    retain_last = spec.strategy.iterative and release.end_with_retain
 
     launcher = ""
     if lora.accelerate_config is not None:
         launcher = f"; accelerate launch --config_file {Path(lora.accelerate_config).name}"
     elif lora.processes > 1:
         launcher = f"; {lora.processes} processes under accelerate launch"
-    if release.forget_data is not None:
-        forget_n = inputs.counts.get("release.forget_data", forget_n)
-        forget_steps = _steps_for(forget_n, spec)
-    elif len(release.forget_formats) > 1:  # each answer re-rendered in every format
-        forget_n *= len(release.forget_formats)
-        forget_steps = _steps_for(forget_n, spec)
     lora_text = f"r={lora.r}, {lora.target_modules}{launcher}"
     source = "external" if release.forget_data is not None else "Reveal's"
-    detail = spec.strategy.plan_line(
-        spec.strategy_options, forget_n, retain_n, source, lora_text, how(weights.mu0)
-    )
-    ext_sub = release.strategy == "ext_sub"
-    steps = (
-        []
-        if not retain_first
-        else [
-            Step(
-                "retain R0",
-                f"train retain LoRA R0 on ~{retain_n} examples, add lambda0 = {how(weights.lambda0)}",
-                {"training_steps": retain_steps},
-            )
-        ]
-    )
-    steps += [
-        Step(
-            "ext_sub E0, D0" if ext_sub else "forget F0",
-            detail,
-            {"training_steps": forget_steps + (retain_steps if ext_sub else 0)},
-        ),
-    ]
+    planned = spec.strategy.schedule(spec.strategy_options)
     projected = (
         " (the retain modules' subspaces projected out)"
         if release.forget_projection == "retain"
         else ""
     )
-    for i in range(1, iterations + 1):
-        lam = weights.lambdas[i - 1] if weights.lambdas else None
-        mu = weights.mus[i - 1] if weights.mus else None
-        steps.append(
-            Step(
-                f"iteration {i}",
-                f"train retain LoRA R{i} on ~{retain_n} examples, add lambda{i} = {how(lam)}; "
-                f"train forget LoRA F{i}{projected}, subtract mu{i} = {how(mu)}",
-                {"training_steps": forget_steps + retain_steps},
+    steps: list[Step] = []
+    for iteration in dict.fromkeys(st.iteration for st in planned):
+        group = [st for st in planned if st.iteration == iteration]
+        kinds = [st.kind for st in group]
+        if group[0].objective == "ext_sub":  # E0 (added whole) and D0, trained together
+            line = spec.strategy.plan_line(
+                spec.strategy_options, forget_n, retain_n, source, lora_text, how(group[-1])
             )
-        )
-    if retain_last:
-        last = iterations + 1
-        lam = weights.lambdas[iterations] if weights.lambdas else None
-        steps.append(
-            Step(
-                f"retain R{last}",
-                f"train retain LoRA R{last} on ~{retain_n} examples, add lambda{last} = "
-                f"{how(lam)} (release.end_with_retain)",
-                {"training_steps": retain_steps},
+            cost = forget_steps + retain_steps
+            steps.append(Step("ext_sub E0, D0", line, {"training_steps": cost}))
+        elif iteration > 0 and kinds == ["retain", "forget"]:
+            retain, forget = group
+            steps.append(
+                Step(
+                    f"iteration {iteration}",
+                    f"train retain LoRA {retain.name} on ~{retain_n} examples, add "
+                    f"lambda{iteration} = {how(retain)}; train forget LoRA {forget.name}"
+                    f"{projected}, subtract mu{iteration} = {how(forget)}",
+                    {"training_steps": forget_steps + retain_steps},
+                )
             )
-        )
-    steps.append(_weight_search_step(spec, retain_first, retain_last))
-    steps.append(_stopping_step(spec, iterations))
-    summary = spec.strategy.summary.format(iterations=iterations)
+        else:
+            for st in group:
+                steps.append(_module_step(spec, st, how(st), forget_n, retain_n, source,
+                                          lora_text, forget_steps, retain_steps))  # fmt: skip
+    steps.append(_weight_search_step(spec, planned))
+    steps.append(_stopping_step(spec, spec.effective_iterations))
+    summary = spec.strategy.summary.format(iterations=spec.effective_iterations)
     return Phase("release", summary, steps)
 
 
-def _weight_search_step(spec: Spec, retain_first: bool, retain_last: bool) -> Step:
+def _module_step(
+    spec: Spec, step: StrategyStep, weight: str, forget_n: int, retain_n: int, source: str,
+    lora_text: str, forget_steps: int, retain_steps: int,
+) -> Step:  # fmt: skip
+    """The plan line of one module outside an [R_i, F_i] iteration."""
+    symbol = f"{'lambda' if step.kind == 'retain' else 'mu'}{step.iteration}"
+    if step.kind == "retain":
+        last = step.iteration > spec.effective_iterations
+        return Step(
+            f"retain {step.name}",
+            f"train retain LoRA {step.name} on ~{retain_n} examples, add {symbol} = {weight}"
+            + (" (release.end_with_retain)" if last else ""),
+            {"training_steps": retain_steps},
+        )
+    if step.iteration == 0:  # the strategy's first module, in its own words
+        line = spec.strategy.plan_line(
+            spec.strategy_options, forget_n, retain_n, source, lora_text, weight
+        )
+    else:
+        line = (
+            f"train forget LoRA {step.name} on ~{forget_n} {source} forget examples, "
+            f"{'subtract' if step.sign < 0 else 'add'} {symbol} = {weight}"
+        )
+    return Step(f"forget {step.name}", line, {"training_steps": forget_steps})
+
+
+def _weight_search_step(spec: Spec, planned: list[StrategyStep]) -> Step:
     """How many weights are searched, with what ladder and rules, at what cost."""
-    release, search, weights = spec.release, spec.release.search, spec.release.weights
-    iterations = spec.effective_iterations
-
-    def unset(given: list[float | None] | None, n: int) -> int:
-        return n if given is None else sum(w is None for w in given[:n])
-
-    searched = (
-        (weights.mu0 is None)
-        + (retain_first and weights.lambda0 is None)
-        + unset(weights.lambdas, iterations + retain_last)
-        + unset(weights.mus, iterations)
-    )
+    release, search = spec.release, spec.release.search
+    searched = sum(explicit_weight(release.weights, st) is None for st in planned)
     # One evaluation = eval_size passages x every forget and retained type (NER), scored for both
     # forget and utility; plus the base model and a re-score of the merged model after each step.
     per_eval = search.eval_size * max(
         1, len(spec.target.forget_types) + len(spec.target.retain_types)
     )
-    rescored = 1 + retain_first + 2 * iterations + retain_last  # the merged model, per step
-    evals = (searched * search.budget + 1 + rescored) * per_eval
+    evals = (searched * search.budget + 1 + len(planned)) * per_eval  # + the merged model per step
     return Step(
         "weight search",
         f"{searched} weights x {search.budget} candidates (ladder "

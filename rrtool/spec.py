@@ -27,6 +27,7 @@ from rrtool.builtins import (
     builtin_name,
     hub_name,
 )
+from rrtool.errors import closest
 from rrtool.strategies import STRATEGIES, Strategy
 from rrtool.strategies import Options as StrategyOptions
 
@@ -621,10 +622,9 @@ class WeightSearchSpec(_Section):
 class ReleaseSpec(_Section):
     """Stage 2: subtract forget LoRA, add retain LoRA, subtract forget LoRA, ..."""
 
-    strategy: Literal[
-        "iterative", "single_subtraction", "ext_sub", "gradient_ascent", "npo", "dpo", "cmd"
-    ] = Field(
+    strategy: str = Field(
         default="iterative",
+        json_schema_extra={"enum": list(STRATEGIES)},  # the registry's names (schema, docs)
         description="`iterative`: Reveal & Release (F0, then [+R_i, -F_i] per iteration). "
         "Baselines, each with its weight chosen by the same forget rule: `single_subtraction` "
         "(one forget LoRA subtracted; with `forget_data` the paper's PEM-external), `ext_sub` "
@@ -700,6 +700,19 @@ class ReleaseSpec(_Section):
     search: WeightSearchSpec = Field(
         default_factory=WeightSearchSpec, description="Weight search budget."
     )
+
+    @field_validator("strategy")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        # The registry, read at validation time: a strategy registered by a plugin or a test
+        # is a choice too.
+        if value not in STRATEGIES:
+            hint = closest(value, list(STRATEGIES))
+            raise ValueError(
+                f"got {value!r} (expected one of: {', '.join(STRATEGIES)}"
+                + (f"; did you mean `{hint}`?)" if hint else ")")
+            )
+        return value
 
     @model_validator(mode="after")
     def _schedule_lengths(self) -> ReleaseSpec:

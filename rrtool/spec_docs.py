@@ -86,7 +86,12 @@ def _rows(
             for a in typing.get_args(field.annotation) or (field.annotation,)
             if isinstance(a, type) and issubclass(a, BaseModel)
         ]
-        type_name = _type_name(field.annotation)
+        enum = (
+            (field.json_schema_extra or {}).get("enum")
+            if isinstance(field.json_schema_extra, dict)
+            else None
+        )
+        type_name = " \\| ".join(f"`{a}`" for a in enum) if enum else _type_name(field.annotation)
         out.append(
             f"| `{key}` | {type_name}{_bounds(field)} | {_default(field)} | {field.description or ''} |"
         )

@@ -573,7 +573,8 @@ class _Release:
             {"release/forget": scores.s, "release/utility": scores.u, "release/weight": weight},
             step=step.number,
         )
-        if step.kind == "forget" and step.iteration >= 1:
+        if step.kind == "forget" and step.iteration >= 1 and f"R{step.iteration}" in self.modules:
+            # The paper's Table 1: how far F_i's update lies from R_i's (iterative steps).
             self._similarity(step.iteration, module)
         self._upload_records()
         self.ctx.console.print(
