@@ -38,8 +38,9 @@ class RunContext:
     workdir: Path
     """Local scratch for this run (partial files before upload); safe to delete."""
     model_state: str = "base"
-    """What the loaded weights are: ``base``, ``released`` (the run's final stack applied) or
-    ``modified`` (anything else, e.g. Release interrupted mid-way). Phases that need a given
+    """What the loaded weights are: ``base``, ``released`` (the run's final stack applied),
+    ``derived`` (a named function of one of those, ``derived_weights``) or ``modified``
+    (anything else, e.g. Release interrupted mid-way). Phases that need a given
     state check it rather than assume (the audit measures the base model, then the released)."""
     released_key: str | None = None
     """Content key of the released stack (``answer_cache.stack_key``) while ``model_state`` is
@@ -85,11 +86,27 @@ class RunContext:
         finally:
             self.model_state, self.released_key = saved
 
+    @contextmanager
+    def derived_weights(self, tag: str) -> Iterator[None]:
+        """A block in which the loaded weights are a deterministic function (named by ``tag``,
+        e.g. a quantization scheme) of the named state loaded before it: answers are cached
+        under that state's name plus the tag, so the base model quantized the same way reads
+        back its answers in every later run of this model. Unnamed when that state is."""
+        name = self.weights_state()
+        saved = self.model_state, self.released_key
+        self.model_state, self.released_key = (
+            ("derived", f"{name}|{tag}") if name is not None else ("modified", None)
+        )
+        try:
+            yield
+        finally:
+            self.model_state, self.released_key = saved
+
     def weights_state(self) -> str | None:
         """What the loaded weights are, as a key for cached answers; None when not nameable."""
         if self.model_state == "base":
             return "base"
-        return self.released_key if self.model_state == "released" else None
+        return self.released_key if self.model_state in ("released", "derived") else None
 
     def cached(self, inner: Generator, batch_size: int) -> Generator:
         """``inner`` reading back answers of named weight states (``answer_cache``); ``inner``

@@ -462,6 +462,32 @@ def test_the_relearning_probe_is_measured_outside_the_answer_cache(
     assert ctx.weights_state() == "stack-key"  # the released state is named again after
 
 
+def test_quantized_weights_are_named_after_the_state_they_are_made_from() -> None:
+    """The base model quantized by a scheme is the same weights in every run of the model: its
+    answers are cached under "base|<scheme>" (the control comes back from the cache), never
+    under the unquantized state's name; an unnamed state stays unnamed."""
+    import types
+
+    from rrtool.context import RunContext
+    from rrtool.evaluators.quantization import SCHEMES
+
+    ctx = types.SimpleNamespace(model_state="base", released_key=None)
+    ctx.weights_state = types.MethodType(RunContext.weights_state, ctx)
+    derived = types.MethodType(RunContext.derived_weights, ctx)
+    int8, int4 = SCHEMES["int8"].key, SCHEMES["int4"].key
+    assert int8 != int4 and "int8" in int8
+    with derived(int8):
+        assert ctx.weights_state() == f"base|{int8}"
+    assert ctx.weights_state() == "base"
+    ctx.model_state, ctx.released_key = "released", "stack-key"
+    with derived(int4):
+        assert ctx.weights_state() == f"stack-key|{int4}"
+    assert ctx.weights_state() == "stack-key"
+    ctx.model_state, ctx.released_key = "modified", None
+    with derived(int8):
+        assert ctx.weights_state() is None
+
+
 def _probes(invoke, run_id: str, uri: str, tmp_path: Path) -> dict:
     out = tmp_path / "probes.json"
     result = invoke("audit", run_id, "--report", "json", "--out", out, "--tracking-uri", uri)

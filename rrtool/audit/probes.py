@@ -344,7 +344,9 @@ def quantization(
         values = {}
         for scheme in SCHEMES.values():
             ctx.console.print(f"audit: quantization probe: {side} model at {scheme.name} ...")
-            with ctx.modified_weights(), quantized(ctx.model().model, scheme):
+            # Named (base|int8, ...): the base model's control is the same in every run of
+            # this model on these prompts, and comes back from the answer cache.
+            with ctx.derived_weights(scheme.key), quantized(ctx.model().model, scheme):
                 evaluation = suite.measures["forget"]()
             values[scheme.name] = (
                 _headline_value(evaluation, headline),

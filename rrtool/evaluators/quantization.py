@@ -42,7 +42,14 @@ class Scheme:
             "input columns"
         )
 
+    @property
+    def key(self) -> str:
+        """Names the weights this scheme makes of a named state (the answer cache's key):
+        change ``QUANTIZER_VERSION`` when the rounding changes."""
+        return f"quantized:{QUANTIZER_VERSION}:{self.name}:{self.bits}:{self.group_size}"
 
+
+QUANTIZER_VERSION = 1
 SCHEMES = {s.name: s for s in (Scheme("int8", 8, None), Scheme("int4", 4, 128))}
 
 
