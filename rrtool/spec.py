@@ -966,7 +966,14 @@ class Spec(_Section):
                 f"(got `{self.target.kind}`)",
             )
         strategy = self.strategy
-        given = self.release.model_fields_set
+        # Given and not at its default: a resolved spec (the run's record, every key written)
+        # names every option at its default and must load again.
+        given = {
+            key
+            for key in self.release.model_fields_set
+            if getattr(self.release, key)
+            != ReleaseSpec.model_fields[key].get_default(call_default_factory=True)
+        }
         for other in STRATEGIES.values():
             for key in other.options:
                 if key in given and key not in strategy.options:

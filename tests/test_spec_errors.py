@@ -362,3 +362,19 @@ def test_a_misspelt_utility_name_suggests_the_builtin(write_spec, invoke) -> Non
     assert (
         "(did you mean `perplexity`?)" in error["what"] and "built-in: perplexity" in error["what"]
     )
+
+
+def test_a_resolved_spec_with_every_option_at_its_default_loads_again() -> None:
+    """The run records its spec with every key written; options of other strategies are at
+    their defaults there and must not read as misplaced (``rrtool attack`` reloads it)."""
+    from rrtool.spec import Spec
+
+    data = Spec.model_validate(tiny_spec()).model_dump(mode="json")
+    assert "npo_beta" in data["release"] and "schedule" in data["release"]
+    for strategy in ("iterative", "npo", "dpo", "single_subtraction"):
+        data["release"]["strategy"] = strategy
+        assert Spec.model_validate(data).release.strategy == strategy
+    data["release"]["npo_beta"] = 0.3  # changed: misplaced for dpo
+    data["release"]["strategy"] = "dpo"
+    with pytest.raises(ValueError, match="npo_beta is an option of release.strategy `npo`"):
+        Spec.model_validate(data)
