@@ -49,7 +49,11 @@ def test_probe_reads_a_present_concept_and_chance_where_it_is_gone() -> None:
         assert row["base"]["value"] > 0.9 and row["base"]["ci"][0] > 0.8
         assert abs(row["released_base_probe"]["value"] - 0.5) < 0.15
         assert abs(row["released_retrained"]["value"] - 0.5) < 0.15
-    assert "not linearly decodable" in gone["reading"]
+    assert "not linearly decodable after Release" in gone["reading"]
+    assert "the base model's states carried it at layer(s) 1, 2" in gone["reading"]
+    # Nothing to read in the base model either: the probe says it cannot show forgetting.
+    blind = probe(_states(3, separable=False), _states(4, separable=False), [1, 2], seed=0)
+    assert blind["base_decodable_layers"] == [] and "cannot show forgetting" in blind["reading"]
     # The concept kept, in a rotated direction: the base probe misses it, a retrained one not.
     rotated = _states(2, separable=True)
     for states in rotated:

@@ -244,20 +244,35 @@ def probe(
             }
         )
     tokens = sum(len(base[i].labels) for i in usable)  # type: ignore[union-attr]
-    decodable = [
-        r["layer"]
-        for r in rows
-        if r["released_retrained"]["ci"] and r["released_retrained"]["ci"][0] > DECODABLE
-    ]
+
+    def above(side: str) -> list[int]:
+        return [r["layer"] for r in rows if r[side]["ci"] and r[side]["ci"][0] > DECODABLE]
+
+    decodable, in_base = above("released_retrained"), above("base")
     return {
         "status": "done",
         "layers": rows,
         "passages": {"train": len(train), "test": len(test)},
         "tokens": tokens,
         "decodable_layers": decodable,
-        "reading": (
-            f"still linearly decodable after Release at layer(s) {', '.join(map(str, decodable))}"
-            if decodable
-            else "not linearly decodable after Release at any probed layer"
-        ),
+        "base_decodable_layers": in_base,
+        "reading": _reading(decodable, in_base),
     }
+
+
+def _reading(decodable: list[int], in_base: list[int]) -> str:
+    """What the probe shows: the concept's absence after Release means something only where
+    the base model's states carried it."""
+    if decodable:
+        return (
+            f"still linearly decodable after Release at layer(s) {', '.join(map(str, decodable))}"
+        )
+    if not in_base:
+        return (
+            "not linearly decodable in the base model's states either (its probe's interval "
+            f"is not above {DECODABLE}): this probe cannot show forgetting here"
+        )
+    return (
+        "not linearly decodable after Release at any probed layer (the base model's states "
+        f"carried it at layer(s) {', '.join(map(str, in_base))})"
+    )
