@@ -46,8 +46,8 @@ def print_plan(plan: Plan, console: Console | None = None) -> None:
     console.print(escape(f"model: {plan.model}    tracking: {plan.tracking_uri}"))
     checks = Table(title="Pre-flight checks", show_header=False, title_justify="left")
     checks.add_column(style="green")
-    checks.add_column()
-    checks.add_column()
+    checks.add_column(overflow="fold")
+    checks.add_column(overflow="fold")  # a model path or data file stays whole
     for check in plan.checks:
         checks.add_row("ok", escape(check.name), escape(check.detail))
     console.print(checks)
@@ -58,7 +58,7 @@ def print_plan(plan: Plan, console: Console | None = None) -> None:
             expand=True,
         )
         table.add_column("step", no_wrap=True, style="bold")
-        table.add_column("what", ratio=1)
+        table.add_column("what", ratio=1, overflow="fold")
         table.add_column("cost", justify="right")
         for step in phase.steps:
             table.add_row(escape(step.name), escape(step.detail), _cost(step.estimate))

@@ -454,3 +454,11 @@ def test_each_probe_is_planned_with_its_budget(invoke, write_spec) -> None:
     assert steps["probe quantization"]["estimate"] == {"evaluations": 40}
     assert "16 forget examples" in steps["probe relearning"]["detail"]
     assert "probe linear_probe" in steps and "probe membership" not in steps
+
+
+def test_the_plan_keeps_paths_whole_at_80_columns(invoke) -> None:
+    """The model's file path and every step's text fold onto more lines; none is cut."""
+    result = invoke("plan", REPO / "specs" / "person_ner.yaml", env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.stderr
+    assert "…" not in result.stdout
+    assert max(map(len, result.stdout.splitlines())) <= 80
