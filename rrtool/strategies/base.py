@@ -9,8 +9,8 @@ from rrtool.strategies.steps import Step
 
 @dataclass(frozen=True)
 class Options:
-    """What a strategy reads of the spec: its release section and the target kind, passed
-    in by the spec, the planner and the phase (this room imports no spec)."""
+    """What a strategy reads of the spec (``Spec.strategy_options`` builds it; this room
+    imports no spec): the iteration count after the stopping cap and its own options."""
 
     iterations: int  # after the stopping cap
     schedule: str = "forget_first"  # release.schedule
