@@ -57,6 +57,8 @@ def test_a_registered_strategy_is_planned_run_audited_and_compared(
     data = json.loads(report.read_text())
     assert [s["module"] for s in data["steps"]] == ["base", "F0", "F1"]
     assert all(s["coefficient"] <= 0 for s in data["steps"][1:])  # both subtracted
+    # A one-shot strategy has no iterations a cap could have cut: the reason says what ran.
+    assert data["release"]["stop_reason"].startswith("all 2 module(s) of `twice_subtracted`")
     assert data["audit"]["summary"]["forget"]["metric"] == "macro_mention_rate"
 
     other = write_spec(tiny_spec(release={"strategy": "single_subtraction"}), "other.yaml")

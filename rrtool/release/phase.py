@@ -750,12 +750,15 @@ class _Release:
                     break
             if not reason:
                 n = self.spec.effective_iterations
-                capped = n < release.iterations
-                reason = (
-                    f"stopping.max_iterations ({n}) capped release.iterations ({release.iterations})"
-                    if capped
-                    else f"all {n} iteration(s) done"
-                )
+                if not self.spec.strategy.iterative:  # no iterations to count or cap
+                    reason = f"all {len(plan)} module(s) of `{release.strategy}` applied"
+                elif n < release.iterations:
+                    reason = (
+                        f"stopping.max_iterations ({n}) capped release.iterations "
+                        f"({release.iterations})"
+                    )
+                else:
+                    reason = f"all {n} iteration(s) done"
             if not self.state.get("stop_reason"):
                 settled = self.settle()
                 reason = f"{reason}; {settled}" if settled else reason
