@@ -7,6 +7,7 @@ the generator or the oracle twice within one process.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,32 +76,20 @@ class RunContext:
         gc.collect()  # the old weights go before the new ones arrive
         return self.model()
 
-    @contextmanager
-    def modified_weights(self) -> Iterator[None]:
+    def modified_weights(self) -> contextlib.AbstractContextManager[None]:
         """A block in which the loaded weights are not a named state (an adapter attached, the
         weights quantized): answers are neither read from nor written to the answer cache."""
-        saved = self.model_state, self.released_key
-        self.model_state, self.released_key = "modified", None
-        try:
-            yield
-        finally:
-            self.model_state, self.released_key = saved
+        return _weights_as(self, "modified", None)
 
-    @contextmanager
-    def derived_weights(self, tag: str) -> Iterator[None]:
+    def derived_weights(self, tag: str) -> contextlib.AbstractContextManager[None]:
         """A block in which the loaded weights are a deterministic function (named by ``tag``,
         e.g. a quantization scheme) of the named state loaded before it: answers are cached
         under that state's name plus the tag, so the base model quantized the same way reads
         back its answers in every later run of this model. Unnamed when that state is."""
         name = self.weights_state()
-        saved = self.model_state, self.released_key
-        self.model_state, self.released_key = (
-            ("derived", f"{name}|{tag}") if name is not None else ("modified", None)
-        )
-        try:
-            yield
-        finally:
-            self.model_state, self.released_key = saved
+        if name is None:
+            return _weights_as(self, "modified", None)
+        return _weights_as(self, "derived", f"{name}|{tag}")
 
     def weights_state(self) -> str | None:
         """What the loaded weights are, as a key for cached answers; None when not nameable."""
@@ -150,3 +139,14 @@ class RunContext:
         if key not in self._oracles:
             self._oracles[key] = create_oracle(name, options or {})
         return self._oracles[key]
+
+
+@contextmanager
+def _weights_as(ctx: Any, state: str, key: str | None) -> Iterator[None]:
+    """A block in which ``ctx``'s loaded weights are ``state`` (named ``key``), restored after."""
+    saved = ctx.model_state, ctx.released_key
+    ctx.model_state, ctx.released_key = state, key
+    try:
+        yield
+    finally:
+        ctx.model_state, ctx.released_key = saved

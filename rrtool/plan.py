@@ -703,7 +703,7 @@ def _module_step(
     """The plan line of one module outside an [R_i, F_i] iteration."""
     symbol = f"{'lambda' if step.kind == 'retain' else 'mu'}{step.iteration}"
     if step.kind == "retain":
-        last = step.iteration > spec.effective_iterations
+        last = spec.release.end_with_retain and step.iteration > spec.effective_iterations
         return Step(
             f"retain {step.name}",
             f"train retain LoRA {step.name} on ~{retain_n} examples, add {symbol} = {weight}"

@@ -208,8 +208,8 @@ def _key_path(data: Any, base: KeyPath, key: tuple[str, ...]) -> KeyPath:
     """``base`` + ``key`` as far as the document has it (a key left at its default is named,
     its line being the nearest written one's)."""
     node: Any = data
-    for part in base:
-        node = node[part]
+    for part in base:  # (the last part of ``base`` may name a key the document leaves out)
+        node = node.get(part) if isinstance(node, dict) else None
     path = list(base)
     for i, part in enumerate(key):
         if isinstance(node, dict) and part in node:

@@ -48,7 +48,8 @@ class Strategy:
         return any(step.kind == "retain" for step in self.schedule(options))
 
     def first_module(self, options: Options, retain_n: int) -> tuple[str, str]:
-        """What is trained first and how it is applied (the two halves of ``plan_line``)."""
+        """What is trained first and how it is applied (the two halves of ``plan_line``; a
+        strategy that words its whole line itself overrides ``plan_line`` instead)."""
         raise NotImplementedError
 
     def plan_line(

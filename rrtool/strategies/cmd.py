@@ -13,9 +13,6 @@ class Cmd(Strategy):
     objective = "cmd"
     target_kinds = ("toxicity",)
 
-    def first_module(self, options: Options, retain_n: int) -> tuple[str, str]:
-        return "rewrite the toxic segments and learn the cleaned continuations", "add it, weight"
-
     def plan_line(
         self, options: Options, forget_n: int, retain_n: int, source: str, lora: str, weight: str
     ) -> str:
