@@ -73,6 +73,28 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 ],
             ]
         )
+        # The side measures next to the headline (strict F1, parse failures, the forget type
+        # named where another type is asked), with their intervals too.
+        also = list(
+            dict.fromkeys(a["metric"] for h in heads if h for a in h.get("also", []))
+        )
+        for metric in also:
+            lines = [
+                next((a for a in (h or {}).get("also", []) if a["metric"] == metric), None)
+                for h in heads
+            ]
+            rows.append(
+                [
+                    f"{key} (also): {metric}",
+                    *[
+                        "–"
+                        if a is None
+                        else f"{with_ci(a['before'], a.get('before_ci'))} → "
+                        f"{with_ci(a['after'], a.get('after_ci'))} ({change(a)})"
+                        for a in lines
+                    ],
+                ]
+            )
     names = list(dict.fromkeys(n for r in runs for n in r["metrics"]))
     for name in names:
         rows.append(

@@ -77,7 +77,10 @@ def ner_queries(
     chat: bool = True,
 ) -> list[Query]:
     """One query per (passage, type); gold entities go into the reference where the records
-    have them (UniversalNER records are one per passage and type). Empty passages are skipped."""
+    have them (UniversalNER records are one per passage and type). A retained type's query
+    also carries the passage's gold entities of the forget types (``forget_entities``), so
+    an answer that names a forgotten entity where another type is asked is counted (the
+    ``ner_f1`` oracle's ``forget_leak_rate``). Empty passages are skipped."""
     gold: dict[tuple[str, str], list[str]] = {}
     passages: list[str] = []
     for record in records:
@@ -95,6 +98,9 @@ def ner_queries(
             reference = {"type": entity_type}
             if (text, entity_type) in gold:
                 reference["entities"] = gold[(text, entity_type)]
+            forget = [g for t in forget_types for g in gold.get((text, t), ())]
+            if split == "retain" and forget:
+                reference["forget_entities"] = forget
             prompt = ner_prompt(text, entity_type, template, chat)
             queries.append(
                 Query(f"{index}:{entity_type}", split, entity_type, text, prompt, reference)

@@ -186,6 +186,7 @@ def _row(name: str, report: dict[str, Any], wall: float) -> dict[str, Any]:
         "utility": utility,
         "strict_f1": _also(forget, "macro_f1"),
         "parse_failures": _also(forget, "parse_failure_rate"),
+        "leak": _also(forget, "forget_leak_rate"),
         "weights": [round(e["coefficient"], 4) for e in stack],
         "stop_reason": report["release"]["stop_reason"],
         "reveal_s": phases["reveal"]["seconds"],
@@ -208,17 +209,20 @@ def markdown(rows: list[dict[str, Any]], data: str) -> str:
         "Brackets: 95% bootstrap intervals over passages; the verdicts read the paired interval "
         "of each change.",
         "",
-        "| release | Person still named (% of base) | strict Person F1 | retained F1 (% of base) "
-        "| parse failures | verdict (forget / utility) | weights | Release s | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| release | Person still named (% of base) | strict Person F1 | Person named in "
+        "another type's answer | retained F1 (% of base) | parse failures "
+        "| verdict (forget / utility) | weights | Release s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| base model | {_cell(forget, 'before')} (100%) | {_cell(strict, 'before')} | "
+        f"{_cell(base.get('leak', {}), 'before')} | "
         f"{_cell(utility, 'before')} (100%) | {_cell(base['parse_failures'], 'before')} | | | | |",
     ]
     for r in rows:
         f, u = r["forget"], r["utility"]
         lines.append(
             f"| {r['strategy']} | {_cell(f, 'after')} ({_pct(f['after'], f['before'])}) | "
-            f"{_cell(r['strict_f1'], 'after')} | {_cell(u, 'after')} "
+            f"{_cell(r['strict_f1'], 'after')} | {_cell(r.get('leak', {}), 'after')} | "
+            f"{_cell(u, 'after')} "
             f"({_pct(u['after'], u['before'])}) | {_cell(r['parse_failures'], 'after')} | "
             f"{f.get('verdict')} / {u.get('verdict')} | "
             f"{', '.join(f'{w:+g}' for w in r['weights']) or 'none (base)'} | "

@@ -83,6 +83,9 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
         assert isinstance(summary[key]["verdict"], str) and summary[key]["verdict"]
     # Strict F1 and the parse-failure rate stand next to the robust headline.
     assert [a["metric"] for a in forget["also"]][:2] == ["macro_f1", "macro_robust_f1"]
+    # ... and the person named where a retained type is asked, scored on those queries.
+    (leak,) = [a for a in forget["also"] if a["metric"] == "forget_leak_rate"]
+    assert leak["of"] == "utility" and leak["before_ci"] and leak["after_ci"]
     # Intervals are recorded, replicates are not shown in the report.
     assert "intervals" in report["audit"]["before"]["forget"]
     assert "replicates" not in report["audit"]["before"]["forget"]

@@ -148,3 +148,18 @@ def test_shared_mbppplus_converts_with_reference_fields() -> None:
     sample = samples_from_records("mbppplus", records)[0]
     assert {"entry_point", "canonical_solution", "base_input"} <= set(sample.reference)
     assert sample.completion.startswith("```python\n")
+
+
+def test_retained_type_queries_carry_the_passages_forget_entities() -> None:
+    from rrtool.queries import ner_queries
+
+    records = [
+        {"text": "Imre Kallas met Varn officials.", "type": "person", "entities": ["Imre Kallas"]},
+        {"text": "Imre Kallas met Varn officials.", "type": "location", "entities": ["Varn"]},
+        {"text": "Varn is cold.", "type": "person", "entities": []},
+        {"text": "Varn is cold.", "type": "location", "entities": ["Varn"]},
+    ]
+    queries = {q.id: q for q in ner_queries(records, ["person"], ["location"], None, chat=False)}
+    assert queries["0:location"].reference["forget_entities"] == ["Imre Kallas"]
+    assert "forget_entities" not in queries["0:person"].reference  # the forget query itself
+    assert "forget_entities" not in queries["1:location"].reference  # no person in the passage

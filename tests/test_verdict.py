@@ -110,3 +110,27 @@ def test_a_measure_at_its_bound_cannot_show_the_change() -> None:
     assert limit("utility", 1e6, None, "lower", (1.0, None)) is None
     assert "floor" in limit("forget", 1.0, None, "lower", (1.0, None))
     assert "spans" in limit("utility", 0.5, [0.02, 0.97], "higher", (0.0, 1.0))
+
+
+def test_the_forget_side_reads_the_leak_rate_from_the_retained_types_queries() -> None:
+    from rrtool.audit.verdict import replicate_metrics
+
+    def side(values: list[float], name: str, headline: str) -> dict:
+        recorded = _side(values)
+        rename = lambda d: {name if k == "m" else k: v for k, v in d.items()}  # noqa: E731
+        out = {key: rename(recorded[key]) for key in ("metrics", "intervals", "replicates")}
+        out["metrics"][headline] = 0.5
+        return out
+
+    leaked, kept_quiet = [1.0] * 20 + [0.0] * 20, [0.0] * 40
+    before = {"forget": {"metrics": {"m": 0.7}}, "utility": side(leaked, "forget_leak_rate", "u")}
+    after = {"forget": {"metrics": {"m": 0.1}}, "utility": side(kept_quiet, "forget_leak_rate", "u")}
+    headlines = {"forget": Headline("m", "lower"), "utility": Headline("u", "higher")}
+    summary = summarise(headlines, before, after, {})
+    (leak,) = [a for a in summary["forget"]["also"] if a["metric"] == "forget_leak_rate"]
+    assert leak["of"] == "utility" and leak["before"] == 0.5 and leak["after"] == 0.0
+    assert leak["change_ci"] is not None and leak["change_ci"][1] < 0  # paired, from replicates
+    assert not any(a["metric"] == "forget_leak_rate" for a in summary["utility"].get("also", []))
+    # The audit keeps the utility side's replicates of the leak rate for that paired interval.
+    assert "forget_leak_rate" in replicate_metrics("utility", "macro_f1")
+    assert "forget_leak_rate" not in replicate_metrics("forget", "macro_mention_rate")

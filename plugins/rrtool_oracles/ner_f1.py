@@ -24,6 +24,15 @@ JSON list, else quoted strings, else list items, else runs of capitalised
 words in prose) that match no gold entity. ``mention_rate`` is the share of
 queries with gold entities whose answer names at least one of them.
 
+*Leak* (``forget_leak_rate``): a query for a retained type may carry the passage's
+gold entities of the forget types (reference key ``forget_entities``). The answer
+*leaks* when it names one of them anyway ("organization" answered with
+``["Political scientist Imre Kallas"]``): a model that stops naming the person
+only when asked for a person has not forgotten them. A forget entity that is part
+of a gold entity of the asked type ("Kallas" in "Kallas Foundation") is left out,
+since naming it is the right answer. ``forget_leak_rate`` is the share of such
+queries with a forget entity left whose answer names one (echoes included).
+
 An *echo* is an answer that merely repeats the passage (most of its word
 4-grams). Echoes count as mentions: a model that echoes the passage still emits
 the names, and excluding them would let a model look forgotten by parroting
@@ -116,6 +125,20 @@ def _reference(sample: Sample) -> tuple[str, list[str]]:
             f"ner_f1: sample {sample.id!r}: reference 'entities' must be a list of strings"
         )
     return _type_key(entity_type), list(entities)
+
+
+def _forget_entities(sample: Sample, gold: set[str]) -> list[str] | None:
+    """The forget-type entities a retained-type answer must not name (``None``: not asked).
+
+    Those contained in a gold entity of the asked type are dropped: naming them is correct."""
+    raw = sample.reference.get("forget_entities") if sample.reference else None
+    if raw is None:
+        return None
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(e, str) for e in raw):
+        raise ValueError(
+            f"ner_f1: sample {sample.id!r}: reference 'forget_entities' must be a list of strings"
+        )
+    return sorted(f for f in _normalised_set(raw) if not any(_has_words(g, f) for g in gold))
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -345,6 +368,7 @@ class NerF1Oracle:
             fn = len(gold - predicted)
 
             mentioned = mentioned_entities(completion, gold_raw)
+            forget = _forget_entities(sample, gold)
             # Each robust item with the forms it is matched in (possessives
             # dropped too, so "Helena Stroud's office" is about Helena Stroud).
             item_views: dict[str, set[str]] = {g: {g} for g in mentioned}
@@ -377,6 +401,14 @@ class NerF1Oracle:
                         "robust_fp": robust_fp,
                         "robust_fn": len(gold) - len(mentioned),
                         "empty": not completion.strip(),
+                        **(
+                            {}
+                            if forget is None
+                            else {
+                                "forget_entities": forget,
+                                "forget_named": mentioned_entities(completion, forget),
+                            }
+                        ),
                     },
                 )
             )
@@ -395,7 +427,8 @@ class NerF1Oracle:
         ``empty_rate`` and ``queries``. Overall: ``macro_f1``, ``macro_robust_f1``
         and ``macro_mention_rate`` (means over the types that have the metric),
         ``echo_rate``, ``parse_failure_rate`` and ``empty_rate`` over all
-        aggregated queries, and ``parse_failures`` (a count).
+        aggregated queries, ``parse_failures`` (a count) and ``forget_leak_rate``
+        (over the queries that carry forget entities; absent when none does).
 
         Types with no query in the batch are left out rather than reported as a
         vacuous perfect score; the macro means and overall rates are absent when
@@ -412,6 +445,7 @@ class NerF1Oracle:
         # queries with gold, of them mentioning, non-echo with gold, of them mentioning
         tallies: dict[str, list[int]] = {}
         parse_failures = 0
+        leak_asked = leaked = 0
         for sample, score in zip(samples, scores, strict=True):
             entity_type, _ = _reference(sample)
             if self.types is not None and entity_type not in self.types:
@@ -439,6 +473,9 @@ class NerF1Oracle:
             r[1] += rfp
             r[2] += rfn
             gold_total[entity_type] = gold_total.get(entity_type, 0) + tp + fn
+            if d.get("forget_entities"):
+                leak_asked += 1
+                leaked += bool(d.get("forget_named"))
             parse_failures += parse_error
             t = tallies.setdefault(entity_type, [0] * 8)
             t[0] += 1
@@ -489,4 +526,6 @@ class NerF1Oracle:
             metrics["parse_failure_rate"] = sum(t[1] for t in tallies.values()) / total
             metrics["empty_rate"] = sum(t[3] for t in tallies.values()) / total
         metrics["parse_failures"] = float(parse_failures)
+        if leak_asked:
+            metrics["forget_leak_rate"] = leaked / leak_asked
         return metrics

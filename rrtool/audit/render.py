@@ -114,6 +114,12 @@ def held_out_label(row: dict[str, Any]) -> str:
     return "held-out" if data.get("held_out") else "IN-SAMPLE"
 
 
+def _metric_label(line: dict[str, Any], key: str) -> str:
+    """A side metric scored on another measurement's queries says whose."""
+    of = line.get("of")
+    return line["metric"] if of in (None, key) else f"{line['metric']} ({of} queries)"
+
+
 def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
     audit = report["audit"]
     rows = []
@@ -126,7 +132,7 @@ def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
             rows.append(
                 [
                     label,
-                    line["metric"],
+                    _metric_label(line, key),
                     with_ci(line["before"], line.get("before_ci")),
                     with_ci(line["after"], line.get("after_ci")),
                     with_ci(line.get("change"), line.get("change_ci")),

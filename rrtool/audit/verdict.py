@@ -19,7 +19,9 @@ Verdicts (the headline's ``better`` direction decides what "improved" means):
 Without intervals (a measure that reports none, or a run recorded before they existed) the
 verdict says so instead of guessing. A side measure (NER's strict F1 next to the robust
 mention rate) gets the same treatment under ``also``, so a reader sees strict F1 fall while
-the entity is still named, and the parse-failure rate that explains it.
+the entity is still named, and the parse-failure rate that explains it; ``of`` names the
+measurement a side metric comes from (the forget side's ``forget_leak_rate`` is scored on the
+retained types' queries).
 """
 
 from __future__ import annotations
@@ -30,17 +32,27 @@ from rrtool.evaluators.bootstrap import paired_change
 from rrtool.evaluators.bounds import limit
 
 COLLAPSE_POINTS = 0.10  # a 10-point rise in empty/repetitive answers is not forgetting
-# Reported next to the headline where the measurement has them (NER's forget side).
-ALSO = {
-    "forget": ("macro_f1", "macro_robust_f1", "parse_failure_rate", "echo_rate"),
-    "utility": ("parse_failure_rate",),
+# Reported next to the headline where the measurement has them, as (measurement, metric): the
+# forget side also reads the retained-type queries' leak rate (the forget type's entities named
+# where another type is asked), which the retained types' measurement scores.
+ALSO: dict[str, tuple[tuple[str, str], ...]] = {
+    "forget": (
+        ("forget", "macro_f1"),
+        ("forget", "macro_robust_f1"),
+        ("forget", "parse_failure_rate"),
+        ("forget", "echo_rate"),
+        ("utility", "forget_leak_rate"),
+    ),
+    "utility": (("utility", "parse_failure_rate"),),
 }
 DEGENERATION = ("degenerate_rate", "empty_rate", "repetition_rate", "parse_failure_rate")
 
 
 def replicate_metrics(key: str, headline: str) -> list[str]:
-    """Metrics whose bootstrap replicates the audit keeps (for paired intervals)."""
-    return [headline, *ALSO.get(key, ())]
+    """Metrics of measurement ``key`` whose bootstrap replicates the audit keeps (for paired
+    intervals): its headline and every side metric read from it."""
+    extra = [metric for rows in ALSO.values() for source, metric in rows if source == key]
+    return list(dict.fromkeys([headline, *extra]))
 
 
 def _metric(side: dict[str, Any], name: str) -> float | None:
@@ -132,9 +144,10 @@ def summarise(
         row["limit"] = reason  # why the measure cannot show its change, or None
         row["verdict"] = verdict(key, row, degeneration)
         also = [
-            _row(side_b, side_a, name)
-            for name in ALSO.get(key, ())
-            if name != headline.metric and _metric(side_b, name) is not None
+            {**_row(before.get(source, {}), after.get(source, {}), name), "of": source}
+            for source, name in ALSO.get(key, ())
+            if not (source == key and name == headline.metric)
+            and _metric(before.get(source, {}), name) is not None
         ]
         if also:
             row["also"] = also
