@@ -75,9 +75,7 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         )
         # The side measures next to the headline (strict F1, parse failures, the forget type
         # named where another type is asked), with their intervals too.
-        also = list(
-            dict.fromkeys(a["metric"] for h in heads if h for a in h.get("also", []))
-        )
+        also = list(dict.fromkeys(a["metric"] for h in heads if h for a in h.get("also", [])))
         for metric in also:
             lines = [
                 next((a for a in (h or {}).get("also", []) if a["metric"] == metric), None)

@@ -176,3 +176,18 @@ def test_the_spec_offers_exactly_the_registered_strategies() -> None:
     for name, strategy in STRATEGIES.items():
         assert strategy.name == name and strategy.summary
         assert type(strategy).__module__ == f"rrtool.strategies.{name}"
+
+
+LONGEST_FUNCTION = 100  # lines, docstring included: a longer one has seams to split along
+
+
+def test_no_function_is_longer_than_a_screenful_or_two() -> None:
+    long = []
+    for folder in (ROOT / "rrtool", ROOT / "plugins"):
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > LONGEST_FUNCTION:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {lines}")
+    assert not long, long

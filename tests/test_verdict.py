@@ -124,7 +124,10 @@ def test_the_forget_side_reads_the_leak_rate_from_the_retained_types_queries() -
 
     leaked, kept_quiet = [1.0] * 20 + [0.0] * 20, [0.0] * 40
     before = {"forget": {"metrics": {"m": 0.7}}, "utility": side(leaked, "forget_leak_rate", "u")}
-    after = {"forget": {"metrics": {"m": 0.1}}, "utility": side(kept_quiet, "forget_leak_rate", "u")}
+    after = {
+        "forget": {"metrics": {"m": 0.1}},
+        "utility": side(kept_quiet, "forget_leak_rate", "u"),
+    }
     headlines = {"forget": Headline("m", "lower"), "utility": Headline("u", "higher")}
     summary = summarise(headlines, before, after, {})
     (leak,) = [a for a in summary["forget"]["also"] if a["metric"] == "forget_leak_rate"]

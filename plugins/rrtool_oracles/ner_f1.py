@@ -47,6 +47,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from rrtool.oracles.contract import Requirements, Sample, Score
@@ -321,6 +322,69 @@ def robust_items(answer: str) -> list[str]:
     return _capitalised_runs(answer)
 
 
+@dataclass
+class _Tally:
+    """One entity type's counts over the aggregated queries."""
+
+    strict: list[int] = field(default_factory=lambda: [0, 0, 0])  # tp, fp, fn
+    robust: list[int] = field(default_factory=lambda: [0, 0, 0])
+    queries: int = 0
+    failed: int = 0  # parse errors
+    echoes: int = 0
+    empties: int = 0
+    with_gold: int = 0  # queries whose passage has gold entities of the type
+    named: int = 0  # of them, answers naming one
+    plain: int = 0  # non-echo queries with gold
+    plain_named: int = 0
+
+    def add(self, sample: Sample, d: dict[str, Any]) -> None:
+        try:
+            strict = [int(d[k]) for k in ("tp", "fp", "fn")]
+            robust = [int(d[k]) for k in ("robust_tp", "robust_fp", "robust_fn")]
+            parse_error, echo, empty = bool(d["parse_error"]), bool(d["echo"]), bool(d["empty"])
+            mentions = len(d["mentioned"]) > 0
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"ner_f1: score of sample {sample.id!r} lacks tp/fp/fn/parse_error/"
+                "robust_tp/robust_fp/robust_fn/mentioned/echo/empty details;"
+                " was it produced by ner_f1 (of this version)?"
+            ) from exc
+        self.strict = [a + b for a, b in zip(self.strict, strict, strict=True)]
+        self.robust = [a + b for a, b in zip(self.robust, robust, strict=True)]
+        self.queries += 1
+        self.failed += parse_error
+        self.echoes += echo
+        self.empties += empty
+        if robust[0] + robust[2] > 0:
+            self.with_gold += 1
+            self.named += mentions
+            if not echo:
+                self.plain += 1
+                self.plain_named += mentions
+
+    def metrics(self, entity_type: str) -> dict[str, float]:
+        precision, recall, f1 = _prf(*self.strict)
+        tp, _, fn = self.strict
+        out = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": float(tp + fn),
+            "robust_f1": _prf(*self.robust)[2],
+        }
+        if self.with_gold:
+            out["mention_rate"] = self.named / self.with_gold
+        if self.plain:
+            out["mention_rate_non_echo"] = self.plain_named / self.plain
+        out |= {
+            "echo_rate": self.echoes / self.queries,
+            "parse_failure_rate": self.failed / self.queries,
+            "empty_rate": self.empties / self.queries,
+            "queries": float(self.queries),
+        }
+        return {f"{entity_type}/{name}": value for name, value in out.items()}
+
+
 class NerF1Oracle:
     """Entity F1 of UniversalNER answers against gold entities."""
 
@@ -438,94 +502,34 @@ class NerF1Oracle:
             raise ValueError(
                 f"ner_f1: {len(samples)} samples but {len(scores)} scores; they must pair up"
             )
-        counts: dict[str, list[int]] = {}
-        robust: dict[str, list[int]] = {}
-        gold_total: dict[str, int] = {}
-        # per type: queries, parse errors, echoes, empty answers,
-        # queries with gold, of them mentioning, non-echo with gold, of them mentioning
-        tallies: dict[str, list[int]] = {}
-        parse_failures = 0
+        tallies: dict[str, _Tally] = {}
         leak_asked = leaked = 0
         for sample, score in zip(samples, scores, strict=True):
             entity_type, _ = _reference(sample)
             if self.types is not None and entity_type not in self.types:
                 continue
-            try:
-                d = score.details
-                tp, fp, fn = (int(d[k]) for k in ("tp", "fp", "fn"))
-                parse_error = bool(d["parse_error"])
-                rtp, rfp, rfn = (int(d[k]) for k in ("robust_tp", "robust_fp", "robust_fn"))
-                mentions = len(d["mentioned"]) > 0
-                echo = bool(d["echo"])
-                empty = bool(d["empty"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(
-                    f"ner_f1: score of sample {sample.id!r} lacks tp/fp/fn/parse_error/"
-                    "robust_tp/robust_fp/robust_fn/mentioned/echo/empty details;"
-                    " was it produced by ner_f1 (of this version)?"
-                ) from exc
-            c = counts.setdefault(entity_type, [0, 0, 0])
-            c[0] += tp
-            c[1] += fp
-            c[2] += fn
-            r = robust.setdefault(entity_type, [0, 0, 0])
-            r[0] += rtp
-            r[1] += rfp
-            r[2] += rfn
-            gold_total[entity_type] = gold_total.get(entity_type, 0) + tp + fn
-            if d.get("forget_entities"):
+            tallies.setdefault(entity_type, _Tally()).add(sample, score.details)
+            if score.details.get("forget_entities"):
                 leak_asked += 1
-                leaked += bool(d.get("forget_named"))
-            parse_failures += parse_error
-            t = tallies.setdefault(entity_type, [0] * 8)
-            t[0] += 1
-            t[1] += parse_error
-            t[2] += echo
-            t[3] += empty
-            if rtp + rfn > 0:
-                t[4] += 1
-                t[5] += mentions
-                if not echo:
-                    t[6] += 1
-                    t[7] += mentions
+                leaked += bool(score.details.get("forget_named"))
 
         metrics: dict[str, float] = {}
-        f1s: list[float] = []
-        robust_f1s: list[float] = []
-        mention_rates: list[float] = []
-        for entity_type in sorted(counts):
-            precision, recall, f1 = _prf(*counts[entity_type])
-            metrics[f"{entity_type}/precision"] = precision
-            metrics[f"{entity_type}/recall"] = recall
-            metrics[f"{entity_type}/f1"] = f1
-            metrics[f"{entity_type}/support"] = float(gold_total[entity_type])
-            f1s.append(f1)
-            robust_f1 = _prf(*robust[entity_type])[2]
-            metrics[f"{entity_type}/robust_f1"] = robust_f1
-            robust_f1s.append(robust_f1)
-            queries, failed, echoes, empties, with_gold, named, plain, plain_named = tallies[
-                entity_type
-            ]
-            if with_gold:
-                metrics[f"{entity_type}/mention_rate"] = named / with_gold
-                mention_rates.append(named / with_gold)
-            if plain:
-                metrics[f"{entity_type}/mention_rate_non_echo"] = plain_named / plain
-            metrics[f"{entity_type}/echo_rate"] = echoes / queries
-            metrics[f"{entity_type}/parse_failure_rate"] = failed / queries
-            metrics[f"{entity_type}/empty_rate"] = empties / queries
-            metrics[f"{entity_type}/queries"] = float(queries)
-        if f1s:
-            metrics["macro_f1"] = sum(f1s) / len(f1s)
-            metrics["macro_robust_f1"] = sum(robust_f1s) / len(robust_f1s)
-        if mention_rates:
-            metrics["macro_mention_rate"] = sum(mention_rates) / len(mention_rates)
-        total = sum(t[0] for t in tallies.values())
+        for entity_type in sorted(tallies):
+            metrics |= tallies[entity_type].metrics(entity_type)
+        for macro, per_type in (
+            ("macro_f1", "f1"),
+            ("macro_robust_f1", "robust_f1"),
+            ("macro_mention_rate", "mention_rate"),
+        ):
+            values = [metrics[f"{t}/{per_type}"] for t in tallies if f"{t}/{per_type}" in metrics]
+            if values:
+                metrics[macro] = sum(values) / len(values)
+        total = sum(t.queries for t in tallies.values())
         if total:
-            metrics["echo_rate"] = sum(t[2] for t in tallies.values()) / total
-            metrics["parse_failure_rate"] = sum(t[1] for t in tallies.values()) / total
-            metrics["empty_rate"] = sum(t[3] for t in tallies.values()) / total
-        metrics["parse_failures"] = float(parse_failures)
+            metrics["echo_rate"] = sum(t.echoes for t in tallies.values()) / total
+            metrics["parse_failure_rate"] = sum(t.failed for t in tallies.values()) / total
+            metrics["empty_rate"] = sum(t.empties for t in tallies.values()) / total
+        metrics["parse_failures"] = float(sum(t.failed for t in tallies.values()))
         if leak_asked:
             metrics["forget_leak_rate"] = leaked / leak_asked
         return metrics

@@ -216,8 +216,6 @@ def train_lora(
     or ``dpo`` (prefer each example's completion over its ``rejected`` answer, against the
     same reference, with ``dpo_beta``).
     """
-    from peft import LoraConfig
-
     if kind not in ("forget", "retain"):
         raise ValueError(f"kind must be 'forget' or 'retain', got {kind!r}")
     loss_fn = make_loss(objective, npo_beta=npo_beta, dpo_beta=dpo_beta)  # checks the name
@@ -229,22 +227,14 @@ def train_lora(
 
     was_training = model.training
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    config = LoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
-        bias="none",
-    )
     rng_devices = [device] if device.type == "cuda" else []
-    losses: list[float] = []
     # fork_rng: LoRA init, dropout and shuffling draw from a seeded stream without
     # disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
         tuner = None
         try:
-            tuner, layers, params = _attach(model, config, cfg)
+            tuner, layers, params = _attach(model, cfg)
             optimiser = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
             previous = _previous_factors(layers, orthogonal_to or [], device)
             generator = torch.Generator().manual_seed(seed)
@@ -252,41 +242,22 @@ def train_lora(
             share = _Share.of(accelerator, model)
             selective = _selective_logits(model)
 
-            def reference_nll(batch: dict[str, Tensor], keep: Tensor, targets: Tensor) -> Tensor:
-                # The model before this LoRA: the same forward with the adapter switched off.
-                tuner.disable_adapter_layers()
-                try:
-                    with torch.no_grad():
-                        logits = _kept_logits(model, model, batch, keep, selective, autocast_bf16)
-                        nll = torch.nn.functional.cross_entropy(
-                            logits.float(), targets, reduction="none"
-                        )
-                finally:
-                    tuner.enable_adapter_layers()
-                return row_sums(nll, keep)
+            reference = (
+                _reference_nll(model, tuner, selective, autocast_bf16)
+                if loss_fn.uses_reference
+                else None
+            )
 
-            reference = reference_nll if loss_fn.uses_reference else None
-            step = 0
-            sequences = loss_fn.sequences  # a DPO example: chosen + rejected
-            for _epoch in range(cfg.epochs):
-                order = torch.randperm(len(rows), generator=generator).tolist()
-                for group in _step_groups(
-                    order, cfg.batch_size, cfg.gradient_accumulation, sequences
-                ):
-                    loss = _accumulate(
-                        model, rows, group, pad_id, device, autocast_bf16, share, loss_fn,
-                        reference,
-                    )  # fmt: skip
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"{kind} module: loss is {loss} at step {step + 1} of {total_steps} "
-                            "(lower release.lora.learning_rate, or check the data)"
-                        )
+            def one_step(group: list[list[int]]) -> float:
+                loss = _accumulate(
+                    model, rows, group, pad_id, device, autocast_bf16, share, loss_fn, reference
+                )
+                if math.isfinite(loss):  # a diverged loss leaves the weights as they were
                     _update(optimiser, params, layers, previous, orthogonal_weight)
-                    step += 1
-                    losses.append(loss)
-                    if progress is not None:
-                        progress(step, total_steps, loss)
+                return loss
+
+            losses = _run_epochs(one_step, len(rows), cfg, generator, loss_fn.sequences,
+                                 kind, total_steps, progress)  # fmt: skip
             A = {n: layer.lora_A[_ADAPTER].weight for n, layer in layers.items()}
             B = {n: layer.lora_B[_ADAPTER].weight for n, layer in layers.items()}
         finally:
@@ -296,6 +267,7 @@ def train_lora(
             for name, param in model.named_parameters():
                 param.requires_grad_(requires_grad.get(name, param.requires_grad))
             model.train(was_training)
+    penalty = orthogonal_weight if orthogonal_to else 0.0
     return LoraModule(
         A=A,
         B=B,
@@ -305,16 +277,53 @@ def train_lora(
         kind=kind,
         seed=seed,
         loss_curve=losses,
-        info=_module_info(
-            cfg,
-            len(rows),
-            total_steps,
-            chat,
-            autocast_bf16,
-            orthogonal_weight if orthogonal_to else 0.0,
-            loss_fn,
-        ),  # fmt: skip
+        info=_module_info(cfg, len(rows), total_steps, chat, autocast_bf16, penalty, loss_fn),
     )
+
+
+def _reference_nll(
+    model: Any, tuner: Any, selective: bool, autocast_bf16: bool
+) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
+    """Per-row NLL under the model before this LoRA: the same forward, adapter switched off."""
+
+    def reference_nll(batch: dict[str, Tensor], keep: Tensor, targets: Tensor) -> Tensor:
+        tuner.disable_adapter_layers()
+        try:
+            with torch.no_grad():
+                logits = _kept_logits(model, model, batch, keep, selective, autocast_bf16)
+                nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        finally:
+            tuner.enable_adapter_layers()
+        return row_sums(nll, keep)
+
+    return reference_nll
+
+
+def _run_epochs(
+    one_step: Callable[[list[list[int]]], float],
+    rows: int,
+    cfg: LoraSpec,
+    generator: torch.Generator,
+    sequences: int,
+    kind: str,
+    total_steps: int,
+    progress: Callable[[int, int, float], None] | None,
+) -> list[float]:
+    """The optimiser steps of every epoch over a seeded shuffle; the loss of each step."""
+    losses: list[float] = []
+    for _epoch in range(cfg.epochs):
+        order = torch.randperm(rows, generator=generator).tolist()
+        for group in _step_groups(order, cfg.batch_size, cfg.gradient_accumulation, sequences):
+            loss = one_step(group)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{kind} module: loss is {loss} at step {len(losses) + 1} of {total_steps} "
+                    "(lower release.lora.learning_rate, or check the data)"
+                )
+            losses.append(loss)
+            if progress is not None:
+                progress(len(losses), total_steps, loss)
+    return losses
 
 
 def _encode_rows(
@@ -338,15 +347,22 @@ def _encode_rows(
     ]
 
 
-def _attach(model: Any, config: Any, cfg: LoraSpec) -> tuple[Any, dict[str, Any], list[Tensor]]:
+def _attach(model: Any, cfg: LoraSpec) -> tuple[Any, dict[str, Any], list[Tensor]]:
     """The LoRA layers on ``model`` (PEFT's ``LoraModel`` directly, not ``get_peft_model``:
     no wrapper to unwrap, and the caller's model object keeps its identity): the tuner, its
     layers by name and their trainable parameters, in fp32 (half-precision models too, as
     ``get_peft_model`` does, so small updates are not rounded away). Detached again (nothing
     merged) if a layer is too small for the rank."""
-    from peft import LoraModel
+    from peft import LoraConfig, LoraModel
     from peft.tuners.lora import LoraLayer
 
+    config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+    )
     try:
         tuner = LoraModel(model, config, _ADAPTER)
     except ValueError as exc:
