@@ -1,6 +1,7 @@
 """The house has no import circles: not between files, not between folders (a folder of
 ``rrtool/`` counts as one room, as ``farm-studio look`` draws it). Every import counts, at module
-level, inside functions and under ``TYPE_CHECKING``: a lazy import is still a tie."""
+level, inside functions and under ``TYPE_CHECKING``: a lazy import is still a tie. And the
+rooms stay readable: no function over ``LONGEST_FUNCTION`` lines, artifact paths spelled once."""
 
 from __future__ import annotations
 
