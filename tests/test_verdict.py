@@ -137,3 +137,29 @@ def test_the_forget_side_reads_the_leak_rate_from_the_retained_types_queries() -
     # The audit keeps the utility side's replicates of the leak rate for that paired interval.
     assert "forget_leak_rate" in replicate_metrics("utility", "macro_f1")
     assert "forget_leak_rate" not in replicate_metrics("forget", "macro_mention_rate")
+
+
+def test_forgotten_with_the_name_still_leaking_elsewhere_carries_a_caveat() -> None:
+    from rrtool.audit.verdict import shown
+
+    named, forgotten = [1.0] * 30 + [0.0] * 10, [0.0] * 40
+
+    def sides(leak_before: list[float], leak_after: list[float]) -> dict:
+        def one(forget: list[float], leak: list[float]) -> dict:
+            recorded = _side(leak)
+            rename = lambda d: {"forget_leak_rate" if k == "m" else k: v for k, v in d.items()}  # noqa: E731
+            utility = {key: rename(recorded[key]) for key in ("metrics", "intervals", "replicates")}
+            utility["metrics"]["u"] = 0.5
+            return {"forget": _side(forget), "utility": utility}
+
+        headlines = {"forget": Headline("m", "lower"), "utility": Headline("u", "higher")}
+        return summarise(headlines, one(named, leak_before), one(forgotten, leak_after), {})
+
+    # The person queries stop naming the person; the organization answers still do.
+    row = sides([1.0] * 20 + [0.0] * 20, [1.0] * 19 + [0.0] * 21)["forget"]
+    assert row["verdict"] == "forgotten"
+    assert "still named where another type is asked (0.50 -> 0.47" in row["caveat"]
+    assert shown(row).startswith("forgotten; but it is still named")
+    # Gone there too, outside the noise: no caveat.
+    row = sides([1.0] * 20 + [0.0] * 20, [0.0] * 40)["forget"]
+    assert row["verdict"] == "forgotten" and row["caveat"] is None and shown(row) == "forgotten"

@@ -446,7 +446,9 @@ def _cards(report: dict[str, Any]) -> str:
             f"({escape(row['better'])} is better; {escape(held_out_label(row))})</div>"
             f'<div class="v">{escape(num(row["before"]))} → {escape(num(row["after"]))}</div>'
             f'<div class="muted">{escape(change(row))}{escape(noise)}</div>'
-            f"<div><b>{escape(row.get('verdict') or '–')}</b></div></div>"
+            f"<div><b>{escape(row.get('verdict') or '–')}</b></div>"
+            + (f'<div class="warn">but {escape(row["caveat"])}</div>' if row.get("caveat") else "")
+            + "</div>"
         )
     if not cards:
         return '<p class="warn">No audit measurements in this run (the audit phase did not finish).</p>'

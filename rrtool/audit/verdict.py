@@ -89,9 +89,29 @@ def _row(before: dict[str, Any], after: dict[str, Any], name: str) -> dict[str, 
 
 
 def shown(row: dict[str, Any]) -> str:
-    """The verdict as the report and the console print it (with the limit's reason)."""
+    """The verdict as the report and the console print it (with the limit's reason and the
+    caveat, if any)."""
     text = row.get("verdict") or "–"
-    return f"{text} ({row['limit']})" if row.get("limit") else text
+    text = f"{text} ({row['limit']})" if row.get("limit") else text
+    return f"{text}; but {row['caveat']}" if row.get("caveat") else text
+
+
+def caveat(key: str, row: dict[str, Any]) -> str | None:
+    """What a "forgotten" verdict does not cover: the entity still named where another type
+    is asked (NER's ``forget_leak_rate``) without a fall outside the noise."""
+    if key != "forget" or row.get("verdict") != "forgotten":
+        return None
+    leak = next((a for a in row.get("also", []) if a["metric"] == "forget_leak_rate"), None)
+    if leak is None or not leak["before"] or leak["after"] is None:
+        return None
+    ci = leak["change_ci"]
+    if ci is not None and ci[1] < 0:
+        return None  # it fell too, outside the noise
+    how = "no interval" if ci is None else "inside the noise" if ci[0] <= 0 else "more often"
+    return (
+        f"it is still named where another type is asked ({leak['before']:.2f} -> "
+        f"{leak['after']:.2f} of those answers, {how})"
+    )
 
 
 def verdict(key: str, row: dict[str, Any], degeneration: dict[str, list[float | None]]) -> str:
@@ -151,5 +171,6 @@ def summarise(
         ]
         if also:
             row["also"] = also
+        row["caveat"] = caveat(key, row)
         out[key] = row
     return out
