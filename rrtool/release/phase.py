@@ -71,6 +71,7 @@ from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.ext_sub import deficiency
 from rrtool.release.lora import Example, LoraModule, train_lora
 from rrtool.release.projection import project_out
+from rrtool.release.records import StepRecord
 from rrtool.release.stack import download_module
 from rrtool.release.weights import (
     Start,
@@ -275,7 +276,7 @@ class _Release:
         self.masters: MasterWeights | None = None
         self.base_masters: dict[str, torch.Tensor] = {}  # the masters before any module
         self.state: dict[str, Any] = {}
-        self.steps: list[dict[str, Any]] = []
+        self.steps: list[StepRecord] = []
         self.candidates: list[dict[str, Any]] = []
         self.similarity: list[dict[str, Any]] = []
         self.modules: dict[str, LoraModule] = {}  # by name; small (r x in + out x r per layer)
@@ -305,7 +306,9 @@ class _Release:
         done = len(stack)
         keep = lambda r: r["step"] <= done or r.get("reverted")  # noqa: E731
         # Records uploaded after the last state (crash in between) belong to the step redone.
-        self.steps = [r for r in self.tracker.read_jsonl(RELEASE_STEPS) or [] if keep(r)]
+        self.steps = [
+            StepRecord.from_dict(r) for r in self.tracker.read_jsonl(RELEASE_STEPS) or [] if keep(r)
+        ]
         self.candidates = [r for r in self.tracker.read_jsonl(RELEASE_CANDIDATES) or [] if keep(r)]
         self.similarity = [
             r
@@ -333,7 +336,7 @@ class _Release:
         return download_module(self.tracker, entry, self.ctx.workdir / "downloaded")
 
     def _upload_records(self) -> None:
-        self.tracker.log_jsonl(self.steps, RELEASE_STEPS)
+        self.tracker.log_jsonl([r.to_dict() for r in self.steps], RELEASE_STEPS)
         self.tracker.log_jsonl(self.candidates, RELEASE_CANDIDATES)
         if self.similarity:
             self.tracker.log_jsonl(self.similarity, RELEASE_SIMILARITY)
@@ -534,41 +537,24 @@ class _Release:
         weight, how = self._weight(step, module, start, progress)
         self._masters_for(module).apply(module, step.sign * weight)
         scores = self.evaluate()  # the merged model (not the candidate's unmerged adapter)
-        record = {
-            "step": step.number,
-            "module": step.name,
-            "kind": step.kind,
-            "iteration": step.iteration,
-            "weight": weight,
-            "coefficient": step.sign * weight,
-            "weight_from": how,
-            "artifact": f"{RELEASE_MODULES}/{step.name}.safetensors",
-            "sha256": module.sha256(),
-            "s": scores.s,
-            "u": scores.u,
-            "s_ci": scores.s_ci,
-            "u_ci": scores.u_ci,
-            "seconds": round(time.perf_counter() - started, 3),
-            "reverted": False,
-        }
-        self.steps.append(record)
-        self.state["stack"].append(
-            {
-                k: record[k]
-                for k in (
-                    "step",
-                    "module",
-                    "kind",
-                    "iteration",
-                    "weight",
-                    "coefficient",
-                    "artifact",
-                    "sha256",
-                    "s",
-                    "u",
-                )
-            }
+        record = StepRecord(
+            step=step.number,
+            module=step.name,
+            kind=step.kind,
+            iteration=step.iteration,
+            weight=weight,
+            coefficient=step.sign * weight,
+            weight_from=how,
+            artifact=f"{RELEASE_MODULES}/{step.name}.safetensors",
+            sha256=module.sha256(),
+            s=scores.s,
+            u=scores.u,
+            s_ci=scores.s_ci,
+            u_ci=scores.u_ci,
+            seconds=round(time.perf_counter() - started, 3),
         )
+        self.steps.append(record)
+        self.state["stack"].append(record.stack_entry())
         self.tracker.log_metrics(
             {"release/forget": scores.s, "release/utility": scores.u, "release/weight": weight},
             step=step.number,
@@ -586,21 +572,7 @@ class _Release:
     def record_failure(self, step: Step, why: str) -> str:
         """A module that could not be trained: recorded as a failed step; Release stops with
         everything applied so far kept."""
-        self.steps.append(
-            {
-                "step": step.number,
-                "module": step.name,
-                "kind": step.kind,
-                "iteration": step.iteration,
-                "weight": None,
-                "coefficient": None,
-                "weight_from": None,
-                "s": None,
-                "u": None,
-                "reverted": False,
-                "failed": why,
-            }
-        )
+        self.steps.append(StepRecord(step.number, step.name, step.kind, step.iteration, failed=why))
         self.ctx.console.print(f"[red]release: {step.name} failed:[/red] {why}")
         return f"{step.name} not applied: {why}"
 
@@ -626,8 +598,8 @@ class _Release:
                 self.masters.apply(self.modules[entry["module"]], entry["coefficient"])
         dropped = {entry["step"] for entry in stack[keep:]}
         for record in self.steps:
-            if record["step"] in dropped:
-                record["reverted"] = True
+            if record.step in dropped:
+                record.reverted = True
         self.state["stack"] = stack[:keep]
         self.state["reverted_to"] = keep
 
