@@ -151,6 +151,20 @@ def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path
     )
 
 
+def test_a_verdicts_caveat_reaches_the_markdown_and_html_reports(invoke, finished_run) -> None:
+    from rrtool.audit.render import render
+
+    uri, run_id = finished_run
+    result = invoke("audit", run_id, "--report", "json", "--out", "-", "--tracking-uri", uri)
+    report = json.loads(result.stdout)
+    forget = report["audit"]["summary"]["forget"]
+    forget["verdict"], forget["limit"] = "forgotten", None
+    forget["caveat"] = "it is still named where another type is asked (0.50 -> 0.47, noise)"
+    for fmt in ("md", "html"):
+        text = render(report, fmt)
+        assert "forgotten; but it is still named where another type is asked" in text, fmt
+
+
 def test_html_report_renders_in_chromium(invoke, finished_run, tmp_path: Path) -> None:
     if browser.find_browser() is None:
         if os.environ.get("RRTOOL_REQUIRE_BROWSER"):
