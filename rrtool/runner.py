@@ -26,6 +26,7 @@ from rrtool.errors import PhaseNotImplemented, UserError
 from rrtool.plan import build_plan
 from rrtool.spec_loader import LoadedSpec
 from rrtool.tracking import (
+    PROCESS_TAG,
     Store,
     Tracker,
     flatten,
@@ -34,6 +35,7 @@ from rrtool.tracking import (
     resolve_store,
     run_tags,
     store_failure,
+    this_process,
 )
 
 RESUMABLE = ("running", "failed", "interrupted", "stopped")
@@ -230,7 +232,7 @@ def run_spec(
     try:
         if not resumed:
             _record_inputs(ctx, plan.to_dict())
-        tracker.set_tags({"rrtool.status": "running"})
+        tracker.set_tags({"rrtool.status": "running", PROCESS_TAG: this_process()})
         _record_model(ctx)
         done = {p for p in PHASES if tracker.tags().get(f"rrtool.phase.{p}") == "done"}
         for name in phases:

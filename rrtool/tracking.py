@@ -341,6 +341,39 @@ def store_failure(exc: BaseException) -> str | None:
     return None
 
 
+PROCESS_TAG = "rrtool.process"  # host:pid of the process running the run now
+
+
+def this_process() -> str:
+    return f"{platform.node()}:{os.getpid()}"
+
+
+def shown_status(tags: dict[str, str], mlflow_status: str) -> str:
+    """The run's status as a reader should see it: a run still marked ``running`` whose
+    process on this host is gone (killed, out of memory, the machine restarted) is
+    ``interrupted``, which ``--resume`` continues. A run of another host keeps its tag."""
+    status = tags.get("rrtool.status", mlflow_status.lower())
+    host, _, pid = tags.get(PROCESS_TAG, "").rpartition(":")
+    if status != "running" or host != platform.node() or not pid.isdigit():
+        return status
+    return status if _alive(int(pid)) else "interrupted"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive, and not ours to judge
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:  # a recycled pid is alive, but not an rrtool process (`rrtool ...`, `-m rrtool`)
+        args = cmdline.read_bytes().split(b"\0") if cmdline.parent.is_dir() else None
+    except OSError:
+        return True
+    return args is None or any(a == b"rrtool" or a.endswith(b"/rrtool") for a in args)
+
+
 def run_tags(spec_name: str) -> dict[str, str]:
     from rrtool import __version__
 

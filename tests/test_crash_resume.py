@@ -106,6 +106,12 @@ def test_sigkill_in_release_and_audit_then_resume_equals_an_uninterrupted_run(
     assert done.returncode == 0, done.stderr
 
     _kill_when(crashed, _cmd(), lambda: _state_len(crashed) >= 3, "first.log")  # F0, R1, F1 in
+    # The killed run is not shown as running: its process is gone.
+    listed = subprocess.run(
+        [sys.executable, "-m", "rrtool", "runs"],
+        cwd=crashed, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "interrupted" in listed.stdout and "running" not in listed.stdout, listed.stdout
     _kill_when(crashed, _cmd("--resume"), lambda: _audit_started(crashed), "second.log")
     last = subprocess.run(
         _cmd("--resume"), cwd=crashed, env=_env(), capture_output=True, text=True, timeout=600

@@ -32,7 +32,7 @@ from rrtool.artifacts import (
     SPEC_RESOLVED,
 )
 from rrtool.errors import UserError
-from rrtool.tracking import Store, mlflow_client
+from rrtool.tracking import Store, mlflow_client, shown_status
 
 FORMAT = "rrtool.audit/1"
 PHASES = ("reveal", "release", "audit")
@@ -69,7 +69,7 @@ def list_runs(store: Store, limit: int = 50) -> list[dict[str, Any]]:
                 "id": run.info.run_id,
                 "name": run.info.run_name,
                 "spec": tags.get("rrtool.spec"),
-                "status": tags.get("rrtool.status", run.info.status.lower()),
+                "status": shown_status(tags, run.info.status),
                 "started": _time(run.info.start_time),
                 "stop_reason": tags.get("rrtool.stop_reason")
                 or tags.get("rrtool.release.stop_reason"),
@@ -243,7 +243,7 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
                 "name": run.info.run_name,
                 "experiment": client.get_experiment(run.info.experiment_id).name,
                 "store": store.uri,
-                "status": tags.get("rrtool.status", run.info.status.lower()),
+                "status": shown_status(tags, run.info.status),
                 "mlflow_status": run.info.status,
                 "started": _time(run.info.start_time),
                 "ended": _time(run.info.end_time),
