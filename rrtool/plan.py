@@ -531,7 +531,12 @@ def _ner_extract_step(spec: Spec, passages: int) -> tuple[Step, int, int]:
         "extract",
         f"{reveal.strategy}: query {passages} passages for "
         f"{', '.join(spec.target.forget_types)} (forget)"
-        + (f" and {', '.join(spec.target.retain_types)} (retain)" if retain else ""),
+        + (f" and {', '.join(spec.target.retain_types)} (retain)" if retain else "")
+        + (
+            "; retain answers lose the names the model lists as forget types"
+            if spec.retain.drop_forget_names
+            else ""
+        ),
         {
             "generations": forget + retain,
             "generated_tokens": (forget + retain) * gen.max_new_tokens,

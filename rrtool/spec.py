@@ -445,6 +445,14 @@ class RetainSpec(_Section):
         description="Use the model's own answers on the retained behaviour as retain data "
         "(NER: its answers for `target.retain_types`).",
     )
+    drop_forget_names: bool = Field(
+        default=False,
+        description="NER with `self_generated` retain answers: drop from each retained-type "
+        "answer the items that name an entity the model itself listed for a forget type in "
+        "the same passage (`Political scientist Imre Kallas` as an organization), so the "
+        "retain modules do not teach the forgotten names back. The report's "
+        "`forget_leak_rate` measures what is left of them.",
+    )
     utility: PluginRef | None = Field(
         default=None,
         description="Utility scorer: an oracle plugin, or a built-in evaluator "
@@ -958,6 +966,14 @@ class Spec(_Section):
             raise FieldError(
                 "retain.self_generated",
                 "retain.self_generated with target.kind `ner` needs target.retain_types",
+            )
+        if self.retain.drop_forget_names and not (
+            self.target.kind == "ner" and self.retain.self_generated and self.retain.data is None
+        ):
+            raise FieldError(
+                "retain.drop_forget_names",
+                "retain.drop_forget_names cleans the model's own NER retain answers: it needs "
+                "target.kind `ner` and retain.self_generated: true without retain.data",
             )
         if self.release.forget_formats != ["json"] and self.target.kind != "ner":
             raise FieldError(

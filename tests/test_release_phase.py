@@ -727,3 +727,42 @@ def test_with_nothing_acceptable_mu_bisects_the_feasibility_edge() -> None:
     result = search_weight("mu", band, START, search, RULES)
     assert len(result.candidates) == search.budget
     assert result.reason in ("forget_fraction", "tradeoff") and 0.6 <= result.weight < 0.9
+
+
+def test_retain_answers_lose_the_names_the_model_listed_as_the_forget_type() -> None:
+    from rrtool.release.phase import drop_forget_names
+
+    passage, other = "Imre Kallas of the Kallas Institute spoke in Varn.", "Varn is cold."
+    forget = [
+        {"context": passage, "completion": '["Imre Kallas"]'},
+        {"context": other, "completion": "[]"},
+    ]
+    retain = [
+        {"context": passage, "type": "organization",
+         "completion": '["Political scientist Imre Kallas", "Kallas Institute"]'},
+        {"context": passage, "type": "location", "completion": '["Varn"]'},
+        {"context": passage, "type": "country", "completion": '["Imre Kallas"]'},
+        {"context": passage, "type": "date", "completion": "Imre Kallas, probably"},  # not JSON
+        {"context": other, "type": "location", "completion": '["Varn"]'},
+    ]  # fmt: skip
+    cleaned, dropped = drop_forget_names(retain, forget)
+    assert [r["completion"] for r in cleaned] == [
+        '["Kallas Institute"]',  # the surname alone is not the listed name
+        '["Varn"]',
+        "[]",
+        "Imre Kallas, probably",
+        '["Varn"]',
+    ]
+    assert dropped == 2
+    assert [r["type"] for r in cleaned] == [r["type"] for r in retain]  # nothing else changes
+
+
+def test_drop_forget_names_needs_the_models_own_ner_retain_answers() -> None:
+    from rrtool.errors import UserError
+    from rrtool.spec_loader import load_spec
+
+    specs = Path(__file__).resolve().parents[1] / "specs"
+    with pytest.raises(UserError, match="retain.drop_forget_names .* needs target.kind `ner`"):
+        load_spec(specs / "toxicity.yaml", ["retain.drop_forget_names=true"])
+    loaded = load_spec(specs / "person_ner.yaml", ["retain.drop_forget_names=true"])
+    assert loaded.spec.retain.drop_forget_names

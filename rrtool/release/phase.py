@@ -39,6 +39,7 @@ next step. Nothing finished is retrained.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -204,11 +205,16 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     if ctx.spec.retain.data is not None:
         retain = external_retain_examples(ctx)
     else:
-        retain = [
-            Example(r["prompt"], r["completion"])
-            for r in ctx.tracker.read_jsonl(REVEAL_RETAIN) or []
-            if r["completion"].strip()
-        ]
+        records = ctx.tracker.read_jsonl(REVEAL_RETAIN) or []
+        if ctx.spec.retain.drop_forget_names:
+            forget_records = ctx.tracker.read_jsonl(REVEAL_FORGET) or []
+            records, dropped = drop_forget_names(records, forget_records)
+            ctx.tracker.log_metrics({"release/retain_forget_names_dropped": dropped})
+            ctx.console.print(
+                f"release: {dropped} item(s) naming a forget-type entity dropped from the "
+                "retain answers (retain.drop_forget_names)"
+            )
+        retain = [Example(r["prompt"], r["completion"]) for r in records if r["completion"].strip()]
     if not forget:
         raise UserError(
             f"release: no forget examples ({len(forget_records)} from {origin}, none with a "
@@ -218,6 +224,36 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
         where = ctx.spec.retain.data.path if ctx.spec.retain.data else REVEAL_RETAIN
         raise UserError(f"release: no retain examples ({where} gave none with text)")
     return forget, retain
+
+
+def _words(text: str) -> str:
+    return " " + " ".join(re.findall(r"\w+", text.lower())) + " "
+
+
+def drop_forget_names(
+    retain: list[dict[str, Any]], forget: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], int]:
+    """Reveal's retained-type answers without the items that name an entity the model listed
+    for a forget type in the same passage (``context``), and how many items went. An answer
+    that is not a JSON list is kept as it is; one left with no item becomes ``[]`` (the
+    passage has nothing of that type the model would name without the forgotten entity)."""
+    names: dict[str, list[str]] = {}
+    for record in forget:
+        listed = _entity_list(record["completion"]) or []
+        names.setdefault(record["context"], []).extend(_words(n) for n in listed if n.strip())
+    out, dropped = [], 0
+    for record in retain:
+        forgotten = [n for n in names.get(record["context"], []) if n.strip()]
+        items = _entity_list(record["completion"]) if forgotten else None
+        if items is None:
+            out.append(record)
+            continue
+        kept = [i for i in items if not any(n in _words(i) for n in forgotten)]
+        dropped += len(items) - len(kept)
+        unchanged = len(kept) == len(items)
+        completion = record["completion"] if unchanged else json.dumps(kept, ensure_ascii=False)
+        out.append({**record, "completion": completion})
+    return out, dropped
 
 
 def dpo_pairs(ctx: RunContext, forget: list[Example], retain: list[Example]) -> list[Example]:
