@@ -75,6 +75,15 @@ ROWS: dict[str, list[str]] = {
         "release.end_with_retain=true",
         "release.search.max_weight=3",
     ],
+    # The same, with the retain answers cleaned of the names the model listed as persons in
+    # the same passage: the retain modules (at +3) otherwise teach them back in other types.
+    "iterative (retain first, weights to 3, ends with retain, retain answers without forget names)": [
+        "release.strategy=iterative",
+        "release.schedule=retain_first",
+        "release.end_with_retain=true",
+        "release.search.max_weight=3",
+        "retain.drop_forget_names=true",
+    ],
     "iterative (retain first, forget projected, weights to 3, ends with retain)": [
         "release.strategy=iterative",
         "release.schedule=retain_first",
