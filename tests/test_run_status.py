@@ -5,22 +5,29 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rrtool.tracking import PROCESS_TAG, shown_status
 
 
-def test_a_run_marked_running_reads_interrupted_once_its_process_is_gone() -> None:
-    # argv holds "rrtool", as an rrtool process's does.
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "rrtool"])
+@contextmanager
+def _running(*argv: str) -> Iterator[dict[str, str]]:
+    """A live process with ``argv`` after Python's own, and the tags of a run it holds."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
     try:
-        tags = {"rrtool.status": "running", PROCESS_TAG: f"{platform.node()}:{proc.pid}"}
-        assert shown_status(tags, "RUNNING") == "running"
+        yield {"rrtool.status": "running", PROCESS_TAG: f"{platform.node()}:{proc.pid}"}
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_run_marked_running_reads_interrupted_once_its_process_is_gone() -> None:
+    with _running("rrtool") as tags:  # argv holds "rrtool", as an rrtool process's does
+        assert shown_status(tags, "RUNNING") == "running"
     assert shown_status(tags, "RUNNING") == "interrupted"
     # Another host's run, a run without the tag, a finished run: as tagged.
-    elsewhere = {**tags, PROCESS_TAG: f"not-{platform.node()}:{proc.pid}"}
+    elsewhere = {**tags, PROCESS_TAG: f"not-{platform.node()}:{tags[PROCESS_TAG].split(':')[-1]}"}
     assert shown_status(elsewhere, "RUNNING") == "running"
     assert shown_status({"rrtool.status": "running"}, "RUNNING") == "running"
     assert shown_status({**tags, "rrtool.status": "finished"}, "FINISHED") == "finished"
@@ -28,10 +35,5 @@ def test_a_run_marked_running_reads_interrupted_once_its_process_is_gone() -> No
 
 
 def test_a_recycled_pid_of_another_program_is_not_the_run() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        tags = {"rrtool.status": "running", PROCESS_TAG: f"{platform.node()}:{proc.pid}"}
+    with _running() as tags:
         assert shown_status(tags, "RUNNING") == "interrupted"
-    finally:
-        proc.kill()
-        proc.wait()

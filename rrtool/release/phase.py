@@ -239,11 +239,11 @@ def drop_forget_names(
     passage has nothing of that type the model would name without the forgotten entity)."""
     names: dict[str, list[str]] = {}
     for record in forget:
-        listed = _entity_list(record["completion"]) or []
-        names.setdefault(record["context"], []).extend(_words(n) for n in listed if n.strip())
+        words = [_words(n) for n in _entity_list(record["completion"]) or []]
+        names.setdefault(record["context"], []).extend(w for w in words if w.strip())
     out, dropped = [], 0
     for record in retain:
-        forgotten = [n for n in names.get(record["context"], []) if n.strip()]
+        forgotten = names.get(record["context"], [])
         items = _entity_list(record["completion"]) if forgotten else None
         if items is None:
             out.append(record)
