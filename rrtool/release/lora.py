@@ -23,6 +23,7 @@ from torch import Tensor
 
 from rrtool.errors import TrainingDiverged, UserError
 from rrtool.examples import IGNORE_INDEX, Example, encode_example
+from rrtool.release import shared_prefix
 from rrtool.release.losses import LOSSES, Loss, Nll, make_loss, row_sums
 from rrtool.spec import LoraSpec
 
@@ -290,7 +291,10 @@ def _reference_nll(
         tuner.disable_adapter_layers()
         try:
             with torch.no_grad():
-                logits = _kept_logits(model, model, batch, keep, selective, autocast_bf16)
+                logits = _kept_logits(
+                    model, model, batch, keep, selective, autocast_bf16,
+                    shared_prefix.supported(model),
+                )  # fmt: skip
                 nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
         finally:
             tuner.enable_adapter_layers()
@@ -495,10 +499,20 @@ class _Share:
 
 
 def _kept_logits(
-    forward: Any, model: Any, batch: dict[str, Tensor], keep: Tensor, selective: bool, bf16: bool
-) -> Tensor:
-    """Logits of the positions in ``keep`` (row-major order), through ``forward``."""
+    forward: Any, model: Any, batch: dict[str, Tensor], keep: Tensor, selective: bool, bf16: bool,
+    share_prefix: bool = False,
+) -> Tensor:  # fmt: skip
+    """Logits of the positions in ``keep`` (row-major order), through ``forward``; with
+    ``share_prefix`` (and ``selective``) the rows' shared prompt prefix is run once
+    (``shared_prefix.py``: same values, less compute)."""
     with torch.autocast(keep.device.type, dtype=torch.bfloat16, enabled=bf16):
+        prefix = (
+            shared_prefix.prefix_length(batch["input_ids"], batch["attention_mask"], keep)
+            if selective and share_prefix
+            else 0
+        )
+        if prefix:
+            return shared_prefix.kept_logits(forward, model, batch, keep, prefix)
         if selective:
             out = forward(
                 input_ids=batch["input_ids"],
@@ -542,6 +556,8 @@ def _accumulate(
     runs = share.micro_batches(group)
     by_micro = {id(micro): batch for micro, batch in zip(group, batches, strict=True)}
     selective = _selective_logits(model)
+    # One forward per backward under DDP: the shared-prefix forward (two calls) only alone.
+    share_prefix = share.accelerator is None and shared_prefix.supported(model)
     total = 0.0
     for index, (micro, weight) in enumerate(runs):
         batch = {k: v.to(device) for k, v in by_micro[id(micro)].items()}
@@ -554,7 +570,9 @@ def _accumulate(
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
         targets = labels[:, 1:][keep[:, :-1]]
         with share.sync_only_last(index, len(runs)):
-            logits = _kept_logits(share.forward, model, batch, keep, selective, autocast_bf16)
+            logits = _kept_logits(
+                share.forward, model, batch, keep, selective, autocast_bf16, share_prefix
+            )
             # Cross-entropy in fp32 even under autocast: bf16 log-softmax over a large
             # vocabulary loses the small differences training depends on.
             token_nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
