@@ -129,8 +129,17 @@ def _crossner() -> bool:
     return DATA == "crossner" and POLITICS.is_file()
 
 
+# The Release settings every row starts from: the demo spec's until 2026-12-06 (the paper's
+# forget-first schedule, weights up to 1, search budget 5, LoRA dropout 0.05), so the rows keep
+# the meaning their tables give them; a row's own settings come after and win.
+PAPER_SCHEDULE = ["release.schedule=forget_first", "release.end_with_retain=false",
+                  "release.search.max_weight=1", "release.search.budget=5",
+                  "release.lora.dropout=0.05"]  # fmt: skip
+
+
 def _common(quick: bool) -> list[str]:
-    sets = ["audit.probes.relearning=false", "audit.probes.elicitation=false",
+    sets = [*PAPER_SCHEDULE]
+    sets += ["audit.probes.relearning=false", "audit.probes.elicitation=false",
             "audit.probes.membership=false", "audit.probes.quantization=false",
             "audit.probes.linear_probe=false", "audit.probes.relearning_ood=false"]  # fmt: skip
     if _crossner():

@@ -5,8 +5,10 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from rrtool.tracking import PROCESS_TAG, shown_status
 
@@ -15,6 +17,14 @@ from rrtool.tracking import PROCESS_TAG, shown_status
 def _running(*argv: str) -> Iterator[dict[str, str]]:
     """A live process with ``argv`` after Python's own, and the tags of a run it holds."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
+    # Popen returns once exec has begun; the kernel writes the new argv a moment later, and a
+    # read in between finds an empty command line (seen once in a full suite run).
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while cmdline.parent.is_dir() and time.monotonic() < deadline:
+        if b"time.sleep" in cmdline.read_bytes():
+            break
+        time.sleep(0.01)
     try:
         yield {"rrtool.status": "running", PROCESS_TAG: f"{platform.node()}:{proc.pid}"}
     finally:

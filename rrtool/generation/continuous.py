@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from rrtool.generation.hf_inputs import (
     cache_argument,
+    full_attention_only,
     left_padded,
     new_cache,
     takes_logits_to_keep,
@@ -62,13 +63,7 @@ _PROCESSOR_DEFAULTS: dict[str, Any] = {
 def supports(model: Any) -> bool:
     """Whether the decoder can run ``model``: full-attention layers only (a sliding-window or
     recurrent layer cache cannot be left-padded and joined), no config-level logit processors."""
-    config = model.config.get_text_config()
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return False
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types and any(t != "full_attention" for t in layer_types):
-        return False
-    if getattr(model.config, "is_encoder_decoder", False):
+    if not full_attention_only(model):
         return False
     generation = model.generation_config
     for name, default in _PROCESSOR_DEFAULTS.items():

@@ -65,3 +65,16 @@ def takes_logits_to_keep(model: Any) -> bool:
     a PEFT wrapper forwards ``**kwargs``, so the model underneath is asked."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def full_attention_only(model: Any) -> bool:
+    """Whether ``model`` is decoder-only with every layer attending fully: only then is its
+    KV cache a plain prefix that can be padded, joined, repeated over rows and continued (a
+    sliding-window or recurrent layer's cache is not)."""
+    config = model.config.get_text_config()
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    return not (layer_types and any(t != "full_attention" for t in layer_types))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rrtool.generation.hf_inputs import cache_argument, new_cache
+from rrtool.generation.hf_inputs import cache_argument, full_attention_only, new_cache
 
 MIN_SHARED = 16  # tokens: a shorter head saves less than a second forward call costs
 
@@ -40,15 +40,8 @@ def prefix_length(input_ids: Tensor, attention_mask: Tensor, keep: Tensor) -> in
 
 
 def supported(model: Any) -> bool:
-    """Whether a prefix cache of ``model`` can be repeated over rows and continued: a
-    decoder-only model whose layers all attend fully."""
-    config = model.config.get_text_config()
-    if getattr(model.config, "is_encoder_decoder", False):
-        return False
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return False
-    layer_types = getattr(config, "layer_types", None)
-    return not (layer_types and any(t != "full_attention" for t in layer_types))
+    """Whether a prefix cache of ``model`` can be repeated over rows and continued."""
+    return full_attention_only(model)
 
 
 def kept_logits(
