@@ -287,14 +287,15 @@ def _reference_nll(
 ) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
     """Per-row NLL under the model before this LoRA: the same forward, adapter switched off."""
 
+    share_prefix = shared_prefix.supported(model)
+
     def reference_nll(batch: dict[str, Tensor], keep: Tensor, targets: Tensor) -> Tensor:
         tuner.disable_adapter_layers()
         try:
             with torch.no_grad():
                 logits = _kept_logits(
-                    model, model, batch, keep, selective, autocast_bf16,
-                    shared_prefix.supported(model),
-                )  # fmt: skip
+                    model, model, batch, keep, selective, autocast_bf16, share_prefix
+                )
                 nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
         finally:
             tuner.enable_adapter_layers()
