@@ -6,10 +6,11 @@ every row run whole (not a pytest test; run alone on an idle machine).
 The data is what Release trains on in the demo: NER queries of all five types on the built-in
 passages (the one-shot conversation prompt; the gold entities as the answer), shuffled
 together, with the demo spec's LoRA settings (rank 8, all linear layers, batch 4 x 2
-accumulation, 192 tokens, dropout 0.05). Both ways run in one process, alternately, so they
-share the machine's state. Reported: seconds per epoch (min over repeats), tokens/s over every
-token of every example, and the relative difference of the two updates dW (with dropout off
-it is float rounding; with the demo's dropout the head's tokens share one mask).
+accumulation, 192 tokens), at dropout 0 (the demo's) and 0.05 (the spec's default). Both ways
+run in one process, alternately, so they share the machine's state. Reported: seconds per epoch
+(min over repeats), tokens/s over every token of every example, and the relative difference of
+the two updates dW (at dropout 0 it is float rounding; at 0.05 the head's tokens share one mask
+and the rows' masks differ from the whole-row run's).
 """
 
 from __future__ import annotations

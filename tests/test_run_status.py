@@ -17,8 +17,8 @@ from rrtool.tracking import PROCESS_TAG, shown_status
 def _running(*argv: str) -> Iterator[dict[str, str]]:
     """A live process with ``argv`` after Python's own, and the tags of a run it holds."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
-    # Popen returns once exec has begun; the kernel writes the new argv a moment later, and a
-    # read in between finds an empty command line (seen once in a full suite run).
+    # Seen once in a full suite run: the child read as "not rrtool" right after Popen, most
+    # likely because its new argv was not yet in /proc; wait until it is.
     cmdline = Path(f"/proc/{proc.pid}/cmdline")
     deadline = time.monotonic() + 10
     while cmdline.parent.is_dir() and time.monotonic() < deadline:
