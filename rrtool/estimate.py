@@ -9,7 +9,8 @@ Memory (peak of one process, the largest phase):
   their gradients and Adam's two moments (16 bytes each);
 - training activations per micro-batch, without recomputation (Korthikanti et al. 2022:
   ``s b h (34 + 5 a s / h)`` bytes per layer in 16-bit, doubled in fp32) plus the fp32 logits
-  of the loss (``b s V x 4``), with ``s = release.lora.max_length``, ``b = lora.batch_size``;
+  of the loss (``b s V x 4``), with ``s = release.lora.max_length``, ``b`` the rows of one
+  forward (``lora.batch_size``, or fewer under ``lora.max_forward_tokens``);
 - generation KV cache: ``2 x layers x kv heads x head dim x (max_length + max_new_tokens) x
   generation batch x bytes``.
 

@@ -906,7 +906,8 @@ def _resources(
         Shape.from_config(config),
         dtype,
         lora_r=lora.r,
-        batch=lora.batch_size,
+        # Rows in one training forward: the micro-batch, or fewer under the token budget.
+        batch=min(lora.batch_size, max(1, (lora.max_forward_tokens or 10**12) // lora.max_length)),
         max_length=lora.max_length,
         generation_batch=gen.batch_size,
         max_new_tokens=gen.max_new_tokens,

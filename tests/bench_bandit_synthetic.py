@@ -18,22 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from synthetic_bandit import paired_sign_flip_p, problem, search
+from synthetic_bandit import mean_ci, paired_sign_flip_p, problem, search
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _ci(values: list[float], seed: int = 0) -> tuple[float, float]:
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(2000))
-    return means[49], means[1949]
 
 
 def main() -> None:
@@ -76,11 +69,11 @@ def main() -> None:
             {
                 "row": name,
                 "chosen": statistics.fmean(chosen),
-                "chosen_ci": _ci(chosen),
+                "chosen_ci": mean_ci(chosen),
                 "regret": statistics.fmean(o.regret for o in outcomes),
                 "best_evaluated": statistics.fmean(o.best_evaluated for o in outcomes),
                 "minus_random": statistics.fmean(diffs),
-                "minus_random_ci": _ci(diffs),
+                "minus_random_ci": mean_ci(diffs),
                 "p_better_than_random": None if name == "random" else paired_sign_flip_p(diffs),
                 "wins": sum(d > 0 for d in diffs),
                 "curve": [

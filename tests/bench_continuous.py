@@ -17,12 +17,43 @@ new tokens at most: many short rows), and sampled chat continuations of the buil
 prompt starts (temperature 1, top-p 0.9, 64 new tokens at most: rows finish early at varied
 lengths). ``useful tok/s`` counts generated tokens up to and including EOS. The ``same`` column
 says how many rows are token-identical to the ``generate`` row.
+
+``--ceiling`` first prints the decode ceiling at the batch size: one forward step of that many
+rows over an 80-token cache, no sampling, no scheduling (the most any engine can reach when
+every row decodes), in both dtypes.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+
+def decode_step_seconds(batch: int, dtype: str, context: int = 80, steps: int = 12) -> float:
+    """Seconds per decode step of ``batch`` rows over a ``context``-token cache (median of
+    ``steps``): the model's forward only."""
+    import statistics
+
+    import torch
+
+    from rrtool.generation.hf_inputs import cache_argument, new_cache
+    from rrtool.models import load_model
+    from rrtool.spec import ModelSpec
+
+    model = load_model(
+        ModelSpec(id="builtin:smollm2-135m-instruct", device="cpu", dtype=dtype)
+    ).model
+    gen = torch.Generator().manual_seed(0)
+    cache, name = new_cache(model), cache_argument(model)  # filled in place
+    with torch.inference_mode():
+        model(torch.randint(0, 40000, (batch, context), generator=gen), **{name: cache})
+        token = torch.randint(0, 40000, (batch, 1), generator=gen)
+        times = []
+        for _ in range(steps):
+            began = time.perf_counter()
+            model(token, **{name: cache})
+            times.append(time.perf_counter() - began)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -41,7 +72,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--samples", type=int, default=1, help="chat sampled: per prompt")
     parser.add_argument("--only", choices=["ner", "chat"], help="one workload")
+    parser.add_argument("--ceiling", action="store_true", help="first: the decode-step ceiling")
     args = parser.parse_args()
+    if args.ceiling:
+        for dtype in ("float32", "bfloat16"):
+            seconds = decode_step_seconds(args.batch, dtype)
+            print(f"decode ceiling, batch {args.batch}, {dtype} weights: {seconds * 1000:.1f} "
+                  f"ms/step, {args.batch / seconds:.0f} tok/s")  # fmt: skip
 
     handle = load_model(
         ModelSpec(id="builtin:smollm2-135m-instruct", device="cpu", dtype=args.dtype)

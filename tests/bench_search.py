@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_support import run_rrtool
+from synthetic_bandit import mean_ci, paired_sign_flip_p
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("neuralucb", "random", "direct")
@@ -129,7 +130,33 @@ def markdown(rows: list[dict[str, Any]], alpha: float, oracle: str) -> str:
                 f"| {strategy} | {_f(mean['relevance'])} | {_f(mean['diversity'])} | "
                 f"{_f(mean['score'])} | {_f(mean['mean_trial_score'])} |"
             )
+        lines += paired(rows)
     return "\n".join(lines) + "\n"
+
+
+def paired(rows: list[dict[str, Any]]) -> list[str]:
+    """NeuralUCB against each other strategy on the same seeds: the mean difference of the
+    forget-data score, its 95% bootstrap interval over seeds, wins, and the exact one-sided
+    sign-flip p-value that NeuralUCB scores higher (seeds are the units: the same contexts,
+    split and model per seed)."""
+    score = {(r["strategy"], r["seed"]): r["score"] for r in rows}
+    out: list[str] = []
+    for other in ("random", "direct"):
+        seeds = sorted(s for (n, s) in score if n == "neuralucb" and (other, s) in score)
+        if len(seeds) < 2:
+            continue
+        diffs = [score[("neuralucb", s)] - score[(other, s)] for s in seeds]
+        low, high = mean_ci(diffs)
+        if not out:
+            out += ["", "NeuralUCB minus the other strategy, paired by seed (forget-data score):",
+                    "", "| against | seeds | mean difference [95% CI] | wins / ties | p (higher) |",
+                    "|---|---|---|---|---|"]  # fmt: skip
+        out.append(
+            f"| {other} | {len(seeds)} | {sum(diffs) / len(diffs):+.3f} [{low:+.3f}, {high:+.3f}] "
+            f"| {sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} "
+            f"| {paired_sign_flip_p(diffs):.3f} |"
+        )
+    return out
 
 
 def main() -> None:

@@ -110,6 +110,13 @@ def search(
     return Outcome(float(truth[chosen]), curve[-1], float(truth.max()), curve)
 
 
+def mean_ci(values: list[float], seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean (2,000 seeded resamples)."""
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(2000))
+    return means[49], means[1949]
+
+
 def paired_sign_flip_p(differences: list[float]) -> float:
     """One-sided p-value that the mean of paired ``differences`` is > 0: the share of the 2^n
     sign assignments (exact up to n = 20, else 200,000 seeded draws) whose mean is at least the

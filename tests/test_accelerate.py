@@ -14,7 +14,7 @@ import torch
 from rrtool.errors import UserError
 from rrtool.models import load_model
 from rrtool.release.distributed import train_in_processes
-from rrtool.release.lora import Example, LoraModule, train_lora
+from rrtool.release.lora import Example, LoraModule, TrainingOptions, train_lora
 from rrtool.release.stack import apply_stack
 from rrtool.spec import LoraSpec, ModelSpec
 
@@ -69,9 +69,9 @@ def test_two_processes_match_one(accumulation: int, objective: str, tmp_path: Pa
     )  # fmt: skip
     seen: list[tuple[int, int, float]] = []
     group = train_in_processes(
-        MODEL, stack, examples, cfg.model_copy(update={"processes": 2}), seed=3,
-        kind="forget", chat=False, workdir=tmp_path, cpu=True, objective=objective,
-        progress=lambda *a: seen.append(a),
+        MODEL, stack, examples, cfg.model_copy(update={"processes": 2}),
+        TrainingOptions(seed=3, kind="forget", chat=False, objective=objective),
+        workdir=tmp_path, cpu=True, progress=lambda *a: seen.append(a),
     )  # fmt: skip
     assert group.info["processes"] == 2 and group.info["objective"] == objective
     assert set(group.A) == set(single.A)
@@ -110,8 +110,8 @@ def test_a_failed_group_is_reported_with_its_log(tmp_path: Path) -> None:
     bad = ModelSpec(id=str(tmp_path / "no-model-here"))
     with pytest.raises(UserError) as caught:
         train_in_processes(
-            bad, [], _examples(4), LoraSpec(processes=2), seed=0, kind="forget", chat=False,
-            workdir=tmp_path, cpu=True,
+            bad, [], _examples(4), LoraSpec(processes=2),
+            TrainingOptions(seed=0, kind="forget", chat=False), workdir=tmp_path, cpu=True,
         )  # fmt: skip
     message = caught.value.messages[0]
     assert "no-model-here" in message  # the worker's own error, not a bare exit code

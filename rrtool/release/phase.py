@@ -70,7 +70,7 @@ from rrtool.release.compose import MasterWeights, ScaledAdapter
 from rrtool.release.distributed import train_in_processes
 from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.ext_sub import deficiency
-from rrtool.release.lora import Example, LoraModule, train_lora
+from rrtool.release.lora import Example, LoraModule, TrainingOptions, train_lora
 from rrtool.release.projection import project_out
 from rrtool.release.records import StepRecord
 from rrtool.release.stack import download_module
@@ -469,33 +469,40 @@ class _Release:
         applied_forget = [
             self.modules[e["module"]] for e in self.state["stack"] if e["kind"] == "forget"
         ]
-        common: dict[str, Any] = {
+        options = TrainingOptions(
+            seed=seed,
+            kind=kind,
+            chat=self.chat,
+            autocast_bf16=cfg.bf16_autocast,
+            orthogonal_weight=orthogonal,
             # Ext-Sub's anti-expert (a forget module fitted during the retain step E0) learns.
-            "objective": step.training_objective if kind == step.kind else "nll",
-            "npo_beta": self.spec.release.npo_beta,
-            "dpo_beta": self.spec.release.dpo_beta,
-            "seed": seed,
-            "kind": kind,
-            "chat": self.chat,
-            "progress": report,
-            "orthogonal_to": applied_forget if orthogonal > 0 else None,
-            "orthogonal_weight": orthogonal,
-            "autocast_bf16": cfg.bf16_autocast,
-        }
+            objective=step.training_objective if kind == step.kind else "nll",
+            npo_beta=self.spec.release.npo_beta,
+            dpo_beta=self.spec.release.dpo_beta,
+        )
+        orthogonal_to = applied_forget if orthogonal > 0 else None
         if cfg.launches_processes:
             stack = [(self.modules[e["module"]], e["coefficient"]) for e in self.state["stack"]]
-            module = train_in_processes(
+            return train_in_processes(
                 self.spec.model,
                 stack,
                 examples,
                 cfg,
+                options,
                 workdir=self.ctx.workdir / "training",
                 cpu=next(self.model.parameters()).device.type == "cpu",
-                **common,
+                progress=report,
+                orthogonal_to=orthogonal_to,
             )
-        else:
-            module = train_lora(self.model, self.handle.tokenizer, examples, cfg, **common)
-        return module
+        return train_lora(
+            self.model,
+            self.handle.tokenizer,
+            examples,
+            cfg,
+            progress=report,
+            orthogonal_to=orthogonal_to,
+            **options.keywords(),
+        )
 
     def _save(self, name: str, module: LoraModule) -> LoraModule:
         """Write the module and record it in the run (``release/modules/NAME``)."""
