@@ -493,3 +493,49 @@ def test_no_leak_rate_without_forget_entities_and_bad_ones_are_rejected() -> Non
     assert "forget_leak_rate" not in oracle.aggregate([sample], oracle.score([sample]))
     with pytest.raises(ValueError, match="forget_entities"):
         oracle.score([_asked_for('["Varn"]', "location", ["Varn"], "Imre Kallas")])  # type: ignore[arg-type]
+
+
+# --- partial names ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "whole", "part"),
+    [
+        ('["Helena Stroud"]', True, True),
+        ('["Librarian Helena"]', False, True),  # the first name alone
+        ("Mr. Stroud signed it.", False, True),  # the surname in prose
+        ('["Prime Minister"]', False, False),  # a role, no name
+        ('["Helen Strouds"]', False, False),  # other words, not the name's
+        ('["Dr."]', False, False),
+    ],
+)
+def test_partial_names_count_where_whole_names_do_not(answer: str, whole: bool, part: bool) -> None:
+    d = _details(answer, ["Helena Stroud"])
+    assert bool(d["mentioned"]) is whole
+    assert bool(d["partly_named"]) is part
+
+
+def test_name_parts_leave_out_titles_numbers_and_short_words() -> None:
+    from rrtool_oracles.ner_f1 import name_parts
+
+    assert name_parts("Dr. Jane Roe") == {"jane", "roe"}
+    assert name_parts("The 2015 Baltic Forum") == {"baltic", "forum"}
+    assert name_parts("Li") == set()
+
+
+def test_partial_mention_rate_beside_the_mention_rate() -> None:
+    oracle = NerF1Oracle()
+    samples = [
+        _query('["Helena Stroud"]', ["Helena Stroud"], sid="a"),
+        _query('["Librarian Helena"]', ["Helena Stroud"], sid="b"),
+        _query('["Prime Minister"]', ["Helena Stroud"], sid="c"),
+        _query("[]", ["Imre Kallas"], sid="d"),
+    ]
+    metrics = oracle.aggregate(samples, oracle.score(samples))
+    assert metrics["person/mention_rate"] == 0.25
+    assert metrics["person/partial_mention_rate"] == 0.5
+    assert metrics["macro_partial_mention_rate"] == 0.5
+    # Scores recorded before partial names existed: the rate is left out, not guessed.
+    old = [Score(s.score, {k: v for k, v in s.details.items() if k != "partly_named"})
+           for s in oracle.score(samples)]  # fmt: skip
+    assert "person/partial_mention_rate" not in oracle.aggregate(samples, old)

@@ -163,3 +163,28 @@ def test_forgotten_with_the_name_still_leaking_elsewhere_carries_a_caveat() -> N
     # Gone there too, outside the noise: no caveat.
     row = sides([1.0] * 20 + [0.0] * 20, [0.0] * 40)["forget"]
     assert row["verdict"] == "forgotten" and row["caveat"] is None and shown(row) == "forgotten"
+
+
+def test_forgotten_while_still_named_in_part_carries_a_caveat() -> None:
+    from rrtool.audit.verdict import shown
+
+    def side(named: list[float], partly: list[float]) -> dict:
+        whole, part = _side(named), _side(partly)
+        return {
+            "metrics": {"m": whole["metrics"]["m"], "macro_partial_mention_rate": part["metrics"]["m"]},
+            "intervals": {"m": whole["intervals"]["m"], "macro_partial_mention_rate": part["intervals"]["m"]},
+            "replicates": {"m": whole["replicates"]["m"], "macro_partial_mention_rate": part["replicates"]["m"]},
+        }  # fmt: skip
+
+    headlines = {"forget": Headline("m", "lower")}
+    before = {"forget": side([1.0] * 30 + [0.0] * 10, [1.0] * 30 + [0.0] * 10)}
+    # The whole name is gone; answers still give the first name as often as the name before.
+    after = {"forget": side([0.0] * 40, [1.0] * 28 + [0.0] * 12)}
+    row = summarise(headlines, before, after, {})["forget"]
+    assert row["verdict"] == "forgotten"
+    assert "still named in part, by a word of the name (0.75 -> 0.70" in row["caveat"]
+    assert shown(row).startswith("forgotten; but it is still named in part")
+    # The parts gone too, outside the noise: no caveat.
+    after = {"forget": side([0.0] * 40, [0.0] * 40)}
+    row = summarise(headlines, before, after, {})["forget"]
+    assert row["caveat"] is None

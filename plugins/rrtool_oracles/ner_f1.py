@@ -23,6 +23,11 @@ gold entities; robust false positives are items of a lenient extraction (the
 JSON list, else quoted strings, else list items, else runs of capitalised
 words in prose) that match no gold entity. ``mention_rate`` is the share of
 queries with gold entities whose answer names at least one of them.
+``partial_mention_rate`` also counts an answer that names one only in part: a
+word of the entity that names it on its own (3 letters or more, not a title or
+a sentence word), so ``["Librarian Agnieszka"]`` still names "Agnieszka Nowak".
+It is meant for names of people; for other types a shared common word ("Party")
+counts too, so it is an upper bound there.
 
 *Leak* (``forget_leak_rate``): a query for a retained type may carry the passage's
 gold entities of the forget types (reference key ``forget_entities``). The answer
@@ -233,6 +238,29 @@ def mentioned_entities(answer: str, gold: Iterable[str]) -> list[str]:
     return sorted({g for g in _normalised_set(gold) if any(_has_words(v, g) for v in views)})
 
 
+def name_parts(entity: str) -> set[str]:
+    """The words of ``entity`` that name it on their own ("Kallas" of "Imre Kallas"): its
+    normalised words of at least 3 letters, bar sentence words, titles and numbers."""
+    return {
+        w
+        for w in normalise(entity).split()
+        if len(w) >= 3 and not w.isdigit() and w not in _LEADING_STOPWORDS | _ABBREVIATIONS
+    }
+
+
+def partly_named(answer: str, gold: Iterable[str]) -> list[str]:
+    """The normalised gold entities that ``answer`` names whole or by one of their
+    ``name_parts`` ("Librarian Agnieszka" names part of "Agnieszka Nowak")."""
+    views = _answer_views(answer)
+    return sorted(
+        {
+            g
+            for g in _normalised_set(gold)
+            if any(_has_words(v, part) for v in views for part in name_parts(g) | {g})
+        }
+    )
+
+
 def query_passage(prompt: str) -> str | None:
     """The passage of the UniversalNER query that ends ``prompt``, or ``None``
     when the prompt does not end with ``Text: {passage}\\nWhat describes {type} in the text?``."""
@@ -336,6 +364,7 @@ class _Tally:
     named: int = 0  # of them, answers naming one
     plain: int = 0  # non-echo queries with gold
     plain_named: int = 0
+    partly: int | None = 0  # queries with gold whose answer names one at least in part
 
     def add(self, sample: Sample, d: dict[str, Any]) -> None:
         try:
@@ -358,6 +387,9 @@ class _Tally:
         if robust[0] + robust[2] > 0:
             self.with_gold += 1
             self.named += mentions
+            # Scores made before partial names were recorded leave the rate out.
+            part = d.get("partly_named")
+            self.partly = None if part is None or self.partly is None else self.partly + bool(part)
             if not echo:
                 self.plain += 1
                 self.plain_named += mentions
@@ -374,6 +406,8 @@ class _Tally:
         }
         if self.with_gold:
             out["mention_rate"] = self.named / self.with_gold
+            if self.partly is not None:
+                out["partial_mention_rate"] = self.partly / self.with_gold
         if self.plain:
             out["mention_rate_non_echo"] = self.plain_named / self.plain
         out |= {
@@ -459,6 +493,7 @@ class NerF1Oracle:
                         "gold": sorted(gold),
                         "parse_error": parse_error,
                         "mentioned": mentioned,
+                        "partly_named": partly_named(completion, gold_raw),
                         "echo": is_echo(completion, query_passage(prompt_text(sample.prompt))),
                         "robust_predicted": sorted(item_views),
                         "robust_tp": len(mentioned),
@@ -486,11 +521,14 @@ class NerF1Oracle:
         Per type: micro precision/recall/F1 and support (strict), ``robust_f1``
         (micro over the robust counts), ``mention_rate`` (queries with gold
         entities whose answer names one, echoes included; absent when no query
-        of the type has gold), ``mention_rate_non_echo`` (the same without
+        of the type has gold), ``partial_mention_rate`` (the same counting an answer that
+        names a gold entity only in part: a word of its ``name_parts``),
+        ``mention_rate_non_echo`` (the same without
         echoes; absent when none is left), ``echo_rate``, ``parse_failure_rate``,
         ``empty_rate`` and ``queries``. Overall: ``macro_f1``, ``macro_robust_f1``
         and ``macro_mention_rate`` (means over the types that have the metric),
-        ``echo_rate``, ``parse_failure_rate`` and ``empty_rate`` over all
+        ``macro_partial_mention_rate``, ``echo_rate``, ``parse_failure_rate`` and
+        ``empty_rate`` over all
         aggregated queries, ``parse_failures`` (a count) and ``forget_leak_rate``
         (over the queries that carry forget entities; absent when none does).
 
@@ -520,6 +558,7 @@ class NerF1Oracle:
             ("macro_f1", "f1"),
             ("macro_robust_f1", "robust_f1"),
             ("macro_mention_rate", "mention_rate"),
+            ("macro_partial_mention_rate", "partial_mention_rate"),
         ):
             values = [metrics[f"{t}/{per_type}"] for t in tallies if f"{t}/{per_type}" in metrics]
             if values:

@@ -39,6 +39,7 @@ ALSO: dict[str, tuple[tuple[str, str], ...]] = {
     "forget": (
         ("forget", "macro_f1"),
         ("forget", "macro_robust_f1"),
+        ("forget", "macro_partial_mention_rate"),
         ("forget", "parse_failure_rate"),
         ("forget", "echo_rate"),
         ("utility", "forget_leak_rate"),
@@ -97,21 +98,28 @@ def shown(row: dict[str, Any]) -> str:
 
 
 def caveat(key: str, row: dict[str, Any]) -> str | None:
-    """What a "forgotten" verdict does not cover: the entity still named where another type
-    is asked (NER's ``forget_leak_rate``) without a fall outside the noise."""
+    """What a "forgotten" verdict does not cover, where a side measure did not fall outside the
+    noise with it: the entity still named in part (NER's ``macro_partial_mention_rate``), or
+    where another type is asked (``forget_leak_rate``)."""
     if key != "forget" or row.get("verdict") != "forgotten":
         return None
-    leak = next((a for a in row.get("also", []) if a["metric"] == "forget_leak_rate"), None)
-    if leak is None or not leak["before"] or leak["after"] is None:
-        return None
-    ci = leak["change_ci"]
-    if ci is not None and ci[1] < 0:
-        return None  # it fell too, outside the noise
-    how = "no interval" if ci is None else "inside the noise" if ci[0] <= 0 else "more often"
-    return (
-        f"it is still named where another type is asked ({leak['before']:.2f} -> "
-        f"{leak['after']:.2f} of those answers, {how})"
-    )
+    also = {a["metric"]: a for a in row.get("also", [])}
+    found = []
+    for metric, what in (
+        ("macro_partial_mention_rate", "it is still named in part, by a word of the name"),
+        ("forget_leak_rate", "it is still named where another type is asked"),
+    ):
+        side = also.get(metric)
+        if side is None or not side["before"] or side["after"] is None:
+            continue
+        ci = side["change_ci"]
+        if ci is not None and ci[1] < 0:
+            continue  # it fell too, outside the noise
+        how = "no interval" if ci is None else "inside the noise" if ci[0] <= 0 else "more often"
+        found.append(
+            f"{what} ({side['before']:.2f} -> {side['after']:.2f} of those answers, {how})"
+        )
+    return "; ".join(found) or None
 
 
 def verdict(key: str, row: dict[str, Any], degeneration: dict[str, list[float | None]]) -> str:

@@ -379,6 +379,7 @@ class EvaluationSuite:
                 "not a JSON list scores 0), macro_f1 = their mean; mention_rate = share of "
                 "queries with gold entities whose answer names one in any format (answers that "
                 "repeat the passage count as naming it; echo_rate reports them); "
+                "partial_mention_rate = the same counting a word of the name alone; "
                 "parse_failure_rate = answers that are not a JSON list",
                 groups=[q.context for q in chosen_queries],  # resampled by passage
             )
