@@ -32,6 +32,7 @@ from rrtool.artifacts import REVEAL_SEARCH_STATE, REVEAL_TRIALS
 from rrtool.context import RunContext
 from rrtool.errors import UserError
 from rrtool.generation.base import Completion, SamplingParams, encode_prompt
+from rrtool.generation.hf_inputs import takes_logits_to_keep
 from rrtool.queries import Query
 from rrtool.reveal.direct import build_queries, generate_direct, score_relevance
 from rrtool.reveal.embedder import SentenceEmbedder
@@ -211,6 +212,9 @@ class InstructionSearch:
         # the generator's API takes one prefix per call, which would mean N forward passes.
         ids = encode_prompt(tokenizer, self.decode_prompt, chat=False)
         layer = model.get_input_embeddings()
+        # Only hidden states are read: the vocabulary projection of every position (16 rows x
+        # the decode prompt x 49k words, ~3 GB for the coding spec's prompt) is skipped.
+        keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
         model.eval()
         with torch.inference_mode():
             text = layer(torch.tensor([ids], device=layer.weight.device))
@@ -219,7 +223,7 @@ class InstructionSearch:
                 embeds = torch.cat([soft, text.expand(len(chunk), -1, -1)], dim=1)
                 mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
                 kw = {"attention_mask": mask, "output_hidden_states": True, "use_cache": False}
-                out = model(inputs_embeds=embeds, **kw)
+                out = model(inputs_embeds=embeds, **kw, **keep)
                 rows.append(out.hidden_states[-1][:, -1, :].float().cpu())
                 progress.advance(task, len(chunk))
         return torch.cat(rows)
