@@ -20,7 +20,12 @@ from rrtool.data import load_records
 from rrtool.errors import SpecError, UserError
 from rrtool.evaluators.utility import UTILITY_EVALUATORS, default_utility
 from rrtool.models import resolve_model
-from rrtool.oracles.registry import create_oracle, entry_points, unknown_oracle_message
+from rrtool.oracles.registry import (
+    OracleOptionsError,
+    create_oracle,
+    entry_points,
+    unknown_oracle_message,
+)
 from rrtool.release.weights import explicit_weight, ladder, ladder_ratio
 from rrtool.spec import DataSource, Spec
 from rrtool.spec_loader import LoadedSpec
@@ -340,6 +345,11 @@ def _check_scorer(
         return
     try:
         oracle = create_oracle(name, options)
+    except OracleOptionsError as exc:  # located at the option the plugin's Options rejected
+        for option, message in zip(exc.option_keys, exc.messages, strict=True):
+            at = (*key, "options", *(option.split(".")[:1] if option else ()))
+            errors.append(f"{loaded.locate(*at)}: {message}")
+        return
     except UserError as exc:
         errors.extend(f"{loaded.locate(*key, 'options')}: {m}" for m in exc.messages)
         return

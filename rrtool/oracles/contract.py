@@ -70,6 +70,13 @@ class Oracle(Protocol):
     The factory itself is called with the spec's ``oracle.options`` as keyword
     arguments and should raise ``TypeError``/``ValueError`` on options it
     rejects; rrtool turns those into a user-facing error.
+
+    Optionally the factory declares its options as a pydantic model in a class
+    attribute ``Options``: rrtool then validates the spec's options with it
+    (types, ranges, defaults), reports each rejected option at its key and
+    line, lists the model's fields as the accepted options and its JSON schema
+    in ``rrtool oracles list --json``, and calls the factory with every option
+    the model holds (defaults filled in).
     """
 
     name: str

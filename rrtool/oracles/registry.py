@@ -37,6 +37,23 @@ class OracleInfo:
     error: str | None = None
     requires: dict[str, Any] | None = None  # the factory's Requirements, as plain data
     options: list[str] | None = None  # keyword options it accepts (None: any)
+    # The options' JSON schema (types, defaults, descriptions) where the factory declares an
+    # ``Options`` model; None otherwise.
+    options_schema: dict[str, Any] | None = None
+
+
+class OracleOptionsError(UserError):
+    """Options an oracle's ``Options`` model rejected: one message per problem, and the
+    option each is about (``option_keys``, parallel to ``messages``; None: the whole set)."""
+
+    def __init__(self, name: str, problems: list[tuple[str | None, str]]) -> None:
+        super().__init__(
+            *(
+                f"oracle `{name}` option `{key}`: {text}" if key else f"oracle `{name}`: {text}"
+                for key, text in problems
+            )
+        )
+        self.option_keys = [key for key, _ in problems]
 
 
 def _allowed() -> set[str] | None:
@@ -97,8 +114,12 @@ def create_oracle(name: str, options: Mapping[str, Any] | None = None) -> Oracle
             f"oracle `{name}` has no option {', '.join(f'`{u}`' for u in unknown)}{hint} "
             f"(accepted: {', '.join(accepted or []) or 'none'})"
         )
+    given = dict(options or {})
+    model = options_model(factory)
+    if model is not None:
+        given = _validated(name, model, given)
     try:
-        oracle = factory(**dict(options or {}))
+        oracle = factory(**given)
     except (TypeError, ValueError) as exc:
         raise UserError(f"oracle `{name}` rejected its options: {exc}") from None
     missing = [attr for attr in ("score", "aggregate", "requires") if not hasattr(oracle, attr)]
@@ -110,9 +131,39 @@ def create_oracle(name: str, options: Mapping[str, Any] | None = None) -> Oracle
     return oracle
 
 
+def options_model(factory: Any) -> Any:
+    """The factory's ``Options`` (a pydantic model of its options), or None: a plugin that
+    declares one gets its options typed, checked and defaulted by rrtool, with errors at the
+    option's key, and their schema in ``rrtool oracles list --json``."""
+    from pydantic import BaseModel
+
+    model = getattr(factory, "Options", None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _validated(name: str, model: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` checked by the plugin's ``Options``: every option with its value or default."""
+    from pydantic import ValidationError
+
+    try:
+        return dict(model.model_validate(given))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            loc = [str(part) for part in error["loc"]]
+            text = error["msg"]
+            if loc and "input" in error and not isinstance(error["input"], dict):
+                text += f" (got {error['input']!r})"
+            problems.append((".".join(loc) or None, text))
+        raise OracleOptionsError(name, problems) from None
+
+
 def accepted_options(factory: Any) -> list[str] | None:
-    """The keyword options a factory takes, from its signature; None when it takes any
-    (``**kwargs``) or has no readable signature."""
+    """The keyword options a factory takes: its ``Options`` model's fields, else its
+    signature's; None when it takes any (``**kwargs``) or has no readable signature."""
+    model = options_model(factory)
+    if model is not None:
+        return list(model.model_fields)
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
@@ -146,6 +197,11 @@ def list_oracles() -> list[OracleInfo]:
                     if dataclasses.is_dataclass(requires)
                     else None,
                     options=accepted_options(factory),
+                    options_schema=(
+                        model.model_json_schema()
+                        if (model := options_model(factory)) is not None
+                        else None
+                    ),
                 )
             )
         except Exception as exc:
