@@ -238,13 +238,16 @@ def mentioned_entities(answer: str, gold: Iterable[str]) -> list[str]:
     return sorted({g for g in _normalised_set(gold) if any(_has_words(v, g) for v in views)})
 
 
+_NOT_NAME_PARTS = _LEADING_STOPWORDS | _ABBREVIATIONS
+
+
 def name_parts(entity: str) -> set[str]:
     """The words of ``entity`` that name it on their own ("Kallas" of "Imre Kallas"): its
     normalised words of at least 3 letters, bar sentence words, titles and numbers."""
     return {
         w
         for w in normalise(entity).split()
-        if len(w) >= 3 and not w.isdigit() and w not in _LEADING_STOPWORDS | _ABBREVIATIONS
+        if len(w) >= 3 and not w.isdigit() and w not in _NOT_NAME_PARTS
     }
 
 
@@ -252,13 +255,12 @@ def partly_named(answer: str, gold: Iterable[str]) -> list[str]:
     """The normalised gold entities that ``answer`` names whole or by one of their
     ``name_parts`` ("Librarian Agnieszka" names part of "Agnieszka Nowak")."""
     views = _answer_views(answer)
-    return sorted(
-        {
-            g
-            for g in _normalised_set(gold)
-            if any(_has_words(v, part) for v in views for part in name_parts(g) | {g})
-        }
-    )
+    named = set()
+    for g in _normalised_set(gold):
+        words = name_parts(g) | {g}  # once per entity, not per view of the answer
+        if any(_has_words(v, w) for v in views for w in words):
+            named.add(g)
+    return sorted(named)
 
 
 def query_passage(prompt: str) -> str | None:
