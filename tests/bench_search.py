@@ -50,8 +50,10 @@ def run(
 
 
 def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, Any]:
+    from rrtool.artifacts import REVEAL_FORGET, REVEAL_TRIALS
     from rrtool.reveal.scoring import combined_score
     from rrtool.reveal.vendi import VendiAccumulator
+    from rrtool.reveal_record import RevealRecord
     from rrtool.tracking import Tracker, mlflow_client, resolve_store
 
     where = resolve_store(store)
@@ -59,17 +61,17 @@ def measure(store: str, run_id: str, alpha: float, embedder: Any) -> dict[str, A
     run = tracker.client.get_run(run_id)
     jsonl = lambda path: tracker.read_jsonl(path) or []  # noqa: E731 - absent: nothing recorded
 
-    forget = jsonl("reveal/forget.jsonl")
-    last = max((r.get("outer") or 0 for r in forget), default=0)
-    final = [r for r in forget if (r.get("outer") or 0) == last]
-    scored = [r["relevance"] for r in final if r.get("relevance") is not None]
+    forget = [RevealRecord.from_dict(r) for r in jsonl(REVEAL_FORGET)]
+    last = max((r.outer for r in forget), default=0)
+    final = [r for r in forget if r.outer == last]
+    scored = [r.relevance for r in final if r.relevance is not None]
     relevance = sum(scored) / len(scored) if scored else 0.0
-    vectors = embedder.encode([r["completion"] for r in final])
+    vectors = embedder.encode([r.completion for r in final])
     vendi = VendiAccumulator(vectors.shape[1])
     vendi.add(vectors)
     diversity = vendi.normalised_score_with()
     # Confirmation scores (kind `confirm`) are not picks: they re-score the best on other contexts.
-    trials = [t for t in jsonl("reveal/trials.jsonl") if t["kind"] not in ("rescore", "confirm")]
+    trials = [t for t in jsonl(REVEAL_TRIALS) if t["kind"] not in ("rescore", "confirm")]
     # Trial quality over the instructions the search paid generations for (a cached pick
     # re-scores an earlier one and would count it twice).
     generated = [t for t in trials if not t["cached"]]

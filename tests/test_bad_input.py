@@ -98,6 +98,7 @@ def test_all_empty_generations_are_kept_and_explained(model_cache: Path, tmp_pat
     from rrtool.artifacts import REVEAL_FORGET as FORGET
     from rrtool.context import RunContext
     from rrtool.reveal.records import finish
+    from rrtool.reveal_record import RevealRecord
     from rrtool.spec_loader import load_spec
     from rrtool.tracking import Tracker, resolve_store
 
@@ -105,10 +106,7 @@ def test_all_empty_generations_are_kept_and_explained(model_cache: Path, tmp_pat
     spec.write_text(yaml.safe_dump(tiny_spec()))
     tracker = Tracker.start(resolve_store(None, None), "rrtool", "empty", {"rrtool.spec": "x"})
     ctx = RunContext(load_spec(spec), tracker, Console(file=io.StringIO()), tmp_path / "w")
-    records = [
-        {"split": "forget", "prompt": f"p{i}", "completion": " ", "relevance": None}
-        for i in range(3)
-    ]
+    records = [RevealRecord(id=str(i), prompt=f"p{i}", completion=" ") for i in range(3)]
     with pytest.raises(UserError, match="all 3 forget generations are empty"):
         finish(ctx, records, 1.0, None)
     assert len(tracker.read_jsonl(FORGET)) == 3  # recorded before the error

@@ -731,22 +731,27 @@ def test_with_nothing_acceptable_mu_bisects_the_feasibility_edge() -> None:
 
 def test_retain_answers_lose_the_names_the_model_listed_as_the_forget_type() -> None:
     from rrtool.release.phase import drop_forget_names
+    from rrtool.reveal_record import RevealRecord
 
     passage, other = "Imre Kallas of the Kallas Institute spoke in Varn.", "Varn is cold."
     forget = [
-        {"context": passage, "completion": '["Imre Kallas"]'},
-        {"context": other, "completion": "[]"},
+        RevealRecord(id="f1", context=passage, prompt="", completion='["Imre Kallas"]'),
+        RevealRecord(id="f2", context=other, prompt="", completion="[]"),
     ]
     retain = [
-        {"context": passage, "type": "organization",
-         "completion": '["Political scientist Imre Kallas", "Kallas Institute"]'},
-        {"context": passage, "type": "location", "completion": '["Varn"]'},
-        {"context": passage, "type": "country", "completion": '["Imre Kallas"]'},
-        {"context": passage, "type": "date", "completion": "Imre Kallas, probably"},  # not JSON
-        {"context": other, "type": "location", "completion": '["Varn"]'},
+        RevealRecord(id="organization", context=passage, type="organization", prompt="",
+                     completion='["Political scientist Imre Kallas", "Kallas Institute"]'),
+        RevealRecord(id="location", context=passage, type="location", prompt="",
+                     completion='["Varn"]'),
+        RevealRecord(id="country", context=passage, type="country", prompt="",
+                     completion='["Imre Kallas"]'),
+        RevealRecord(id="date", context=passage, type="date", prompt="",
+                     completion="Imre Kallas, probably"),  # not JSON
+        RevealRecord(id="location", context=other, type="location", prompt="",
+                     completion='["Varn"]'),
     ]  # fmt: skip
     cleaned, dropped = drop_forget_names(retain, forget)
-    assert [r["completion"] for r in cleaned] == [
+    assert [r.completion for r in cleaned] == [
         '["Kallas Institute"]',  # the surname alone is not the listed name
         '["Varn"]',
         "[]",
@@ -754,7 +759,7 @@ def test_retain_answers_lose_the_names_the_model_listed_as_the_forget_type() -> 
         '["Varn"]',
     ]
     assert dropped == 2
-    assert [r["type"] for r in cleaned] == [r["type"] for r in retain]  # nothing else changes
+    assert [r.type for r in cleaned] == [r.type for r in retain]  # nothing else changes
 
 
 def test_drop_forget_names_needs_the_models_own_ner_retain_answers() -> None:

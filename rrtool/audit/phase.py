@@ -20,6 +20,7 @@ import json
 import re
 from typing import Any
 
+from rrtool import reveal_record
 from rrtool.artifacts import (
     AUDIT_AFTER,
     AUDIT_BEFORE,
@@ -148,10 +149,10 @@ def check_leakage(ctx: RunContext, suite: EvaluationSuite) -> dict[str, Any]:
 
     spec = ctx.spec
     reveal = [
-        r["context"]
+        r.context
         for path in (REVEAL_FORGET, REVEAL_RETAIN)
-        for r in ctx.tracker.read_jsonl(path) or []
-        if r.get("context")
+        for r in reveal_record.read(ctx, path)
+        if r.context
     ]
     sources: dict[str, list[str]] = {"reveal": list(dict.fromkeys(reveal))}
     try:

@@ -38,6 +38,7 @@ next step. Nothing finished is retrained.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -46,7 +47,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from rrtool import splits
+from rrtool import reveal_record, splits
 from rrtool.artifacts import (
     RELEASE_CANDIDATES,
     RELEASE_CMD,
@@ -81,6 +82,7 @@ from rrtool.release.weights import (
     search_weight,
     utility_threshold,
 )
+from rrtool.reveal_record import RevealRecord
 from rrtool.spec import DataSource
 from rrtool.strategies.steps import Step
 from rrtool.tasks import samples_from_records
@@ -190,14 +192,14 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
         forget_records = external_forget_examples(ctx)
         origin = f"{ctx.spec.release.forget_data.path} (release.forget_data)"
     else:
-        records = ctx.tracker.read_jsonl(REVEAL_FORGET) or []
-        forget_records = [Example(r["prompt"], r["completion"]) for r in records]
+        revealed = reveal_record.read(ctx, REVEAL_FORGET)
+        forget_records = [Example(r.prompt, r.completion) for r in revealed]
         formats = ctx.spec.release.forget_formats
         if formats != ["json"]:
             forget_records = [
                 variant
-                for r, e in zip(records, forget_records, strict=True)
-                for variant in in_formats(e, r.get("type") or "entity", formats)
+                for r, e in zip(revealed, forget_records, strict=True)
+                for variant in in_formats(e, r.type or "entity", formats)
             ]
         origin = "Reveal's forget records"
     # "Nothing found" teaches no target.
@@ -205,16 +207,15 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     if ctx.spec.retain.data is not None:
         retain = external_retain_examples(ctx)
     else:
-        records = ctx.tracker.read_jsonl(REVEAL_RETAIN) or []
+        answers = reveal_record.read(ctx, REVEAL_RETAIN)
         if ctx.spec.retain.drop_forget_names:
-            forget_records = ctx.tracker.read_jsonl(REVEAL_FORGET) or []
-            records, dropped = drop_forget_names(records, forget_records)
+            answers, dropped = drop_forget_names(answers, reveal_record.read(ctx, REVEAL_FORGET))
             ctx.tracker.log_metrics({"release/retain_forget_names_dropped": dropped})
             ctx.console.print(
                 f"release: {dropped} item(s) naming a forget-type entity dropped from the "
                 "retain answers (retain.drop_forget_names)"
             )
-        retain = [Example(r["prompt"], r["completion"]) for r in records if r["completion"].strip()]
+        retain = [Example(r.prompt, r.completion) for r in answers if r.completion.strip()]
     if not forget:
         raise UserError(
             f"release: no forget examples ({len(forget_records)} from {origin}, none with a "
@@ -231,28 +232,28 @@ def _words(text: str) -> str:
 
 
 def drop_forget_names(
-    retain: list[dict[str, Any]], forget: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], int]:
+    retain: list[RevealRecord], forget: list[RevealRecord]
+) -> tuple[list[RevealRecord], int]:
     """Reveal's retained-type answers without the items that name an entity the model listed
     for a forget type in the same passage (``context``), and how many items went. An answer
     that is not a JSON list is kept as it is; one left with no item becomes ``[]`` (the
     passage has nothing of that type the model would name without the forgotten entity)."""
     names: dict[str, list[str]] = {}
     for record in forget:
-        words = [_words(n) for n in _entity_list(record["completion"]) or []]
-        names.setdefault(record["context"], []).extend(w for w in words if w.strip())
+        words = [_words(n) for n in _entity_list(record.completion) or []]
+        names.setdefault(record.context, []).extend(w for w in words if w.strip())
     out, dropped = [], 0
     for record in retain:
-        forgotten = names.get(record["context"], [])
-        items = _entity_list(record["completion"]) if forgotten else None
+        forgotten = names.get(record.context, [])
+        items = _entity_list(record.completion) if forgotten else None
         if items is None:
             out.append(record)
             continue
         kept = [i for i in items if not any(n in _words(i) for n in forgotten)]
         dropped += len(items) - len(kept)
         unchanged = len(kept) == len(items)
-        completion = record["completion"] if unchanged else json.dumps(kept, ensure_ascii=False)
-        out.append({**record, "completion": completion})
+        completion = record.completion if unchanged else json.dumps(kept, ensure_ascii=False)
+        out.append(dataclasses.replace(record, completion=completion))
     return out, dropped
 
 
@@ -276,7 +277,7 @@ def cmd_contexts(ctx: RunContext) -> list[str]:
     if ctx.spec.release.forget_data is not None:
         contexts = [str(e.prompt) for e in external_examples(ctx.spec.release.forget_data)]
     else:
-        contexts = [r["context"] for r in ctx.tracker.read_jsonl(REVEAL_FORGET) or []]
+        contexts = [r.context for r in reveal_record.read(ctx, REVEAL_FORGET)]
     return [c for c in dict.fromkeys(contexts) if c.strip()]
 
 

@@ -11,13 +11,14 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rrtool import splits
+from rrtool import reveal_record, splits
 from rrtool.artifacts import REVEAL_PROGRESS
 from rrtool.context import RunContext
 from rrtool.errors import UserError
 from rrtool.generation.base import SamplingParams, has_chat_template
 from rrtool.oracles.contract import Sample
 from rrtool.queries import Query, reveal_queries
+from rrtool.reveal_record import RevealRecord
 from rrtool.tasks import prompt_text
 
 
@@ -96,13 +97,13 @@ def score_relevance(
     return out, None
 
 
-def generate_direct(ctx: RunContext, queries: list[Query]) -> tuple[list[dict[str, Any]], Any]:
+def generate_direct(ctx: RunContext, queries: list[Query]) -> tuple[list[RevealRecord], Any]:
     """Each query's prompt through the model as is (the `direct` strategy), resumable:
     records already in ``reveal/progress.jsonl`` are kept, not regenerated. Returns the
     records and the generator used (None when nothing was left to generate)."""
     spec = ctx.spec
-    done = {r["id"]: r for r in ctx.tracker.read_jsonl(REVEAL_PROGRESS) or []}
-    finished = {r["query_id"] for r in done.values()}
+    done = {r.id: r for r in reveal_record.read(ctx, REVEAL_PROGRESS)}
+    finished = {r.query_id for r in done.values()}
     todo = [q for q in queries if q.id not in finished]
     if finished:
         ctx.console.print(
@@ -139,23 +140,20 @@ def generate_direct(ctx: RunContext, queries: list[Query]) -> tuple[list[dict[st
                     if params.num_samples == 1
                     else f"{query.id}#{sample_index % params.num_samples}"
                 )
-                done[record_id] = {
-                    "id": record_id,
-                    "query_id": query.id,
-                    "split": query.split,
-                    "type": query.type,
-                    "context": query.context,
-                    "instruction": spec.reveal.template or "default",
-                    "prompt": query.prompt,
-                    "completion": completion.text,
-                    "tokens": completion.tokens,
-                    "relevance": score,
-                    "relevance_error": error if score is None else None,
-                    "diversity": None,
-                    "outer": 0,
-                    "inner": 0,
-                    "seed": spec.seed,
-                }
+                done[record_id] = RevealRecord(
+                    id=record_id,
+                    query_id=query.id,
+                    split=query.split,
+                    type=query.type,
+                    context=query.context,
+                    instruction=spec.reveal.template or "default",
+                    prompt=query.prompt,
+                    completion=completion.text,
+                    tokens=completion.tokens,
+                    relevance=score,
+                    relevance_error=error if score is None else None,
+                    seed=spec.seed,
+                )
             # Upload after every chunk: a crash loses at most the chunk in flight.
-            ctx.tracker.log_jsonl(list(done.values()), REVEAL_PROGRESS)
+            reveal_record.write(ctx, list(done.values()), REVEAL_PROGRESS)
     return list(done.values()), generator

@@ -40,6 +40,7 @@ from rrtool.reveal.neuralucb import NeuralUCB, SoftPromptProjection, sobol_pool
 from rrtool.reveal.records import finish
 from rrtool.reveal.scoring import combined_score
 from rrtool.reveal.vendi import VendiAccumulator
+from rrtool.reveal_record import RevealRecord
 from rrtool.tasks import prompt_text, samples_from_records
 
 DECODE_CUE = "The instruction was to"
@@ -419,31 +420,31 @@ class InstructionSearch:
             seen.add((prompt, completion.text))
             suffix = f"#{k}" if self.params.num_samples > 1 else ""
             new.append(
-                {
-                    "id": f"{query.id}@{outer}{suffix}",
-                    "query_id": query.id,
-                    "split": "forget",
-                    "type": query.type,
-                    "context": query.context,
-                    "instruction": instruction,
-                    "prompt": prompt,
-                    "completion": completion.text,
-                    "tokens": completion.tokens,
-                    "relevance": score,
-                    "relevance_error": error if score is None else None,
-                    "diversity": None,
-                    "outer": outer,
-                    "inner": self.reveal.inner_iterations,
-                    "seed": self.seed,
-                }
+                RevealRecord(
+                    id=f"{query.id}@{outer}{suffix}",
+                    query_id=query.id,
+                    split="forget",
+                    type=query.type,
+                    context=query.context,
+                    instruction=instruction,
+                    prompt=prompt,
+                    completion=completion.text,
+                    tokens=completion.tokens,
+                    relevance=score,
+                    relevance_error=error if score is None else None,
+                    outer=outer,
+                    inner=self.reveal.inner_iterations,
+                    seed=self.seed,
+                )
             )
         if new:
-            batch = self.embedder.encode([r["completion"] for r in new])
+            batch = self.embedder.encode([r.completion for r in new])
             gain = self.accumulator.normalised_score_with(batch)
             for record in new:
-                record["diversity"] = gain  # the batch's diversity against D before it
+                record.diversity = gain  # the batch's diversity against D before it
             self.accumulator.add(batch)
-        self.state["collected"].extend(new)
+        # The state is JSON (resume): the records go in in their JSON form.
+        self.state["collected"].extend(r.to_dict() for r in new)
         self.state["outer"] += 1
         self.state["inner"] = 0
         self.state["repeats"] = 0  # a step cut short (pool exhausted) leaves none for the next
@@ -541,5 +542,5 @@ def run_search(ctx: RunContext) -> dict[str, int]:
     # Retain answers (NER with retain.self_generated) need no instruction search: the
     # model answers the retained types' queries as `direct` would.
     retain = generate_direct(ctx, search.retain_queries)[0] if search.retain_queries else []
-    records = state["collected"] + retain
+    records = [RevealRecord.from_dict(r) for r in state["collected"]] + retain
     return finish(ctx, records, time.perf_counter() - started, search.generator)
