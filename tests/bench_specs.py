@@ -2,8 +2,7 @@
 
 Each spec is one ``rrtool run`` in a fresh process, as a user would start it (no overrides but
 the store), in one MLflow store; a row reads the run back (``rrtool.audit.collect``): the phase
-times and peak memory (rrtool's own per-phase figure, and the whole process's maximum resident
-set from the kernel), and the audit's headline forget and utility numbers with their 95%
+times and peak memory (rrtool's own per-phase figure; the largest is the run's peak), and the audit's headline forget and utility numbers with their 95%
 intervals, the data they were read on (held-out or in-sample) and the verdicts. Writes
 OUT/specs.md and OUT/specs.json; docs/evaluation.md's table is that Markdown.
 
@@ -74,7 +73,9 @@ def run_spec(name: str, store: str, out: Path, quick: bool) -> dict[str, Any]:
         "spec": name,
         "exit": code,
         "wall_s": round(wall, 1),
-        "process_peak_mb": round(usage.ru_maxrss / 1024),  # Linux: kilobytes
+        # Linux: kilobytes. rrtool resets the kernel's peak counter at each phase, which the
+        # process's maximum follows, so this is the last phase's peak: see peak_mb().
+        "process_peak_mb": round(usage.ru_maxrss / 1024),
         "run": run_id,
         "log": log.name,
     }
@@ -133,18 +134,30 @@ def _measure(head: dict[str, Any] | None) -> str:
     )
 
 
+def peak_mb(row: dict[str, Any]) -> tuple[float, str]:
+    """The run's peak resident memory and the phase it was in: the largest of rrtool's
+    per-phase peaks (the kernel's VmHWM, reset at each phase start). The process's own maximum
+    (``process_peak_mb``) cannot stand in for it: the reset lowers it to the last phase's."""
+    phases = {n: v for n, v in (row.get("phase_peak_mb") or {}).items() if v}
+    if not phases:
+        return float(row["process_peak_mb"]), "process"
+    name = max(phases, key=lambda n: phases[n])
+    return max(phases[name], float(row["process_peak_mb"])), name
+
+
 def markdown(rows: list[dict[str, Any]], machine: str) -> str:
     lines = [
         f"Machine: {machine}. One `rrtool run specs/NAME.yaml` per row, nothing overridden but "
-        "the store; peak = the process's maximum resident set (rrtool's own per-phase figure "
-        "in brackets, the largest phase). Brackets after numbers: 95% bootstrap intervals.",
+        "the store; peak = the largest of rrtool's per-phase peak resident memory (the kernel's "
+        "VmHWM, reset at each phase), with the phase. Brackets after numbers: 95% bootstrap "
+        "intervals.",
         "",
         "| spec | exit | wall | Reveal s | Release s | Audit s | peak MB | forget | utility |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         phases = r.get("phase_s", {})
-        phase_peak = max((v or 0 for v in r.get("phase_peak_mb", {}).values()), default=0)
+        peak, where = peak_mb(r)
         minutes, seconds = divmod(int(r["wall_s"]), 60)
         lines.append(
             f"| {r['spec']} | {r['exit']} | {minutes} min {seconds} s | "
@@ -152,7 +165,7 @@ def markdown(rows: list[dict[str, Any]], machine: str) -> str:
                 f"{phases[p]:.0f}" if phases.get(p) is not None else "n/a"
                 for p in ("reveal", "release", "audit")
             )
-            + f" | {r['process_peak_mb']:,} ({phase_peak:,.0f}) | {_measure(r.get('forget'))} | "
+            + f" | {peak:,.0f} ({where}) | {_measure(r.get('forget'))} | "
             f"{_measure(r.get('utility'))} |"
         )
     return "\n".join(lines) + "\n"
