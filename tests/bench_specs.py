@@ -74,7 +74,7 @@ def run_spec(name: str, store: str, out: Path, quick: bool) -> dict[str, Any]:
         "exit": code,
         "wall_s": round(wall, 1),
         # Linux: kilobytes. rrtool resets the kernel's peak counter at each phase, which the
-        # process's maximum follows, so this is the last phase's peak: see peak_mb().
+        # process's maximum follows, so this is one phase's peak, not the run's: see peak_mb().
         "process_peak_mb": round(usage.ru_maxrss / 1024),
         "run": run_id,
         "log": log.name,
@@ -137,7 +137,7 @@ def _measure(head: dict[str, Any] | None) -> str:
 def peak_mb(row: dict[str, Any]) -> tuple[float, str]:
     """The run's peak resident memory and the phase it was in: the largest of rrtool's
     per-phase peaks (the kernel's VmHWM, reset at each phase start). The process's own maximum
-    (``process_peak_mb``) cannot stand in for it: the reset lowers it to the last phase's."""
+    (``process_peak_mb``) cannot stand in for it: the resets leave it one phase's figure."""
     phases = {n: v for n, v in (row.get("phase_peak_mb") or {}).items() if v}
     if not phases:
         return float(row["process_peak_mb"]), "process"
