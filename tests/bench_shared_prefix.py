@@ -23,10 +23,10 @@ import time
 def main() -> None:
     import torch
 
+    from rrtool import shared_prefix
     from rrtool.data import load_records
     from rrtool.models import load_model
     from rrtool.queries import ner_queries
-    from rrtool.release import shared_prefix
     from rrtool.release.lora import Example, encode_example, train_lora
     from rrtool.spec import DataSource, LoraSpec, ModelSpec
 

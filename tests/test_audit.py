@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -129,6 +130,10 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     # The audit split is held out, so the membership probe has its non-members.
     assert "Reveal did not see" not in probes["membership"]["status"]
     assert len(report["release"]["candidates"]) >= 5
+    # The battery's cost against the audit's own measurements (both measured in this run).
+    seconds = report["audit"]["seconds"]
+    assert seconds["measurements"] > 0
+    assert seconds["probes"] >= sum(p["seconds"] for p in probes.values())
 
 
 def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path) -> None:
@@ -144,6 +149,7 @@ def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path
     assert "### Elicitation variants" in text and "| relearning |" in text
     # The attack battery: one row per attack, a quantization scheme each, with a verdict.
     assert "## Attack battery (robustness probes)" in text
+    assert "The probes took " in text and "of the audit's own measurements" in text
     assert "| quantization int8 |" in text and "| quantization int4 |" in text
     assert "| linear_probe | logistic regression" in text
     assert (
@@ -463,19 +469,23 @@ def test_the_relearning_probe_is_measured_outside_the_answer_cache(
     ctx.modified_weights = types.MethodType(RunContext.modified_weights, ctx)
     ctx.weights_state = types.MethodType(RunContext.weights_state, ctx)
     seen: list[str | None] = []
+    guesses: list[Any] = []
 
-    def measure() -> Evaluation:
+    def measure(drafts: Any = None) -> Evaluation:
         seen.append(ctx.weights_state())
+        guesses.append(drafts)
         return Evaluation("forget", {"m": 0.5}, "test", "test", 1)
 
     suite = types.SimpleNamespace(headlines={"forget": Headline("m", "lower")},
-                                  measures={"forget": measure})  # fmt: skip
+                                  measure_forget=measure)  # fmt: skip
     monkeypatch.setattr(release_phase, "load_examples", lambda c: ([lora.Example("p", "c")], []))
     monkeypatch.setattr(release_phase, "trains_in_chat_format", lambda c: True)
     monkeypatch.setattr(lora, "train_lora", lambda *a, **k: None)
     monkeypatch.setattr(compose, "ScaledAdapter", lambda *a: contextlib.nullcontext())
-    result = probes.relearning(ctx, suite, 0.8, 0.2)
+    drafts = {"base": {"q1": "[]"}, "released": {"q1": '["Ada"]'}}
+    result = probes.relearning(ctx, suite, 0.8, 0.2, drafts)
     assert seen == [None] and result["after_relearning"] == 0.5
+    assert guesses == [drafts["released"]]  # the adapter sits on the released model
     assert ctx.weights_state() == "stack-key"  # the released state is named again after
 
 

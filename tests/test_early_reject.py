@@ -67,7 +67,7 @@ def _unit_mean_measure(scores: list[float], calls: list[int]) -> OracleMeasure:
     """A utility measure whose metric is the mean of per-passage scores, with the real
     bootstrap over the passages evaluated (what oracle_evaluation computes for a mean)."""
 
-    def evaluate(_: Any, chosen: list[int]) -> Evaluation:
+    def evaluate(_: Any, chosen: list[int], drafts: Any) -> Evaluation:
         calls.append(len(chosen))
         values = [scores[i] for i in chosen]
         result = bootstrap(values, lambda v: {"f1": sum(v) / len(v)}, seed=0)

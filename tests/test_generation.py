@@ -580,3 +580,71 @@ def test_prompts_sharing_a_passage_compute_it_once_and_change_nothing(
     for params in (GREEDY, SamplingParams(12, temperature=1.0, num_samples=2, seed=9)):
         assert ours.generate(prompts, params) == plain.generate(prompts, params)
     assert _groups([[1, 2, 3]], 0) == [(0, 1, 0)]
+
+
+# ---------------------------------------------------------------- drafts
+@pytest.mark.usefixtures("early_eos")
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_drafts_change_no_answer(handle: LoadedModel, batch_size: int) -> None:
+    """Greedy answers with a guess per prompt are the answers without one, whatever the guess:
+    the exact answer, one wrong from its first token, a right start then wrong, longer than
+    the token limit, empty, none; plain and chat prompts (a shared prefix), a stop string."""
+    from rrtool.queries import ner_prompt
+
+    ours = _early_ending(handle, continuous=True, batch_size=batch_size)
+    chats = [ner_prompt(t, "person", None) for t in ("Ada met Bob.", "Zed", "Lovelace wrote.")]
+    for prompts, chat in ((LONG_PROMPTS, False), (chats * 2, True)):
+        for params in (GREEDY, SamplingParams(max_new_tokens=12, temperature=0, stop=("e",))):
+            plain = ours.generate(prompts, params, chat=chat)
+            answers = [row[0].text for row in plain]
+            guesses = [
+                answers[k] if k % 6 == 0
+                else "zzz qqq" if k % 6 == 1
+                else answers[k][: len(answers[k]) // 2] + " wrong turn" if k % 6 == 2
+                else answers[k] * 5 if k % 6 == 3
+                else "" if k % 6 == 4
+                else None
+                for k in range(len(prompts))
+            ]  # fmt: skip
+            assert ours.generate(prompts, params, chat=chat, drafts=guesses) == plain, params
+
+
+@pytest.mark.usefixtures("early_eos")
+def test_right_drafts_save_decoding_steps(handle: LoadedModel) -> None:
+    """A model whose weights moved a little (rounded to 8 bits), guessing with the unrounded
+    model's answers: the same answers as its own plain decoding, in fewer row steps."""
+    from rrtool.evaluators.quantization import SCHEMES, quantized
+
+    ours = _early_ending(handle, continuous=True, batch_size=4)
+    guesses = [row[0].text for row in ours.generate(LONG_PROMPTS, GREEDY, chat=False)]
+    with quantized(handle.model, SCHEMES["int8"]):
+        ours.stats.reset()
+        plain = ours.generate(LONG_PROMPTS, GREEDY, chat=False)
+        plain_steps = ours.stats.row_steps
+        ours.stats.reset()
+        drafted = ours.generate(LONG_PROMPTS, GREEDY, chat=False, drafts=guesses)
+        drafted_steps = ours.stats.row_steps
+    assert drafted == plain
+    assert sum(a == b[0].text for a, b in zip(guesses, plain, strict=True)) > len(guesses) / 2
+    # The random model's texts do not all encode back to the tokens that made them, so some
+    # guesses part early; the decoder-level test below guesses in tokens.
+    assert drafted_steps < plain_steps, (drafted_steps, plain_steps)
+
+
+@pytest.mark.usefixtures("early_eos")
+def test_exact_token_drafts_finish_in_the_prefill(handle: LoadedModel) -> None:
+    from rrtool.generation.continuous import ContinuousDecoder, DecodeRequest
+
+    rows = [encode_prompt(handle.tokenizer, p, chat=False) for p in LONG_PROMPTS]
+    request = DecodeRequest(16, frozenset(EARLY_EOS), lambda logits, _: logits.argmax(dim=-1))
+    decoder = ContinuousDecoder(handle.model, 0, batch_size=4)
+    with torch.inference_mode():
+        plain = decoder.run(rows, [None] * len(rows), request)
+        decoder.row_steps = 0
+        drafted = decoder.run(rows, [None] * len(rows), request, drafts=plain)
+        assert drafted == plain
+        # One prefill per row (plus one-row passes over prefixes neighbours share), no step.
+        assert decoder.row_steps <= len(rows) + len(PROMPTS)
+        assert max(len(t) for t in plain) == 16  # rows that ran to the limit were guessed too
+        with pytest.raises(ValueError, match="greedy"):
+            decoder.run(rows, [torch.Generator()] * len(rows), request, drafts=plain)

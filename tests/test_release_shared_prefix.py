@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
+from rrtool import shared_prefix
 from rrtool.models import build_tiny_model_for, build_tiny_tokenizer
-from rrtool.release import shared_prefix
 from rrtool.release.lora import Example, train_lora
 from rrtool.spec import LoraSpec
 

@@ -297,6 +297,11 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
                 "after": _without_answers(after),
                 "answers": _side_by_side(before, after, sample_answers),
                 "probes": art.json(AUDIT_PROBES),
+                # Wall time of the audit's own measurements and of its probes (same process).
+                "seconds": {
+                    part: metrics.get(f"audit/seconds/{part}")
+                    for part in ("measurements", "probes")
+                },
                 "scorers": sorted({e["scorer"] for e in (*before.values(), *after.values())}),
             },
         }

@@ -16,8 +16,11 @@ measures the same model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from rrtool import reveal_record
@@ -31,7 +34,8 @@ from rrtool.artifacts import (
     REVEAL_FORGET,
     REVEAL_RETAIN,
 )
-from rrtool.audit.probes import membership_scores, membership_sets, run_probes
+from rrtool.audit import PROBES
+from rrtool.audit.probes import drafts_from, membership_scores, membership_sets, run_probes
 from rrtool.audit.render import describe, with_ci
 from rrtool.audit.verdict import replicate_metrics, shown, summarise
 from rrtool.context import RunContext
@@ -107,15 +111,20 @@ def _membership_base(ctx: RunContext, suite: EvaluationSuite, before: dict[str, 
 
 
 def run_probes_on_released(
-    ctx: RunContext, suite: EvaluationSuite, summary: dict[str, Any], membership: Membership
+    ctx: RunContext,
+    suite: EvaluationSuite,
+    summary: dict[str, Any],
+    membership: Membership,
+    measured: tuple[dict[str, Any], dict[str, Any]],
 ) -> dict[str, Any]:
-    """The spec's probes on the released model (loaded here if it is not)."""
+    """The spec's probes on the released model (loaded here if it is not); ``measured``:
+    the audit's base and released records, whose answers guide the attacks' decoding."""
     _released(ctx)
     forget = summary.get("forget", {})
     sets, base_scores = membership
     return run_probes(
         ctx, suite, forget.get("before"), forget.get("after"), base_scores, sets,
-        released=lambda: _released(ctx),
+        released=lambda: _released(ctx), drafts=drafts_from(*measured),
     )  # fmt: skip
 
 
@@ -131,8 +140,12 @@ def attack(ctx: RunContext) -> dict[str, Any]:
             "finish it with `rrtool run SPEC --resume` first"
         )
     suite = EvaluationSuite.for_audit(ctx)
-    membership = _membership_base(ctx, suite, json.loads(before_text))
-    found = run_probes_on_released(ctx, suite, json.loads(summary_text), membership)
+    before = json.loads(before_text)
+    after = json.loads(tracker.read_text(AUDIT_AFTER) or "{}")
+    membership = _membership_base(ctx, suite, before)
+    found = run_probes_on_released(
+        ctx, suite, json.loads(summary_text), membership, (before, after)
+    )
     recorded = json.loads(tracker.read_text(AUDIT_PROBES) or "{}")
     tracker.log_dict({**recorded, **found}, AUDIT_PROBES)
     for name, result in found.items():
@@ -183,20 +196,24 @@ def check_leakage(ctx: RunContext, suite: EvaluationSuite) -> dict[str, Any]:
 def run_audit(ctx: RunContext) -> dict[str, Any]:
     tracker = ctx.tracker
     suite = EvaluationSuite.for_audit(ctx)  # data and options checked before any model work
+    clock = _Clock()
     before_text = tracker.read_text(AUDIT_BEFORE)
     if before_text is None:
         if ctx.model_state != "base":
             ctx.reload_model()
-        before = _measure(ctx, suite, "base")
+        with clock("measurements"):
+            before = _measure(ctx, suite, "base")
         tracker.log_dict(before, AUDIT_BEFORE)
     else:
         before = json.loads(before_text)
         ctx.console.print("audit: base model already measured in this run")
-    membership = _membership_base(ctx, suite, before)
+    with clock("probes"):
+        membership = _membership_base(ctx, suite, before)
     _released(ctx)
     after_text = tracker.read_text(AUDIT_AFTER)
     if after_text is None:
-        after = _measure(ctx, suite, "released")
+        with clock("measurements"):
+            after = _measure(ctx, suite, "released")
         tracker.log_dict(after, AUDIT_AFTER)
     else:
         after = json.loads(after_text)
@@ -212,8 +229,10 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
             if isinstance(row.get(side), (int, float)) and row[side] == row[side]
         }
     )
-    probes = run_probes_on_released(ctx, suite, summary, membership)
+    with clock("probes"):
+        probes = run_probes_on_released(ctx, suite, summary, membership, (before, after))
     tracker.log_dict(probes, AUDIT_PROBES)
+    clock.report(ctx, complete=before_text is None and after_text is None)
     for key, row in summary.items():
         line = f"{row['metric']} {_fmt(row['before'])} -> {_fmt(row['after'])}"
         tracker.set_tags({f"rrtool.audit.{key}": line})  # for `rrtool runs`
@@ -227,6 +246,37 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
     for name, probe in probes.items():
         ctx.console.print(f"audit: probe {name}: {describe(name, probe)}")
     return summary
+
+
+class _Clock:
+    """Wall time of the audit's own measurements (base and released) and of its probes (the
+    membership probe's base scoring included), so the battery's cost reads against the
+    audit's: console, and metrics ``audit/seconds/*`` for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"measurements": 0.0, "probes": 0.0}
+
+    @contextlib.contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - started
+
+    def report(self, ctx: RunContext, *, complete: bool) -> None:
+        """Recorded only when this process measured both sides (a resumed audit's share is
+        not the audit's cost)."""
+        if not complete or not any(getattr(ctx.spec.audit.probes, n) for n in PROBES):
+            return
+        measured, probes = self.seconds["measurements"], self.seconds["probes"]
+        ctx.tracker.log_metrics(
+            {metric_key("audit", "seconds", k): v for k, v in self.seconds.items()}
+        )
+        share = f" (+{100 * probes / measured:.0f}% of the measurements)" if measured else ""
+        ctx.console.print(
+            f"audit: measurements (base and released) {measured:.1f} s; probes {probes:.1f} s{share}"
+        )
 
 
 def _fmt(value: float | None) -> str:

@@ -28,6 +28,12 @@
 Each probe measures the released model; the weights it changes for a measurement (an
 adapter, rounding) are put back, and the quantization control reloads the base weights and
 then the released ones.
+
+Speed: every attacked measurement is greedy decoding of a model a small change away from one
+the audit already measured (the released model, or the base for a control), so that model's
+recorded answers are given as drafts (``Drafts``): the decoder checks each in one forward pass
+and decodes on only where the attacked model parts from it. No answer changes; an attack that
+changes little costs little.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ from rrtool.context import RunContext
 from rrtool.evaluators.suite import EvaluationSuite, Headline
 
 T = TypeVar("T")
+Drafts = dict[str, dict[str, str]]
+"""The audit's forget answers by item id, per side (``base``, ``released``): each attacked
+measurement's guesses (module doc)."""
 RELEARN_EXAMPLES = 16
 MEMBERSHIP_EXAMPLES = 64
 PRIVLEAK_TOLERANCE = 0.1  # |privleak| up to this: as indistinguishable as on the base
@@ -98,6 +107,17 @@ def recovered_share(
     return (attacked - after) / (before - after)
 
 
+def drafts_from(before: dict[str, Any], after: dict[str, Any]) -> Drafts:
+    """The forget answers of the audit's recorded measurements (``audit/before.json``,
+    ``after.json``), by item id."""
+
+    def answers(record: dict[str, Any]) -> dict[str, str]:
+        found = (record.get("forget") or {}).get("answers") or []
+        return {str(a["id"]): str(a["completion"]) for a in found if "completion" in a}
+
+    return {"base": answers(before), "released": answers(after)}
+
+
 def _released_then_base(
     ctx: RunContext, released: Callable[[], None], measure: Callable[[str], T]
 ) -> tuple[T, T]:
@@ -112,7 +132,11 @@ def _released_then_base(
 
 
 def _after_fine_tune(
-    ctx: RunContext, suite: EvaluationSuite, examples: list[Any], kind: str
+    ctx: RunContext,
+    suite: EvaluationSuite,
+    examples: list[Any],
+    kind: str,
+    drafts: dict[str, str] | None,
 ) -> tuple[float | None, list[float] | None]:
     """The forget measure (value, interval) of the loaded model with a LoRA (``release.lora``,
     one epoch) trained on ``examples`` attached; the adapter is removed after."""
@@ -130,12 +154,16 @@ def _after_fine_tune(
     # Not the named state while the adapter is on: its answers must not come from (or go
     # into) that state's cached ones.
     with ctx.modified_weights(), ScaledAdapter(handle.model, module, 1.0):
-        evaluation = suite.measures["forget"]()
+        evaluation = suite.measure_forget(drafts)
     return _headline_value(evaluation, headline), _headline_ci(evaluation, headline)
 
 
 def relearning(
-    ctx: RunContext, suite: EvaluationSuite, before: float | None, after: float | None
+    ctx: RunContext,
+    suite: EvaluationSuite,
+    before: float | None,
+    after: float | None,
+    drafts: Drafts,
 ) -> dict[str, Any]:
     from rrtool.release.phase import load_examples
 
@@ -145,7 +173,7 @@ def relearning(
     r = ctx.spec.release.lora.r
     headline = suite.headlines["forget"]
     ctx.console.print(f"audit: relearning probe: training on {len(chosen)} forget examples ...")
-    relearned, interval = _after_fine_tune(ctx, suite, chosen, "forget")
+    relearned, interval = _after_fine_tune(ctx, suite, chosen, "forget", drafts.get("released"))
     recovered = recovered_share(before, after, relearned, headline.better)
     return {
         "status": "done",
@@ -170,6 +198,7 @@ def relearning_ood(
     before: float | None,
     after: float | None,
     released: Callable[[], None],
+    drafts: Drafts,
 ) -> dict[str, Any]:
     """Relearning on related-but-different data, with a control: the same short fine-tune
     (``RELEARN_EXAMPLES`` retain examples: the retained behaviour, not the target) on the
@@ -189,7 +218,7 @@ def relearning_ood(
         ctx.console.print(
             f"audit: out-of-domain relearning: {side} model, {len(chosen)} retain examples ..."
         )
-        return _after_fine_tune(ctx, suite, chosen, "retain")
+        return _after_fine_tune(ctx, suite, chosen, "retain", drafts.get(side))
 
     (on_released, released_ci), (on_base, _) = _released_then_base(ctx, released, fine_tuned)
     return {
@@ -210,7 +239,9 @@ def relearning_ood(
     }
 
 
-def elicitation(ctx: RunContext, before: float | None, after: float | None) -> dict[str, Any]:
+def elicitation(
+    ctx: RunContext, before: float | None, after: float | None, drafts: Drafts
+) -> dict[str, Any]:
     templates = ELICITATION_TEMPLATES.get(ctx.spec.target.kind)
     if not templates:
         return {"status": f"not run: no prompt variants for target.kind `{ctx.spec.target.kind}`"}
@@ -220,7 +251,8 @@ def elicitation(ctx: RunContext, before: float | None, after: float | None) -> d
         ctx.console.print(f"audit: elicitation probe: {name} prompts ...")
         suite = EvaluationSuite.for_elicitation(ctx, template)
         headline = suite.headlines["forget"]
-        evaluation = suite.measures["forget"]()
+        # The same items' answers to the standard phrasing: often the same list.
+        evaluation = suite.measure_forget(drafts.get("released"))
         variants.append(
             {
                 "name": name,
@@ -332,6 +364,7 @@ def quantization(
     before: float | None,
     after: float | None,
     released: Callable[[], None],
+    drafts: Drafts,
 ) -> dict[str, Any]:
     """The forget measure on the released model quantized by each scheme, then on the base
     model quantized the same way (the control: what quantization alone does to it); the
@@ -347,7 +380,7 @@ def quantization(
             # Named (base|int8, ...): the base model's control is the same in every run of
             # this model on these prompts, and comes back from the answer cache.
             with ctx.derived_weights(scheme.key), quantized(ctx.model().model, scheme):
-                evaluation = suite.measures["forget"]()
+                evaluation = suite.measure_forget(drafts.get(side))
             values[scheme.name] = (
                 _headline_value(evaluation, headline),
                 _headline_ci(evaluation, headline),
@@ -494,9 +527,10 @@ def run_probes(
     membership_base: dict[str, Any] | None,
     sets: tuple[list[Any], list[Any]] | str | None,
     released: Callable[[], None],
+    drafts: Drafts,
 ) -> dict[str, Any]:
     """Every probe the spec asks for, on the released model (``released`` loads it again
-    after a probe that needed the base weights). Each records its wall time (``seconds``); a
+    after a probe that needed the base weights; ``drafts``: the audit's answers, module doc). Each records its wall time (``seconds``); a
     probe that crashes is recorded as failed, with the error, the released model is loaded
     again from its recorded stack, and the rest of the battery runs."""
 
@@ -506,11 +540,11 @@ def run_probes(
         return membership(membership_base, membership_scores(ctx, sets))
 
     battery: dict[str, Callable[[], dict[str, Any]]] = {
-        "relearning": lambda: relearning(ctx, suite, before, after),
-        "relearning_ood": lambda: relearning_ood(ctx, suite, before, after, released),
-        "elicitation": lambda: elicitation(ctx, before, after),
+        "relearning": lambda: relearning(ctx, suite, before, after, drafts),
+        "relearning_ood": lambda: relearning_ood(ctx, suite, before, after, released, drafts),
+        "elicitation": lambda: elicitation(ctx, before, after, drafts),
         "membership": _membership,
-        "quantization": lambda: quantization(ctx, suite, before, after, released),
+        "quantization": lambda: quantization(ctx, suite, before, after, released, drafts),
         "linear_probe": lambda: linear_probe(ctx, suite, released),
     }
     wanted = ctx.spec.audit.probes

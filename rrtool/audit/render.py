@@ -287,6 +287,20 @@ BATTERY_HEAD = ["attack", "budget", "base", "released", "under attack [95% CI]",
                 "probe s", "definition"]  # fmt: skip
 
 
+def _battery_cost(report: dict[str, Any]) -> str:
+    """The probes' wall time against the audit's own measurements, when the run recorded
+    both (an audit measured in one process)."""
+    seconds = report["audit"].get("seconds") or {}
+    measured, probes = seconds.get("measurements"), seconds.get("probes")
+    if not measured or probes is None:
+        return ""
+    return (
+        f"The probes took {probes:.0f} s, {100 * probes / measured:.0f}% of the time of the "
+        f"audit's own measurements ({measured:.0f} s, base and released model; the membership "
+        "probe's base-model scoring counts as the probes')."
+    )
+
+
 def _probe_rows(report: dict[str, Any]) -> list[list[str]]:
     """The attack battery (``rrtool.audit.battery``): one row per attack."""
     probes = report["audit"].get("probes") or {}
@@ -367,6 +381,8 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"- after ({num(row['score_after'])}): `{_inline(row['after'])}`\n"
             )
     out.append("\n## Attack battery (robustness probes)\n")
+    if cost := _battery_cost(report):
+        out.append(f"\n{cost}\n")
     out.append(md_table(BATTERY_HEAD, _probe_rows(report)))
     elicitation = _elicitation_rows(report)
     if elicitation:
@@ -579,6 +595,7 @@ def _html(report: dict[str, Any]) -> str:
         "<h2>Answers before and after</h2>",
         _answers_html(report),
         "<h2>Attack battery (robustness probes)</h2>",
+        f"<p>{escape(_battery_cost(report))}</p>" if _battery_cost(report) else "",
         html_table(BATTERY_HEAD, _probe_rows(report), numeric=(2, 3, 6)),
         _elicitation_html(report),
         _linear_probe_html(report),

@@ -164,9 +164,13 @@ def oracle_evaluation(
     progress: Callable[[int], None] | None = None,
     groups: Sequence[str] | None = None,
     seed: int = 0,
+    drafts: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Generate ``params.num_samples`` answers per item, score them, aggregate, and bootstrap
     the metrics' intervals over the items (see module doc).
+
+    ``drafts``: a guessed answer by item id (greedy only; the generator checks it and it
+    changes no answer, see ``Generator.generate``).
 
     ``groups`` gives one key per item; items with equal keys are resampled together (the
     queries of one passage). Without it, items with the same ``reference["passage_id"]`` go
@@ -176,7 +180,12 @@ def oracle_evaluation(
         raise ValueError(f"{name}: nothing to evaluate")
     if groups is not None and len(groups) != len(items):
         raise ValueError(f"{name}: {len(groups)} groups for {len(items)} items")
-    outputs = generator.generate([i.prompt for i in items], params, chat=chat, progress=progress)
+    guess = {}
+    if drafts is not None and params.greedy:
+        guess = {"drafts": [drafts.get(item.id) for item in items]}
+    outputs = generator.generate(
+        [i.prompt for i in items], params, chat=chat, progress=progress, **guess
+    )
     samples: list[Sample] = []
     owner: list[int] = []
     for index, (item, completions) in enumerate(zip(items, outputs, strict=True)):

@@ -15,9 +15,13 @@ from typing import Any
 
 import torch
 
+from rrtool import shared_prefix
 from rrtool.examples import IGNORE_INDEX, Example, encode_example
 
 DEFAULT_K = 0.2
+
+
+BATCH = 8
 
 
 @torch.inference_mode()
@@ -29,31 +33,67 @@ def min_k_plus_plus(
     chat: bool,
     k: float = DEFAULT_K,
     max_length: int = 512,
+    batch_size: int = BATCH,
 ) -> list[float]:
-    """One Min-K%++ score per example (NaN for an example without completion tokens)."""
+    """One Min-K%++ score per example (NaN for an example without completion tokens).
+
+    Examples of similar length run together (right-padded, so positions are unchanged); the
+    prompt prefix they share (the NER queries' system message and one-shot exchange) runs
+    once per batch, and the vocabulary projection runs on the completion positions only
+    (``rrtool.shared_prefix``), where the model allows: the prompt's logits are never read.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    scores = []
+    encoded = [encode_example(tokenizer, e, max_length, chat) for e in examples]
+    scores = [float("nan")] * len(examples)
+    selective = shared_prefix.takes_kept_mask(model)
+    share = selective and shared_prefix.supported(model)
+    order = sorted(
+        (i for i, (_, labels) in enumerate(encoded) if any(t != IGNORE_INDEX for t in labels[1:])),
+        key=lambda i: len(encoded[i][0]),
+    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     try:
-        for example in examples:
-            ids, labels = encode_example(tokenizer, example, max_length, chat)
-            target = torch.tensor(labels[1:])
-            keep = target != IGNORE_INDEX
-            if not bool(keep.any()):
-                scores.append(float("nan"))
-                continue
-            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1]
-            logp = torch.log_softmax(logits[keep.to(device)].double(), dim=-1)
-            p = logp.exp()
-            mu = (p * logp).sum(-1)
-            sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-            token = logp.gather(-1, target[keep].to(device).unsqueeze(-1)).squeeze(-1)
-            z = ((token - mu) / sigma).sort().values
-            scores.append(float(z[: max(1, math.ceil(k * len(z)))].mean()))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(encoded[i][0]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            target = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                tokens, labels = encoded[i]
+                ids[row, : len(tokens)] = torch.tensor(tokens)
+                mask[row, : len(tokens)] = 1
+                # Position t predicts token t + 1: the target of t is the label of t + 1.
+                target[row, : len(labels) - 1] = torch.tensor(labels[1:])
+            keep = (target != IGNORE_INDEX).to(device)
+            batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+            prefix = shared_prefix.prefix_length(ids, mask, keep.cpu()) if share else 0
+            if prefix:
+                logits = shared_prefix.kept_logits(model, model, batch, keep, prefix)
+            elif selective:
+                logits = model(**batch, logits_to_keep=keep).logits
+                logits = logits.reshape(-1, logits.shape[-1])
+            else:
+                logits = model(**batch).logits[keep]
+            z = _z_scores(logits, target.to(device)[keep])
+            for row, piece in zip(chunk, z.split(keep.sum(dim=1).tolist()), strict=True):
+                low = piece.sort().values[: max(1, math.ceil(k * len(piece)))]
+                scores[row] = float(low.mean())
     finally:
         model.train(was_training)
     return scores
+
+
+def _z_scores(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per position: (log p(token) - mu) / sigma of the next-token distribution (module doc)."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+    token = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return (token - mu) / sigma
 
 
 def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:

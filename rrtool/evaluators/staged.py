@@ -57,6 +57,7 @@ class MemoGenerator:
         *,
         chat: bool = True,
         progress: Callable[[int], None] | None = None,
+        drafts: Sequence[str | None] | None = None,
     ) -> list[list[Completion]]:
         if not params.greedy:
             raise ValueError(
@@ -66,8 +67,9 @@ class MemoGenerator:
         todo = list(dict.fromkeys(k for k in keys if k not in self._answers))
         if todo:
             index = {k: i for i, k in enumerate(keys)}
+            guess = {} if drafts is None else {"drafts": [drafts[index[k]] for k in todo]}
             out = self.inner.generate(
-                [prompts[index[k]] for k in todo], params, chat=chat, progress=progress
+                [prompts[index[k]] for k in todo], params, chat=chat, progress=progress, **guess
             )
             self._answers.update(zip(todo, out, strict=True))
             self.generated += len(todo)

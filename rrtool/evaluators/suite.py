@@ -22,7 +22,7 @@ installed oracle plugin (mean score over the retain-eval prompts). Each measurem
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -60,7 +60,7 @@ class OracleMeasure:
 
     def __init__(
         self,
-        evaluate: Callable[[Generator, list[int]], Evaluation],
+        evaluate: Callable[[Generator, list[int], Mapping[str, str] | None], Evaluation],
         n_items: int,
         groups: list[str] | None,
         greedy: bool,
@@ -74,8 +74,11 @@ class OracleMeasure:
         self._generator = generator
         self._seed = seed
 
-    def __call__(self) -> Evaluation:
-        return self._evaluate(self._generator(), self._indices)
+    def __call__(self, drafts: Mapping[str, str] | None = None) -> Evaluation:
+        """The measurement; ``drafts``: a guessed answer by item id, e.g. the same model's
+        answers before a small change of its weights (greedy measures check it in one forward
+        pass; it changes no answer, see ``Generator.generate``)."""
+        return self._evaluate(self._generator(), self._indices, drafts)
 
     def staged(self, looks: int) -> Iterator[Evaluation]:
         """Evaluations on growing unit shares, the last one the full measurement."""
@@ -84,7 +87,7 @@ class OracleMeasure:
             return
         memo = MemoGenerator(self._generator())
         for chosen in stages(self._indices, self._groups, looks, self._seed):
-            yield self._evaluate(memo, chosen)
+            yield self._evaluate(memo, chosen, None)
 
 
 def _sample(records: list[Any], size: int, seed: int) -> list[Any]:
@@ -267,7 +270,9 @@ class EvaluationSuite:
         subsets: dict[str, Callable[[dict[str, Any]], bool]] | None = None,
         groups: list[str] | None = None,
     ) -> Measure:
-        def evaluate(generator: Generator, chosen: list[int]) -> Evaluation:
+        def evaluate(
+            generator: Generator, chosen: list[int], drafts: Mapping[str, str] | None
+        ) -> Evaluation:
             found = self.ctx.oracle(*oracle) if oracle else self.ctx.oracle()
             return _with_mean(
                 oracle_evaluation(
@@ -281,6 +286,7 @@ class EvaluationSuite:
                     subsets=subsets,
                     groups=None if groups is None else [groups[i] for i in chosen],
                     seed=self.spec.seed,
+                    drafts=drafts,
                 )
             )
 
@@ -461,3 +467,11 @@ class EvaluationSuite:
     # ------------------------------------------------------------------- run
     def run(self) -> dict[str, Evaluation]:
         return {key: measure() for key, measure in self.measures.items()}
+
+    def measure_forget(self, drafts: Mapping[str, str] | None = None) -> Evaluation:
+        """The forget measurement; ``drafts`` (a guessed answer by item id) speed up a
+        greedy one and change none of its answers (``OracleMeasure.__call__``)."""
+        measure = self.measures["forget"]
+        if drafts is not None and isinstance(measure, OracleMeasure):
+            return measure(drafts)
+        return measure()

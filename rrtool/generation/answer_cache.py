@@ -186,10 +186,12 @@ class CachedGenerator:
         *,
         chat: bool = True,
         progress: Callable[[int], None] | None = None,
+        drafts: Sequence[str | None] | None = None,
     ) -> list[list[Completion]]:
         state = self.state()
+        guess = {} if drafts is None else {"drafts": drafts}  # a guess changes no answer
         if state is None or (not params.greedy and params.seed is None):
-            return self.inner.generate(prompts, params, chat=chat, progress=progress)
+            return self.inner.generate(prompts, params, chat=chat, progress=progress, **guess)
         texts = [format_prompt(self.tokenizer, p, chat=chat)[0] for p in prompts]
         settings = {
             "model": self.model,
@@ -210,7 +212,7 @@ class CachedGenerator:
                 if progress is not None:
                     progress(len(prompts))
                 return [[_completion(c) for c in row] for row in json.loads(found[key])]
-            out = self.inner.generate(prompts, params, chat=chat, progress=progress)
+            out = self.inner.generate(prompts, params, chat=chat, progress=progress, **guess)
             self.counts.misses += len(prompts)
             self.store.put({key: json.dumps([[_row(c) for c in row] for row in out])})
             return out
@@ -223,8 +225,10 @@ class CachedGenerator:
             progress(len(keys) - len(missing))
         computed: dict[str, list[Completion]] = {}
         if missing:
+            if drafts is not None:
+                guess = {"drafts": [drafts[i] for i in missing]}
             out = self.inner.generate(
-                [prompts[i] for i in missing], params, chat=chat, progress=progress
+                [prompts[i] for i in missing], params, chat=chat, progress=progress, **guess
             )
             computed = {keys[i]: row for i, row in zip(missing, out, strict=True)}
             self.store.put({k: json.dumps([_row(c) for c in row]) for k, row in computed.items()})

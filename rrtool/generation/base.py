@@ -116,12 +116,16 @@ class Generator(Protocol):
         *,
         chat: bool = True,
         progress: Callable[[int], None] | None = None,
+        drafts: Sequence[str | None] | None = None,
     ) -> list[list[Completion]]:
         """``num_samples`` completions per prompt (outer list follows ``prompts``).
 
         With ``chat`` and a tokenizer that has a chat template, a ``str`` prompt is sent as one
         user message; a ``list[dict]`` is always a conversation. ``progress`` receives the
-        number of prompts finished after each batch.
+        number of prompts finished after each batch. ``drafts`` (greedy decoding): a guess of
+        each prompt's answer, e.g. from the model before a small change of its weights; it
+        never changes an answer, only how fast a backend that checks guesses finds it (the
+        ``hf`` backend's continuous decoder does; others ignore it).
         """
         ...
 

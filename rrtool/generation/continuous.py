@@ -20,6 +20,16 @@ step of that row, so completions are identical to ``generate``'s (tested row by 
 
 Only plain full-attention caches can be joined this way; :func:`supports` says when the model
 qualifies, and the generator falls back to ``generate`` otherwise.
+
+**Drafts** (greedy only): a row may come with a guess of its answer, e.g. the same prompt's
+answer from the model before a small change of its weights (a quantized copy, an attached
+adapter: the attacks of the audit). The guess is prefilled with the prompt, and the argmax at
+each of its positions is read from that one forward pass: the row takes the guessed tokens up to
+the first one the model would not have chosen, plus the model's own choice there, and decodes
+on from that point. Every token kept is the model's argmax after the tokens before it, so the
+answer is the one plain greedy decoding finds (up to floating-point ties between a batched and
+an incremental forward); a good guess replaces dozens of decoding steps by one prefill, a wrong
+one costs the prefill of its tokens. The rejected positions stay in the cache, masked.
 """
 
 from __future__ import annotations
@@ -41,6 +51,10 @@ from rrtool.generation.hf_inputs import (
     takes_logits_to_keep,
     with_soft_prefix,
 )
+
+# Logits one drafted admission may hold (rows x draft positions x vocabulary; 256 MB in
+# float32): a long draft admits fewer rows at once.
+DRAFT_LOGITS = 1 << 26
 
 # Logit processors ``generate`` would add from a model's generation config; the decoder here
 # applies none of them, so a model that sets one must use the batch path.
@@ -117,12 +131,19 @@ class ContinuousDecoder:
         shared: int = 0,
         prefix_embeds: torch.Tensor | None = None,
         on_done: Callable[[int, list[int]], None] | None = None,
+        drafts: Sequence[list[int]] | None = None,
     ) -> list[list[int]]:
         """New tokens per row (EOS included when reached), rows admitted in the given order.
 
         ``shared``: the first ``shared`` tokens are common to every row and computed once.
         ``prefix_embeds``: soft tokens placed before each row's tokens (then ``shared`` is 0).
+        ``drafts``: a guessed answer per row (token ids, possibly empty; greedy ``choose`` only,
+        no soft tokens): see the module doc.
         """
+        if drafts is not None:
+            if prefix_embeds is not None or any(g is not None for g in generators):
+                raise ValueError("drafts need greedy decoding without soft tokens")
+            drafts = [list(d[: request.max_new_tokens]) for d in drafts]
         out: list[list[int]] = [[] for _ in rows]
         pending = deque(range(len(rows)))
         prefix_cache = self._prefix_cache(rows[0][:shared]) if shared and rows else None
@@ -131,15 +152,18 @@ class ContinuousDecoder:
         mask = torch.zeros((0, 0), dtype=torch.long, device=self._device)
         last = torch.zeros(0, dtype=torch.long, device=self._device)
 
+        def finish(row: _Row) -> None:
+            out[row.index] = row.tokens
+            if on_done is not None:
+                on_done(row.index, row.tokens)
+
         def settle(new_rows: list[_Row], tokens: torch.Tensor) -> list[int]:
             """Append each row's chosen token; indices (into ``new_rows``) of rows still going."""
             going = []
             for k, (row, token) in enumerate(zip(new_rows, tokens.tolist(), strict=True)):
                 row.tokens.append(token)
                 if self._done(row.tokens, request):
-                    out[row.index] = row.tokens
-                    if on_done is not None:
-                        on_done(row.index, row.tokens)
+                    finish(row)
                 else:
                     going.append(k)
             return going
@@ -147,13 +171,19 @@ class ContinuousDecoder:
         while pending or active:
             free = self.batch_size - len(active)
             if pending and (not active or free >= min(self.refill_at, len(pending))):
-                take = [pending.popleft() for _ in range(min(free, len(pending)))]
+                take = [pending.popleft() for _ in range(self._admitted(pending, free, drafts))]
                 new_rows = [_Row(i, generators[i]) for i in take]
-                new_cache, new_mask, logits = self._admit(
-                    [rows[i] for i in take], shared, prefix_cache, prefix_embeds
-                )
-                tokens = request.choose(logits, [r.generator for r in new_rows])
-                going = settle(new_rows, tokens)
+                if drafts is None:
+                    new_cache, new_mask, logits = self._admit(
+                        [rows[i] for i in take], shared, prefix_cache, prefix_embeds
+                    )
+                    tokens = request.choose(logits, [r.generator for r in new_rows])
+                    going = settle(new_rows, tokens)
+                else:
+                    new_cache, new_mask, tokens, going = self._admit_drafted(
+                        new_rows, [rows[i] for i in take], [drafts[i] for i in take], shared,
+                        prefix_cache, request, finish,
+                    )  # fmt: skip
                 if going:
                     keep = torch.tensor(going, device=self._device)
                     new_cache.batch_select_indices(keep)
@@ -192,6 +222,53 @@ class ContinuousDecoder:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _admitted(self, pending: deque[int], free: int, drafts: Sequence[list[int]] | None) -> int:
+        """How many pending rows to admit now: the free slots, fewer where drafted rows'
+        window logits (rows x (draft + 1) x vocabulary) would pass ``DRAFT_LOGITS``."""
+        count = min(free, len(pending))
+        if drafts is None:
+            return count
+        window = 1 + max(len(drafts[pending[k]]) for k in range(count))
+        return max(1, min(count, DRAFT_LOGITS // (window * self._vocab)))
+
+    def _admit_drafted(
+        self,
+        new_rows: list[_Row],
+        prompts: list[list[int]],
+        drafts: list[list[int]],
+        shared: int,
+        prefix_cache: Any,
+        request: DecodeRequest,
+        settle_row: Callable[[_Row], None],
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
+        """Prefill prompts with their drafts and keep, per row, the draft's tokens up to the
+        first the model would not choose plus its own choice there (module doc). Returns the
+        cache, the mask (rejected draft positions masked), each row's last token and the
+        indices of the rows still going; finished rows go to ``settle_row``."""
+        full = [p + d for p, d in zip(prompts, drafts, strict=True)]
+        cache, mask, chosen = self._admit(
+            full, shared, prefix_cache, None, window=[len(d) + 1 for d in drafts]
+        )
+        going, last = [], [0] * len(new_rows)  # a finished row's last token is never read
+        for k, (row, draft, picks) in enumerate(zip(new_rows, drafts, chosen, strict=True)):
+            for j, token in enumerate(picks):
+                row.tokens.append(token)
+                if self._done(row.tokens, request):
+                    settle_row(row)
+                    break
+                if j == len(draft) or token != draft[j]:  # the model's own choice: decode on
+                    rejected = len(draft) - j
+                    if rejected:
+                        mask[k, mask.shape[1] - rejected :] = 0
+                    going.append(k)
+                    last[k] = token
+                    break
+        return cache, mask, torch.tensor(last, dtype=torch.long), going
+
+    @property
+    def _vocab(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
     @staticmethod
     def _done(tokens: list[int], request: DecodeRequest) -> bool:
         if tokens[-1] in request.eos_ids or len(tokens) >= request.max_new_tokens:
@@ -208,6 +285,16 @@ class ContinuousDecoder:
         # float32 as generate hands scores to its processors.
         return out.logits[:, -1, :].float()
 
+    def _window_argmax(self, *, cache: Any, window: int, **inputs: Any) -> torch.Tensor:
+        """Argmax tokens (rows, positions) at the last ``window`` input positions (fewer when
+        the input is shorter): greedy choices at once for every draft position. The argmax of
+        the model's own dtype equals that of float32 logits (the cast is exact)."""
+        first = inputs.get("input_ids", inputs.get("inputs_embeds"))
+        self.row_steps += int(first.shape[0])
+        keep = {"logits_to_keep": window} if self._keep else {}
+        out = self.model(use_cache=True, **{self._cache_key: cache}, **keep, **inputs)
+        return out.logits[:, -window:, :].argmax(dim=-1)
+
     def _prefix_cache(self, head: list[int], start: Any = None, offset: int = 0) -> Any:
         """The one-row cache of ``head`` (continuing ``start``, a cache of ``offset`` tokens)."""
         cache = self._new_cache() if start is None else copy.deepcopy(start)
@@ -223,27 +310,36 @@ class ContinuousDecoder:
         shared: int,
         prefix_cache: Any,
         prefix_embeds: torch.Tensor | None,
-    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        window: list[int] | None = None,
+    ) -> tuple[Any, torch.Tensor, Any]:
         """Prefill new rows, computing a prefix that neighbouring rows share once per group.
 
         Rows arrive sorted by their tokens, so prompts that share a prefix are neighbours (the
         NER queries of one type share the system message and one-shot example, which name the
         type; the samples of one prompt share all of it): that prefix is computed once per
         group, on top of the prefix every row shares.
+
+        Returns the last position's logits per row; with ``window`` (positions per row, each
+        at least 1) instead the greedy token at each of a row's last ``window`` positions
+        (a list per row), none of which is in a cached prefix.
         """
         if prefix_embeds is not None:
             return self._prefill(rows, 0, None, prefix_embeds)
+        uncached = window or [1] * len(rows)
         parts = []
-        for start, end, common in _groups(rows, shared):
+        for start, end, common in _groups(rows, shared, uncached):
             group = rows[start:end]
+            part = None if window is None else window[start:end]
             if common > shared:
                 cache = self._prefix_cache(rows[start][shared:common], prefix_cache, shared)
-                parts.append(self._prefill(group, common, cache, None))
+                parts.append(self._prefill(group, common, cache, None, part))
             else:
-                parts.append(self._prefill(group, shared, prefix_cache, None))
-        cache, mask, logits = parts[0]
+                parts.append(self._prefill(group, shared, prefix_cache, None, part))
+        cache, mask, _ = parts[0]
         for other, other_mask, _ in parts[1:]:
             mask = _join(cache, mask, other, other_mask)
+        if window is not None:
+            return cache, mask, [picks for p in parts for picks in p[2]]
         return cache, mask, torch.cat([p[2] for p in parts])
 
     def _prefill(
@@ -252,8 +348,10 @@ class ContinuousDecoder:
         shared: int,
         prefix_cache: Any,
         prefix_embeds: torch.Tensor | None,
-    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """Cache, attention mask and next-token logits of new rows.
+        window: list[int] | None = None,
+    ) -> tuple[Any, torch.Tensor, Any]:
+        """Cache, attention mask and next-token logits of new rows (with ``window``: each
+        row's greedy tokens at its last ``window[k]`` positions, as in :meth:`_admit`).
 
         Layouts (positions count real tokens only, so padding changes nothing):
         ``[pad | prompt]``, ``[shared prefix | pad | tail]`` or ``[pad | soft tokens | prompt]``.
@@ -276,6 +374,12 @@ class ContinuousDecoder:
         # generate's numbering: the running count of real tokens, padding given position 1.
         positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
         width_in = next(iter(inputs.values())).shape[1]
+        if window is not None:
+            picks = self._window_argmax(
+                attention_mask=mask, position_ids=positions[:, -width_in:], cache=cache,
+                window=max(window), **inputs,
+            ).tolist()  # fmt: skip
+            return cache, mask, [row[len(row) - w :] for row, w in zip(picks, window, strict=True)]
         logits = self._forward(
             attention_mask=mask, position_ids=positions[:, -width_in:], cache=cache, **inputs
         )
@@ -294,22 +398,25 @@ def _common(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _groups(rows: list[list[int]], shared: int) -> list[tuple[int, int, int]]:
+def _groups(
+    rows: list[list[int]], shared: int, uncached: list[int] | None = None
+) -> list[tuple[int, int, int]]:
     """Runs ``(start, end, prefix)`` of neighbouring rows that share ``prefix`` tokens
-    (``shared`` when fewer than ``MIN_GROUP_PREFIX`` more); one token of each row stays
-    uncached, so every row has an input to prefill."""
+    (``shared`` when fewer than ``MIN_GROUP_PREFIX`` more); the last ``uncached[k]`` tokens of
+    row k (default one) stay out of the prefix, so every row has them to prefill."""
+    tail = uncached or [1] * len(rows)
     groups: list[tuple[int, int, int]] = []
-    start, common = 0, len(rows[0]) - 1
+    start, common = 0, len(rows[0]) - tail[0]
     for k in range(1, len(rows) + 1):
         if k < len(rows):
-            joint = min(common, _common(rows[start], rows[k]), len(rows[k]) - 1)
+            joint = min(common, _common(rows[start], rows[k]), len(rows[k]) - tail[k])
             if joint >= shared + MIN_GROUP_PREFIX:
                 common = joint
                 continue
         size = k - start
         groups.append((start, k, common if size > 1 else shared))
         if k < len(rows):
-            start, common = k, len(rows[k]) - 1
+            start, common = k, len(rows[k]) - tail[k]
     return groups
 
 

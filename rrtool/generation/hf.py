@@ -168,10 +168,19 @@ class HFGenerator:
         *,
         chat: bool = True,
         progress: Callable[[int], None] | None = None,
+        drafts: Sequence[str | None] | None = None,
     ) -> list[list[Completion]]:
         encoded = [encode_prompt(self.tokenizer, p, chat=chat) for p in prompts]
         check_nonempty(encoded, prompts)
-        return self._generate(encoded, params, None, progress)
+        guessed = None
+        if drafts is not None and params.greedy and self.continuous:
+            if len(drafts) != len(prompts):
+                raise ValueError(f"{len(drafts)} drafts for {len(prompts)} prompts")
+            guessed = [
+                self.tokenizer(d, add_special_tokens=False)["input_ids"] if d else []
+                for d in drafts
+            ]
+        return self._generate(encoded, params, None, progress, guessed)
 
     def generate_from_embeds(
         self,
@@ -313,6 +322,7 @@ class HFGenerator:
         params: SamplingParams,
         prefix: torch.Tensor | None,
         progress: Callable[[int], None] | None,
+        drafts: list[list[int]] | None = None,
     ) -> list[list[Completion]]:
         # Greedy samples are identical: decode once, repeat.
         per_prompt = 1 if params.greedy else params.num_samples
@@ -321,7 +331,9 @@ class HFGenerator:
             # Drawn from torch's global RNG so a caller's torch.manual_seed still reproduces.
             base_seed = int(torch.randint(0, 2**62, ()).item())
         if self.continuous:
-            results = self._generate_continuous(encoded, params, prefix, progress, base_seed)
+            results = self._generate_continuous(
+                encoded, params, prefix, progress, base_seed, drafts
+            )
             return (
                 results
                 if per_prompt == params.num_samples
@@ -361,7 +373,10 @@ class HFGenerator:
         prefix: torch.Tensor | None,
         progress: Callable[[int], None] | None,
         base_seed: int,
+        drafts: list[list[int]] | None = None,
     ) -> list[list[Completion]]:
+        """``drafts``: greedy only, a guessed answer's tokens per prompt (the decoder checks
+        them in one forward pass; see ``continuous``)."""
         per_prompt = 1 if params.greedy else params.num_samples
         # Sorted by tokens: prompts that share a prefix (Reveal's NER queries of one type share
         # the system message and the one-shot example) and the samples of one prompt are
@@ -403,8 +418,9 @@ class HFGenerator:
         began = time.perf_counter()
         with self._inference():
             tokens = decoder.run(
-                row_ids, generators, request, shared=shared, prefix_embeds=prefix, on_done=on_done
-            )
+                row_ids, generators, request, shared=shared, prefix_embeds=prefix,
+                on_done=on_done, drafts=None if drafts is None else [drafts[i] for i, _ in rows],
+            )  # fmt: skip
         completions = [self._completion(t, params) for t in tokens]
         self.stats.add(
             sum(c.tokens for c in completions),

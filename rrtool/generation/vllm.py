@@ -91,6 +91,7 @@ class VLLMGenerator:
         *,
         chat: bool = True,
         progress: Callable[[int], None] | None = None,
+        drafts: Sequence[str | None] | None = None,  # vLLM decodes fast enough: not used
     ) -> list[list[Completion]]:
         encoded = [encode_prompt(self.tokenizer, p, chat=chat) for p in prompts]
         check_nonempty(encoded, prompts)

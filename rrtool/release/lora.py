@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import inspect
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -21,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rrtool import shared_prefix
 from rrtool.errors import TrainingDiverged, UserError
 from rrtool.examples import IGNORE_INDEX, Example, encode_example
-from rrtool.release import shared_prefix
 from rrtool.release.losses import LOSSES, Loss, Nll, make_loss, row_sums
 from rrtool.spec import LoraSpec
 
@@ -634,15 +633,8 @@ def _accumulate(
     return share.total(total, device) / normaliser
 
 
-def _selective_logits(model: Any) -> bool:
-    """Whether the model's forward takes a boolean ``logits_to_keep`` mask (transformers 5:
-    ``slice_logits_to_keep``), so the LM head runs on the kept positions only."""
-    import transformers.modeling_utils as modeling_utils
-
-    if not hasattr(modeling_utils, "slice_logits_to_keep"):
-        return False
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+# Whether the LM head can run on kept positions only (tests switch it off here).
+_selective_logits = shared_prefix.takes_kept_mask
 
 
 def _previous_factors(

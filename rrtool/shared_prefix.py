@@ -1,4 +1,5 @@
-"""A training micro-batch's shared prompt prefix, computed once instead of once per row.
+"""A batch's shared prompt prefix, computed once instead of once per row: Release's LoRA
+training micro-batches and the audit's membership scoring (``evaluators.membership``).
 
 Release's examples start alike: every NER query opens with the same system message and the
 first half of the one-shot exchange, and every chat prompt with the chat template's head. On
@@ -37,6 +38,19 @@ def prefix_length(input_ids: Tensor, attention_mask: Tensor, keep: Tensor) -> in
     stop = (~same | kept).nonzero()
     length = int(stop[0]) if len(stop) else input_ids.shape[1]
     return length if length >= MIN_SHARED else 0
+
+
+def takes_kept_mask(model: Any) -> bool:
+    """Whether the model's forward takes a boolean ``logits_to_keep`` mask (transformers 5:
+    ``slice_logits_to_keep``), so the LM head runs on the kept positions only."""
+    import inspect
+
+    import transformers.modeling_utils as modeling_utils
+
+    if not hasattr(modeling_utils, "slice_logits_to_keep"):
+        return False
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def supported(model: Any) -> bool:
