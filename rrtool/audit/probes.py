@@ -530,9 +530,10 @@ def run_probes(
     drafts: Drafts,
 ) -> dict[str, Any]:
     """Every probe the spec asks for, on the released model (``released`` loads it again
-    after a probe that needed the base weights; ``drafts``: the audit's answers, module doc). Each records its wall time (``seconds``); a
-    probe that crashes is recorded as failed, with the error, the released model is loaded
-    again from its recorded stack, and the rest of the battery runs."""
+    after a probe that needed the base weights; ``drafts``: the audit's answers, module doc).
+    Each records its wall time (``seconds``); a probe that crashes is recorded as failed, with
+    the error, the released model is loaded again from its recorded stack, and the rest of the
+    battery runs."""
 
     def _membership() -> dict[str, Any]:
         if isinstance(sets, str) or sets is None or membership_base is None:

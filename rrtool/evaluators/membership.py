@@ -19,9 +19,7 @@ from rrtool import shared_prefix
 from rrtool.examples import IGNORE_INDEX, Example, encode_example
 
 DEFAULT_K = 0.2
-
-
-BATCH = 8
+BATCH = 8  # sequences per forward
 
 
 @torch.inference_mode()
