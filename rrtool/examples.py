@@ -1,4 +1,5 @@
-"""Training examples (a prompt and the completion the loss is on) and their token encoding.
+"""Training examples (a prompt and the completion the loss is on), their token encoding and
+their batches.
 
 Used by Release's LoRA training and by the audit's membership probe, so it lives below both.
 """
@@ -6,9 +7,14 @@ Used by Release's LoRA training and by the audit's membership probe, so it lives
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rrtool.errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import Tensor
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt, padding)
 
@@ -71,3 +77,19 @@ def encode_example(
     ids = [*prompt_ids, *completion_ids]
     labels = [IGNORE_INDEX] * len(prompt_ids) + list(completion_ids)
     return ids, labels
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` where
+    padded) of (ids, labels) rows; right padding keeps every row's positions 0..n-1."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, labs) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(labs)] = torch.tensor(labs, dtype=torch.long)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

@@ -180,9 +180,8 @@ def oracle_evaluation(
         raise ValueError(f"{name}: nothing to evaluate")
     if groups is not None and len(groups) != len(items):
         raise ValueError(f"{name}: {len(groups)} groups for {len(items)} items")
-    guess = {}
-    if drafts is not None and params.greedy:
-        guess = {"drafts": [drafts.get(item.id) for item in items]}
+    # Only a greedy backend uses them (``HFGenerator.generate``); fakes in tests take none.
+    guess = {} if drafts is None else {"drafts": [drafts.get(item.id) for item in items]}
     outputs = generator.generate(
         [i.prompt for i in items], params, chat=chat, progress=progress, **guess
     )

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from rrtool.examples import collate
+
 BOOTSTRAP = 1000
 DECODABLE = 0.6  # a retrained probe whose interval lies above this still reads the concept
 
@@ -96,7 +98,7 @@ def token_states(
     """Each passage's labelled tokens and their hidden states (None: no labelled token).
 
     Passages run ``batch_size`` at a time, right-padded (a real token's state does not depend
-    on the padding after it): 1.5x the speed of one forward per passage on 2 CPU cores."""
+    on the padding after it): the demo's probe took 13.2 s instead of 23.2 s on 2 CPU cores."""
     out: list[TokenStates | None] = [None] * len(passages)
     device = next(model.parameters()).device
     model.eval()
@@ -115,14 +117,11 @@ def token_states(
     with torch.inference_mode():
         for start in range(0, len(labelled), batch_size):
             chunk = labelled[start : start + batch_size]
-            width = max(len(ids) for _, ids, _, _ in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (_, tokens, _, _) in enumerate(chunk):
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, : len(tokens)] = 1
+            padded = collate([(tokens, []) for _, tokens, _, _ in chunk], pad)  # no loss labels
             hidden = model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True
+                input_ids=padded["input_ids"].to(device),
+                attention_mask=padded["attention_mask"].to(device),
+                output_hidden_states=True,
             ).hidden_states
             for row, (index, _, keep, labels) in enumerate(chunk):
                 at = torch.tensor(keep, device=device)

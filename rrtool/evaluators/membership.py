@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rrtool import shared_prefix
-from rrtool.examples import IGNORE_INDEX, Example, encode_example
+from rrtool.examples import IGNORE_INDEX, Example, collate, encode_example
 
 DEFAULT_K = 0.2
 BATCH = 8  # sequences per forward
@@ -55,16 +55,11 @@ def min_k_plus_plus(
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(encoded[i][0]) for i in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            target = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-            for row, i in enumerate(chunk):
-                tokens, labels = encoded[i]
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, : len(tokens)] = 1
-                # Position t predicts token t + 1: the target of t is the label of t + 1.
-                target[row, : len(labels) - 1] = torch.tensor(labels[1:])
+            padded = collate([encoded[i] for i in chunk], pad)
+            ids, mask = padded["input_ids"], padded["attention_mask"]
+            # Position t predicts token t + 1: the target of t is the label of t + 1.
+            target = torch.full_like(padded["labels"], IGNORE_INDEX)
+            target[:, :-1] = padded["labels"][:, 1:]
             keep = (target != IGNORE_INDEX).to(device)
             batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
             prefix = shared_prefix.prefix_length(ids, mask, keep.cpu()) if share else 0

@@ -278,22 +278,18 @@ class ContinuousDecoder:
     def _new_cache(self) -> Any:
         return new_cache(self.model)
 
-    def _forward(self, *, cache: Any, **inputs: Any) -> torch.Tensor:
+    def _forward(self, *, cache: Any, window: int | None = None, **inputs: Any) -> torch.Tensor:
+        """Last position's float32 logits (as generate hands scores to its processors); with
+        ``window``, the argmax tokens (rows, positions) at the last ``window`` positions (fewer
+        when the input is shorter): greedy choices at every draft position at once. The argmax
+        of the model's own dtype equals that of float32 logits (the cast is exact)."""
         first = inputs.get("input_ids", inputs.get("inputs_embeds"))
         self.row_steps += int(first.shape[0])
-        out = self.model(use_cache=True, **{self._cache_key: cache}, **self._keep, **inputs)
-        # float32 as generate hands scores to its processors.
-        return out.logits[:, -1, :].float()
-
-    def _window_argmax(self, *, cache: Any, window: int, **inputs: Any) -> torch.Tensor:
-        """Argmax tokens (rows, positions) at the last ``window`` input positions (fewer when
-        the input is shorter): greedy choices at once for every draft position. The argmax of
-        the model's own dtype equals that of float32 logits (the cast is exact)."""
-        first = inputs.get("input_ids", inputs.get("inputs_embeds"))
-        self.row_steps += int(first.shape[0])
-        keep = {"logits_to_keep": window} if self._keep else {}
+        keep = self._keep if window is None or not self._keep else {"logits_to_keep": window}
         out = self.model(use_cache=True, **{self._cache_key: cache}, **keep, **inputs)
-        return out.logits[:, -window:, :].argmax(dim=-1)
+        if window is not None:
+            return out.logits[:, -window:, :].argmax(dim=-1)
+        return out.logits[:, -1, :].float()
 
     def _prefix_cache(self, head: list[int], start: Any = None, offset: int = 0) -> Any:
         """The one-row cache of ``head`` (continuing ``start``, a cache of ``offset`` tokens)."""
@@ -387,7 +383,7 @@ class ContinuousDecoder:
         positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
         width_in = next(iter(inputs.values())).shape[1]
         if window is not None:
-            picks = self._window_argmax(
+            picks = self._forward(
                 attention_mask=mask, position_ids=positions[:, -width_in:], cache=cache,
                 window=max(window), **inputs,
             ).tolist()  # fmt: skip

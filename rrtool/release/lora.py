@@ -23,6 +23,7 @@ from torch import Tensor
 from rrtool import shared_prefix
 from rrtool.errors import TrainingDiverged, UserError
 from rrtool.examples import IGNORE_INDEX, Example, encode_example
+from rrtool.examples import collate as _collate  # module-level: a test spies on it
 from rrtool.release.losses import LOSSES, Loss, Nll, make_loss, row_sums
 from rrtool.spec import LoraSpec
 
@@ -151,18 +152,6 @@ def _sidecar(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------- data
-def _collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, labs) in enumerate(rows):  # right padding: positions stay 0..n-1
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(labs)] = torch.tensor(labs)
-        mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
 def _step_groups(
     order: list[int], batch_size: int, accumulation: int, sequences_per_example: int = 1
 ) -> Iterator[list[list[int]]]:
