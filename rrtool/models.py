@@ -409,6 +409,9 @@ def build_tiny_tokenizer() -> Any:
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
+        # No token_type_ids: transformers before 5 hands them to generate(), which refuses them
+        # for decoder-only models.
+        model_input_names=["input_ids", "attention_mask"],
     )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     return tokenizer

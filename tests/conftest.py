@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -170,3 +171,55 @@ def random_lora(seed: int, kind: str, out: int = 12, fan_in: int = 20, r: int = 
         target_modules="all-linear",
         kind=kind,
     )
+
+
+def assert_close_to_scale(
+    actual: Any,
+    expected: Any,
+    accumulations: int,
+    dtype: Any = None,
+    what: str = "",
+) -> None:
+    """Assert two floating-point results agree up to rounding: ``max |actual - expected|``
+    at most ``accumulations * eps * max |expected|``.
+
+    For results of two computation orders of the same maths (micro-batches against one batch,
+    a batch against single rows, merged against unmerged weights): their rounding differs by
+    up to about eps per accumulated term, relative to the size of the values summed, so the
+    bound scales with the tensor's largest value and with the number of terms summed along the
+    longest chain (``accumulations``: tokens in a step, a matmul's inner dimension, ...), not
+    element by element, which would ask near-zero entries for a precision that their inputs
+    never had. ``eps`` is float32's (the precision rrtool computes in, whatever the dtype the
+    results are compared in), or ``dtype``'s when given, or that of a less precise tensor
+    (bf16). A real behaviour change moves results by far more than this: a 0.1% change is
+    ~8000 float32 eps.
+    """
+    import torch
+
+    def as_tensor(x: Any) -> torch.Tensor:
+        return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.tensor(x).double()
+
+    actual_t, expected_t = as_tensor(actual), as_tensor(expected)
+    label = f"{what}: " if what else ""
+    assert actual_t.shape == expected_t.shape, (
+        f"{label}shape {actual_t.shape} != {expected_t.shape}"
+    )
+    if dtype is None:
+        dtype = max(
+            (torch.float32, actual_t.dtype, expected_t.dtype),
+            key=lambda d: torch.finfo(d).eps if d.is_floating_point else 0.0,
+        )
+    eps = torch.finfo(dtype).eps
+    error_t = (actual_t.double() - expected_t.double()).abs()
+    error = float(error_t.max()) if error_t.numel() else 0.0
+    scale = float(expected_t.double().abs().max()) if expected_t.numel() else 0.0
+    bound = accumulations * eps * scale
+    if not error <= bound:  # also fails on NaN
+        flat = int(error_t.nan_to_num(math.inf).argmax())
+        where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), error_t.shape))
+        in_eps = f"{error / (eps * scale):.1f}" if scale else "inf"
+        raise AssertionError(
+            f"{label}max |actual - expected| = {error:.3g} at index {where} = {in_eps} eps x "
+            f"max |expected| ({scale:.3g}), over the rounding bound {bound:.3g} = "
+            f"{accumulations} accumulations x {dtype} eps {eps:.3g} x {scale:.3g}"
+        )

@@ -13,6 +13,7 @@ from rrtool.release.analysis import (
     subspace_similarity,
 )
 from rrtool.release.lora import LoraModule
+from tests.conftest import assert_close_to_scale
 
 
 def _random_lora(
@@ -68,8 +69,12 @@ def test_low_rank_path_matches_dense_svd() -> None:
     u_lr, rank = lora_left_basis(module, "a")
     assert rank == 8
     u_dense = torch.linalg.svd(module.delta("a").double(), full_matrices=False)[0][:, :8]
-    # Same subspace (columns may differ in sign).
-    torch.testing.assert_close(u_lr[:, :8].abs(), u_dense.abs(), atol=1e-6, rtol=0)
+    # Same subspace (columns may differ in sign), up to the fp32 rounding of the dense product
+    # (r terms a value), which moves a singular vector by |error| / (its singular value gap).
+    s = torch.linalg.svdvals(module.delta("a").double())[:9]
+    sensitivity = float(s[0] / (s[:8] - s[1:]).min())
+    terms = math.ceil(module.r * sensitivity)
+    assert_close_to_scale(u_lr[:, :8].abs(), u_dense.abs(), terms, dtype=torch.float32)
     scores, _ = per_layer_similarity(module, other, k=8)
     assert scores["a"] == pytest.approx(
         subspace_similarity(module.delta("a"), other.delta("a"), k=8), abs=1e-6

@@ -11,8 +11,9 @@ import torch
 
 from rrtool import shared_prefix
 from rrtool.models import build_tiny_model_for, build_tiny_tokenizer
-from rrtool.release.lora import Example, train_lora
+from rrtool.release.lora import Example, encode_example, train_lora
 from rrtool.spec import LoraSpec
+from tests.conftest import assert_close_to_scale
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,10 +71,14 @@ def test_the_update_equals_the_row_by_row_forward(
     calls.clear()
     whole = _train(tiny, _cfg(), objective=objective)
     assert not calls
-    assert shared.loss_curve == pytest.approx(whole.loss_curve, rel=1e-5)
+    # Rounding only: every step sums its positions (4 rows of the longest example) in another
+    # order, and Adam carries a small entry's rounding into its update at full size.
+    longest = max(len(encode_example(tiny[1], ex, 96, chat=False)[0]) for ex in EXAMPLES)
+    terms = 4 * longest * len(whole.loss_curve)
+    assert_close_to_scale(shared.loss_curve, whole.loss_curve, terms, what="loss curve")
     for name in whole.names:
-        assert torch.allclose(shared.A[name], whole.A[name], rtol=1e-4, atol=1e-6), name
-        assert torch.allclose(shared.B[name], whole.B[name], rtol=1e-4, atol=1e-6), name
+        assert_close_to_scale(shared.A[name], whole.A[name], terms, what=f"A {name}")
+        assert_close_to_scale(shared.B[name], whole.B[name], terms, what=f"B {name}")
 
 
 def test_bf16_autocast_takes_the_shared_path_too(
