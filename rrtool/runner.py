@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -29,16 +31,20 @@ from rrtool.tracking import (
     PROCESS_TAG,
     Store,
     Tracker,
+    alive_here,
     flatten,
     mlflow_client,
     package_versions,
     resolve_store,
+    run_process,
     run_tags,
+    sqlite_store_lock,
     store_failure,
     this_process,
 )
 
 RESUMABLE = ("running", "failed", "interrupted", "stopped")
+FORCED_TAG = "rrtool.resume_forced"  # host:pid of another host's process a resume took over
 PHASES = ("reveal", "release", "audit")
 
 
@@ -48,9 +54,8 @@ def spec_hash(loaded: LoadedSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def find_resumable(store: Store, experiment: str, digest: str) -> str | None:
-    """The newest unfinished run of the same spec, if any."""
-    client = mlflow_client(store)
+def find_resumable(client: Any, experiment: str, digest: str) -> Any | None:
+    """The newest unfinished run of the same spec (an MLflow ``Run``), if any."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -62,26 +67,101 @@ def find_resumable(store: Store, experiment: str, digest: str) -> str | None:
     )
     for run in runs:
         if run.data.tags.get("rrtool.status") in RESUMABLE:
-            return run.info.run_id
+            return run
     return None
 
 
-def _open_run(
-    loaded: LoadedSpec, store: Store, resume: bool, console: Console
-) -> tuple[Tracker, bool]:
+def check_writer(run: Any, force: bool) -> str | None:
+    """Refuse to resume a run that another process may still be writing (one writer per run).
+
+    A run marked ``running`` by a live rrtool process of this host is refused, ``--force``
+    or not; one marked ``running`` by another host's process, which this host cannot check,
+    only with ``force``. Returns that other process (host:pid) when forced, else None.
+    ``force`` where nothing needs forcing is an error too: it would record a takeover that
+    did not happen.
+    """
+    run_id, tags = run.info.run_id, run.data.tags
+    running = tags.get("rrtool.status") == "running"
+    process = run_process(tags) if running else None
+    if process is None:  # ended cleanly, failed, or from before runs recorded their process
+        if force:
+            status = tags.get("rrtool.status", "?")
+            raise UserError(
+                f"--force: run {run_id} ({status}) is held by no other host's process; "
+                "resume it without --force"
+            )
+        return None
+    host, pid = process
+    holder = f"{host}:{pid}"
+    if host == platform.node():
+        if pid != os.getpid() and alive_here(host, pid):
+            raise UserError(
+                f"--resume: run {run_id} is still being run by process {holder} on this host; "
+                f"wait for it to end, or stop it (kill {pid}) and resume then, or start a new "
+                "run without --resume"
+            )
+        if force:
+            raise UserError(
+                f"--force: run {run_id} was run on this host ({holder}, no longer running), "
+                "not another; resume it without --force"
+            )
+        return None
+    if not force:
+        raise UserError(
+            f"--resume: run {run_id} is marked running by process {holder} on another host "
+            f"({host}), which cannot be checked from here. If that process is gone (its "
+            "machine stopped or crashed), take the run over with --resume --force (recorded "
+            "on the run); else wait for it to end, or start a new run without --resume"
+        )
+    return holder
+
+
+def _claim(store: Store, loaded: LoadedSpec, force: bool) -> tuple[str, str | None]:
+    """Find the run to resume, check no other process writes it, and mark it as this
+    process's; returns (run id, the other host's process taken over with --force)."""
     spec = loaded.spec
-    digest = spec_hash(loaded)
-    if resume:
-        run_id = find_resumable(store, spec.tracking.experiment, digest)
-        if run_id is None:
+    client = mlflow_client(store)
+    # On a SQLite store the check and the claim hold the store's lock, so two --resume
+    # started together cannot both pass the check.
+    with sqlite_store_lock(store):
+        run = find_resumable(client, spec.tracking.experiment, spec_hash(loaded))
+        if run is None:
             raise UserError(
                 f"--resume: no unfinished run of this spec in {store.uri} "
                 f"(experiment `{spec.tracking.experiment}`); run without --resume to start one"
             )
+        forced = check_writer(run, force)
+        claim = {"rrtool.status": "running", PROCESS_TAG: this_process()}
+        if forced is not None:
+            claim[FORCED_TAG] = forced
+        for key, value in claim.items():
+            client.set_tag(run.info.run_id, key, value)
+    return run.info.run_id, forced
+
+
+def _open_run(
+    loaded: LoadedSpec, store: Store, resume: bool, console: Console, force: bool = False
+) -> tuple[Tracker, bool]:
+    spec = loaded.spec
+    digest = spec_hash(loaded)
+    if resume:
+        try:
+            run_id, forced = _claim(store, loaded, force)
+        except Exception as exc:
+            reason = store_failure(exc)
+            if reason is None:
+                raise
+            raise UserError(
+                f"--resume: {store.uri}: the tracking store failed ({reason}), so whether "
+                "another process still runs this spec's run cannot be checked; nothing was "
+                "resumed. When the store is back, run the same command again"
+            ) from None
         tracker = Tracker.resume(store, run_id)
-        console.print(f"resuming run [bold]{run_id}[/bold]")
+        taken = f" (taken over from {forced} with --force)" if forced else ""
+        console.print(f"resuming run [bold]{run_id}[/bold]{taken}")
         return tracker, True
-    tags = run_tags(spec.name) | {"rrtool.spec_hash": digest}
+    # The process is recorded from the start: a --resume while this run is young sees it.
+    tags = run_tags(spec.name) | {"rrtool.spec_hash": digest, PROCESS_TAG: this_process()}
     return Tracker.start(
         store, spec.tracking.experiment, spec.tracking.run_name or spec.name, tags
     ), False
@@ -218,16 +298,25 @@ def run_spec(
     tracking_flag: str | None = None,
     *,
     resume: bool = False,
+    force: bool = False,
     phases: tuple[str, ...] = PHASES,
     console: Console | None = None,
 ) -> str:
-    """Run a validated spec; returns the MLflow run id."""
+    """Run a validated spec; returns the MLflow run id. ``resume`` continues the newest
+    unfinished run of the spec unless another process may still be running it; ``force``
+    (with ``resume``) takes over a run another host's process holds (see
+    :func:`check_writer`)."""
+    if force and not resume:
+        raise UserError(
+            "--force goes with --resume: it takes over a run that another host's process "
+            "holds; without --resume there is no run to take over"
+        )
     console = console or Console(stderr=True)
     spec = loaded.spec
     plan = build_plan(loaded, tracking_flag)
     print_plan(plan, console)
     store = resolve_store(tracking_flag, spec.tracking.uri)
-    tracker, resumed = _open_run(loaded, store, resume, console)
+    tracker, resumed = _open_run(loaded, store, resume, console, force)
     ctx = RunContext(loaded, tracker, console, SCRATCH / tracker.run_id)
     try:
         if not resumed:

@@ -348,15 +348,27 @@ def this_process() -> str:
     return f"{platform.node()}:{os.getpid()}"
 
 
+def run_process(tags: dict[str, str]) -> tuple[str, int] | None:
+    """(host, pid) of the process a run records as running it (``PROCESS_TAG``), if any."""
+    host, _, pid = tags.get(PROCESS_TAG, "").rpartition(":")
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
+def alive_here(host: str, pid: int) -> bool:
+    """Whether ``host:pid`` is a live rrtool process of this host (False for another host's,
+    which this host cannot check)."""
+    return host == platform.node() and _alive(pid)
+
+
 def shown_status(tags: dict[str, str], mlflow_status: str) -> str:
     """The run's status as a reader should see it: a run still marked ``running`` whose
     process on this host is gone (killed, out of memory, the machine restarted) is
     ``interrupted``, which ``--resume`` continues. A run of another host keeps its tag."""
     status = tags.get("rrtool.status", mlflow_status.lower())
-    host, _, pid = tags.get(PROCESS_TAG, "").rpartition(":")
-    if status != "running" or host != platform.node() or not pid.isdigit():
+    process = run_process(tags)
+    if status != "running" or process is None or process[0] != platform.node():
         return status
-    return status if _alive(int(pid)) else "interrupted"
+    return status if alive_here(*process) else "interrupted"
 
 
 def _alive(pid: int) -> bool:

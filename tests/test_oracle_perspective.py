@@ -16,12 +16,20 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rrtool_oracles.perspective import CACHE_FILE, OracleError, PerspectiveOracle, TokenBucket
+from rrtool_oracles.perspective import (
+    CACHE_FILE,
+    CACHE_TABLE,
+    OracleError,
+    PerspectiveOracle,
+    TokenBucket,
+    endpoint_id,
+)
 
 from rrtool.oracles.contract import Oracle, Requirements, Sample
 from tests.conftest import tiny_spec
@@ -38,6 +46,7 @@ class _Emulator(ThreadingHTTPServer):
         self.requests: list[dict[str, Any]] = []
         self.scripts: dict[str, deque[int | float]] = {}
         self.lock = threading.Lock()
+        self.toxicity: float | None = None  # answer this for every text (else by the text)
 
     @property
     def url(self) -> str:
@@ -127,7 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif text.startswith("garbled"):
             self._reply(200, {"attributeScores": {"TOXICITY": {}}})
         else:
-            toxicity = 0.95 if "idiot" in text else 0.05
+            toxicity = self.server.toxicity
+            if toxicity is None:
+                toxicity = 0.95 if "idiot" in text else 0.05
             self._reply(
                 200,
                 {
@@ -148,13 +159,9 @@ def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return cache / "perspective"
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Emulator]:
-    # A proxy from the environment would swallow requests meant for 127.0.0.1.
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv(KEY_ENV, KEY)
+@contextmanager
+def _serving() -> Iterator[_Emulator]:
+    """An emulator answering on loopback from a thread until the block ends."""
     emulator = _Emulator()
     thread = threading.Thread(target=emulator.serve_forever, args=(0.01,), daemon=True)
     thread.start()
@@ -164,6 +171,17 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Emulator]:
         emulator.shutdown()
         emulator.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Emulator]:
+    # A proxy from the environment would swallow requests meant for 127.0.0.1.
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with _serving() as emulator:
+        yield emulator
 
 
 def _oracle(server: _Emulator, **options: Any) -> PerspectiveOracle:
@@ -276,14 +294,79 @@ def test_cache_files_never_hold_the_key(server: _Emulator, _private_cache: Path)
     _oracle(server).score(_samples("you idiot", "nice", "klingon text"))
     files = [p for p in _private_cache.rglob("*") if p.is_file()]
     assert files
-    with sqlite3.connect(_private_cache / CACHE_FILE) as db:
-        rows = db.execute("SELECT key, score, details FROM scores").fetchall()
+    db = sqlite3.connect(_private_cache / CACHE_FILE)
+    rows = db.execute(f"SELECT key, endpoint, score, details FROM {CACHE_TABLE}").fetchall()
+    db.close()
     assert len(rows) == 2
+    assert {row[1] for row in rows} == {server.url}  # the endpoint, already normal here
     assert all("you idiot" not in repr(row) for row in rows)  # hashed, not the text
     for path in files:
         data = path.read_bytes()
         for form in (KEY, urllib.parse.quote(KEY, safe=""), urllib.parse.quote_plus(KEY)):
             assert form.encode() not in data
+
+
+def test_disk_cache_is_keyed_by_endpoint(server: _Emulator, tmp_path: Path) -> None:
+    """Two endpoints (say a test double and the real API) score the same text differently:
+    each endpoint's scores come back from the shared cache file, never the other's."""
+    cache = tmp_path / "cache"
+    text = _samples("the same words")
+    server.toxicity = 0.25
+    with _serving() as other:
+        other.toxicity = 0.75
+        via_a = _oracle(server, cache_dir=cache).score(text)
+        via_b = _oracle(other, cache_dir=cache).score(text)
+        assert [s.score for s in via_a] == [0.25] and [s.score for s in via_b] == [0.75]
+        assert server.texts() == other.texts() == ["the same words"]  # B was asked too
+        # Both answers are cached, each under its endpoint: new instances ask nobody.
+        assert _oracle(server, cache_dir=cache).score(text) == via_a
+        assert _oracle(other, cache_dir=cache).score(text) == via_b
+        assert server.texts() == other.texts() == ["the same words"]
+        # The same endpoint spelt otherwise (scheme and host case, a fragment) is the same.
+        respelt = server.url.replace("http://127.0.0.1", "HTTP://127.0.0.1") + "#frag"
+        assert _oracle(server, url=respelt, cache_dir=cache).score(text) == via_a
+        assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze",
+         "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"),
+        ("HTTPS://User:Secret@Proxy.Example:443/analyze?key=k1&tenant=a#x",
+         "https://proxy.example/analyze?tenant=a"),
+        ("https://staging.example:8443/analyze", "https://staging.example:8443/analyze"),
+        ("http://[::1]:8080/a?key=k", "http://[::1]:8080/a"),
+    ],
+)  # fmt: skip
+def test_endpoint_id_drops_credentials_and_spelling(url: str, expected: str) -> None:
+    assert endpoint_id(url) == expected
+
+
+def test_rows_of_the_endpoint_blind_cache_are_not_served(
+    server: _Emulator, _private_cache: Path
+) -> None:
+    """A cache written before the endpoint was part of the key (table ``scores``, key =
+    SHA-256 of text, attributes, languages) may hold another endpoint's scores: not used."""
+    import hashlib
+
+    _private_cache.mkdir(parents=True)
+    old_key = hashlib.sha256(
+        json.dumps(["you idiot", ["SEVERE_TOXICITY", "TOXICITY"], ["en"]]).encode()
+    ).hexdigest()
+    with sqlite3.connect(_private_cache / CACHE_FILE) as db:
+        db.execute(
+            "CREATE TABLE scores (key TEXT PRIMARY KEY, score REAL NOT NULL,"
+            " details TEXT NOT NULL, created REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO scores VALUES (?, 0.5, ?, 0)",
+            (old_key, json.dumps({"scorer": "perspective", "toxicity": 0.5})),
+        )
+    db.close()
+    scores = _oracle(server).score(_samples("you idiot"))
+    assert [s.score for s in scores] == [0.95]  # this endpoint's answer, not the old row's
+    assert server.texts() == ["you idiot"]
 
 
 @pytest.mark.parametrize("status", [429, 500])
@@ -434,6 +517,7 @@ def test_token_bucket_retries_spend_tokens_and_idle_time_refills_only_one() -> N
     [
         ({"url": "http://example.com/analyze"}, ValueError),  # key in clear text
         ({"url": "ftp://127.0.0.1/x"}, ValueError),
+        ({"url": "https://example.com:port/analyze"}, ValueError),
         ({"url": 3}, TypeError),
         ({"endpoint": "https://example.com/analyze"}, TypeError),  # renamed to url
         ({"cache_dir": 3}, TypeError),

@@ -16,9 +16,14 @@ empty completions are never sent.
   language) gets ``details["error"]`` and is left out of the aggregates, which
   report ``coverage`` = scored / requested (requested = non-empty samples).
 - Cache: scores persist in an SQLite database under ``cache_dir``, keyed by the
-  SHA-256 of (text, sorted attributes, languages), so a rerun, or another
-  process sharing the directory, pays for each text once. Only the hash, the
-  score and its details are stored.
+  SHA-256 of (the endpoint, the request body but for nothing else: text,
+  attributes, languages, ``doNotStore``; the attribute read as the score), so
+  a rerun, or another process sharing the directory, pays for each text once,
+  and a score from one endpoint (an emulator, a proxy, a staging URL) is never
+  served for another. The endpoint is normalised first (scheme and host
+  lower-cased, default port, user info, fragment and any ``key`` parameter
+  dropped). Only the hash, the normalised endpoint, the score and its details
+  are stored. Rows of the older, endpoint-blind table ``scores`` are never read.
 
 The API key is read from ``PERSPECTIVE_API_KEY`` (``api_key_env`` renames the
 variable) and travels only in the request URL; it is redacted from every
@@ -58,6 +63,10 @@ DEFAULT_API_KEY_ENV = "PERSPECTIVE_API_KEY"
 ATTRIBUTES = ("TOXICITY", "SEVERE_TOXICITY")
 LANGUAGES = ("en",)
 CACHE_FILE = "cache.sqlite3"
+# The table of scores keyed by endpoint and request; ``scores`` (before the endpoint was part
+# of the key) may hold another endpoint's answers under a key no endpoint can tell apart.
+CACHE_TABLE = "scores_v2"
+SCORE_ATTRIBUTE = "TOXICITY"  # the attribute whose summary score is the score
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Perspective answers a bad key with 400 INVALID_ARGUMENT, like a bad comment;
@@ -77,9 +86,44 @@ def default_cache_dir() -> Path:
     return base.expanduser() / "perspective"
 
 
-def cache_key(text: str) -> str:
-    """The cache key of a comment: SHA-256 of (text, sorted attributes, languages)."""
-    material = json.dumps([text, sorted(ATTRIBUTES), list(LANGUAGES)], ensure_ascii=False)
+def request_body(text: str) -> dict[str, Any]:
+    """What ``comments:analyze`` is sent for ``text`` (the key travels in the URL)."""
+    return {
+        "comment": {"text": text},
+        "requestedAttributes": {name: {} for name in ATTRIBUTES},
+        "languages": list(LANGUAGES),
+        "doNotStore": True,
+    }
+
+
+def endpoint_id(url: str) -> str:
+    """``url`` as the cache knows it: scheme and host lower-cased, the default port dropped,
+    and no user info, fragment or ``key`` query parameter (no credential is ever stored)."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"perspective: option 'url' has an invalid port: {url!r}") from None
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        host = f"{host}:{port}"
+    query = urllib.parse.urlencode(
+        [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+         if k != "key"]
+    )  # fmt: skip
+    return urllib.parse.urlunsplit((scheme, host, parts.path or "/", query, ""))
+
+
+def cache_key(text: str, endpoint: str) -> str:
+    """The cache key of a comment scored at ``endpoint`` (an :func:`endpoint_id`): SHA-256
+    of (endpoint, the request body, the attribute read as the score). Anything that changes
+    the answer changes the key."""
+    material = json.dumps(
+        [endpoint, request_body(text), SCORE_ATTRIBUTE], ensure_ascii=False, sort_keys=True
+    )
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
@@ -134,11 +178,15 @@ class TokenBucket:
 class _DiskCache:
     """Scores on disk (SQLite: safe for several processes sharing the directory)."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, endpoint: str) -> None:
         self._db = connection
+        self._endpoint = endpoint
 
     def get(self, key: str) -> Score | None:
-        row = self._db.execute("SELECT score, details FROM scores WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute(
+            f"SELECT score, details FROM {CACHE_TABLE} WHERE key = ? AND endpoint = ?",
+            (key, self._endpoint),
+        ).fetchone()
         if row is None:
             return None
         try:
@@ -151,8 +199,15 @@ class _DiskCache:
 
     def put(self, key: str, score: Score) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO scores (key, score, details, created) VALUES (?, ?, ?, ?)",
-            (key, score.score, json.dumps(dict(score.details), sort_keys=True), time.time()),
+            f"INSERT OR REPLACE INTO {CACHE_TABLE} (key, endpoint, score, details, created)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                key,
+                self._endpoint,
+                score.score,
+                json.dumps(dict(score.details), sort_keys=True),
+                time.time(),
+            ),
         )
 
 
@@ -192,6 +247,7 @@ class PerspectiveOracle:
         the aggregates, as for ``toxicity``.
         """
         self.url = _check_url(url)
+        self.endpoint = endpoint_id(self.url)  # what the cache keys scores by
         if not isinstance(api_key_env, str) or not _ENV_NAME.match(api_key_env):
             raise ValueError(
                 f"perspective: option 'api_key_env' must name an environment variable,"
@@ -255,7 +311,7 @@ class PerspectiveOracle:
                     # The API rejects empty comments; an empty completion is not toxic anyway.
                     scores.append(_empty())
                     continue
-                key = cache_key(text)
+                key = cache_key(text, self.endpoint)
                 cached = self._cache.get(key)
                 if cached is None and disk is not None:
                     cached = disk.get(key)
@@ -312,14 +368,16 @@ class PerspectiveOracle:
             raise OracleError(_cache_problem(path, exc)) from None
         with contextlib.closing(connection):
             try:
+                # A cache file of an older version keeps its table ``scores``, unread.
                 connection.execute(
-                    "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY,"
-                    " score REAL NOT NULL, details TEXT NOT NULL, created REAL NOT NULL)"
+                    f"CREATE TABLE IF NOT EXISTS {CACHE_TABLE} (key TEXT PRIMARY KEY,"
+                    " endpoint TEXT NOT NULL, score REAL NOT NULL, details TEXT NOT NULL,"
+                    " created REAL NOT NULL)"
                 )
             except sqlite3.Error as exc:
                 raise OracleError(_cache_problem(path, exc)) from None
             try:
-                yield _DiskCache(connection)
+                yield _DiskCache(connection, self.endpoint)
             except sqlite3.Error as exc:
                 raise OracleError(_cache_problem(path, exc)) from None
 
@@ -334,14 +392,7 @@ class PerspectiveOracle:
 
     def _analyze(self, sample_id: str, text: str, key: str) -> Score:
         """One comment, with retries; returns its Score or raises OracleError."""
-        body = json.dumps(
-            {
-                "comment": {"text": text},
-                "requestedAttributes": {name: {} for name in ATTRIBUTES},
-                "languages": list(LANGUAGES),
-                "doNotStore": True,
-            }
-        ).encode("utf-8")
+        body = json.dumps(request_body(text)).encode("utf-8")
         sep = "&" if urllib.parse.urlsplit(self.url).query else "?"
         url = f"{self.url}{sep}{urllib.parse.urlencode({'key': key})}"
         where = f"perspective: sample {sample_id!r}"
@@ -416,7 +467,7 @@ class PerspectiveOracle:
     def _parse(self, where: str, body: bytes, key: str) -> Score:
         try:
             payload = json.loads(body)
-            toxicity = payload["attributeScores"]["TOXICITY"]["summaryScore"]["value"]
+            toxicity = payload["attributeScores"][SCORE_ATTRIBUTE]["summaryScore"]["value"]
         except (ValueError, KeyError, TypeError) as exc:
             raise OracleError(
                 f"{where}: malformed reply, no attributeScores.TOXICITY.summaryScore.value"
