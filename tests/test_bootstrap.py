@@ -15,11 +15,16 @@ import torch
 from rrtool.evaluators import gsm8k
 from rrtool.evaluators.base import Evaluation
 from rrtool.evaluators.bootstrap import (
+    JACKKNIFE_GROUPS,
     REPLICATES,
+    bca_interval,
     bootstrap,
+    expanded_level,
     interval_text,
     paired_change,
+    paired_interval,
     resample_indices,
+    t_quantile,
 )
 from rrtool.evaluators.generated import (
     MIN_REPLICATES,
@@ -94,6 +99,90 @@ def test_replicates_are_rounded_to_six_significant_digits() -> None:
     assert any(v != round(v, 3) for v in result.replicates["mean"])
 
 
+# ------------------------------------------------------------------------ BCa
+def test_bca_matches_scipy_on_skewed_data() -> None:
+    """BCa moves the interval of a right-skewed mean to the right of the percentile one, as
+    scipy's BCa does (different resamples: agreement to the resampling noise)."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(0)
+    data = [rng.expovariate(1.0) for _ in range(30)]
+    ours = bootstrap(data, mean, replicates=20000, seed=1)
+    assert ours.methods == {"mean": "BCa"} and ours.units == 30
+    theirs = stats.bootstrap(
+        (data,), lambda x: sum(x) / len(x), method="BCa", n_resamples=20000, random_state=1
+    ).confidence_interval
+    percentile = stats.bootstrap(
+        (data,), lambda x: sum(x) / len(x), method="percentile", n_resamples=20000, random_state=1
+    ).confidence_interval
+    width = theirs.high - theirs.low
+    assert ours.intervals["mean"] == pytest.approx((theirs.low, theirs.high), abs=0.03 * width)
+    assert ours.intervals["mean"][1] > percentile.high + 0.05 * width
+
+
+def test_bca_degenerate_cases() -> None:
+    # No variation between units: the interval is the point, never NaN.
+    same = bootstrap([0.25] * 20, mean)
+    assert same.intervals == {"mean": (0.25, 0.25)} and same.methods == {"mean": "BCa"}
+    assert bca_interval([0.25] * 100, 0.25, [0.25] * 20) == (0.25, 0.25, "BCa")
+    # One unit: no interval; two: one, from the min and max.
+    assert bootstrap([1.0], mean).intervals == {}
+    two = bootstrap([0.0, 1.0], mean)
+    assert two.intervals["mean"] == (0.0, 1.0)
+    # NaN and None replicates are skipped; too many give no interval.
+    values = [i / 100 for i in range(100)]
+    with_gaps: list[float | None] = [*values[:80], *[math.nan] * 10, *[None] * 10]
+    found = bca_interval(with_gaps, 0.4, None)
+    assert found is not None and found.method == "BC" and 0 < found.low < 0.4 < found.high
+    assert bca_interval(values[:40] + [math.nan] * 60, 0.2, None) is None
+    # A jackknife value missing: no acceleration (BC), said so. The point outside every
+    # replicate, or NaN: BCa is undefined, the percentile interval is used.
+    for point, jackknife, method in (
+        (0.5, [0.5, math.nan, 0.4], "BC"),
+        (2.0, [1.0, 2.0], "percentile"),
+        (math.nan, None, "percentile"),
+    ):
+        found = bca_interval(values, point, jackknife)
+        assert found is not None and found.method == method
+
+
+def test_bootstrap_names_the_method_of_each_interval() -> None:
+    def stat(values: Sequence[float]) -> dict[str, float]:
+        # "whole" exists only on all 12 units (and every resample of them), not left one out.
+        out = {"mean": sum(values) / len(values)}
+        if len(values) == 12:
+            out["whole"] = max(values)
+        return out
+
+    result = bootstrap([float(i % 4) for i in range(12)], stat, seed=3)
+    assert result.methods == {"mean": "BCa", "whole": "BC"}
+
+
+def test_the_jackknife_is_grouped_for_many_units() -> None:
+    calls: list[int] = []
+
+    def stat(values: Sequence[float]) -> dict[str, float]:
+        calls.append(len(values))
+        return {"mean": sum(values) / len(values)}
+
+    bootstrap([float(i % 3) for i in range(250)], stat, replicates=10)
+    # 1 call on all units, 10 replicates, then the jackknife: JACKKNIFE_GROUPS groups.
+    assert len(calls) == 1 + 10 + JACKKNIFE_GROUPS
+    assert sorted(set(calls[11:])) == [247, 248]  # 250 units in 100 groups of 2 or 3
+
+
+def test_t_quantile_and_the_expanded_level() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 4, 15, 39, 99, 200, 201, 1000):
+        for p in (0.6, 0.975, 0.9995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+    with pytest.raises(ValueError, match="0.5 <= p < 1"):
+        t_quantile(0.2, 3)
+    assert expanded_level(0.95, 16) == pytest.approx(0.9723, abs=1e-4)
+    assert expanded_level(0.95, 40) == pytest.approx(0.9595, abs=1e-4)
+    assert expanded_level(0.95, 100) == pytest.approx(0.9539, abs=1e-4)
+    assert expanded_level(0.95, 1) == 0.95 and expanded_level(0.95, 10**6) > 0.95
+
+
 # -------------------------------------------------------------- paired changes
 def test_paired_change_of_identical_and_shifted_replicates() -> None:
     before = bootstrap([float(i % 5) for i in range(40)], mean, seed=2).replicates["mean"]
@@ -105,6 +194,33 @@ def test_paired_change_of_identical_and_shifted_replicates() -> None:
     assert paired_change(before, half_missing) is None
     with_none: list[float | None] = [None, *before[1:]]
     assert paired_change(with_none, before) == (0.0, 0.0)
+
+
+def test_paired_interval_bias_correction_and_expansion() -> None:
+    """3 of 40 units named the entity before and none after: BCa's acceleration (the skewness
+    of three -1 among 37 zeros) would exclude 0; the bias-corrected interval, widened for 40
+    units, does not (the same three units could have changed either way)."""
+    before = bootstrap([1.0] * 3 + [0.0] * 37, mean, seed=0)
+    after = bootstrap([0.0] * 40, mean, seed=0)
+    b, a = before.replicates["mean"], after.replicates["mean"]
+    plain = paired_interval(b, a)
+    assert plain is not None and plain.method == "percentile"
+    assert paired_change(b, a) == (plain.low, plain.high)
+    corrected = paired_interval(b, a, change=-3 / 40)
+    assert corrected is not None and corrected.method == "BC"
+    expanded = paired_interval(b, a, change=-3 / 40, units=40)
+    assert expanded is not None and expanded.method == "expanded BC"
+    assert expanded.low <= corrected.low and expanded.high == 0.0
+    diffs = [y - x for x, y in zip(b, a, strict=True)]
+    bca = bca_interval(diffs, -3 / 40, [-(3 - v) / 39 for v in [1.0] * 3 + [0.0] * 37])
+    assert bca is not None and bca.high < 0  # what BCa would have called forgotten
+    # No variation: the point, whichever the method.
+    assert paired_interval(b, b, change=0.0, units=40) == (0.0, 0.0, "expanded BC")
+    # Rounded replicates still tie with the change measured on unrounded values.
+    third = bootstrap([1.0, 0.0, 0.0] * 10, mean, seed=1)
+    none = bootstrap([0.0] * 30, mean, seed=1)
+    found = paired_interval(third.replicates["mean"], none.replicates["mean"], change=-1 / 3)
+    assert found is not None and found.low < -1 / 3 < found.high
 
 
 def test_paired_interval_is_much_narrower_than_the_unpaired_ones() -> None:

@@ -9,15 +9,17 @@ from rrtool.evaluators.bootstrap import bootstrap
 from rrtool.evaluators.suite import Headline
 
 
-def _side(values: list[float], degenerate: float = 0.0) -> dict:
-    """An evaluation as recorded: the mean of ``values`` with its bootstrap."""
+def _side(values: list[float], degenerate: float = 0.0, units: bool = False) -> dict:
+    """An evaluation as recorded: the mean of ``values`` with its bootstrap (and the number of
+    units, with ``units``)."""
     stat = lambda xs: {"m": sum(xs) / len(xs)}  # noqa: E731
     boot = bootstrap(values, stat, seed=0)
-    return {
+    out = {
         "metrics": {"m": stat(values)["m"], "degenerate_rate": degenerate},
         "intervals": {k: list(v) for k, v in boot.intervals.items()},
         "replicates": boot.replicates,
     }
+    return {**out, "units": boot.units} if units else out
 
 
 def _summary(before: dict, after: dict, key: str = "forget") -> dict:
@@ -41,6 +43,24 @@ def test_verdicts_read_the_paired_interval() -> None:
     # Worse after than before.
     row = _summary(_side(forgotten), _side(named))
     assert row["verdict"] == "not forgotten (worse)"
+
+
+def test_the_paired_interval_is_bias_corrected_and_widened_for_the_units() -> None:
+    named = [1.0] * 30 + [0.0] * 10
+    row = _summary(_side(named), _side([0.0] * 40))
+    assert row["change_method"] == "BC"  # records without their number of units
+    wide = _summary(_side(named, units=True), _side([0.0] * 40, units=True))
+    assert wide["change_method"] == "expanded BC" and wide["verdict"] == "forgotten"
+    assert wide["change_ci"][0] <= row["change_ci"][0]
+    assert wide["change_ci"][0] <= -0.75 <= wide["change_ci"][1]
+    # 3 passages of 40 stopped naming it, none started: BCa's jackknife acceleration would
+    # call that forgotten; three units could have moved either way.
+    few = _summary(_side([1.0] * 3 + [0.0] * 37, units=True), _side([0.0] * 40, units=True))
+    assert few["verdict"] == "inside the noise" and few["change_ci"][1] == 0.0
+    # Without replicates there is neither interval nor method.
+    bare = {"metrics": {"m": 0.5}}
+    row = _summary(bare, bare)
+    assert row["change_ci"] is None and row["change_method"] is None
 
 
 def test_a_verdict_without_intervals_says_so() -> None:

@@ -4,7 +4,9 @@ the paired interval of the change, where the data came from, and a plain verdict
 Verdicts (the headline's ``better`` direction decides what "improved" means):
 
 - ``inside the noise``: the paired 95% interval of the change (same units, resampled together
-  on both sides; ``rrtool.evaluators.bootstrap``) contains 0;
+  on both sides, bias-corrected towards the measured change and, where the records give the
+  number of units, widened for it; ``rrtool.evaluators.bootstrap``, whose method the row's
+  ``change_method`` names) contains 0;
 - forget measure, improved: ``forgotten``, unless the answers degenerated at the same time:
   the share of empty or repetitive answers (``degenerate_rate``) rose by at least
   ``COLLAPSE_POINTS``, then ``format collapse`` (the score fell because the output stopped
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rrtool.evaluators.bootstrap import paired_change
+from rrtool.evaluators.bootstrap import paired_interval
 from rrtool.evaluators.bounds import limit
 
 COLLAPSE_POINTS = 0.10  # a 10-point rise in empty/repetitive answers is not forgetting
@@ -66,17 +68,29 @@ def _interval(side: dict[str, Any], name: str) -> list[float] | None:
     return [float(found[0]), float(found[1])] if found else None
 
 
-def _change(before: dict[str, Any], after: dict[str, Any], name: str) -> list[float] | None:
+def _units(before: dict[str, Any], after: dict[str, Any]) -> int | None:
+    """The number of resampled units both evaluations record (``units``), or None."""
+    b, a = before.get("units"), after.get("units")
+    return b if isinstance(b, int) and b == a else None
+
+
+def _change(
+    before: dict[str, Any], after: dict[str, Any], name: str
+) -> tuple[list[float] | None, str | None]:
+    """The paired interval of the change of ``name`` and its method (None, None without)."""
     b = before.get("replicates", {}).get(name)
     a = after.get("replicates", {}).get(name)
     if not a or not b:
-        return None
-    found = paired_change(b, a)
-    return None if found is None else [float(found[0]), float(found[1])]
+        return None, None
+    vb, va = _metric(before, name), _metric(after, name)
+    change = None if vb is None or va is None else va - vb
+    found = paired_interval(b, a, change=change, units=_units(before, after))
+    return (None, None) if found is None else ([float(found.low), float(found.high)], found.method)
 
 
 def _row(before: dict[str, Any], after: dict[str, Any], name: str) -> dict[str, Any]:
     b, a = _metric(before, name), _metric(after, name)
+    change_ci, change_method = _change(before, after, name)
     return {
         "metric": name,
         "before": b,
@@ -84,7 +98,8 @@ def _row(before: dict[str, Any], after: dict[str, Any], name: str) -> dict[str, 
         "before_ci": _interval(before, name),
         "after_ci": _interval(after, name),
         "change": None if a is None or b is None else a - b,
-        "change_ci": _change(before, after, name),
+        "change_ci": change_ci,
+        "change_method": change_method,
         "relative_change": None if a is None or b is None or b == 0 else (a - b) / abs(b),
     }
 

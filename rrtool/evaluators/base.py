@@ -35,6 +35,9 @@ class Evaluation:
     answers: list[dict[str, Any]] = field(default_factory=list)
     intervals: dict[str, list[float]] = field(default_factory=dict)
     replicates: dict[str, list[float]] = field(default_factory=dict)
+    # The units the bootstrap resampled (passages, prompts, questions, windows; 0: unknown):
+    # a paired interval is widened for a small number of them (``bootstrap.paired_interval``).
+    units: int = 0
 
     def to_dict(
         self, answers: int | None = None, replicates: Collection[str] | None = ()
@@ -52,6 +55,8 @@ class Evaluation:
             "answers": self.answers if answers is None else self.answers[:answers],
             "intervals": {k: list(v) for k, v in self.intervals.items()},
         }
+        if self.units:
+            out["units"] = self.units
         if replicates is None or replicates:
             chosen = self.replicates if replicates is None else set(replicates)
             out["replicates"] = {

@@ -103,8 +103,9 @@ def _intervals(
     members: Mapping[str, list[bool]],
     groups: Sequence[str] | None,
     seed: int,
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Bootstrap over groups of items (each item with all its samples)."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
+    """Bootstrap over groups of items (each item with all its samples); also the number of
+    groups (units)."""
     keys: list[Any]
     if groups is not None:
         keys = [("group", str(g)) for g in groups]
@@ -148,7 +149,8 @@ def _intervals(
     result = bootstrap(
         range(len(members_of)), statistic, replicates=replicates_for(work), seed=seed
     )
-    return {k: list(v) for k, v in result.intervals.items()}, result.replicates
+    intervals = {k: list(v) for k, v in result.intervals.items()}
+    return intervals, result.replicates, len(members_of)
 
 
 def oracle_evaluation(
@@ -204,7 +206,9 @@ def oracle_evaluation(
         for subset, member in (subsets or {}).items()
     }
     metrics = _metrics(oracle, samples, scores, owner, members)
-    intervals, replicates = _intervals(oracle, items, samples, scores, owner, members, groups, seed)
+    intervals, replicates, units = _intervals(
+        oracle, items, samples, scores, owner, members, groups, seed
+    )
     first: dict[int, int] = {}
     for j, i in enumerate(owner):
         first.setdefault(i, j)
@@ -227,4 +231,5 @@ def oracle_evaluation(
         answers,
         intervals,
         replicates,
+        units,
     )

@@ -119,6 +119,7 @@ def score(
         answers,
         {k: list(v) for k, v in result.intervals.items()},
         result.replicates,
+        result.units,
     )
 
 

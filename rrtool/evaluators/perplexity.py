@@ -152,4 +152,5 @@ def perplexity(
         [],
         {k: list(v) for k, v in result.intervals.items()},
         result.replicates,
+        result.units,
     )
