@@ -98,7 +98,14 @@ def plan(
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue the newest unfinished run of this spec (same file and --set overrides).",
+    help="Continue the newest unfinished run of this spec (same file and --set overrides), "
+    "unless a live process of this host still runs it.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --resume: take over a run marked running by a process on another host, which "
+    "cannot be checked from here (recorded on the run as rrtool.resume_forced).",
 )
 @click.option(
     "--phase",
@@ -108,14 +115,21 @@ def plan(
     help="Run only up to and including this phase.",
 )
 def run(
-    spec_path: str, overrides: tuple[str, ...], tracking_uri: str | None, resume: bool, phase: str
+    spec_path: str,
+    overrides: tuple[str, ...],
+    tracking_uri: str | None,
+    resume: bool,
+    force: bool,
+    phase: str,
 ) -> None:
     """Run SPEC: plan, then Reveal, Release and Audit, all recorded in MLflow."""
     from rrtool.runner import PHASES, run_spec
     from rrtool.spec_loader import load_spec
 
     phases = PHASES if phase == "all" else PHASES[: PHASES.index(phase) + 1]
-    run_spec(load_spec(spec_path, overrides), tracking_uri, resume=resume, phases=phases)
+    run_spec(
+        load_spec(spec_path, overrides), tracking_uri, resume=resume, force=force, phases=phases
+    )
 
 
 def _existing_store(tracking_uri: str | None) -> Any:
@@ -258,22 +272,42 @@ def attack(run_ref: str | None, probes: tuple[str, ...], tracking_uri: str | Non
 
 @cli.command()
 @click.argument("run_ref", metavar="[RUN]", required=False)
-@click.option("--out", required=True, metavar="DIR", help="Directory for the checkpoint.")
+@click.option(
+    "--out", required=True, metavar="DIR", help="Directory for the checkpoint or adapter."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["merged", "peft"]),
+    default="merged",
+    show_default=True,
+    help="merged: a transformers checkpoint with the modules applied (the run's weights bit "
+    "for bit); peft: one PEFT LoRA adapter on the base model (rank = the modules' ranks "
+    "summed, their signed weights folded in), equal to it up to float rounding.",
+)
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @click.option(
     "--tracking-uri",
     default=None,
     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db).",
 )
-def export(run_ref: str | None, out: str, force: bool, tracking_uri: str | None) -> None:
-    """Write RUN's released model (default: the latest run) as a transformers checkpoint,
-    rebuilt from the base model and the run's recorded modules."""
+def export(run_ref: str | None, out: str, fmt: str, force: bool, tracking_uri: str | None) -> None:
+    """Write RUN's released model (default: the latest run), rebuilt from the base model and
+    the run's recorded modules: a transformers checkpoint, or with --format peft one LoRA
+    adapter that `PeftModel.from_pretrained(base, DIR)` loads."""
     from rrtool.export import export_run
 
-    manifest = export_run(_existing_store(tracking_uri), run_ref, Path(out), force=force)
+    store = _existing_store(tracking_uri)
+    manifest = export_run(store, run_ref, Path(out), force=force, fmt=fmt)
+    what = (
+        f"one LoRA adapter of rank {manifest['rank']} on {len(manifest['target_modules'])} "
+        "module(s)"
+        if fmt == "peft"
+        else manifest["dtype"]
+    )
     click.echo(
         f"run {manifest['run_id']}: {manifest['base_model']} + {len(manifest['stack'])} "
-        f"module(s) written to {out} ({manifest['dtype']})",
+        f"module(s) written to {out} ({what})",
         err=True,
     )
 

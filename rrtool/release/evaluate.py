@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from rrtool import tracking_inputs
 from rrtool.context import RunContext
 from rrtool.errors import UserError
 from rrtool.evaluators.base import Evaluation
@@ -42,6 +43,7 @@ class Evaluator:
 
     def __init__(self, ctx: RunContext) -> None:
         self.suite = EvaluationSuite.for_release(ctx)
+        tracking_inputs.log_parts(ctx.tracker, tracking_inputs.suite_parts(self.suite.parts))
         missing = {"forget", "utility"} - set(self.suite.measures)
         if missing:
             raise UserError(

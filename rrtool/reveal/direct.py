@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rrtool import reveal_record, splits
+from rrtool import reveal_record, splits, tracking_inputs
 from rrtool.artifacts import REVEAL_PROGRESS
 from rrtool.context import RunContext
 from rrtool.errors import UserError
@@ -28,7 +28,9 @@ def build_queries(ctx: RunContext) -> list[Query]:
     spec = ctx.spec
     source = spec.reveal.contexts
     # Reveal's split only: the search and audit splits stay unseen (``rrtool.splits``).
-    records = splits.read(source, "reveal", spec).records
+    part = splits.read(source, "reveal", spec)
+    tracking_inputs.log_parts(ctx.tracker, [("reveal.contexts", part)])
+    records = part.records
     chat = spec.target.kind == "ner" and has_chat_template(ctx.model().tokenizer)
     queries = reveal_queries(spec, records, chat)
     if not queries:
