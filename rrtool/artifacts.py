@@ -35,3 +35,7 @@ AUDIT_SUMMARY = "audit/summary.json"
 AUDIT_PROBES = "audit/probes.json"
 AUDIT_MEMBERSHIP_BASE = "audit/membership_base.json"
 AUDIT_LEAKAGE = "audit/leakage.json"  # audit prompts that hold Reveal / search contexts
+AUDIT_GRID_BEFORE = "audit/grid_before.json"  # every set x phrasing cell, base model
+AUDIT_GRID_AFTER = "audit/grid_after.json"  # the same cells, released model
+AUDIT_GRID = "audit/grid.json"  # the grid's rows and its worst held-out cell
+AUDIT_ANSWERS_TABLE = "audit/answers_table.json"  # before/after answers, an MLflow table

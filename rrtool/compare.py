@@ -1,6 +1,8 @@
 """``rrtool compare RUN RUN ...``: runs side by side, from the tracking store alone.
 
-For each run: the spec and its release strategy, the headline forget and utility metrics
+For each run: the spec and its release strategy, the worst held-out cell of the audit's grid
+(``rrtool.audit.grid``: the forget headline on the set and phrasing that show most of the
+target after release, relative to the base), the headline forget and utility metrics
 before and after (with their direction, 95% intervals, verdict and whether the data was
 held out), every other audit metric, the applied weights, the
 stop reason, and the cost (wall time and peak memory per phase). Runs of different specs can
@@ -57,15 +59,20 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ["release strategy", *[str(r["strategy"]) for r in runs]],
         ["status", *[r["status"] for r in runs]],
     ]
-    for key in ("forget", "utility"):
+    for key in ("worst", "forget", "utility"):
         heads = [r["headlines"].get(key) for r in runs]
+        if key == "worst" and not any(heads):
+            continue
         rows.append(
             [
-                f"{key} (headline)",
+                "forget, worst held-out set and phrasing"
+                if key == "worst"
+                else f"{key} (headline)",
                 *[
                     "–"
                     if h is None
-                    else f"{h['metric']}: {with_ci(h['before'], h.get('before_ci'))} → "
+                    else (f"{h['set']} / {h['phrasing']}: " if key == "worst" else "")
+                    + f"{h['metric']}: {with_ci(h['before'], h.get('before_ci'))} → "
                     f"{with_ci(h['after'], h.get('after_ci'))} ({change(h)}; {h['better']} is "
                     f"better): {shown(h) if h.get('verdict') else 'no verdict recorded'}; "
                     f"{held_out_label(h)}"

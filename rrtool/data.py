@@ -180,6 +180,89 @@ def _parse_universalner(rows: Iterable[Row]) -> list[Record]:
     return records
 
 
+def _conll_sentences(path: Path) -> Iterator[Row]:
+    """CoNLL files (``token<TAB>BIO-tag`` lines; sentences end at an empty or tab-only line):
+    one row per sentence, ``{"tokens": [...], "tags": [...]}``."""
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 1
+    for number, line in enumerate(_open_text(path).splitlines(), start=1):
+        if not line.strip():
+            if tokens:
+                yield f"{path}:{start}", {"tokens": tokens, "tags": tags}
+            tokens, tags, start = [], [], number + 1
+            continue
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 2:
+            raise UserError(
+                f"{path}:{number}: expected `token<TAB>tag` (a CoNLL file), got {line[:60]!r}"
+            )
+        tokens.append(parts[0])
+        tags.append(parts[-1].strip())
+    if tokens:
+        yield f"{path}:{start}", {"tokens": tokens, "tags": tags}
+
+
+def _spans_records(
+    items: list[tuple[str, str, dict[str, list[str]]]], where_types: set[str]
+) -> list[Record]:
+    """One record per (passage, type) for every type the file knows, so a type a passage
+    lacks is an answer of ``[]`` (as in UniversalNER data), not an unknown."""
+    types = sorted(where_types)
+    return [
+        {"id": ident, "text": text, "type": t, "entities": found.get(t, [])}
+        for ident, text, found in items
+        for t in types
+    ]
+
+
+def _parse_conll(rows: Iterable[Row]) -> list[Record]:
+    """CoNLL BIO sentences -> one record per (sentence, type), the sentence's tokens joined
+    by spaces; type names as the tags give them (``B-person`` -> ``person``)."""
+    items: list[tuple[str, str, dict[str, list[str]]]] = []
+    types: set[str] = set()
+    for index, (where, row) in enumerate(_objects(rows)):
+        tokens, tags = row.get("tokens"), row.get("tags")
+        if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
+            raise UserError(f"{where}: expected `tokens` and `tags` lists of one length")
+        found: dict[str, list[str]] = {}
+        current: list[str] = []
+        kind = ""
+        for token, tag in [*zip(tokens, tags, strict=True), ("", "O")]:
+            inside = tag.startswith("I-") and tag[2:] == kind and current
+            if current and not inside:
+                found.setdefault(kind, []).append(" ".join(current))
+                current = []
+            if tag.startswith(("B-", "I-")) and not inside:
+                kind, current = tag[2:], [token]
+                types.add(kind)
+            elif inside:
+                current.append(token)
+        items.append((str(index), " ".join(tokens), found))
+    return _spans_records(items, types)
+
+
+def _parse_gliner(rows: Iterable[Row]) -> list[Record]:
+    """GLiNER data (``tokenized_text``, ``ner``: ``[start, end, type]`` token spans, end
+    inclusive) -> one record per (passage, type), types lowercased."""
+    items: list[tuple[str, str, dict[str, list[str]]]] = []
+    types: set[str] = set()
+    for index, (where, row) in enumerate(_objects(rows)):
+        tokens, spans = row.get("tokenized_text"), row.get("ner")
+        if not isinstance(tokens, list) or not isinstance(spans, list):
+            raise UserError(f"{where}: expected `tokenized_text` and `ner` lists (GLiNER data)")
+        found: dict[str, list[str]] = {}
+        for span in spans:
+            if not (isinstance(span, list) and len(span) == 3):
+                raise UserError(f"{where}: expected `ner` items [start, end, type], got {span!r}")
+            start, end, label = span
+            kind = str(label).lower()
+            types.add(kind)
+            found.setdefault(kind, []).append(" ".join(tokens[int(start) : int(end) + 1]))
+        items.append((str(index), " ".join(tokens), found))
+    return _spans_records(items, types)
+
+
 def _parse_text(rows: Iterable[Row]) -> list[Record]:
     """A raw corpus: one record per non-empty line (a hub row's `text` may hold several)."""
     records = []
@@ -192,6 +275,8 @@ def _parse_text(rows: Iterable[Row]) -> list[Record]:
 PARSERS: dict[str, Callable[[Iterable[Row]], list[Record]]] = {
     "jsonl": lambda rows: [record for _, record in _objects(rows)],
     "universalner": _parse_universalner,
+    "conll": _parse_conll,
+    "gliner": _parse_gliner,
     "mbpp": _checked("MBPP", {"text": str, "test_list": list}),
     "mbppplus": _checked(
         "MBPP+", {"task_id": str, "prompt": str, "entry_point": str, "base_input": list}
@@ -204,6 +289,8 @@ PARSERS: dict[str, Callable[[Iterable[Row]], list[Record]]] = {
 # How each format is laid out in a file (a hub dataset is always a sequence of rows).
 FILE_ROWS: dict[str, Callable[[Path], Iterator[Row]]] = {
     "universalner": _json_list,
+    "gliner": _json_list,
+    "conll": _conll_sentences,
     "text": _text_lines,
 }
 

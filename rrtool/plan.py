@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rrtool import splits
-from rrtool.audit import LINEAR_PROBE_KINDS, LINEAR_PROBE_NEEDS
+from rrtool.audit import LINEAR_PROBE_KINDS, LINEAR_PROBE_NEEDS, RELEARN_SIZES
 from rrtool.context import SCRATCH
 from rrtool.data import load_records
 from rrtool.errors import SpecError, UserError
@@ -115,6 +115,92 @@ def _check_data(
     checks.append(
         Check(".".join(key), f"{len(records)} {source.format} records from {source.path}")
     )
+
+
+def _check_rmu_layer(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> None:
+    """``release.rmu.layer`` against the model's decoder layers (the config is read, no
+    weights), so a layer past the last is a located error before any compute."""
+    spec = loaded.spec
+    layer = spec.release.rmu.layer
+    layers = (inputs.model_config or {}).get("num_hidden_layers")
+    if spec.release.strategy == "rmu" and layer is not None and layers and layer >= layers:
+        errors.append(
+            f"{loaded.locate('release', 'rmu', 'layer')}: got {layer}, but the model has "
+            f"{layers} decoder layers (expected 0 to {layers - 1}, or null for the middle one)"
+        )
+
+
+NER_EVAL_FORMATS = ("universalner", "conll", "gliner")
+
+
+def _check_eval_sets(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> None:
+    """``audit.eval_sets``: each must be NER data naming a forget-type entity (for NER), and
+    share no passage with ``reveal.contexts`` (Reveal's and the search's passages come from
+    it): a set that does is not held out, and an error here rather than a mislabelled row."""
+
+    def normalise(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    spec = loaded.spec
+    shared = inputs.records.get("reveal.contexts") or []
+    seen = {normalise(str(r.get("text") or r.get("prompt") or "")) for r in shared}
+    for name, source in spec.audit.eval_sets.items():
+        key = f"audit.eval_sets.{name}"
+        where = loaded.locate("audit", "eval_sets", name)
+        if spec.target.kind == "ner" and source.format not in NER_EVAL_FORMATS:
+            errors.append(
+                f"{loaded.locate('audit', 'eval_sets', name, 'format')}: an NER evaluation set "
+                f"must be {', '.join(NER_EVAL_FORMATS)} data (got `{source.format}`)"
+            )
+            continue
+        records = inputs.records.get(key)
+        if records is None:  # unreadable: _check_data said why
+            continue
+        if spec.target.kind == "ner":
+            forget = set(spec.target.forget_types)
+            if not any(r.get("type") in forget and r.get("entities") for r in records):
+                labelled = sorted({str(r.get("type")) for r in records})
+                errors.append(
+                    f"{where}: no passage names an entity of the forget types "
+                    f"{spec.target.forget_types}, so forgetting cannot be measured on it "
+                    f"(its types: {', '.join(labelled[:20])})"
+                )
+                continue
+        texts = {normalise(str(r.get("text") or r.get("prompt") or "")) for r in records}
+        common = texts & seen - {""}
+        if common:
+            errors.append(
+                f"{where}: {len(common)} of its passages are also in reveal.contexts (which "
+                "Reveal and the weight search read), so it is not held out: give another set, "
+                "or cut the overlap with offset/limit"
+            )
+
+
+def _check_phrasings(loaded: LoadedSpec, errors: list[str]) -> None:
+    """Each phrasing filled in as the audit and Reveal will fill it: a placeholder other than
+    ``{context}`` (and NER's ``{type}``) is a located error here, not a crash mid-audit."""
+    from rrtool.phrasings import fill
+
+    spec = loaded.spec
+    kind = spec.target.kind
+    for family, phrasings in zip(("training", "held_out"), spec.phrasing_families(), strict=True):
+        for index, phrasing in enumerate(phrasings):
+            if phrasing.template is None:
+                continue
+            try:
+                fill(phrasing.template, "text", "person" if kind == "ner" else None)
+            except (KeyError, IndexError, ValueError) as exc:
+                where = (
+                    loaded.locate("phrasings", family, index)
+                    if getattr(spec.phrasings, family) is not None
+                    else loaded.locate("phrasings")
+                )
+                errors.append(
+                    f"{where}: cannot fill phrasing `{phrasing.name}` ({exc!r}; expected "
+                    "`{context}`"
+                    + (" and `{type}`" if kind == "ner" else "")
+                    + " as its only placeholders; write a literal brace as `{{` or `}}`)"
+                )
 
 
 def _check_contexts(loaded: LoadedSpec, records: list[dict[str, Any]], errors: list[str]) -> None:
@@ -459,6 +545,7 @@ def preflight(
     except UserError as exc:
         errors.extend(f"{loaded.locate('model', 'id')}: {m}" for m in exc.messages)
     _check_hardware(loaded, errors)
+    _check_rmu_layer(loaded, inputs, errors)
     _check_scorer(
         loaded, ("oracle",), spec.oracle.name, spec.oracle.options, checks, errors, warnings
     )
@@ -473,8 +560,11 @@ def preflight(
         (("release", "forget_data"), spec.release.forget_data),
         (("audit", "forget_eval"), spec.audit.forget_eval),
         (("audit", "retain_eval"), spec.audit.retain_eval),
+        *((("audit", "eval_sets", name), source) for name, source in spec.audit.eval_sets.items()),
     ):
         _check_data(loaded, key, source, inputs, checks, errors)
+    _check_eval_sets(loaded, inputs, errors)
+    _check_phrasings(loaded, errors)
     if "reveal.contexts" in inputs.records:
         _check_contexts(loaded, inputs.records["reveal.contexts"], errors)
     if not errors:
@@ -793,16 +883,25 @@ def _probe_budget(spec: Spec, name: str, forget_side: int) -> tuple[str, dict[st
     relearn_steps = math.ceil(16 / (lora.batch_size * lora.gradient_accumulation))  # 1 epoch
     budgets: dict[str, tuple[str, dict[str, int]]] = {
         "relearning": (
-            "LoRA 1 epoch on 16 forget examples on the released model, forget measure again",
-            {"training_steps": relearn_steps, "evaluations": forget_side},
+            f"LoRA 1 epoch on {' and '.join(map(str, RELEARN_SIZES))} forget examples, on the "
+            "released and on the base model (the control), forget measure again",
+            {
+                "training_steps": 2
+                * sum(
+                    math.ceil(n / (lora.batch_size * lora.gradient_accumulation))
+                    for n in RELEARN_SIZES
+                ),
+                "evaluations": 2 * len(RELEARN_SIZES) * forget_side,
+            },
         ),
         "relearning_ood": (
             "the same fine-tune on 16 retain examples, on the released and on the base model",
             {"training_steps": 2 * relearn_steps, "evaluations": 2 * forget_side},
         ),
         "elicitation": (
-            "the forget measure under each other phrasing of the forget prompts",
-            {"evaluations": 3 * forget_side},
+            "the held-out phrasings on the audit split, base and released, read from the "
+            "grid (no extra measurement)",
+            {},
         ),
         "membership": (
             "Min-K%++ scores of up to 64 members and 64 non-members, base and released",
@@ -827,6 +926,33 @@ def _probe_budget(spec: Spec, name: str, forget_side: int) -> tuple[str, dict[st
         ),
     }
     return budgets.get(name, (name, {}))
+
+
+def _grid_step(spec: Spec) -> Step | None:
+    """The audit's grid (``rrtool.audit.grid``): the forget measure on every evaluation set in
+    every phrasing, base and released; utility too on the named sets in the standard one."""
+    audit, kind = spec.audit, spec.target.kind
+    _, held_out = spec.phrasing_families()
+    sets = 1 + len(audit.eval_sets)
+    cells = sets * (1 + len(held_out)) - 1
+    if cells == 0:
+        return None
+    per_query = (
+        len(spec.target.forget_types)
+        if kind == "ner"
+        else (audit.toxicity_samples if kind == "toxicity" else 1)
+    )
+    evaluations = cells * audit.eval_size * per_query
+    if kind == "ner":  # the retained types on each named set, in the standard phrasing
+        evaluations += len(audit.eval_sets) * audit.eval_size * len(spec.target.retain_types)
+    names = ", ".join(["audit split", *audit.eval_sets])
+    return Step(
+        "grid",
+        f"forget measure on {sets} set(s) ({names}) x {1 + len(held_out)} phrasings (standard "
+        f"+ held-out: {', '.join(p.name for p in held_out)}), base and released; headline: "
+        "the worst held-out cell relative to the base",
+        {"evaluations": 2 * evaluations},
+    )
 
 
 def _audit_phase(spec: Spec) -> Phase:
@@ -866,6 +992,9 @@ def _audit_phase(spec: Spec) -> Phase:
             {"evaluations": per_side * 2},
         ),
     ]
+    grid = _grid_step(spec)
+    if grid is not None:
+        steps.append(grid)
     probes = [name for name, on in audit.probes.model_dump().items() if on]
     if not probes:
         steps.append(Step("probes", "none (enable under audit.probes)"))

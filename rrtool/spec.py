@@ -47,7 +47,9 @@ class _Section(BaseModel):
 
 
 # --------------------------------------------------------------------------- data
-DataFormat = Literal["jsonl", "universalner", "mbpp", "mbppplus", "gsm8k", "rtp", "text"]
+DataFormat = Literal[
+    "jsonl", "universalner", "conll", "gliner", "mbpp", "mbppplus", "gsm8k", "rtp", "text"
+]
 
 
 class DataSource(_Section):
@@ -645,6 +647,45 @@ class WeightSearchSpec(_Section):
         return self
 
 
+class RmuSpec(_Section):
+    """`rmu`: one LoRA trained on hidden states (RMU, Li et al. 2024), added."""
+
+    layer: int | None = Field(
+        default=None,
+        ge=0,
+        description="The decoder layer (0-based) whose output is misdirected; `null`: the "
+        "middle one (`num_hidden_layers // 2`), deep enough that the states carry what the "
+        "model knows of the entity, with layers above it left to turn the misdirected state "
+        "into a non-answer. Only the LoRA layers of decoder layers 0 to this one are trained "
+        "(the states there do not depend on the others). Checked against the model when Release "
+        "starts.",
+    )
+    steering: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=100.0,
+        description="Length of the target the forget states are pushed to (a fixed random "
+        "direction), as a multiple of their mean norm on the base model: relative, so one "
+        "value fits models whose hidden states differ in scale (RMU's absolute coefficients "
+        "run from 6.5 to 300 across models). At 1 the target is as long as the states it "
+        "replaces and holds nothing of what they held, so the layers above read the usual "
+        "scale but no content; a larger one moves the retained states too "
+        "(docs/strategies.md).",
+    )
+    alpha: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=1e6,
+        description="Weight of the retain term (retain states kept where the model before the "
+        "module puts them) against the forget term. Both are squared distances per token over "
+        "the hidden size, so it is unit-free: a retained state moved by a fraction f of its "
+        "norm pulls back as hard as the forget term pushes when f is about "
+        "sqrt(1 + steering^2) / alpha (0.14 at the defaults). Larger values (RMU's 100 to "
+        "1200) slow the forget side as much as they hold the retain side "
+        "(docs/strategies.md).",
+    )
+
+
 class ReleaseSpec(_Section):
     """Stage 2: subtract forget LoRA, add retain LoRA, subtract forget LoRA, ..."""
 
@@ -659,7 +700,9 @@ class ReleaseSpec(_Section):
         "added), `npo` (Negative Preference Optimisation against the model before it, added), "
         "`dpo` (LoRA DPO, forget answers rejected, `dpo_chosen` answers chosen, added), `cmd` "
         "(toxicity only: the model rewrites the toxic segments of each context and a LoRA "
-        "learns its continuation of the cleaned context from the original one, added).",
+        "learns its continuation of the cleaned context from the original one, added), `rmu` "
+        "(a LoRA that moves the hidden states at the forget answers towards a fixed random "
+        "direction at one layer while keeping those at the retain answers, added; options in `release.rmu`).",
     )
     forget_formats: list[Literal["json", "prose", "bare", "bullets"]] = Field(
         default_factory=lambda: ["json"],
@@ -692,6 +735,9 @@ class ReleaseSpec(_Section):
         default="I'm sorry, but I can't help with that.",
         min_length=1,
         description="The refusal DPO prefers (`dpo_chosen: refusal`).",
+    )
+    rmu: RmuSpec = Field(
+        default_factory=RmuSpec, description="`rmu` only: its layer, target and retain weight."
     )
     schedule: Literal["forget_first", "retain_first"] = Field(
         default="forget_first",
@@ -739,6 +785,17 @@ class ReleaseSpec(_Section):
                 + (f"; did you mean `{hint}`?)" if hint else ")")
             )
         return value
+
+    @model_validator(mode="after")
+    def _rmu_in_one_process(self) -> ReleaseSpec:
+        if self.strategy == "rmu" and self.lora.launches_processes:
+            key = "lora.processes" if self.lora.processes > 1 else "lora.accelerate_config"
+            raise FieldError(
+                key,
+                "`rmu` trains in one process (its forward stops at the RMU layer, which DDP "
+                "does not allow): remove it, or choose another strategy",
+            )
+        return self
 
     @model_validator(mode="after")
     def _schedule_lengths(self) -> ReleaseSpec:
@@ -841,6 +898,15 @@ class AuditSpec(_Section):
     retain_eval: DataSource | None = Field(
         default=None, description="Held-out data to measure utility (default: retain data)."
     )
+    eval_sets: dict[str, DataSource] = Field(
+        default_factory=dict,
+        description="More held-out evaluation sets by name, each measured and reported apart "
+        "(base and released, in the standard and every held-out phrasing): text written by "
+        "another hand than `reveal.contexts`, so forgetting is shown to travel beyond the "
+        "built-in split's style. NER: `universalner`, `conll` or `gliner` data; the forget "
+        "headline is the worst set and phrasing. Each is read whole (`eval_size` units) and "
+        "must share no passage with `reveal.contexts`.",
+    )
     eval_size: int = Field(
         default=200,
         ge=1,
@@ -908,6 +974,55 @@ class TrackingSpec(_Section):
     run_name: str | None = Field(default=None, description="Run name (default: the spec's name).")
 
 
+# ---------------------------------------------------------------------- phrasings
+class PhrasingSpec(_Section):
+    """A phrasing of the spec's own: a name and a template."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        max_length=60,
+        description="Its name in the report: letters, digits, `_`, `-`.",
+    )
+    template: str = Field(
+        min_length=1,
+        description="The prompt: `{context}` and, for NER, `{type}` are filled in.",
+    )
+
+
+PhrasingRef = Annotated[str | PhrasingSpec, Field(union_mode="left_to_right")]
+
+
+class PhrasingsSpec(_Section):
+    """The two phrasing families (`rrtool/phrasings.py`): the ways Reveal and the weight search
+    may ask, and the ways only the audit asks. Forgetting measured in a held-out phrasing,
+    base against released in that phrasing, is forgetting that travels to a way of asking no
+    training step saw. Items are built-in names (`rrtool spec schema` lists none; the
+    reference page does) or `{name, template}` mappings."""
+
+    training: list[PhrasingRef] | None = Field(
+        default=None,
+        description="Phrasings Reveal asks in, passage by passage in turn (default: "
+        "`standard`, the kind's own prompt; NER built-ins: `standard`, `list_instruction`, "
+        "`prose_answer`, `dash_lines`), so what the forget examples share is the target, "
+        "not one phrasing's format.",
+    )
+    held_out: list[PhrasingRef] | None = Field(
+        default=None,
+        description="Phrasings only the audit uses (default: every built-in one of the kind; "
+        "NER: `bare`, `plain_question`, `prose_request`, `few_shot`, `key_value`); none may "
+        "be in the training family.",
+    )
+
+    def refs(self, family: str, kind: str) -> list[str | tuple[str, str]]:
+        """The family's items as ``phrasings`` takes them (built-in names or pairs)."""
+        from rrtool import phrasings
+
+        given = getattr(self, family)
+        if given is None:
+            return list(phrasings.default_names(kind, family))  # type: ignore[arg-type]
+        return [r if isinstance(r, str) else (r.name, r.template) for r in given]
+
+
 # --------------------------------------------------------------------------- spec
 class Spec(_Section):
     """An unlearning job."""
@@ -931,6 +1046,10 @@ class Spec(_Section):
         description="Disjoint Reveal / search / audit shares of the shared data.",
     )
     audit: AuditSpec = Field(default_factory=AuditSpec, description="Stage 3: audit.")
+    phrasings: PhrasingsSpec = Field(
+        default_factory=PhrasingsSpec,
+        description="The training and held-out phrasing families.",
+    )
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Tracking store.")
 
     @property
@@ -949,6 +1068,9 @@ class Spec(_Section):
             npo_beta=release.npo_beta,
             dpo_beta=release.dpo_beta,
             dpo_chosen=self.dpo_chosen,
+            rmu_layer=release.rmu.layer,
+            rmu_steering=release.rmu.steering,
+            rmu_alpha=release.rmu.alpha,
         )
 
     @property
@@ -973,6 +1095,29 @@ class Spec(_Section):
             return 0
         cap = self.stopping.max_iterations
         return self.release.iterations if cap is None else min(cap, self.release.iterations)
+
+    def phrasing_families(self) -> tuple[list[Any], list[Any]]:
+        """(training, held-out) ``rrtool.phrasings.Phrasing`` lists of this spec."""
+        from rrtool import phrasings
+
+        kind = self.target.kind
+        return phrasings.resolve(
+            kind,
+            self.phrasings.refs("training", kind),
+            self.phrasings.refs("held_out", kind),
+        )
+
+    def _check_phrasings(self) -> None:
+        from rrtool import phrasings
+
+        kind = self.target.kind
+        found = phrasings.problems(
+            kind, self.phrasings.refs("training", kind), self.phrasings.refs("held_out", kind)
+        )
+        if found:
+            family, index, message = found[0]
+            key = f"phrasings.{family}" + ("" if index is None else f".{index}")
+            raise FieldError(key, message)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Spec:
@@ -999,6 +1144,7 @@ class Spec(_Section):
                 "release.forget_formats re-renders NER answers: it needs target.kind `ner` "
                 f"(got `{self.target.kind}`)",
             )
+        self._check_phrasings()
         strategy = self.strategy
         # Given and not at its default: a resolved spec (the run's record, every key written)
         # names every option at its default and must load again.

@@ -215,6 +215,9 @@ def _key_path(data: Any, base: KeyPath, key: tuple[str, ...]) -> KeyPath:
         if isinstance(node, dict) and part in node:
             node = node[part]
             path.append(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]  # an item of a list (``phrasings.held_out.2``)
+            path.append(int(part))
         else:
             path.extend(key[i:])
             break

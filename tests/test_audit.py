@@ -103,14 +103,31 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     assert relearning["status"] == "done" and relearning["examples"] > 0
     assert relearning["after"] == summary["forget"]["after"]
     assert relearning["after_relearning"] is not None
+    # Relearning at each size, on the released model and on the base (the control).
+    sizes = [r["examples"] for r in relearning["sizes"]]
+    assert sizes == sorted(set(sizes)) and sizes[0] == relearning["examples"] and sizes[-1] <= 64
+    assert all(r["base_after_same_fine_tune"] is not None for r in relearning["sizes"])
     # Out of domain: retain examples, on the released model and (the control) on the base.
     ood = probes["relearning_ood"]
     assert ood["status"] == "done" and ood["examples"] > 0 and ood["after"] == relearning["after"]
     assert ood["after_relearning"] is not None and ood["base_after_same_fine_tune"] is not None
-    elicitation = probes["elicitation"]
-    assert [v["name"] for v in elicitation["variants"]] == ["paraphrase", "few-shot", "bare"]
-    worst = max(v["value"] for v in elicitation["variants"])  # forget: lower is better
-    assert elicitation["worst"]["value"] == worst
+    # The grid: the audit split in the standard and every held-out phrasing, base and released.
+    grid = report["audit"]["grid"]
+    held_out = ["bare", "plain_question", "prose_request", "few_shot", "key_value"]
+    assert [(r["set"], r["phrasing"]) for r in grid["rows"]] == [
+        ("audit split", p) for p in ["standard", *held_out]
+    ]
+    assert grid["rows"][0]["forget"]["before"] == summary["forget"]["before"]
+    for row in grid["rows"][1:]:
+        forget = row["forget"]
+        assert forget["before"] is not None and forget["after"] is not None
+        assert forget["verdict"] and "change_ci" in forget
+    ratios = [r["forget"]["ratio"] for r in grid["rows"][1:] if r["forget"]["ratio"] is not None]
+    if ratios:  # the headline: the worst held-out cell, relative to the base in that cell
+        assert summary["worst"]["ratio"] == max(ratios)
+    elicitation = probes["elicitation"]  # read from the grid: base and released per phrasing
+    assert [v["name"] for v in elicitation["variants"]] == held_out
+    assert all(v["base"] is not None and v["value"] is not None for v in elicitation["variants"])
     # Disjoint splits: no audit prompt holds a context Reveal or the weight search read.
     leakage = report["audit"]["leakage"]
     assert set(leakage["sources"]) == {"reveal", "weight search"} and not leakage["warn"]
@@ -146,7 +163,10 @@ def test_markdown_report_has_the_step_table(invoke, finished_run, tmp_path: Path
     assert "x F0 |" in text and "x R2 |" in text
     assert "iterative (Reveal's forget data)" in text  # the strategy a reviewer must see
     assert "## Answers before and after" in text and "```yaml" in text
-    assert "### Elicitation variants" in text and "| relearning |" in text
+    assert "### Elicitation variants" in text and "| relearning (" in text
+    # The grid is the report's first table, before the audit's own summary.
+    assert text.index("## Forgetting across sets and phrasings") < text.index("## Result")
+    assert "| audit split | bare |" in text or "| audit split | bare (worst) |" in text
     # The attack battery: one row per attack, a quantization scheme each, with a verdict.
     assert "## Attack battery (robustness probes)" in text
     assert "The probes took " in text and "of the audit's own measurements" in text
@@ -414,7 +434,10 @@ def test_forget_entity_spec_runs_reveal_release_and_audit(invoke, tmp_path: Path
     rows = report["audit"]["answers"]["forget"]
     assert rows and all("Einstein" in r["reference"]["keywords"] for r in rows)
     assert report["audit"]["probes"]["relearning"]["status"] == "done"
-    assert report["audit"]["probes"]["elicitation"]["status"].startswith("not run")
+    # The kind's held-out phrasings, base and released each, read from the audit's grid.
+    elicitation = report["audit"]["probes"]["elicitation"]
+    assert elicitation["status"] == "done"
+    assert [v["name"] for v in elicitation["variants"]] == ["bare", "curious_friend", "quiz"]
     assert [s["module"] for s in report["steps"]] == ["base", "F0", "R1", "F1"]
 
 
@@ -468,6 +491,7 @@ def test_the_relearning_probe_is_measured_outside_the_answer_cache(
     )  # fmt: skip
     ctx.modified_weights = types.MethodType(RunContext.modified_weights, ctx)
     ctx.weights_state = types.MethodType(RunContext.weights_state, ctx)
+    ctx.reload_model = lambda: setattr(ctx, "model_state", "base")
     seen: list[str | None] = []
     guesses: list[Any] = []
 
@@ -483,9 +507,13 @@ def test_the_relearning_probe_is_measured_outside_the_answer_cache(
     monkeypatch.setattr(lora, "train_lora", lambda *a, **k: None)
     monkeypatch.setattr(compose, "ScaledAdapter", lambda *a: contextlib.nullcontext())
     drafts = {"base": {"q1": "[]"}, "released": {"q1": '["Ada"]'}}
-    result = probes.relearning(ctx, suite, 0.8, 0.2, drafts)
-    assert seen == [None] and result["after_relearning"] == 0.5
-    assert guesses == [drafts["released"]]  # the adapter sits on the released model
+    released = lambda: setattr(ctx, "model_state", "released")  # noqa: E731
+    result = probes.relearning(ctx, suite, 0.8, 0.2, released, drafts)
+    # The attack on the released model, then the control on the base: neither state's
+    # cached answers are read while the adapter is on.
+    assert seen == [None, None] and result["after_relearning"] == 0.5
+    assert result["base_after_same_fine_tune"] == 0.5
+    assert guesses == [drafts["released"], drafts["base"]]
     assert ctx.weights_state() == "stack-key"  # the released state is named again after
 
 

@@ -73,3 +73,20 @@ def test_an_unregistered_strategy_is_a_located_error_with_the_choices(invoke, wr
     result = invoke("plan", spec)
     assert result.exit_code == 2
     assert "release.strategy: got 'twice_subtracted' (expected one of: iterative," in result.stderr
+
+
+def test_rmu_is_registered_as_one_added_module_that_needs_retain_examples() -> None:
+    """The shipped `rmu` unit: its own objective (a loss train_lora knows), its own
+    `release.rmu` section, one forget-side module added, retain examples for its retain term."""
+    from rrtool.release.lora import OBJECTIVES
+    from rrtool.strategies import MODULE_OBJECTIVES
+
+    rmu = STRATEGIES["rmu"]
+    assert rmu.options == ("rmu",) and MODULE_OBJECTIVES[rmu.objective] == ("rmu", False)
+    assert "rmu" in OBJECTIVES
+    assert [(s.name, s.sign) for s in rmu.schedule(Options(3))] == [("F0", 1.0)]
+    assert rmu.needs_retain_examples(Options(0))
+    line = rmu.plan_line(Options(0, rmu_layer=4, rmu_alpha=50.0), 10, 20, "Reveal", "r=8", "mu")
+    assert line.startswith("train a LoRA by RMU at layer 4 (r=8) on ~10 Reveal forget examples")
+    assert "~20 retain examples (their states kept, alpha 50)" in line
+    assert line.endswith("add it, weight = mu")

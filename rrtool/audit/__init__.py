@@ -12,6 +12,10 @@ PROBES = (
     "linear_probe",
 )
 
+# The relearning attack's sizes (forget examples fine-tuned on; Deeb & Roger 2024 report
+# recovery against several): the probe trains at each, the plan counts their cost.
+RELEARN_SIZES = (16, 64)
+
 # Which target kinds give the white-box probe labels (the plan warns for the others, the
 # probe records why it did not run).
 LINEAR_PROBE_KINDS = ("ner", "toxicity")

@@ -66,6 +66,16 @@ def battery(probes: dict[str, Any], forget_before: float | None) -> list[dict[st
 
 
 def _relearning(name: str, probe: dict[str, Any], _: float | None) -> list[dict[str, Any]]:
+    if probe.get("sizes"):  # one row per attack size, each with its control
+        return [
+            row
+            for size in probe["sizes"]
+            for row in _relearning(
+                f"{name} ({size['examples']})",
+                {**probe, **size, "sizes": None, "budget": f"{size['examples']} examples"},
+                None,
+            )
+        ]
     after = probe.get("after")
     attacked, ci = probe.get("after_relearning"), probe.get("after_relearning_ci")
     verdict = attack_verdict(after, attacked, ci, probe.get("recovered"))
@@ -107,13 +117,16 @@ def _elicitation(name: str, probe: dict[str, Any], forget_before: float | None) 
     worst = probe.get("worst") or {}
     after = probe.get("standard_prompt_after")
     attacked, ci = worst.get("value"), worst.get("ci")
-    # The base model's value under the same phrasing is not measured: the recovery is read
-    # against the standard prompt's before (the audit's).
-    base = probe.get("before", forget_before)
-    recovered = recovered_share(base, after, attacked, probe.get("better", "lower"))
+    # The base model in the same phrasing (the grid measures both); a run recorded before
+    # the grid has only the standard prompt's before.
+    base = worst.get("base", probe.get("before", forget_before))
+    if worst.get("ratio") is not None:  # base and released in the same phrasing
+        verdict = f"{worst.get('verdict')} in this phrasing (released / base {worst['ratio']:.2f})"
+    else:
+        recovered = recovered_share(base, after, attacked, probe.get("better", "lower"))
+        verdict = attack_verdict(after, attacked, ci, recovered)
     return [_row(f"elicitation ({worst.get('name')})", probe.get("budget", ""), base, after,
-                 attacked, ci, attack_verdict(after, attacked, ci, recovered),
-                 probe.get("definition", ""))]  # fmt: skip
+                 attacked, ci, verdict, probe.get("definition", ""))]  # fmt: skip
 
 
 def _membership(name: str, probe: dict[str, Any], _: float | None) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 from rrtool.artifacts import (
     AUDIT_AFTER,
     AUDIT_BEFORE,
+    AUDIT_GRID,
     AUDIT_LEAKAGE,
     AUDIT_PROBES,
     AUDIT_SUMMARY,
@@ -251,6 +252,7 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
                 "rrtool_version": tags.get("rrtool.version"),
                 "git_sha": tags.get("rrtool.git_sha"),
                 "command": tags.get("rrtool.command"),
+                "resume_forced": tags.get("rrtool.resume_forced"),
             },
             "spec": spec,
             "spec_yaml": spec_yaml,
@@ -293,6 +295,7 @@ def collect(store: Store, ref: str | None = None) -> dict[str, Any]:
             "audit": {
                 "summary": art.json(AUDIT_SUMMARY),
                 "leakage": art.json(AUDIT_LEAKAGE),
+                "grid": art.json(AUDIT_GRID),
                 "before": _without_answers(before),
                 "after": _without_answers(after),
                 "answers": _side_by_side(before, after, sample_answers),

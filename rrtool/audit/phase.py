@@ -23,10 +23,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rrtool import reveal_record
+from rrtool import reveal_record, tracking_inputs
 from rrtool.artifacts import (
     AUDIT_AFTER,
     AUDIT_BEFORE,
+    AUDIT_GRID_AFTER,
+    AUDIT_GRID_BEFORE,
     AUDIT_LEAKAGE,
     AUDIT_MEMBERSHIP_BASE,
     AUDIT_PROBES,
@@ -34,7 +36,7 @@ from rrtool.artifacts import (
     REVEAL_FORGET,
     REVEAL_RETAIN,
 )
-from rrtool.audit import PROBES
+from rrtool.audit import PROBES, grid
 from rrtool.audit.probes import drafts_from, membership_scores, membership_sets, run_probes
 from rrtool.audit.render import describe, with_ci
 from rrtool.audit.verdict import replicate_metrics, shown, summarise
@@ -196,6 +198,7 @@ def check_leakage(ctx: RunContext, suite: EvaluationSuite) -> dict[str, Any]:
 def run_audit(ctx: RunContext) -> dict[str, Any]:
     tracker = ctx.tracker
     suite = EvaluationSuite.for_audit(ctx)  # data and options checked before any model work
+    tracking_inputs.log_parts(tracker, tracking_inputs.suite_parts(suite.parts))
     clock = _Clock()
     before_text = tracker.read_text(AUDIT_BEFORE)
     if before_text is None:
@@ -207,6 +210,13 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
     else:
         before = json.loads(before_text)
         ctx.console.print("audit: base model already measured in this run")
+    grid_before: dict[str, Any] = {}
+    if grid.cells(ctx):
+        recorded = json.loads(tracker.read_text(AUDIT_GRID_BEFORE) or "{}")
+        if any(c.key not in recorded for c in grid.cells(ctx)) and ctx.model_state != "base":
+            ctx.reload_model()
+        with clock("measurements"):
+            grid_before = grid.measure(ctx, "base", AUDIT_GRID_BEFORE)
     with clock("probes"):
         membership = _membership_base(ctx, suite, before)
     _released(ctx)
@@ -217,7 +227,14 @@ def run_audit(ctx: RunContext) -> dict[str, Any]:
         tracker.log_dict(after, AUDIT_AFTER)
     else:
         after = json.loads(after_text)
+    tracking_inputs.log_answers_table(tracker, before, after)
     summary = summarise(suite.headlines, before, after, suite.provenance)
+    if grid_before:
+        with clock("measurements"):
+            grid_after = grid.measure(ctx, "released", AUDIT_GRID_AFTER)
+        worst = grid.record(ctx, summary, grid_before, grid_after)["worst"]
+        if worst is not None:  # the headline: the worst held-out set and phrasing
+            summary["worst"] = worst
     tracker.log_dict(summary, AUDIT_SUMMARY)
     check_leakage(ctx, suite)
     # The headline numbers as metrics too, so listings read numbers rather than tag text.

@@ -68,6 +68,11 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("Run", f"{run['id']} ({run['name']}, experiment {run['experiment']})"),
         ("Status", run["status"] + (f": {run['stop_reason']}" if run.get("stop_reason") else "")),
+        *(
+            [("Taken over", f"--resume --force over {run['resume_forced']} (another host)")]
+            if run.get("resume_forced")
+            else []
+        ),
         ("Release strategy", _strategy(spec)),
         ("Release stopped", report["release"].get("stop_reason") or "–"),
         ("Leakage", _leakage_text(report["audit"].get("leakage"))),
@@ -126,7 +131,10 @@ def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
     for key, row in (audit.get("summary") or {}).items():
         side = (audit.get("after") or {}).get(key) or (audit.get("before") or {}).get(key) or {}
         data = row.get("data") or {}
-        lines = [(key, row, shown(row))]
+        label = key
+        if key == "worst":  # the grid's worst held-out cell (``rrtool.audit.grid``)
+            label = f"forget, worst case ({row.get('set')} / {row.get('phrasing')})"
+        lines = [(label, row, shown(row))]
         lines += [(f"{key} (also)", extra, "") for extra in row.get("also", [])]
         for label, line, verdict in lines:
             rows.append(
@@ -140,6 +148,51 @@ def _summary_rows(report: dict[str, Any]) -> list[list[str]]:
                     (data.get("text") or held_out_label(row)) if line is row else "",
                     side.get("scorer", "–"),
                     side.get("definition", "–") if line is row else "",
+                ]
+            )
+    return rows
+
+
+GRID_HEAD = [
+    "set",
+    "phrasing",
+    "held out in",
+    "measure",
+    "base [95% CI]",
+    "released [95% CI]",
+    "change [paired 95% CI]",
+    "released / base",
+    "verdict",
+]
+
+
+def grid_rows(grid: dict[str, Any] | None) -> list[list[str]]:
+    """The audit's grid (``rrtool.audit.grid``): every set and phrasing, base and released."""
+    rows = []
+    worst = (grid or {}).get("worst") or {}
+    for row in (grid or {}).get("rows") or []:
+        mark = (
+            " (worst)"
+            if (row["set"], row["phrasing"]) == (worst.get("set"), worst.get("phrasing"))
+            else ""
+        )
+        head = [row["set"], row["phrasing"] + mark, row.get("held_out") or "neither"]
+        if row.get("error"):
+            rows.append([*head, "–", "–", "–", "–", "–", f"not measured: {row['error']}"])
+            continue
+        for key in ("forget", "utility"):
+            line = row.get(key)
+            if not line:
+                continue
+            rows.append(
+                [
+                    *head,
+                    f"{key}: {line['metric']}",
+                    with_ci(line["before"], line.get("before_ci")),
+                    with_ci(line["after"], line.get("after_ci")),
+                    with_ci(line.get("change"), line.get("change_ci")),
+                    num(line["ratio"], 3) if line.get("ratio") is not None else "–",
+                    shown(line),
                 ]
             )
     return rows
@@ -279,8 +332,26 @@ def _fmt(value: float | None) -> str:
 def _elicitation_rows(report: dict[str, Any]) -> list[list[str]]:
     probe = (report["audit"].get("probes") or {}).get("elicitation") or {}
     return [
-        [v["name"], num(v["value"]), _short(v["template"], 160)] for v in probe.get("variants", [])
+        [
+            v["name"],
+            with_ci(v.get("base"), v.get("base_ci")),
+            with_ci(v["value"], v.get("ci")),
+            with_ci(v.get("change"), v.get("change_ci")),
+            v.get("verdict") or "–",
+            _short(v["template"], 160),
+        ]
+        for v in probe.get("variants", [])
     ]
+
+
+ELICITATION_HEAD = [
+    "phrasing",
+    "base [95% CI]",
+    "released [95% CI]",
+    "change [paired 95% CI]",
+    "verdict",
+    "template",
+]
 
 
 BATTERY_HEAD = ["attack", "budget", "base", "released", "under attack [95% CI]", "verdict",
@@ -354,6 +425,11 @@ def _markdown(report: dict[str, Any]) -> str:
     if spec.get("description"):
         out.append(spec["description"].strip() + "\n")
     out.append(md_table(["fact", "value"], _facts(report)))
+    grid = report["audit"].get("grid")
+    if grid:
+        out.append("\n## Forgetting across sets and phrasings\n")
+        out.append(f"{grid.get('definition', '')}\n")
+        out.append(md_table(GRID_HEAD, grid_rows(grid)))
     out.append("\n## Result\n")
     out.append(md_table(SUMMARY_HEAD, _summary_rows(report)))
     out.append("\n### All metrics\n")
@@ -387,7 +463,7 @@ def _markdown(report: dict[str, Any]) -> str:
     elicitation = _elicitation_rows(report)
     if elicitation:
         out.append("\n### Elicitation variants\n")
-        out.append(md_table(["variant", "value", "template"], elicitation))
+        out.append(md_table(ELICITATION_HEAD, elicitation))
     out.append("\n## Cost\n")
     out.append(md_table(*_phase_table(report)))
     out.append("\n## Environment\n")
@@ -545,13 +621,24 @@ def _linear_probe_html(report: dict[str, Any]) -> str:
     )
 
 
+def _grid_html(report: dict[str, Any]) -> list[str]:
+    grid = report["audit"].get("grid")
+    if not grid:
+        return []
+    return [
+        "<h2>Forgetting across sets and phrasings</h2>",
+        f'<p class="muted">{escape(grid.get("definition", ""))}</p>',
+        html_table(GRID_HEAD, grid_rows(grid)),
+    ]
+
+
 def _elicitation_html(report: dict[str, Any]) -> str:
     rows = _elicitation_rows(report)
     if not rows:
         return ""
     return (
-        "<h3>Elicitation: the forget measure per prompt variant (released model)</h3>"
-        + html_table(["variant", "value", "template"], rows, numeric=(1,))
+        "<h3>Elicitation: the forget measure per held-out phrasing, base and released</h3>"
+        + html_table(ELICITATION_HEAD, rows)
     )
 
 
@@ -572,6 +659,7 @@ def _html(report: dict[str, Any]) -> str:
         )
     sections += [
         _facts_html(report),
+        *_grid_html(report),
         "<h2>Result</h2>",
         html_table(SUMMARY_HEAD, _summary_rows(report)),
         "<h3>All metrics</h3>",

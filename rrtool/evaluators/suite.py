@@ -125,6 +125,7 @@ class EvaluationSuite:
         role: Role,
         explicit: frozenset[str] = frozenset(),
         template: str | None = None,
+        targeted: bool = False,
     ) -> None:
         self.ctx = ctx
         # Which split of the shared sources this suite reads (``rrtool.splits``); measures in
@@ -132,9 +133,14 @@ class EvaluationSuite:
         self.role = role
         self.explicit = explicit
         self.provenance: dict[str, dict[str, Any]] = {}
-        # The prompt template of the forget queries (default: Reveal's); the elicitation
-        # probe measures the same items under other phrasings.
+        self.parts: dict[str, Part] = {}  # what each measure reads (``rrtool.tracking_inputs``)
+        # The prompt template of the forget queries (default: Reveal's); the audit's grid
+        # measures the same items in the held-out phrasings.
         self.template = template or ctx.spec.reveal.template
+        # NER: sample the passages among those that name an entity of a forget type (an
+        # evaluation set of another hand, where most passages name none: the forget measure
+        # reads only those that do, so untargeted sampling would leave it a handful of units).
+        self.targeted = targeted
         self.spec = ctx.spec
         self.size = size
         self.toxicity_samples = toxicity_samples
@@ -169,9 +175,21 @@ class EvaluationSuite:
         return cls(ctx, **cls._audit_options(ctx))
 
     @classmethod
-    def for_elicitation(cls, ctx: RunContext, template: str) -> EvaluationSuite:
-        """The audit's forget measurement with the forget prompts phrased by ``template``."""
-        return cls(ctx, **cls._audit_options(ctx), template=template)
+    def for_cell(
+        cls, ctx: RunContext, source: DataSource | None, template: str | None
+    ) -> EvaluationSuite:
+        """The audit's measurement on evaluation set ``source`` (None: the audit's own forget
+        data) in the phrasing ``template`` (None: the standard one): one cell of the audit's
+        grid (``rrtool.audit.grid``). A named set is read whole and, for NER, sampled among
+        the passages that name a forget-type entity."""
+        options = cls._audit_options(ctx)
+        if source is not None:
+            options |= {
+                "forget_source": source,
+                "explicit": options["explicit"] | {"forget"},
+                "targeted": True,
+            }
+        return cls(ctx, **options, template=template)
 
     @classmethod
     def for_release(cls, ctx: RunContext) -> EvaluationSuite:
@@ -210,6 +228,7 @@ class EvaluationSuite:
             else read(source, self.role, self.spec)
         )
         self.provenance[key] = part.describe()
+        self.parts[key] = part
         return part
 
     # -------------------------------------------------------------- plumbing
@@ -353,7 +372,12 @@ class EvaluationSuite:
             )
             if "entities" in q.reference
         ]
-        passages = _sample(list(dict.fromkeys(q.context for q in queries)), self.size, spec.seed)
+        candidates = [
+            q.context
+            for q in queries
+            if not self.targeted or (q.split == "forget" and q.reference["entities"])
+        ]
+        passages = _sample(list(dict.fromkeys(candidates)), self.size, spec.seed)
         chosen = set(passages)
         queries = [q for q in queries if q.context in chosen]
         if not any(q.split == "forget" and q.reference["entities"] for q in queries):

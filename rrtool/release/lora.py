@@ -24,13 +24,14 @@ from rrtool import shared_prefix
 from rrtool.errors import TrainingDiverged, UserError
 from rrtool.examples import IGNORE_INDEX, Example, encode_example
 from rrtool.examples import collate as _collate  # module-level: a test spies on it
-from rrtool.release.losses import LOSSES, Loss, Nll, make_loss, row_sums
-from rrtool.spec import LoraSpec
+from rrtool.release.losses import LOSSES, Loss, Nll, Rmu, make_loss, row_sums
+from rrtool.spec import LoraSpec, RmuSpec
 
 FORMAT = "rrtool-lora"
 FORMAT_VERSION = 1
 OBJECTIVES = LOSSES  # the losses train_lora accepts (``losses.py``: one object each)
 _ADAPTER = "rrtool"
+_RMU = RmuSpec()  # release.rmu's defaults, the ones train_lora's rmu_* keywords take
 
 
 @dataclass
@@ -212,6 +213,9 @@ class TrainingOptions:
     objective: str = "nll"
     npo_beta: float = 0.1
     dpo_beta: float = 0.1
+    rmu_layer: int | None = _RMU.layer
+    rmu_steering: float = _RMU.steering
+    rmu_alpha: float = _RMU.alpha
 
     def keywords(self) -> dict[str, Any]:
         """As ``train_lora``'s keyword arguments (and the job file's ``options``)."""
@@ -223,6 +227,7 @@ def train_lora(
     tokenizer: Any,
     examples: Sequence[Example],
     cfg: LoraSpec,
+    retain: Sequence[Example] | None = None,
     *,
     seed: int,
     kind: str,
@@ -235,6 +240,9 @@ def train_lora(
     objective: str = "nll",
     npo_beta: float = 0.1,
     dpo_beta: float = 0.1,
+    rmu_layer: int | None = _RMU.layer,
+    rmu_steering: float = _RMU.steering,
+    rmu_alpha: float = _RMU.alpha,
 ) -> LoraModule:
     """Train a LoRA on the model's current weights and return it as a ``LoraModule``.
 
@@ -251,12 +259,14 @@ def train_lora(
     ``objective`` is ``nll`` (learn the examples), ``gradient_ascent`` or ``npo`` (baselines:
     unlearn them; NPO's reference is the model as it was before this LoRA, with ``npo_beta``),
     or ``dpo`` (prefer each example's completion over its ``rejected`` answer, against the
-    same reference, with ``dpo_beta``).
+    same reference, with ``dpo_beta``), or ``rmu`` (``_RmuSteps``; ``retain``: its retain data).
     """
     if kind not in ("forget", "retain"):
         raise ValueError(f"kind must be 'forget' or 'retain', got {kind!r}")
-    loss_fn = make_loss(objective, npo_beta=npo_beta, dpo_beta=dpo_beta)  # checks the name
+    loss_fn = make_loss(objective, npo_beta=npo_beta, dpo_beta=dpo_beta, rmu_alpha=rmu_alpha)
     rows = _encode_rows(tokenizer, examples, cfg.max_length, chat, kind, loss_fn)
+    rmu = _RmuSteps.of(model, tokenizer, loss_fn, rows, retain, cfg, chat, seed, autocast_bf16,
+                       rmu_layer, rmu_steering, accelerator)  # fmt: skip
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     steps_per_epoch = math.ceil(math.ceil(len(rows) / cfg.batch_size) / cfg.gradient_accumulation)
@@ -272,24 +282,21 @@ def train_lora(
         tuner = None
         try:
             tuner, layers, params = _attach(model, cfg)
+            if rmu is not None:  # h_L depends on the layers up to L only
+                layers, params = rmu.start(tuner, layers, pad_id, device)
             optimiser = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
             previous = _previous_factors(layers, orthogonal_to or [], device)
             generator = torch.Generator().manual_seed(seed)
             model.train()
             share = _Share.of(accelerator, model)
             selective = _selective_logits(model)
-
-            reference = (
-                _reference_nll(model, tuner, selective, autocast_bf16)
-                if loss_fn.uses_reference
-                else None
-            )
+            reference = _reference_nll(model, tuner, selective, autocast_bf16, loss_fn)
 
             def one_step(group: list[list[int]]) -> float:
                 forwards = _within_tokens(group, rows, cfg.max_forward_tokens)
-                loss = _accumulate(
+                loss = rmu.step(group) if rmu is not None else _accumulate(
                     model, rows, forwards, pad_id, device, autocast_bf16, share, loss_fn, reference
-                )
+                )  # fmt: skip
                 if math.isfinite(loss):  # a diverged loss leaves the weights as they were
                     _update(optimiser, params, layers, previous, orthogonal_weight)
                 return loss
@@ -299,13 +306,10 @@ def train_lora(
             A = {n: layer.lora_A[_ADAPTER].weight for n, layer in layers.items()}
             B = {n: layer.lora_B[_ADAPTER].weight for n, layer in layers.items()}
         finally:
-            if tuner is not None:  # (_attach detaches what it attached when it refuses)
-                tuner.unload()  # back to the original Linear objects, nothing merged
-            _return_freed_memory()
-            for name, param in model.named_parameters():
-                param.requires_grad_(requires_grad.get(name, param.requires_grad))
-            model.train(was_training)
+            _restore(model, tuner, requires_grad, was_training)
     penalty = orthogonal_weight if orthogonal_to else 0.0
+    info = _module_info(cfg, len(rows), total_steps, chat, autocast_bf16, penalty, loss_fn)
+    info.update(rmu.info() if rmu is not None else {})
     return LoraModule(
         A=A,
         B=B,
@@ -315,15 +319,28 @@ def train_lora(
         kind=kind,
         seed=seed,
         loss_curve=losses,
-        info=_module_info(cfg, len(rows), total_steps, chat, autocast_bf16, penalty, loss_fn),
+        info=info,
     )
 
 
-def _reference_nll(
-    model: Any, tuner: Any, selective: bool, autocast_bf16: bool
-) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
-    """Per-row NLL under the model before this LoRA: the same forward, adapter switched off."""
+def _restore(model: Any, tuner: Any, requires_grad: dict[str, bool], was_training: bool) -> None:
+    """The model as ``train_lora`` found it: the LoRA layers removed, nothing merged; the
+    parameters' ``requires_grad`` flags and the train/eval mode as they were."""
+    if tuner is not None:  # (_attach detaches what it attached when it refuses)
+        tuner.unload()  # back to the original Linear objects, nothing merged
+    _return_freed_memory()
+    for name, param in model.named_parameters():
+        param.requires_grad_(requires_grad.get(name, param.requires_grad))
+    model.train(was_training)
 
+
+def _reference_nll(
+    model: Any, tuner: Any, selective: bool, autocast_bf16: bool, loss_fn: Loss
+) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor] | None:
+    """Per-row NLL under the model before this LoRA: the same forward, adapter switched off
+    (None: ``loss_fn`` needs none)."""
+    if not loss_fn.uses_reference:
+        return None
     share_prefix = shared_prefix.supported(model)
 
     def reference_nll(batch: dict[str, Tensor], keep: Tensor, targets: Tensor) -> Tensor:
@@ -644,3 +661,236 @@ def _orthogonal_penalty(layers: dict[str, Any], previous: dict[str, list[Tensor]
         for prev in prevs
     ]
     return torch.stack(terms).sum()
+
+
+# --------------------------------------------------------------------------- RMU
+class _Reached(Exception):
+    """Raised by the hook on decoder layer L once its output is captured: the layers above it
+    and the LM head are not run (h_L does not depend on them)."""
+
+
+def decoder_layers(model: Any) -> tuple[str, Any]:
+    """The qualified name and the ``ModuleList`` of the model's decoder layers (the list of
+    ``num_hidden_layers`` modules, ``model.layers`` on Llama-style models)."""
+    count = model.config.get_text_config().num_hidden_layers
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count
+    ]
+    named = [f for f in found if f[0].rsplit(".", 1)[-1] in ("layers", "h", "blocks")]
+    if not (named or found):
+        raise UserError(f"release.rmu: no list of {count} decoder layers found in the model")
+    return (named or found)[0]
+
+
+def rmu_layer(model: Any, layer: int | None) -> int:
+    """``release.rmu.layer`` checked against the model: given, or the middle decoder layer."""
+    count = model.config.get_text_config().num_hidden_layers
+    if layer is None:
+        return count // 2
+    if not 0 <= layer < count:
+        raise UserError(
+            f"release.rmu.layer: got {layer}, but the model has {count} decoder layers "
+            f"(expected 0 to {count - 1}, or null for the middle one, {count // 2})"
+        )
+    return layer
+
+
+def layer_states(model: Any, block: Any, batch: dict[str, Tensor], bf16: bool) -> Tensor:
+    """The output of decoder layer ``block`` (batch x positions x hidden) for ``batch``; the
+    forward stops there (a hook raises ``_Reached``), so what lies above is never run."""
+    captured: list[Tensor] = []
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _Reached
+
+    handle = block.register_forward_hook(hook)
+    device = batch["input_ids"].device
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            )
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError("the forward pass did not reach the RMU layer")
+    return captured[0]
+
+
+def _loss_positions(labels: Tensor) -> Tensor:
+    """Positions followed by a completion token (the states the answer is generated from:
+    the last prompt token and the answer's tokens but the last), as ``_accumulate`` keeps."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+class _RmuSteps:
+    """RMU's optimiser steps: each step pairs its forget micro-batches with as many retain
+    examples (drawn in turn from a seeded shuffle of them, reshuffled when used up), and
+    minimises mean_forget ||h_L - c u||^2 / d + alpha * mean_retain ||h_L - h_L^ref||^2 / d
+    over the loss positions (``_loss_positions``), each mean over the step's positions of its
+    side, so accumulation over micro-batches gives the one-batch gradient. h_L is decoder layer
+    L's output; h_L^ref the same forward with the adapter off (the model before this LoRA).
+
+    u is a fixed random unit vector (Gaussian, from ``seed``); c is ``steering`` times the mean
+    norm of the base states at the forget positions, measured once before training: a relative
+    coefficient carries across models whose hidden states differ in scale by orders of
+    magnitude (RMU's own absolute coefficients run from 6.5 to 300 across models), as Adaptive
+    RMU (Dang et al. 2025) scales it by the frozen model's norm for the same reason."""
+
+    def __init__(
+        self, model: Any, loss_fn: Rmu, rows: Sequence[Sequence[tuple[list[int], list[int]]]],
+        retain_rows: Sequence[Sequence[tuple[list[int], list[int]]]], cfg: LoraSpec, seed: int,
+        bf16: bool, layer: int | None, steering: float,
+    ) -> None:  # fmt: skip
+        self.model, self.loss_fn, self.cfg, self.bf16 = model, loss_fn, cfg, bf16
+        self.rows, self.retain_rows = rows, retain_rows
+        self.layer = rmu_layer(model, layer)
+        self.prefix, blocks = decoder_layers(model)
+        self.block = blocks[self.layer]
+        self.steering = steering
+        self.seed = seed
+        self.stream: list[int] = []
+        self.shuffles = torch.Generator().manual_seed(seed + 1)
+        self.base_norm = 0.0
+        self.target: Tensor | None = None
+        self.parts: list[tuple[float, float]] = []  # (forget, retain) term of each step
+        self.tuner: Any = None  # set by start()
+        self.pad_id = 0
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def of(
+        cls, model: Any, tokenizer: Any, loss_fn: Loss, rows: list[list[tuple[list[int], list[int]]]],
+        retain: Sequence[Example] | None, cfg: LoraSpec, chat: bool, seed: int, bf16: bool,
+        layer: int | None, steering: float, accelerator: Any | None,
+    ) -> _RmuSteps | None:  # fmt: skip
+        """The steps of an RMU loss (None for the other losses). RMU trains in one process:
+        its forward stops at layer L, which DDP's forward does not allow."""
+        if not isinstance(loss_fn, Rmu):
+            return None
+        if accelerator is not None and accelerator.num_processes > 1:
+            raise UserError("release.lora.processes: rmu trains in one process")
+        if not retain:
+            raise UserError("no retain examples for the rmu module (its retain term needs them)")
+        retain_rows = _encode_rows(tokenizer, retain, cfg.max_length, chat, "retain", loss_fn)
+        return cls(model, loss_fn, rows, retain_rows, cfg, seed, bf16, layer, steering)
+
+    def start(
+        self, tuner: Any, layers: dict[str, Any], pad_id: int, device: torch.device
+    ) -> tuple[dict[str, Any], list[Tensor]]:
+        """Measure the target c u on the model before this LoRA; return the LoRA layers of
+        decoder layers 0..L and their parameters, the ones trained and returned."""
+        self.tuner, self.pad_id, self.device = tuner, pad_id, device
+        hidden = self.model.config.get_text_config().hidden_size
+        was_training = self.model.training
+        self.model.eval()
+        size = self.cfg.batch_size
+        order = list(range(len(self.rows)))
+        groups = [order[i : i + size] for i in range(0, len(order), size)]
+        total, count = 0.0, 0
+        tuner.disable_adapter_layers()
+        try:
+            with torch.no_grad():
+                for run in _within_tokens(groups, self.rows, self.cfg.max_forward_tokens):
+                    states = self._states(self.rows, run).float()
+                    total += float(states.norm(dim=-1).sum())
+                    count += states.shape[0]
+        finally:
+            tuner.enable_adapter_layers()
+            self.model.train(was_training)
+        self.base_norm = total / max(count, 1)
+        direction = torch.randn(hidden, generator=torch.Generator().manual_seed(self.seed))
+        coefficient = self.steering * self.base_norm
+        self.target = (coefficient * direction / direction.norm()).to(device)
+        below = tuple(f"{self.prefix}.{i}." for i in range(self.layer + 1))
+        kept = {n: layer for n, layer in layers.items() if n.startswith(below)}
+        params = [
+            p
+            for layer in kept.values()
+            for sub in (layer.lora_A[_ADAPTER], layer.lora_B[_ADAPTER])
+            for p in sub.parameters()
+        ]
+        return kept, params
+
+    def _states(
+        self, rows: Sequence[Sequence[tuple[list[int], list[int]]]], run: list[int]
+    ) -> Tensor:
+        """Layer-L states at the loss positions of the examples ``run`` (positions x hidden,
+        row-major)."""
+        batch = _collate([seq for i in run for seq in rows[i]], self.pad_id)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        keep = _loss_positions(batch["labels"])
+        return layer_states(self.model, self.block, batch, self.bf16)[keep]
+
+    def _retain_indices(self, count: int) -> list[int]:
+        out = []
+        for _ in range(count):
+            if not self.stream:
+                self.stream = torch.randperm(
+                    len(self.retain_rows), generator=self.shuffles
+                ).tolist()
+            out.append(self.stream.pop())
+        return out
+
+    def step(self, group: list[list[int]]) -> float:
+        """Accumulate one step's gradients (its forget micro-batches, then as many retain
+        examples); return its loss, and keep its two terms."""
+        assert self.target is not None, "start() first"
+        limit = self.cfg.max_forward_tokens
+        forget_runs = _within_tokens(group, self.rows, limit)
+        n_forget = _positions(self.rows, forget_runs)
+        forget = 0.0
+        for run in forget_runs:
+            loss = self.loss_fn.forget(self._states(self.rows, run), self.target)
+            (loss / n_forget).backward()
+            forget += float(loss.detach())
+        retain_group = [self._retain_indices(len(micro)) for micro in group]
+        retain_runs = _within_tokens(retain_group, self.retain_rows, limit)
+        n_retain = _positions(self.retain_rows, retain_runs)
+        retain = 0.0
+        for run in retain_runs:
+            self.tuner.disable_adapter_layers()
+            try:
+                with torch.no_grad():
+                    reference = self._states(self.retain_rows, run)
+            finally:
+                self.tuner.enable_adapter_layers()
+            states = self._states(self.retain_rows, run)
+            loss = self.loss_fn.retain(states, reference)
+            (loss / n_retain).backward()
+            retain += float(loss.detach())
+        self.parts.append((forget / n_forget, retain / n_retain))
+        return forget / n_forget + retain / n_retain
+
+    def info(self) -> dict[str, Any]:
+        """What the module records of RMU (its json sidecar)."""
+        first, last = (self.parts[0], self.parts[-1]) if self.parts else ((0.0, 0.0),) * 2
+        return {
+            "rmu_layer": self.layer,
+            "rmu_steering": self.steering,
+            "rmu_alpha": self.loss_fn.alpha,
+            "rmu_base_norm": self.base_norm,
+            "rmu_coefficient": self.steering * self.base_norm,
+            "rmu_forget_loss": [first[0], last[0]],
+            "rmu_retain_loss": [first[1], last[1]],
+        }
+
+
+def _positions(rows: Sequence[Sequence[tuple[list[int], list[int]]]], runs: list[list[int]]) -> int:
+    """Loss positions (``_loss_positions``) of the examples of ``runs``, at least 1."""
+    count = sum(
+        sum(label != IGNORE_INDEX for label in labels[1:])
+        for run in runs
+        for i in run
+        for _, labels in rows[i]
+    )
+    return max(count, 1)

@@ -6,6 +6,9 @@ A loss turns one micro-batch's per-token NLLs (of the completion tokens, in row-
 it by examples (sequence-level losses) or by completion tokens, ``sequences`` how many
 sequences one example brings, ``uses_reference`` whether it needs the per-row NLL of the model
 before this LoRA (the same forward with the adapter off).
+
+``Rmu`` is the exception: it is not a function of token NLLs but of one decoder layer's hidden
+states (``hidden_states``), so ``train_lora`` trains it on its own path (``lora.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Loss:
     sequences = 1
     per_example = False
     uses_reference = False
+    hidden_states = False  # a loss of layer-L hidden states (RMU), not of token NLLs
 
     def __call__(self, token_nll: Tensor, keep: Tensor, reference: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -84,11 +88,37 @@ class Dpo(Loss):
         return torch.nn.functional.softplus(-margin).sum()
 
 
-LOSSES = ("nll", "gradient_ascent", "npo", "dpo")
+@dataclass(frozen=True)
+class Rmu(Loss):
+    """RMU (Li et al. 2024, Representation Misdirection for Unlearning) on one decoder layer's
+    output h_L, summed over the loss positions of a micro-batch (``train_lora`` divides by the
+    step's positions): forget positions pay ||h_L - c u||^2 / hidden_size (pushed towards a
+    fixed random direction u, scaled by c), retain positions ``alpha`` times ||h_L -
+    h_L^ref||^2 / hidden_size (kept where the model before this LoRA puts them)."""
+
+    alpha: float = 10.0
+    name = "rmu"
+    hidden_states = True
+
+    def __call__(self, token_nll: Tensor, keep: Tensor, reference: Tensor | None) -> Tensor:
+        raise TypeError("rmu is a loss of hidden states: call forget() and retain()")
+
+    def forget(self, states: Tensor, target: Tensor) -> Tensor:
+        """Summed distance of the forget positions' states (tokens x hidden) to the target."""
+        return (states.float() - target).pow(2).sum() / states.shape[-1]
+
+    def retain(self, states: Tensor, reference: Tensor) -> Tensor:
+        """Summed, alpha-weighted distance of the retain positions' states to the reference's."""
+        return self.alpha * (states.float() - reference.float()).pow(2).sum() / states.shape[-1]
 
 
-def make_loss(name: str, npo_beta: float = 0.1, dpo_beta: float = 0.1) -> Loss:
-    """The loss called ``name`` (one of ``LOSSES``), with its beta."""
+LOSSES = ("nll", "gradient_ascent", "npo", "dpo", "rmu")
+
+
+def make_loss(
+    name: str, npo_beta: float = 0.1, dpo_beta: float = 0.1, rmu_alpha: float = 10.0
+) -> Loss:
+    """The loss called ``name`` (one of ``LOSSES``), with its beta (RMU: its alpha)."""
     if name == "nll":
         return Nll()
     if name == "gradient_ascent":
@@ -97,4 +127,6 @@ def make_loss(name: str, npo_beta: float = 0.1, dpo_beta: float = 0.1) -> Loss:
         return Npo(npo_beta)
     if name == "dpo":
         return Dpo(dpo_beta)
+    if name == "rmu":
+        return Rmu(rmu_alpha)
     raise ValueError(f"objective must be one of {', '.join(LOSSES)}, got {name!r}")

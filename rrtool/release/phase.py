@@ -2,7 +2,8 @@
 
 The steps come from the strategy's unit (``rrtool.strategies``). The baselines are one
 forget-side module F0 trained on the forget data (``single_subtraction``: nll, subtracted; ``gradient_ascent``, ``npo``, ``dpo``: trained away
-from the target, added; ``cmd``: nll on the model's continuations of cleaned contexts, see
+from the target, added; ``rmu``: the forget answers' hidden states at one layer misdirected,
+the retain answers' kept, added; ``cmd``: nll on the model's continuations of cleaned contexts, see
 ``cmd.py``, added), or Ext-Sub's two steps (E0, the expert, added whole; D0, the deficiency of
 an anti-expert A0 trained on the same weights, subtracted; see ``ext_sub.py``). Their weights
 come from the same mu search as F0's.
@@ -47,7 +48,7 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from rrtool import reveal_record, splits
+from rrtool import reveal_record, splits, tracking_inputs
 from rrtool.artifacts import (
     RELEASE_CANDIDATES,
     RELEASE_CMD,
@@ -65,13 +66,13 @@ from rrtool.evaluators.bounds import limit
 from rrtool.generation.answer_cache import stack_key as answer_stack_key
 from rrtool.generation.base import has_chat_template
 from rrtool.queries import ner_queries
-from rrtool.release import cmd
+from rrtool.release import cmd, phrased
 from rrtool.release.analysis import per_layer_similarity
 from rrtool.release.compose import MasterWeights, ScaledAdapter
 from rrtool.release.distributed import train_in_processes
 from rrtool.release.evaluate import Evaluator, Scores
 from rrtool.release.ext_sub import deficiency
-from rrtool.release.lora import Example, LoraModule, TrainingOptions, train_lora
+from rrtool.release.lora import Example, LoraModule, TrainingOptions, rmu_layer, train_lora
 from rrtool.release.projection import project_out
 from rrtool.release.records import StepRecord
 from rrtool.release.stack import download_module
@@ -147,6 +148,7 @@ def external_retain_examples(ctx: RunContext) -> list[Example]:
     assert source is not None
     # Retain modules learn from the Reveal split: the search and audit splits measure.
     part = splits.read(source, "reveal", ctx.spec)
+    tracking_inputs.log_parts(ctx.tracker, [("retain.data", part)])
     if ctx.spec.target.kind == "ner" and source.format == "universalner":
         examples = ner_gold_examples(ctx, part.records, ctx.spec.target.retain_types)
     else:
@@ -188,12 +190,15 @@ def in_formats(example: Example, entity_type: str, formats: list[str]) -> list[E
 def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
     """Forget examples (Reveal's forget answers, empty answers skipped) and retain examples
     (``retain.data`` if given, else Reveal's self-generated retain answers)."""
+    training, _ = ctx.spec.phrasing_families()
     if ctx.spec.release.forget_data is not None:
         forget_records = external_forget_examples(ctx)
         origin = f"{ctx.spec.release.forget_data.path} (release.forget_data)"
     else:
         revealed = reveal_record.read(ctx, REVEAL_FORGET)
         forget_records = [Example(r.prompt, r.completion) for r in revealed]
+        if ctx.spec.target.kind == "ner":  # each asked in a training phrasing in turn
+            forget_records = phrased.in_turn(revealed, forget_records, training)
         formats = ctx.spec.release.forget_formats
         if formats != ["json"]:
             forget_records = [
@@ -215,7 +220,10 @@ def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:
                 f"release: {dropped} item(s) naming a forget-type entity dropped from the "
                 "retain answers (retain.drop_forget_names)"
             )
-        retain = [Example(r.prompt, r.completion) for r in answers if r.completion.strip()]
+        answers = [r for r in answers if r.completion.strip()]
+        retain = [Example(r.prompt, r.completion) for r in answers]
+        if ctx.spec.target.kind == "ner":  # asked the same ways as the forget examples
+            retain = phrased.in_turn(answers, retain, training)
     if not forget:
         raise UserError(
             f"release: no forget examples ({len(forget_records)} from {origin}, none with a "
@@ -318,6 +326,8 @@ class _Release:
         self.similarity: list[dict[str, Any]] = []
         self.modules: dict[str, LoraModule] = {}  # by name; small (r x in + out x r per layer)
         self.chat = trains_in_chat_format(ctx)
+        if self.spec.strategy.objective == "rmu":  # a layer the model lacks: said before work
+            rmu_layer(self.model, self.spec.release.rmu.layer)
 
     # ----------------------------------------------------------------- state
     def _masters_for(self, module: LoraModule) -> MasterWeights:
@@ -480,8 +490,13 @@ class _Release:
             objective=step.training_objective if kind == step.kind else "nll",
             npo_beta=self.spec.release.npo_beta,
             dpo_beta=self.spec.release.dpo_beta,
+            rmu_layer=self.spec.release.rmu.layer,
+            rmu_steering=self.spec.release.rmu.steering,
+            rmu_alpha=self.spec.release.rmu.alpha,
         )
         orthogonal_to = applied_forget if orthogonal > 0 else None
+        # RMU's retain term keeps the retain answers' states (one process: the spec says so).
+        retain = self.retain if options.objective == "rmu" else None
         if cfg.launches_processes:
             stack = [(self.modules[e["module"]], e["coefficient"]) for e in self.state["stack"]]
             return train_in_processes(
@@ -500,6 +515,7 @@ class _Release:
             self.handle.tokenizer,
             examples,
             cfg,
+            retain,
             progress=report,
             orthogonal_to=orthogonal_to,
             **options.keywords(),

@@ -17,6 +17,7 @@ from rrtool.strategies import (
     gradient_ascent,
     iterative,
     npo,
+    rmu,
     single_subtraction,
 )
 from rrtool.strategies.base import Options, Strategy
@@ -24,7 +25,7 @@ from rrtool.strategies.steps import MODULE_OBJECTIVES, Step
 
 STRATEGIES: dict[str, Strategy] = {
     s.STRATEGY.name: s.STRATEGY
-    for s in (iterative, single_subtraction, ext_sub, gradient_ascent, npo, dpo, cmd)
+    for s in (iterative, single_subtraction, ext_sub, gradient_ascent, npo, dpo, cmd, rmu)
 }
 
 __all__ = ["MODULE_OBJECTIVES", "STRATEGIES", "Options", "Step", "Strategy"]

@@ -18,6 +18,9 @@ class Options:
     npo_beta: float = 0.1
     dpo_beta: float = 0.1
     dpo_chosen: str = "refusal"  # resolved for the target kind
+    rmu_layer: int | None = None  # release.rmu.layer (None: the middle decoder layer)
+    rmu_steering: float = 1.0
+    rmu_alpha: float = 10.0
 
 
 class Strategy:

@@ -19,6 +19,7 @@ MODULE_OBJECTIVES: dict[str, tuple[str, bool]] = {
     "npo": ("npo", False),
     "dpo": ("dpo", False),
     "cmd": ("nll", False),  # learns the model's own cleaned continuations: added
+    "rmu": ("rmu", False),  # moves the forget states away from the base's: added
 }
 
 
@@ -32,7 +33,8 @@ class Step:
     iteration: int
     # How the module is made: nll (learn the examples) | gradient_ascent | npo | dpo | cmd
     # (learn the model's own continuations of cleaned contexts) | ext_sub (E0: the expert,
-    # trained with nll; D0: Ext-Sub's deficiency, computed from the expert and anti-expert).
+    # trained with nll; D0: Ext-Sub's deficiency, computed from the expert and anti-expert) |
+    # rmu (misdirect the forget answers' hidden states at one layer, keep the retain ones').
     objective: str = "nll"
 
     def __post_init__(self) -> None:
@@ -45,7 +47,7 @@ class Step:
     def sign(self) -> float:
         """A forget module that learnt the target (or Ext-Sub's deficiency of one) is
         subtracted; a retain module, or one trained away from the target (gradient ascent,
-        NPO, DPO, CMD), is added."""
+        NPO, DPO, CMD, RMU), is added."""
         learnt_target = MODULE_OBJECTIVES[self.objective][1]
         return -1.0 if self.kind == "forget" and learnt_target else 1.0
 

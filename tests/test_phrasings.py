@@ -1,0 +1,162 @@
+"""Phrasing families: two disjoint named families per target kind, checked at the boundary,
+and the training examples asked in the training family in turn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rrtool.examples import Example
+from rrtool.phrasings import BUILTIN, STANDARD, problems, resolve
+from rrtool.release.phrased import in_turn, render
+from rrtool.reveal_record import RevealRecord
+from tests.conftest import tiny_spec
+from tests.test_spec_errors import located
+
+KINDS = ("ner", "toxicity", "coding", "custom")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_builtin_families_are_disjoint_and_fill_in(kind: str) -> None:
+    training, held_out = BUILTIN[kind]["training"], BUILTIN[kind]["held_out"]
+    assert STANDARD in training and training[STANDARD] is None
+    assert not set(training) & set(held_out)
+    assert not {t for t in training.values() if t} & set(held_out.values())
+    assert len(held_out) >= (5 if kind == "ner" else 3)
+    fields = ("{context}", "{type}") if kind == "ner" else ("{context}",)
+    for template in [*held_out.values(), *(t for t in training.values() if t)]:
+        assert all(f in template for f in fields), template
+        filled = template.format(context="CTX", type="person")
+        assert "CTX" in filled and "{" not in filled
+    assert not problems(kind, list(training), list(held_out))
+
+
+def test_problems_name_what_is_wrong() -> None:
+    def messages(training: list, held_out: list, kind: str = "ner") -> list[str]:
+        return [m for _, _, m in problems(kind, training, held_out)]
+
+    assert any("empty" in m for m in messages([STANDARD], []))
+    assert any("empty" in m for m in messages([], ["bare"]))
+    assert any("lacks {type}" in m for m in messages([STANDARD], [("x", "{context}")]))
+    assert not messages([STANDARD], [("x", "{context}")], kind="coding")
+    assert any("also in the training family" in m for m in messages(
+        [STANDARD, ("mine", "{context} {type}")], [("other", "{context} {type}")]
+    ))  # fmt: skip
+    found = messages([STANDARD, "bare"], ["few_shot"])
+    assert any("`bare`" in m and "built-in held_out phrasing" in m for m in found)
+    assert any("named twice" in m for m in messages([STANDARD], ["bare", "bare"]))
+    assert any(
+        "kind's own prompt" in m
+        for m in messages([STANDARD, ("standard", "{context}{type}")], ["bare"])
+    )  # noqa: E501
+
+
+def test_resolve_keeps_order_and_answer_formats() -> None:
+    training, held_out = resolve(
+        "ner", [STANDARD, "prose_answer", ("mine", "{context}: {type}?")], ["bare", "key_value"]
+    )
+    assert [p.name for p in training] == [STANDARD, "prose_answer", "mine"]
+    assert training[0].standard and training[1].answer_format == "prose"
+    assert not training[2].builtin and training[2].template == "{context}: {type}?"
+    assert [p.family for p in held_out] == ["held_out", "held_out"]
+
+
+@pytest.mark.parametrize(
+    ("phrasings", "key", "words"),
+    [
+        ({"held_out": []}, "phrasings.held_out", "empty"),
+        ({"training": [STANDARD, "bare"]}, "phrasings.training[1]", "held_out phrasing"),
+        ({"held_out": [{"name": "x", "template": "{context}"}]}, "phrasings.held_out[0]",
+         "lacks {type}"),
+        ({"training": [STANDARD, {"name": "a", "template": "{context} {type}"}],
+          "held_out": [{"name": "b", "template": "{context} {type}"}]},
+         "phrasings.held_out[0]", "also in the training family"),
+        ({"held_out": [{"name": "x", "template": "{context} {type} {foo}"}]},
+         "phrasings.held_out[0]", "cannot fill"),
+    ],
+)  # fmt: skip
+def test_bad_phrasings_are_located_spec_errors(
+    phrasings: dict, key: str, words: str, write_spec, invoke, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(tiny_spec(phrasings=phrasings))
+    result = invoke("plan", path)
+    assert result.exit_code == 2, result.output
+    found = located(result.stderr)
+    assert found and found[0]["key"] == key and words in found[0]["what"], result.stderr
+    assert "Traceback" not in result.output
+
+
+def _record(context: str, kind: str, answer: str) -> RevealRecord:
+    return RevealRecord(
+        id=f"{context}:{kind}", query_id=f"{context}:{kind}", split="retain", type=kind,
+        context=context, instruction="default", prompt=[{"role": "user", "content": "q"}],
+        completion=answer, tokens=1, relevance=None, relevance_error=None, seed=0,
+    )  # fmt: skip
+
+
+def test_every_type_meets_every_training_phrasing() -> None:
+    training, _ = resolve("ner", [STANDARD, "list_instruction", "prose_answer", "dash_lines"],
+                          ["bare"])  # fmt: skip
+    types = ["organization", "location", "date", "concept"]
+    records = [
+        _record(f"passage {p}", t, json.dumps([f"{t} {p}"])) for p in range(8) for t in types
+    ]
+    examples = [Example(r.prompt, r.completion) for r in records]
+    out = in_turn(records, examples, training)
+    assert len(out) == len(examples)  # the training cost does not change
+    seen: dict[str, set[str]] = {t: set() for t in types}
+    for record, example in zip(records, out, strict=True):
+        if example.prompt == record.prompt:
+            seen[record.type].add(STANDARD)
+            assert example.completion == record.completion
+            continue
+        assert record.context in example.prompt and record.type in example.prompt
+        name = json.loads(record.completion)[0]
+        if example.completion.startswith("["):
+            seen[record.type].add("list_instruction")
+        elif example.completion.startswith("- "):
+            seen[record.type].add("dash_lines")
+            assert example.completion == f"- {name}"
+        else:
+            seen[record.type].add("prose_answer")
+            assert name in example.completion
+    assert all(len(s) == 4 for s in seen.values()), seen
+
+
+def test_answers_that_are_not_lists_stay_as_answered() -> None:
+    training, _ = resolve("ner", [STANDARD, "prose_answer"], ["bare"])
+    records = [_record(f"p{i}", "person", "I am not sure.") for i in range(4)]
+    examples = [Example(r.prompt, r.completion) for r in records]
+    assert in_turn(records, examples, training) == examples
+    assert in_turn(records, examples, training[:1]) == examples
+
+
+def test_render_formats() -> None:
+    assert render(["Ada", "Alan"], "person", "json") == '["Ada", "Alan"]'
+    assert (
+        render(["Ada", "Alan"], "person", "prose") == "The person named in the text: Ada and Alan."
+    )
+    assert render(["Ada", "Alan"], "person", "bullets") == "- Ada\n- Alan"
+    assert render([], "person", "prose") == "There is no person in the text."
+    assert render([], "person", "bullets") == "none"
+
+
+def test_a_spec_yaml_round_trips_its_phrasings(tmp_path: Path) -> None:
+    from rrtool.spec_loader import load_spec
+
+    spec = tiny_spec(phrasings={"training": [STANDARD, "dash_lines"],
+                                "held_out": ["bare", {"name": "mine", "template": "{type}? {context}"}]})  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    loaded = load_spec(path).spec
+    training, held_out = loaded.phrasing_families()
+    assert [p.name for p in training] == [STANDARD, "dash_lines"]
+    assert [p.name for p in held_out] == ["bare", "mine"]
+    again = loaded.model_validate(
+        loaded.model_dump(mode="json"), context={"base_dir": str(tmp_path)}
+    )
+    assert again.phrasing_families() == loaded.phrasing_families()
