@@ -133,6 +133,10 @@ def test_answers_that_are_not_lists_stay_as_answered() -> None:
     examples = [Example(r.prompt, r.completion) for r in records]
     assert in_turn(records, examples, training) == examples
     assert in_turn(records, examples, training[:1]) == examples
+    # A family without the standard phrasing asks every example in its own phrasings.
+    lists = [_record(f"p{i}", "person", '["Ada"]') for i in range(2)]
+    asked = in_turn(lists, [Example(r.prompt, r.completion) for r in lists], training[1:])
+    assert [e.completion for e in asked] == ["The person named in the text: Ada."] * 2
 
 
 def test_render_formats() -> None:

@@ -32,7 +32,6 @@ from rrtool import tracking_inputs
 from rrtool.artifacts import AUDIT_GRID
 from rrtool.audit.verdict import replicate_metrics, summarise
 from rrtool.context import RunContext
-from rrtool.errors import UserError
 from rrtool.evaluators.suite import EvaluationSuite, Headline
 from rrtool.phrasings import STANDARD, Phrasing
 from rrtool.spec import DataSource
@@ -61,8 +60,9 @@ class Cell:
 def cells(ctx: RunContext) -> list[Cell]:
     """Every cell but the audit's own (audit split, standard phrasing)."""
     spec = ctx.spec
-    training, held_out = spec.phrasing_families()
-    standard = next(p for p in training if p.name == STANDARD)
+    _, held_out = spec.phrasing_families()
+    # The kind's own prompt is always measured, whether or not Reveal asked in it.
+    standard = Phrasing(STANDARD, None, "training")
     sets: list[tuple[str, DataSource | None]] = [(AUDIT_SPLIT, None)]
     sets += list(spec.audit.eval_sets.items())
     return [
@@ -99,7 +99,8 @@ def _measure_cell(ctx: RunContext, cell: Cell) -> dict[str, Any]:
             if k in keys
         }
         return out
-    except (UserError, KeyError, IndexError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - one cell's failure must not lose the others
+        ctx.console.print(f"[yellow]audit: grid cell {cell.key} failed: {exc}[/yellow]")
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 

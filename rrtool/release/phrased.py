@@ -54,7 +54,7 @@ def in_turn(
     phrasing ``(p + t) mod len(family)``, so every type meets every phrasing across passages
     (the standard one keeps its example as Reveal recorded it); an answer that is not a JSON
     list stays in the standard phrasing, as it was answered."""
-    if len(family) <= 1:
+    if all(p.standard for p in family):  # as Reveal asked them
         return list(examples)
     passages = {c: i for i, c in enumerate(dict.fromkeys(r.context for r in records))}
     types = {t: i for i, t in enumerate(dict.fromkeys(r.type for r in records))}
