@@ -279,6 +279,8 @@ def _check_splits(
             inputs.passages = parts[0].units
         sizes = " / ".join(f"{p.units} {p.role}" for p in parts)
         checks.append(Check(f"splits ({key})", f"{sizes} units of {parts[0].total_units}"))
+        if key == "reveal.contexts" and spec.target.kind == "ner":
+            _check_resolution(spec, parts[1], checks, warnings)
     audit = spec.audit
     for role, share in (("search", spec.splits.search), ("audit", spec.splits.audit)):
         explicit = role == "audit" and audit.forget_eval is not None
@@ -317,6 +319,44 @@ def _check_splits(
             f"{spec.release.search.budget}, min_weight {spec.release.search.min_weight:g}, "
             f"max_weight {spec.release.search.max_weight:g}); raise the budget or narrow the range "
             "for a finer choice"
+        )
+
+
+# The weight search keeps a forget weight only when the forget measure changes by more than
+# its noise: a change ``d`` of a share, measured on ``n`` paired units of which about ``d n``
+# change their answer, has a 95% half-width of about 1.96 sqrt(d / n), so the smallest change
+# that leaves the noise is d = 1.96^2 / n. Below ``RESOLUTION_UNITS`` units that is more than a
+# quarter of the measure: the search decides on noise.
+RESOLUTION_UNITS = 16
+
+
+def _check_resolution(
+    spec: Spec, search: splits.Part, checks: list[Check], warnings: list[str]
+) -> None:
+    """How many forget-type units the weight search decides on (NER passages that name a
+    forget-type entity, among the ``release.search.eval_size`` it reads), and the smallest
+    change of the forget measure those can tell from noise."""
+    forget = set(spec.target.forget_types)
+    named = {r.get("text") for r in search.records if r.get("type") in forget and r.get("entities")}
+    if not search.units or not named:
+        return
+    read = min(spec.release.search.eval_size, search.units)
+    units = max(1, round(read * len(named) / search.units))
+    smallest = 1.96**2 / units
+    checks.append(
+        Check(
+            "search resolution",
+            f"~{units} forget-type units per candidate ({read} of {search.units} search "
+            f"passages): a change under {min(smallest, 1):.2f} of the forget measure is noise",
+        )
+    )
+    if units < RESOLUTION_UNITS:
+        warnings.append(
+            f"release.search.eval_size ({spec.release.search.eval_size}) gives the weight search "
+            f"~{units} forget-type units per candidate, too few to tell a forget change under "
+            f"{min(smallest, 1):.2f} from noise; {RESOLUTION_UNITS} or more need eval_size "
+            f">= {math.ceil(RESOLUTION_UNITS * search.units / len(named))} (the search split has "
+            f"{search.units} passages)"
         )
 
 

@@ -465,3 +465,15 @@ def test_the_plan_keeps_paths_whole_at_80_columns(invoke) -> None:
     assert result.exit_code == 0, result.stderr
     assert "…" not in result.stdout
     assert max(map(len, result.stdout.splitlines())) <= 80
+
+
+def test_a_weight_search_on_too_few_forget_units_is_warned(invoke, write_spec) -> None:
+    """The search's resolution (the smallest forget change it can tell from noise) is in the
+    plan, and a search split read too thinly to decide a quarter of the measure is warned."""
+    thin = plan_json(invoke, write_spec(tiny_spec(release={"search": {"eval_size": 6}})))
+    check = next(c for c in thin["checks"] if c["name"] == "search resolution")
+    units = int(check["detail"].split("~")[1].split()[0])
+    assert units < 16 and f"{1.96**2 / units:.2f}" in check["detail"]
+    assert any("release.search.eval_size (6)" in w for w in thin["warnings"])
+    whole = plan_json(invoke, write_spec(tiny_spec(release={"search": {"eval_size": 30}})))
+    assert not any("release.search.eval_size" in w for w in whole["warnings"])
