@@ -207,6 +207,7 @@ def test_the_worst_cell_is_the_highest_released_over_base_among_held_out_cells()
         "other / bare": (0.5, 0.45),
         "other / key_value": (0.0, 0.0),  # nothing to forget: no ratio, never the worst
     }
+    values[f"{AUDIT_SPLIT} / key_value"] = (0.1, 0.2)  # the base barely shows it: left out
     assert [c.key for c in cells(ctx)] == list(values)
     before = {k: {"forget": _side(b), "headlines": headline} for k, (b, _) in values.items()}
     after = {k: {"forget": _side(a), "headlines": headline} for k, (_, a) in values.items()}
@@ -225,3 +226,5 @@ def test_the_worst_cell_is_the_highest_released_over_base_among_held_out_cells()
     assert worst["ratio"] == pytest.approx(0.9)
     assert worst["verdict"] == "forgotten"  # its paired interval is clear of 0
     assert grid["rows"][-1]["error"].startswith("UserError")
+    low = grid["rows"][2]["forget"]
+    assert low["ratio"] == pytest.approx(2.0) and "too little" in low["excluded"]

@@ -37,6 +37,11 @@ from rrtool.phrasings import STANDARD, Phrasing
 from rrtool.spec import DataSource
 
 AUDIT_SPLIT = "audit split"
+# A cell in which the base model itself shows the target in under a quarter of its answers
+# (a phrasing a small model cannot follow: few-shot answers that copy the exemplar) cannot
+# show a -70% change outside the noise on a few dozen units, and its ratio is a ratio of two
+# noise-sized numbers: it is reported, and left out of the worst case.
+MIN_BASE = 0.25
 
 
 @dataclass(frozen=True)
@@ -147,10 +152,19 @@ def summarise_grid(
         forget = row.get("forget")
         if forget is not None:
             forget["ratio"] = ratio(forget)
+            base = forget.get("before")
+            if row["held_out"] and base is not None and base < MIN_BASE:
+                forget["excluded"] = (
+                    f"the base model shows the target in {base:.2f} of its answers here "
+                    f"(under {MIN_BASE}): too little to measure forgetting against"
+                )
     candidates = [
         r
         for r in rows
-        if r["held_out"] and r.get("forget") and r["forget"].get("ratio") is not None
+        if r["held_out"]
+        and r.get("forget")
+        and r["forget"].get("ratio") is not None
+        and not r["forget"].get("excluded")
     ]
     worst = max(candidates, key=lambda r: r["forget"]["ratio"]) if candidates else None
     return {
@@ -168,7 +182,8 @@ def summarise_grid(
         "audit.eval_sets) in each phrasing (standard and the held-out family), base and "
         "released on the same prompts; ratio = released / base; worst = the cell held out "
         "in set or phrasing with the highest ratio (the one in which most of the target "
-        "shows after release, relative to the base model in that cell)",
+        f"shows after release, relative to the base model in that cell); cells where the "
+        f"base shows the target in under {MIN_BASE} of its answers are left out of it",
     }
 
 

@@ -192,7 +192,12 @@ def grid_rows(grid: dict[str, Any] | None) -> list[list[str]]:
                     with_ci(line["after"], line.get("after_ci")),
                     with_ci(line.get("change"), line.get("change_ci")),
                     num(line["ratio"], 3) if line.get("ratio") is not None else "–",
-                    shown(line),
+                    shown(line)
+                    + (
+                        f" (not in the worst case: {line['excluded']})"
+                        if line.get("excluded")
+                        else ""
+                    ),  # fmt: skip
                 ]
             )
     return rows
