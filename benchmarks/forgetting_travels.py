@@ -21,6 +21,7 @@ time, the command, the date and the machine) and OUT/results.md (the table).
 
     python benchmarks/forgetting_travels.py --out reports/travels            # every row
     python benchmarks/forgetting_travels.py --only demo --quick --out /tmp/t  # a smoke run
+    python benchmarks/forgetting_travels.py --only rmu --resume --out reports/travels  # go on
 """
 
 from __future__ import annotations
@@ -79,14 +80,15 @@ def _sets(sealed: bool) -> list[str]:
     ]
 
 
-def run_row(name: str, overrides: list[str], out: Path) -> dict[str, Any]:
-    """One `rrtool run` in OUT/NAME; its grid, probes and time read back from its store."""
+def run_row(name: str, overrides: list[str], out: Path, resume: bool = False) -> dict[str, Any]:
+    """One `rrtool run` in OUT/NAME (``resume``: continue the row's interrupted run there);
+    its grid, probes and time read back from its store."""
     work = out / name
     work.mkdir(parents=True, exist_ok=True)
-    args = ["run", str(ROOT / "specs" / "person_ner.yaml")]
+    args = ["run", str(ROOT / "specs" / "person_ner.yaml"), *(["--resume"] if resume else [])]
     for item in overrides:
         args += ["--set", item]
-    log = work / "run.log"
+    log = work / ("resume.log" if resume else "run.log")
     started = time.perf_counter()
     with log.open("w") as handle:
         done = subprocess.run(
@@ -181,12 +183,15 @@ def main() -> None:
     parser.add_argument(
         "--with-sealed", action="store_true", help="also the sealed set (the closing report)"
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue each row's interrupted run in OUT"
+    )
     args = parser.parse_args()
     if not NER.exists():
         sys.exit(f"{NER}: the public NER data is not here (this benchmark reads it in place)")
     args.out.mkdir(parents=True, exist_ok=True)
     common = _sets(args.with_sealed) + PROBES + (QUICK if args.quick else [])
-    rows = [run_row(name, common + ROWS[name], args.out) for name in args.only or ROWS]
+    rows = [run_row(name, common + ROWS[name], args.out, args.resume) for name in args.only or ROWS]
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
