@@ -138,8 +138,7 @@ def _check_eval_sets(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> 
     share no passage with ``reveal.contexts`` (Reveal's and the search's passages come from
     it): a set that does is not held out, and an error here rather than a mislabelled row."""
 
-    def normalise(text: str) -> str:
-        return " ".join(text.lower().split())
+    from rrtool.audit.leakage import normalise
 
     spec = loaded.spec
     shared = inputs.records.get("reveal.contexts") or []

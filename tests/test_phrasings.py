@@ -136,14 +136,12 @@ def test_answers_that_are_not_lists_stay_as_answered() -> None:
     # A family without the standard phrasing asks every example in its own phrasings.
     lists = [_record(f"p{i}", "person", '["Ada"]') for i in range(2)]
     asked = in_turn(lists, [Example(r.prompt, r.completion) for r in lists], training[1:])
-    assert [e.completion for e in asked] == ["The person named in the text: Ada."] * 2
+    assert [e.completion for e in asked] == ["The person described is Ada."] * 2
 
 
 def test_render_formats() -> None:
     assert render(["Ada", "Alan"], "person", "json") == '["Ada", "Alan"]'
-    assert (
-        render(["Ada", "Alan"], "person", "prose") == "The person named in the text: Ada and Alan."
-    )
+    assert render(["Ada", "Alan"], "person", "prose") == "The person described is Ada and Alan."
     assert render(["Ada", "Alan"], "person", "bullets") == "- Ada\n- Alan"
     assert render([], "person", "prose") == "There is no person in the text."
     assert render([], "person", "bullets") == "none"

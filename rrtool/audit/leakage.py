@@ -24,7 +24,8 @@ NEAR = 0.5
 WARN_RATE = 0.05
 
 
-def _norm(text: str) -> str:
+def normalise(text: str) -> str:
+    """Lower case, whitespace runs as one space: how passages are compared."""
     return re.sub(r"\s+", " ", text.lower()).strip()
 
 
@@ -34,12 +35,12 @@ def _grams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
 
 def leaked(prompt: str, contexts: Sequence[str]) -> str | None:
     """``exact`` / ``near-duplicate`` when one of ``contexts`` is in ``prompt``, else None."""
-    text = _norm(prompt)
+    text = normalise(prompt)
     words = text.split()
     prompt_grams: dict[int, set[tuple[str, ...]]] = {}
     near = False
     for context in contexts:
-        c = _norm(context)
+        c = normalise(context)
         if not c:
             continue
         if c in text:

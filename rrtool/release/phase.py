@@ -157,34 +157,24 @@ def external_retain_examples(ctx: RunContext) -> list[Example]:
 
 
 def _entity_list(completion: str) -> list[str] | None:
-    """The JSON list of strings a NER answer holds (from its first ``[``), else None."""
-    start = completion.find("[")
-    try:
-        value, _ = json.JSONDecoder().raw_decode(completion, start) if start >= 0 else (None, 0)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        return None
-    return value
-
-
-def _joined(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    """The non-empty JSON list of strings a NER answer holds, else None."""
+    return phrased.entity_list(completion) or None
 
 
 def in_formats(example: Example, entity_type: str, formats: list[str]) -> list[Example]:
-    """``example`` (a NER answer) rendered in each of ``formats`` (``release.forget_formats``);
-    an answer that is not a non-empty JSON list is kept as it is, once."""
+    """``example`` (a NER answer) rendered in each of ``formats`` (``release.forget_formats``;
+    ``json`` keeps the answer as given); an answer that is not a non-empty JSON list is kept as
+    it is, once."""
     names = _entity_list(example.completion)
     if names is None:
         return [example]
-    render = {
-        "json": example.completion,
-        "prose": f"The {entity_type} described is {_joined(names)}.",
-        "bare": ", ".join(names),
-        "bullets": "\n".join(f"- {n}" for n in names),
-    }
-    return [Example(example.prompt, render[f]) for f in formats]
+    return [
+        Example(
+            example.prompt,
+            example.completion if f == "json" else phrased.render(names, entity_type, f),
+        )
+        for f in formats
+    ]
 
 
 def load_examples(ctx: RunContext) -> tuple[list[Example], list[Example]]:

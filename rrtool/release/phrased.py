@@ -19,8 +19,9 @@ from rrtool.phrasings import Phrasing, fill
 from rrtool.reveal_record import RevealRecord
 
 
-def _names(completion: str) -> list[str] | None:
-    """The JSON list of strings an answer holds (from its first ``[``), else None."""
+def entity_list(completion: str) -> list[str] | None:
+    """The JSON list of strings a NER answer holds (from its first ``[``; ``[]`` included),
+    else None."""
     start = completion.find("[")
     if start < 0:
         return None
@@ -41,7 +42,7 @@ def render(names: list[str], entity_type: str, answer_format: str) -> str:
         return f"There is no {entity_type} in the text." if answer_format == "prose" else "none"
     if answer_format == "prose":
         joined = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-        return f"The {entity_type} named in the text: {joined}."
+        return f"The {entity_type} described is {joined}."
     if answer_format == "bare":
         return ", ".join(names)
     return "\n".join(f"- {n}" for n in names)
@@ -61,7 +62,7 @@ def in_turn(
     out = []
     for record, example in zip(records, examples, strict=True):
         phrasing = family[(passages[record.context] + types[record.type]) % len(family)]
-        names = _names(example.completion)
+        names = entity_list(example.completion)
         if phrasing.standard or names is None or not record.context:
             out.append(example)
             continue
