@@ -16,6 +16,9 @@ Rows (``--only`` picks some): today's demo schedule (iterative, standard phrasin
 with Reveal's examples asked in the training family's phrasings in turn (``multi_phrasing``);
 the representation-level strategy (``rmu``), where installed.
 
+The rows share one answer cache (OUT/answers.sqlite): the base model's answers, measured in the
+first row, are read back in the others.
+
 Writes OUT/results.json (every row's grid, worst cell, relearning and quantization rows, wall
 time, the command, the date and the machine) and OUT/results.md (the table).
 
@@ -85,6 +88,11 @@ def run_row(name: str, overrides: list[str], out: Path, resume: bool = False) ->
     its grid, probes and time read back from its store."""
     work = out / name
     work.mkdir(parents=True, exist_ok=True)
+    # One answer cache for every row (rrtool.generation.answer_cache): the base model answers
+    # the same grid prompts in each row, so only the first row pays for them.
+    cache = work / "answers.sqlite"
+    if not cache.exists() and not cache.is_symlink():
+        cache.symlink_to(Path("..") / "answers.sqlite")
     args = ["run", str(ROOT / "specs" / "person_ner.yaml"), *(["--resume"] if resume else [])]
     for item in overrides:
         args += ["--set", item]

@@ -1004,7 +1004,8 @@ class PhrasingsSpec(_Section):
         description="Phrasings Reveal asks in, passage by passage in turn (default: "
         "`standard`, the kind's own prompt; NER built-ins: `standard`, `list_instruction`, "
         "`prose_answer`, `dash_lines`), so what the forget examples share is the target, "
-        "not one phrasing's format.",
+        "not one phrasing's format; the weight search asks the forget type in them in turn "
+        "too (NER), so a weight is chosen for forgetting in each.",
     )
     held_out: list[PhrasingRef] | None = Field(
         default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -162,3 +163,44 @@ def test_a_spec_yaml_round_trips_its_phrasings(tmp_path: Path) -> None:
         loaded.model_dump(mode="json"), context={"base_dir": str(tmp_path)}
     )
     assert again.phrasing_families() == loaded.phrasing_families()
+
+
+def test_the_weight_search_asks_the_forget_type_in_the_training_family(
+    write_spec, tmp_path: Path
+) -> None:
+    """Release's suite asks each passage's forget query in the training family's phrasings in
+    turn (a weight is chosen for forgetting in every way Reveal's examples are asked); the
+    audit's suite asks in its one phrasing."""
+    import io
+
+    from rich.console import Console
+
+    from rrtool.context import RunContext
+    from rrtool.evaluators.suite import EvaluationSuite
+    from rrtool.spec_loader import load_spec
+
+    family = ["standard", "list_instruction", "dash_lines"]
+    spec = tiny_spec(
+        phrasings={"training": family},
+        release={"search": {"eval_size": 6}},
+    )
+    ctx = RunContext(load_spec(write_spec(spec)), None, Console(file=io.StringIO()), tmp_path)  # type: ignore[arg-type]
+    search = EvaluationSuite.for_release(ctx)
+    marks = [BUILTIN["ner"]["training"][name] for name in family[1:]]
+
+    def phrasing(prompt: Any) -> str:
+        text = json.dumps(prompt)
+        found = [
+            name
+            for name, template in zip(family[1:], marks, strict=True)
+            if template.split("{")[0].strip() and template.split("{")[0].strip() in text
+        ]
+        return found[0] if found else "standard"
+
+    asked = [phrasing(item.prompt) for item in search.forget_items]
+    assert len(asked) >= 3 and set(asked) == set(family)
+    # In turn, by passage: the first three passages take the three phrasings in order.
+    assert asked[:3] == family
+    assert "utility" in search.measures  # the retained types, asked in the standard phrasing
+    audit = EvaluationSuite.for_audit(ctx)
+    assert {phrasing(item.prompt) for item in audit.forget_items} == {"standard"}

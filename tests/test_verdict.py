@@ -105,6 +105,10 @@ def test_recovered_share_needs_something_forgotten() -> None:
     # Release forgot nothing (0.70 -> 0.73): no share to report, not "recovered 8".
     assert recovered_share(0.70, 0.73, 0.51, "lower") is None
     assert recovered_share(None, 0.2, 0.3, "lower") is None
+    # Forgot a little, inside the noise (0.70 -> 0.68, paired change [-0.19, 0.14]): the
+    # share would read 8.0; with the interval outside the noise it is reported.
+    assert recovered_share(0.70, 0.68, 0.86, "lower", [-0.19, 0.14]) is None
+    assert recovered_share(0.70, 0.24, 0.47, "lower", [-0.66, -0.24]) == pytest.approx(0.5)
 
 
 def test_a_measure_at_its_bound_cannot_show_the_change() -> None:

@@ -127,6 +127,7 @@ def run_probes_on_released(
     return run_probes(
         ctx, suite, forget.get("before"), forget.get("after"), base_scores, sets,
         released=lambda: _released(ctx), drafts=drafts_from(*measured),
+        change_ci=forget.get("change_ci"),
     )  # fmt: skip
 
 

@@ -69,15 +69,21 @@ def _headline_ci(evaluation: Any, headline: Headline) -> list[float] | None:
 
 
 def recovered_share(
-    before: float | None, after: float | None, attacked: float | None, better: str
+    before: float | None,
+    after: float | None,
+    attacked: float | None,
+    better: str,
+    change_ci: list[float] | None = None,
 ) -> float | None:
     """(attacked - after) / (before - after): 0 = nothing came back, 1 = back to the base.
-    None when Release forgot nothing (after is not better than before): there is nothing to
-    recover, and the ratio of two noise-sized numbers would read as a large recovery."""
+    None when Release forgot nothing (after is not better than before), or nothing outside
+    the noise (``change_ci``, the paired interval of after - before, contains 0): there is
+    nothing to recover, and the ratio of two noise-sized numbers would read as a large
+    recovery (0.70 -> 0.68, attacked 0.86: "8.0")."""
     if None in (before, after, attacked):
         return None
     forgot = after < before if better == "lower" else after > before
-    if not forgot:
+    if not forgot or (change_ci is not None and change_ci[0] <= 0.0 <= change_ci[1]):
         return None
     return (attacked - after) / (before - after)
 
@@ -140,6 +146,7 @@ def relearning(
     after: float | None,
     released: Callable[[], None],
     drafts: Drafts,
+    change_ci: list[float] | None = None,
 ) -> dict[str, Any]:
     """The relearning attack at each of ``RELEARN_SIZES`` (Deeb & Roger 2024's protocol: train
     on some forget examples, score on held-out queries): a LoRA (``release.lora``, one epoch)
@@ -169,7 +176,9 @@ def relearning(
             "examples": n,
             "after_relearning": on_released[n][0],
             "after_relearning_ci": on_released[n][1],
-            "recovered": recovered_share(before, after, on_released[n][0], headline.better),
+            "recovered": recovered_share(
+                before, after, on_released[n][0], headline.better, change_ci
+            ),
             "base_after_same_fine_tune": on_base[n][0],
             "base_after_same_fine_tune_ci": on_base[n][1],
         }
@@ -206,6 +215,7 @@ def relearning_ood(
     after: float | None,
     released: Callable[[], None],
     drafts: Drafts,
+    change_ci: list[float] | None = None,
 ) -> dict[str, Any]:
     """Relearning on related-but-different data, with a control: the same short fine-tune
     (``RELEARN_EXAMPLES`` retain examples: the retained behaviour, not the target) on the
@@ -239,7 +249,7 @@ def relearning_ood(
         "after_relearning": on_released,
         "after_relearning_ci": released_ci,
         "base_after_same_fine_tune": on_base,
-        "recovered": recovered_share(before, after, on_released, headline.better),
+        "recovered": recovered_share(before, after, on_released, headline.better, change_ci),
         "definition": f"LoRA r={r}, 1 epoch on {len(chosen)} seeded retain examples (the "
         "retained behaviour, not the target), on the released model and, as the control, on "
         "the base model; recovered = (fine-tuned released - after) / (before - after)",
@@ -386,6 +396,7 @@ def quantization(
     after: float | None,
     released: Callable[[], None],
     drafts: Drafts,
+    change_ci: list[float] | None = None,
 ) -> dict[str, Any]:
     """The forget measure on the released model quantized by each scheme, then on the base
     model quantized the same way (the control: what quantization alone does to it); the
@@ -412,7 +423,7 @@ def quantization(
     rows = []
     for name, scheme in SCHEMES.items():
         value, interval = on_released[name]
-        recovered = recovered_share(before, after, value, headline.better)
+        recovered = recovered_share(before, after, value, headline.better, change_ci)
         rows.append(
             {
                 "scheme": name,
@@ -549,9 +560,12 @@ def run_probes(
     sets: tuple[list[Any], list[Any]] | str | None,
     released: Callable[[], None],
     drafts: Drafts,
+    change_ci: list[float] | None = None,
 ) -> dict[str, Any]:
     """Every probe the spec asks for, on the released model (``released`` loads it again
-    after a probe that needed the base weights; ``drafts``: the audit's answers, module doc).
+    after a probe that needed the base weights; ``drafts``: the audit's answers, module doc;
+    ``change_ci``: the paired interval of the forget measure's change, which decides whether
+    there is anything to recover).
     Each records its wall time (``seconds``); a probe that crashes is recorded as failed, with
     the error, the released model is loaded again from its recorded stack, and the rest of the
     battery runs."""
@@ -562,11 +576,15 @@ def run_probes(
         return membership(membership_base, membership_scores(ctx, sets))
 
     battery: dict[str, Callable[[], dict[str, Any]]] = {
-        "relearning": lambda: relearning(ctx, suite, before, after, released, drafts),
-        "relearning_ood": lambda: relearning_ood(ctx, suite, before, after, released, drafts),
+        "relearning": lambda: relearning(ctx, suite, before, after, released, drafts, change_ci),
+        "relearning_ood": lambda: relearning_ood(
+            ctx, suite, before, after, released, drafts, change_ci
+        ),
         "elicitation": lambda: elicitation(ctx),
         "membership": _membership,
-        "quantization": lambda: quantization(ctx, suite, before, after, released, drafts),
+        "quantization": lambda: quantization(
+            ctx, suite, before, after, released, drafts, change_ci
+        ),
         "linear_probe": lambda: linear_probe(ctx, suite, released),
     }
     wanted = ctx.spec.audit.probes

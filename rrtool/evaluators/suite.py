@@ -359,19 +359,33 @@ class EvaluationSuite:
             metric = "pass@1" if kind == "coding" else "mean_score"
             self.headlines["forget"] = Headline(metric, "lower")
 
+    def _forget_templates(self) -> list[str | None]:
+        """The phrasings the forget queries are asked in, passage by passage in turn. The
+        weight search asks in the training family (the phrasings Reveal's examples are in),
+        so a weight is chosen for forgetting in each of them, not in the standard one alone;
+        the audit asks each suite in its one phrasing (``template``)."""
+        if self.role != "search":
+            return [self.template]
+        training, _ = self.spec.phrasing_families()
+        return [p.template or self.template for p in training] or [self.template]
+
     def _ner(self, records: list[dict[str, Any]]) -> None:
         spec = self.spec
-        queries = [
-            q
-            for q in ner_queries(
-                records,
-                spec.target.forget_types,
-                spec.target.retain_types,
-                self.template,
-                self._chat(),
-            )
-            if "entities" in q.reference
-        ]
+
+        def asked(template: str | None) -> list[Any]:
+            return [
+                q
+                for q in ner_queries(
+                    records,
+                    spec.target.forget_types,
+                    spec.target.retain_types,
+                    template,
+                    self._chat(),
+                )
+                if "entities" in q.reference
+            ]
+
+        queries = asked(self.template)
         candidates = [
             q.context
             for q in queries
@@ -379,6 +393,20 @@ class EvaluationSuite:
         ]
         passages = _sample(list(dict.fromkeys(candidates)), self.size, spec.seed)
         chosen = set(passages)
+        templates = self._forget_templates()
+        if templates != [self.template]:
+            # The retained types stay in the standard phrasing (their strict F1 is the
+            # utility measure, which reads JSON lists); the chosen passages' forget queries
+            # take the family's phrasings in turn, so each phrasing gets a share of them.
+            phrased = [asked(t) for t in templates]
+            forget = [q.context for q in queries if q.split == "forget" and q.context in chosen]
+            order = {text: i for i, text in enumerate(dict.fromkeys(forget))}
+            queries = [
+                phrased[order[q.context] % len(templates)][n]
+                if q.split == "forget" and q.context in order
+                else q
+                for n, q in enumerate(queries)
+            ]
         queries = [q for q in queries if q.context in chosen]
         if not any(q.split == "forget" and q.reference["entities"] for q in queries):
             where = self.provenance["forget"]["text"]
@@ -410,7 +438,13 @@ class EvaluationSuite:
                 "queries with gold entities whose answer names one in any format (answers that "
                 "repeat the passage count as naming it; echo_rate reports them); "
                 "partial_mention_rate = the same counting a word of the name alone; "
-                "parse_failure_rate = answers that are not a JSON list",
+                "parse_failure_rate = answers that are not a JSON list"
+                + (
+                    f"; the forget-type queries asked in the training family's {len(templates)} "
+                    "phrasings in turn, passage by passage"
+                    if split == "forget" and len(templates) > 1
+                    else ""
+                ),
                 groups=[q.context for q in chosen_queries],  # resampled by passage
             )
         # Forgetting: is the entity still named, in any format (a format change cannot move
