@@ -14,7 +14,8 @@ Each row is one `rrtool run` of `specs/person_ner.yaml` (fresh process, own stor
 
 Rows (``--only`` picks some): today's demo schedule (iterative, standard phrasing); the same
 with Reveal's examples asked in the training family's phrasings in turn (``multi_phrasing``);
-the representation-level strategy (``rmu``), where installed.
+that and Reveal over a second built-in style of passages (``styles``); the
+representation-level strategy (``rmu``).
 
 The rows share one answer cache (OUT/answers.sqlite): the base model's answers, measured in the
 first row, are read back in the others.
@@ -59,6 +60,12 @@ PROBES = [
 ROWS: dict[str, list[str]] = {
     "demo": [],
     "multi_phrasing": ["phrasings.training=[standard,list_instruction,prose_answer,dash_lines]"],
+    # And Reveal over a second style of passages (posts, chat, records, ...; people mostly
+    # without role titles), so the forget examples share the Person concept, not one style.
+    "styles": [
+        "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]",
+        "reveal.extra_contexts=[{path: builtin:ner_styles, format: universalner}]",
+    ],
     # RMU's module is added, not searched on a retain-first schedule (iterative-only keys off);
     # its objective moves slowly at the NLL modules' rate (docs/strategies.md).
     "rmu": [

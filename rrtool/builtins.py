@@ -17,6 +17,7 @@ BUILTIN_MODELS: dict[str, str] = {
 # name -> (file under rrtool/builtin_data, format)
 BUILTIN_DATA: dict[str, tuple[str, str]] = {
     "ner_passages": ("ner_passages.json", "universalner"),
+    "ner_styles": ("ner_styles.json", "universalner"),
     "coding_problems": ("coding_problems.jsonl", "mbpp"),
     "math_problems": ("math_problems.jsonl", "gsm8k"),
     "toxicity_prompts": ("toxicity_prompts.jsonl", "rtp"),

@@ -108,13 +108,13 @@ def _check_data(
     except UserError as exc:
         errors.extend(f"{loaded.locate(*key, 'path')}: {m}" for m in exc.messages)
         return
-    inputs.counts[".".join(key)] = len(records)
-    inputs.records[".".join(key)] = records
+    # As spec errors name keys: ``reveal.extra_contexts[0]``.
+    name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in key).lstrip(".")
+    inputs.counts[name] = len(records)
+    inputs.records[name] = records
     if source.format == "universalner":
         inputs.passages = max(inputs.passages, len({r["text"] for r in records}))
-    checks.append(
-        Check(".".join(key), f"{len(records)} {source.format} records from {source.path}")
-    )
+    checks.append(Check(name, f"{len(records)} {source.format} records from {source.path}"))
 
 
 def _check_rmu_layer(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> None:
@@ -133,6 +133,28 @@ def _check_rmu_layer(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> 
 NER_EVAL_FORMATS = ("universalner", "conll", "gliner")
 
 
+def _extra_passages(spec: Spec, inputs: _Inputs) -> int:
+    """Passages of ``reveal.extra_contexts`` (read whole by Reveal)."""
+    return sum(
+        len({r.get("text") for r in inputs.records.get(f"reveal.extra_contexts[{i}]", [])})
+        for i in range(len(spec.reveal.extra_contexts))
+    )
+
+
+def _reveal_texts(spec: Spec, inputs: _Inputs) -> dict[str, set[str]]:
+    """Normalised passages of what Reveal and the weight search read, by spec key."""
+    from rrtool.audit.leakage import normalise
+
+    keys = ["reveal.contexts"] + [
+        f"reveal.extra_contexts[{i}]" for i in range(len(spec.reveal.extra_contexts))
+    ]
+    return {
+        key: {normalise(str(r.get("text") or r.get("prompt") or "")) for r in records} - {""}
+        for key in keys
+        if (records := inputs.records.get(key)) is not None
+    }
+
+
 def _check_eval_sets(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> None:
     """``audit.eval_sets``: each must be NER data naming a forget-type entity (for NER), and
     share no passage with ``reveal.contexts`` (Reveal's and the search's passages come from
@@ -141,8 +163,7 @@ def _check_eval_sets(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> 
     from rrtool.audit.leakage import normalise
 
     spec = loaded.spec
-    shared = inputs.records.get("reveal.contexts") or []
-    seen = {normalise(str(r.get("text") or r.get("prompt") or "")) for r in shared}
+    seen = _reveal_texts(spec, inputs)
     for name, source in spec.audit.eval_sets.items():
         key = f"audit.eval_sets.{name}"
         where = loaded.locate("audit", "eval_sets", name)
@@ -166,13 +187,19 @@ def _check_eval_sets(loaded: LoadedSpec, inputs: _Inputs, errors: list[str]) -> 
                 )
                 continue
         texts = {normalise(str(r.get("text") or r.get("prompt") or "")) for r in records}
-        common = texts & seen - {""}
-        if common:
-            errors.append(
-                f"{where}: {len(common)} of its passages are also in reveal.contexts (which "
-                "Reveal and the weight search read), so it is not held out: give another set, "
-                "or cut the overlap with offset/limit"
-            )
+        for other, passages in seen.items():
+            common = texts & passages
+            if common:
+                errors.append(
+                    f"{where}: {len(common)} of its passages are also in {other} (which "
+                    + (
+                        "Reveal and the weight search read"
+                        if other == "reveal.contexts"
+                        else "Reveal reads"
+                    )  # fmt: skip
+                    + "), so it is not held out: give another set, or cut the overlap with "
+                    "offset/limit"
+                )
 
 
 def _check_phrasings(loaded: LoadedSpec, errors: list[str]) -> None:
@@ -275,7 +302,7 @@ def _check_splits(
             wanted = set(spec.target.retain_types)
             inputs.counts[key] = sum(1 for r in parts[0].records if r.get("type") in wanted)
         if key == "reveal.contexts" and source.format == "universalner":
-            inputs.passages = parts[0].units
+            inputs.passages = parts[0].units + _extra_passages(spec, inputs)
         sizes = " / ".join(f"{p.units} {p.role}" for p in parts)
         checks.append(Check(f"splits ({key})", f"{sizes} units of {parts[0].total_units}"))
         if key == "reveal.contexts" and spec.target.kind == "ner":
@@ -595,6 +622,7 @@ def preflight(
         )
     for key, source in (
         (("reveal", "contexts"), spec.reveal.contexts),
+        *((("reveal", "extra_contexts", i), x) for i, x in enumerate(spec.reveal.extra_contexts)),
         (("retain", "data"), spec.retain.data),
         (("release", "forget_data"), spec.release.forget_data),
         (("audit", "forget_eval"), spec.audit.forget_eval),

@@ -378,6 +378,14 @@ class RevealSpec(_Section):
     contexts: DataSource = Field(
         description="Prompt-only generation contexts (passages, problem texts, prompt starts)."
     )
+    extra_contexts: list[DataSource] = Field(
+        default_factory=list,
+        description="NER: more passages for Reveal only, each read whole (not split: the "
+        "weight search and the audit keep reading `contexts`' splits), e.g. text of other "
+        "styles than `contexts` (`builtin:ner_styles`: posts, messages, lists, dialogue), so "
+        "that what the forget examples share is the target rather than one style. Any NER "
+        "format; none may share a passage with `audit.eval_sets`.",
+    )
     outer_iterations: int = Field(
         default=3, ge=1, description="Outer loop m: each adds the best instruction's data."
     )
@@ -1145,6 +1153,19 @@ class Spec(_Section):
                 "release.forget_formats re-renders NER answers: it needs target.kind `ner` "
                 f"(got `{self.target.kind}`)",
             )
+        if self.reveal.extra_contexts and self.target.kind != "ner":
+            raise FieldError(
+                "reveal.extra_contexts",
+                "reveal.extra_contexts adds NER passages to Reveal: it needs target.kind `ner` "
+                f"(got `{self.target.kind}`); put other kinds' prompts in reveal.contexts",
+            )
+        for index, extra in enumerate(self.reveal.extra_contexts):
+            if extra.format not in ("universalner", "conll", "gliner"):
+                raise FieldError(
+                    f"reveal.extra_contexts.{index}.format",
+                    f"an NER context set must be universalner, conll or gliner data (got "
+                    f"`{extra.format}`)",
+                )
         self._check_phrasings()
         strategy = self.strategy
         # Given and not at its default: a resolved spec (the run's record, every key written)

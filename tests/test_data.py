@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,34 @@ def test_builtin_sets_load(name: str) -> None:
     assert len(records) >= 40
 
 
-def test_builtin_ner_has_the_papers_types() -> None:
-    records = load_records(DataSource(path="builtin:ner_passages", format="universalner"))
+@pytest.mark.parametrize("name", ["ner_passages", "ner_styles"])
+def test_builtin_ner_has_the_papers_types(name: str) -> None:
+    records = load_records(DataSource(path=f"builtin:{name}", format="universalner"))
     assert {r["type"] for r in records} == {"person", "organization", "location", "date", "concept"}
     for record in records:
         for entity in record["entities"]:
             assert entity in record["text"]
+
+
+def test_the_styles_set_is_what_its_generator_writes_and_names_people_without_titles() -> None:
+    """``ner_styles.json`` is ``tools/make_ner_styles.py``'s output (rewritten, not edited by
+    hand), and unlike the encyclopedic set most of its people stand without a role title."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "make_ner_styles.py"
+    spec = importlib.util.spec_from_file_location("make_ner_styles", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    assert json.loads(module.OUT.read_text()) == module.records()
+
+    def titled(name: str) -> float:
+        """Share of the set's people right after a capitalised word ("Senator Alma Reyes")."""
+        records = load_records(DataSource(path=f"builtin:{name}", format="universalner"))
+        people = [(r["text"], e) for r in records if r["type"] == "person" for e in r["entities"]]
+        found = [1 for t, e in people if re.search(r"\b[A-Z][a-z]+ " + re.escape(e), t)]
+        return len(found) / len(people)
+
+    assert titled("ner_styles") < titled("ner_passages") / 2
 
 
 def test_limit_takes_the_first_records_and_offset_skips() -> None:

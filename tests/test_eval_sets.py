@@ -228,3 +228,87 @@ def test_the_worst_cell_is_the_highest_released_over_base_among_held_out_cells()
     assert grid["rows"][-1]["error"].startswith("UserError")
     low = grid["rows"][2]["forget"]
     assert low["ratio"] == pytest.approx(2.0) and "too little" in low["excluded"]
+
+
+def test_extra_contexts_mistakes_are_located(
+    write_spec, invoke, tmp_path: Path, monkeypatch
+) -> None:
+    """reveal.extra_contexts: NER only, in an NER format, and sharing no passage with an
+    evaluation set (the set would not be held out from Reveal)."""
+    monkeypatch.chdir(tmp_path)
+    styles = {"path": "builtin:ner_styles", "format": "universalner"}
+    conll = _write(tmp_path, "set.conll", CONLL)
+    cases = [
+        (
+            tiny_spec(
+                reveal={
+                    "strategy": "direct",
+                    "contexts": {"path": "builtin:ner_passages", "format": "universalner"},
+                    "extra_contexts": [{"path": str(conll), "format": "jsonl"}],
+                }
+            ),
+            "reveal.extra_contexts[0].format",
+            "universalner, conll or gliner",
+        ),  # fmt: skip
+        (
+            tiny_spec(
+                reveal={
+                    "strategy": "direct",
+                    "contexts": {"path": "builtin:ner_passages", "format": "universalner"},
+                    "extra_contexts": [{"path": str(conll), "format": "conll"}],
+                },
+                audit={"eval_sets": {"other": {"path": str(conll), "format": "conll"}}},
+            ),
+            "audit.eval_sets.other",
+            "also in reveal.extra_contexts[0]",
+        ),  # fmt: skip
+    ]
+    for spec, key, words in cases:
+        result = invoke("plan", write_spec(spec))
+        assert result.exit_code == 2, result.output
+        found = located(result.stderr)
+        assert found[0]["key"].startswith(key) and words in found[0]["what"], result.stderr
+    toxicity = {**tiny_spec(), "target": {"kind": "toxicity", "description": "toxic"},
+                "oracle": {"name": "toxicity"},
+                "reveal": {"strategy": "direct", "contexts": {"path": "builtin:toxicity_prompts",
+                           "format": "rtp"}, "extra_contexts": [styles]}}  # fmt: skip
+    toxicity["retain"] = {"data": {"path": "builtin:wiki_text", "format": "text"}}
+    result = invoke("plan", write_spec(toxicity))
+    assert result.exit_code == 2 and "needs target.kind `ner`" in result.stderr, result.output
+
+
+def test_reveal_reads_the_extra_contexts_whole_and_the_search_does_not(
+    write_spec, tmp_path: Path
+) -> None:
+    """Reveal's queries: its split of reveal.contexts plus every passage of the extra sets,
+    with unique ids; the weight search and the audit read reveal.contexts' splits only."""
+    import io
+
+    from rich.console import Console
+
+    from rrtool import splits
+    from rrtool.context import RunContext
+    from rrtool.evaluators.suite import EvaluationSuite
+    from rrtool.reveal.direct import build_queries
+    from rrtool.spec_loader import load_spec
+
+    contexts = {"path": "builtin:ner_passages", "format": "universalner"}
+    styles = {"path": "builtin:ner_styles", "format": "universalner"}
+    loaded = load_spec(write_spec(tiny_spec(
+        reveal={"strategy": "direct", "contexts": contexts, "extra_contexts": [styles]},
+    )))  # fmt: skip
+    ctx = RunContext(loaded, None, Console(file=io.StringIO()), tmp_path)  # type: ignore[arg-type]
+    spec = ctx.spec
+    queries = build_queries(ctx)
+    own = {r["text"] for r in splits.read(spec.reveal.contexts, "reveal", spec).records}
+    extra = {r["text"] for r in load_records(spec.reveal.extra_contexts[0])}
+    asked = {q.context for q in queries}
+    assert asked == own | extra and len(extra) == 100
+    assert len({q.id for q in queries}) == len(queries)
+    asked_in_search = json.dumps([i.prompt for i in EvaluationSuite.for_release(ctx).forget_items])
+
+    def in_search(texts: set[str]) -> int:
+        return sum(json.dumps(text)[1:-1] in asked_in_search for text in texts)
+
+    searched = {r["text"] for r in splits.read(spec.reveal.contexts, "search", spec).records}
+    assert in_search(searched) > 0 and in_search(extra) == 0 and in_search(own) == 0

@@ -23,14 +23,21 @@ from rrtool.tasks import prompt_text
 
 
 def build_queries(ctx: RunContext) -> list[Query]:
-    """Reveal's queries over ``reveal.contexts`` (NER: retained types only with
-    ``retain.self_generated``)."""
+    """Reveal's queries over ``reveal.contexts`` and ``reveal.extra_contexts`` (NER: retained
+    types only with ``retain.self_generated``)."""
     spec = ctx.spec
     source = spec.reveal.contexts
     # Reveal's split only: the search and audit splits stay unseen (``rrtool.splits``).
     part = splits.read(source, "reveal", spec)
-    tracking_inputs.log_parts(ctx.tracker, [("reveal.contexts", part)])
-    records = part.records
+    # NER passages of other styles, Reveal's alone and read whole (their passages are one
+    # list with the split's, so query ids stay unique).
+    extra = [splits.whole(other, "reveal", source) for other in spec.reveal.extra_contexts]
+    tracking_inputs.log_parts(
+        ctx.tracker,
+        [("reveal.contexts", part)]
+        + [(f"reveal.extra_contexts[{i}]", found) for i, found in enumerate(extra)],
+    )
+    records = part.records + [r for found in extra for r in found.records]
     chat = spec.target.kind == "ner" and has_chat_template(ctx.model().tokenizer)
     queries = reveal_queries(spec, records, chat)
     if not queries:
