@@ -66,13 +66,24 @@ ROWS: dict[str, list[str]] = {
         "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]",
         "reveal.extra_contexts=[{path: builtin:ner_styles, format: universalner}]",
     ],
-    # RMU's module is added, not searched on a retain-first schedule (iterative-only keys off);
-    # its objective moves slowly at the NLL modules' rate (docs/strategies.md).
+    # RMU's module is added with a searched weight (the iterative-only keys off); its objective
+    # moves slowly at the NLL modules' rate, and one epoch of the demo's 60 forget examples is 8
+    # optimiser steps (docs/strategies.md): five epochs.
     "rmu": [
         "release.strategy=rmu",
         "release.schedule=forget_first",
         "release.end_with_retain=false",
         "release.lora.learning_rate=2.0e-3",
+        "release.lora.epochs=5",
+    ],
+    # RMU on the training family's phrasings (Reveal's examples and the weight search).
+    "rmu_phrasings": [
+        "release.strategy=rmu",
+        "release.schedule=forget_first",
+        "release.end_with_retain=false",
+        "release.lora.learning_rate=2.0e-3",
+        "release.lora.epochs=5",
+        "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]",
     ],
 }
 QUICK = [
@@ -149,6 +160,47 @@ def _ci(value: Any, interval: Any) -> str:
     return f"{value:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
+GOAL = 0.30  # the issue's bar: the person named at most 30% of the base model's rate
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """One line per row: the standard phrasing on the built-in split, the worst held-out cell,
+    how many held-out cells reach the goal, the retained types' F1 kept (the lowest share
+    over the sets, standard phrasing), relearning RR and int4."""
+    lines = [
+        "| row | audit split, standard | worst held-out cell | held-out cells at <= 0.30 of "
+        "base | retained F1 kept (lowest set) | RR at 16 | int4 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["status"] != "done":
+            lines.append(f"| {row['row']} | {row['status']} | | | | | |")
+            continue
+        cells = [c for c in row["grid"]["rows"] if c.get("forget")]
+        own = next(
+            (c for c in cells if c["set"] == "audit split" and c["phrasing"] == "standard"), None
+        )
+        measured = [c for c in cells if c is not own and c["forget"].get("ratio") is not None]
+        worst = row["summary"].get("worst") or {}
+        reached = sum(1 for c in measured if c["forget"]["ratio"] <= GOAL)
+        kept = [c["utility"]["after"] / c["utility"]["before"] for c in cells
+                if c.get("utility") and c["utility"].get("before")]  # fmt: skip
+        sizes = (row["relearning"] or {}).get("sizes") or []
+        rr = next((s.get("recovered") for s in sizes if s["examples"] == 16), None)
+        int4 = next((s for s in (row["quantization"] or {}).get("schemes", [])
+                     if s["scheme"] == "int4"), {})  # fmt: skip
+        f = (own or {}).get("forget") or {}
+        lines.append(
+            f"| {row['row']} | {_ci(f.get('before'), f.get('before_ci'))} -> "
+            f"{_ci(f.get('after'), f.get('after_ci'))} ({f.get('verdict')}) | "
+            f"{worst.get('set')} / {worst.get('phrasing')}: {_num(worst.get('before'))} -> "
+            f"{_num(worst.get('after'))} (ratio {_num(worst.get('ratio'))}) | "
+            f"{reached} of {len(measured)} | {f'{min(kept):.0%}' if kept else '–'} | "
+            f"{_num(rr)} | {_ci(int4.get('released'), int4.get('released_ci'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| row | cell | base | released | change [paired 95% CI] | released / base | verdict |",
@@ -193,12 +245,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{worst.get('ratio') if worst.get('ratio') is None else round(worst['ratio'], 2)} | "
             + f"{rr} | {_ci(int4.get('released'), int4.get('released_ci'))} | {row['seconds']} |"
         )
-    return "\n".join(lines) + "\n"
+    return summary(rows) + "\n" + "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--table", type=Path, nargs="+", metavar="RESULTS_JSON",
+        help="no runs: write OUT/results.md from these results files' rows (docs tables)",
+    )  # fmt: skip
     parser.add_argument("--only", nargs="*", choices=list(ROWS))
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run")
     parser.add_argument(
@@ -208,6 +264,12 @@ def main() -> None:
         "--resume", action="store_true", help="continue each row's interrupted run in OUT"
     )
     args = parser.parse_args()
+    if args.table:
+        rows = [r for path in args.table for r in json.loads(path.read_text())["rows"]]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.md").write_text(markdown(rows))
+        print(markdown(rows))
+        return
     if not NER.exists():
         sys.exit(f"{NER}: the public NER data is not here (this benchmark reads it in place)")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,11 @@ def test_degeneration_counts_empty_and_looping_answers() -> None:
 
     assert is_repetitive("the the the the the the the the")
     assert is_repetitive("I am sorry I am sorry I am sorry I am sorry")
+    # A loop inside one word (RMU's misdirected answers decode to such) is a loop too; a
+    # list of similar items is not.
+    assert is_repetitive("thebubbbbbbbbbbb is liebbb is liebbbbbbbbbbbbbbbbbbbbbbbbbbb")
+    assert not is_repetitive('["Jan 2020", "Feb 2020", "Mar 2020", "Apr 2020", "May 2020"]')
+    assert not is_repetitive('["Helen Keller", "Roger Baldwin", "Crystal Eastman"]')
     assert not is_repetitive("Alma Reyes introduced a bill in the Harlow State Assembly.")
     assert not is_repetitive("no no no")  # too short to call
     rates = degeneration(["", "  ", "fine answer here", "go go go go go go go go"])

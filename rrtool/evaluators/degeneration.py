@@ -12,14 +12,24 @@ from collections.abc import Sequence
 
 MIN_WORDS = 6  # shorter answers are too short to call repetitive
 DISTINCT_TRIGRAMS = 0.5  # under half of the word 3-grams distinct: the answer loops
+# A loop inside one "word" ("thebubbbbbbbbbbbb...", what a misdirected state can decode to)
+# has no word 3-grams to repeat: characters (spaces dropped) are read the same way. A list of
+# similar items (["Jan 2020", "Feb 2020", ...]) keeps about 0.6 of its 4-grams distinct.
+MIN_CHARS = 24
+DISTINCT_CHAR_GRAMS = 0.4
 
 
 def is_repetitive(text: str) -> bool:
     words = text.lower().split()
-    if len(words) < MIN_WORDS:
+    if len(words) >= MIN_WORDS:
+        grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+        if len(set(grams)) / len(grams) < DISTINCT_TRIGRAMS:
+            return True
+    chars = "".join(words)
+    if len(chars) < MIN_CHARS:
         return False
-    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    return len(set(grams)) / len(grams) < DISTINCT_TRIGRAMS
+    quads = [chars[i : i + 4] for i in range(len(chars) - 3)]
+    return len(set(quads)) / len(quads) < DISTINCT_CHAR_GRAMS
 
 
 def distinct(completions: Sequence[str], n: int) -> float | None:
