@@ -1,4 +1,4 @@
-"""Baseline: one LoRA trained by Representation Misdirection for Unlearning (Li et al. 2024,
+"""One LoRA trained by Representation Misdirection for Unlearning (Li et al. 2024,
 the WMDP benchmark's RMU), added. At one decoder layer L (``release.rmu.layer``, default the
 middle one) the hidden states at the forget answers are pushed towards a fixed random
 direction, ``release.rmu.steering`` times their mean norm, while those at the retain answers
@@ -12,7 +12,7 @@ from rrtool.strategies.base import Options, Strategy
 
 class Rmu(Strategy):
     name = "rmu"
-    summary = "baseline: RMU, forget states misdirected at one layer (one LoRA)"
+    summary = "RMU: forget states misdirected at one layer (one LoRA, searched weight)"
     options = ("rmu",)
     objective = "rmu"
 
