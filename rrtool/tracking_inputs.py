@@ -106,8 +106,20 @@ def log_parts(tracker: Tracker | None, parts: Iterable[tuple[str, Part]]) -> Non
     if tracker is None:
         return
     inputs = [dataset_input(key, part) for key, part in parts]
-    if inputs:
-        tracker.client.log_inputs(tracker.run_id, datasets=inputs)
+    if not inputs:
+        return
+    from mlflow.exceptions import MlflowException
+
+    # Two runs on one store may log the same dataset (name and digest) at the same moment:
+    # MlflowClient looks the row up, then inserts it, and the slower insert fails on the
+    # unique key. Once the row exists, the next attempt links it to this run.
+    for attempt in range(3):
+        try:
+            tracker.client.log_inputs(tracker.run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            if "UNIQUE constraint failed" not in str(exc) or attempt == 2:
+                raise
 
 
 def suite_parts(parts: Mapping[str, Part]) -> list[tuple[str, Part]]:

@@ -134,3 +134,35 @@ def _tracker(client: Any, run: Any) -> Any:
     from rrtool.tracking import Store, Tracker
 
     return Tracker(client, run.info.run_id, Store(client.tracking_uri, None, "test"))
+
+
+def test_a_dataset_row_another_run_inserted_first_is_linked_on_the_next_attempt() -> None:
+    """Two runs logging the same dataset at once: the slower insert fails on the unique key;
+    log_parts tries again (the row now exists) and re-raises any other store error."""
+    import types
+
+    from mlflow.exceptions import MlflowException
+
+    from rrtool import tracking_inputs
+    from rrtool.spec import DataSource
+    from rrtool.splits import whole
+
+    calls: list[int] = []
+
+    def log_inputs(run_id: str, datasets: list) -> None:
+        calls.append(len(datasets))
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets")
+
+    client = types.SimpleNamespace(log_inputs=log_inputs)
+    tracker = types.SimpleNamespace(client=client, run_id="r")
+    part = whole(DataSource(path="builtin:ner_passages", format="universalner"), "audit")
+    tracking_inputs.log_parts(tracker, [("audit.forget_eval", part)])  # type: ignore[arg-type]
+    assert calls == [1, 1]
+
+    def broken(run_id: str, datasets: list) -> None:
+        raise MlflowException("database is locked")
+
+    tracker.client = types.SimpleNamespace(log_inputs=broken)
+    with pytest.raises(MlflowException, match="locked"):
+        tracking_inputs.log_parts(tracker, [("audit.forget_eval", part)])  # type: ignore[arg-type]
