@@ -160,6 +160,12 @@ def _ci(value: Any, interval: Any) -> str:
     return f"{value:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
+def _int4(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's int4 quantization scheme record ({} when it has none)."""
+    schemes = (row["quantization"] or {}).get("schemes", [])
+    return next((s for s in schemes if s["scheme"] == "int4"), {})
+
+
 GOAL = 0.30  # the issue's bar: the person named at most 30% of the base model's rate
 
 
@@ -187,8 +193,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
                 if c.get("utility") and c["utility"].get("before")]  # fmt: skip
         sizes = (row["relearning"] or {}).get("sizes") or []
         rr = next((s.get("recovered") for s in sizes if s["examples"] == 16), None)
-        int4 = next((s for s in (row["quantization"] or {}).get("schemes", [])
-                     if s["scheme"] == "int4"), {})  # fmt: skip
+        int4 = _int4(row)
         f = (own or {}).get("forget") or {}
         lines.append(
             f"| {row['row']} | {_ci(f.get('before'), f.get('before_ci'))} -> "
@@ -236,10 +241,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{_num(size.get('recovered'))} ({size['examples']})"
             for size in (row["relearning"] or {}).get("sizes", [])
         )
-        int4 = next(
-            (s for s in (row["quantization"] or {}).get("schemes", []) if s["scheme"] == "int4"),
-            {},
-        )
+        int4 = _int4(row)
         lines.append(
             f"| {row['row']} | {worst.get('set')} / {worst.get('phrasing')} | "
             f"{worst.get('ratio') if worst.get('ratio') is None else round(worst['ratio'], 2)} | "
