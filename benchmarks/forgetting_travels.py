@@ -15,7 +15,8 @@ Each row is one `rrtool run` of `specs/person_ner.yaml` (fresh process, own stor
 Rows (``--only`` picks some): today's demo schedule (iterative, standard phrasing); the same
 with Reveal's examples asked in the training family's phrasings in turn (``multi_phrasing``);
 that and Reveal over a second built-in style of passages (``styles``); the
-representation-level strategy (``rmu``).
+representation-level strategy (``rmu``), on the training family (``rmu_phrasings``, the demo's
+default), and followed by an answer-format module (``rmu_abstain``).
 
 The rows share one answer cache (OUT/answers.sqlite): the base model's answers, measured in the
 first row, are read back in the others.
@@ -84,6 +85,17 @@ ROWS: dict[str, list[str]] = {
         "release.lora.learning_rate=2.0e-3",
         "release.lora.epochs=5",
         "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]",
+    ],
+    # And an answer-format module after it (release.rmu.abstain): RMU alone leaves the person
+    # queries answered with noise, which the audit reads as format collapse.
+    "rmu_abstain": [
+        "release.strategy=rmu",
+        "release.schedule=forget_first",
+        "release.end_with_retain=false",
+        "release.lora.learning_rate=2.0e-3",
+        "release.lora.epochs=5",
+        "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]",
+        "release.rmu.abstain=true",
     ],
 }
 QUICK = [

@@ -874,6 +874,19 @@ def _module_step(
 ) -> Step:  # fmt: skip
     """The plan line of one module outside an [R_i, F_i] iteration."""
     symbol = f"{'lambda' if step.kind == 'retain' else 'mu'}{step.iteration}"
+    if step.objective == "abstain":
+        answer = (
+            "with nothing of the type in each phrasing's format"
+            if spec.target.kind == "ner"
+            else "release.refusal"
+        )
+        return Step(
+            f"answer format {step.name}",
+            f"train LoRA {step.name} on the model with the modules before it applied: ~{forget_n} "
+            f"forget prompts answered {answer}, and ~{retain_n} retain examples as they are; "
+            f"add it, weight = {weight} (release.rmu.abstain)",
+            {"training_steps": forget_steps + retain_steps},
+        )
     if step.kind == "retain":
         last = spec.release.end_with_retain and step.iteration > spec.effective_iterations
         return Step(

@@ -692,6 +692,17 @@ class RmuSpec(_Section):
         "1200) slow the forget side as much as they hold the retain side "
         "(docs/strategies.md).",
     )
+    abstain: bool = Field(
+        default=False,
+        description="After the RMU module, a second LoRA (A1), trained on the model with the "
+        "RMU module applied, learns the forget prompts answered as if the target were absent "
+        "(NER: nothing of the type, in the format each training phrasing asks for, `[]` in "
+        "the standard one; other kinds: `release.refusal`) together with the retain examples "
+        "as they are, and is added whole (weight 1: it was fitted to the model it is added "
+        "to). RMU alone leaves the layers above its layer to make what they can of the "
+        "misdirected states, often a loop of characters the audit reads as format collapse; "
+        "this module turns that into the answer a model that never knew the target gives.",
+    )
 
 
 class ReleaseSpec(_Section):
@@ -1080,6 +1091,7 @@ class Spec(_Section):
             rmu_layer=release.rmu.layer,
             rmu_steering=release.rmu.steering,
             rmu_alpha=release.rmu.alpha,
+            rmu_abstain=release.rmu.abstain,
         )
 
     @property

@@ -140,6 +140,24 @@ def test_answers_that_are_not_lists_stay_as_answered() -> None:
     assert [e.completion for e in asked] == ["The person described is Ada."] * 2
 
 
+def test_abstentions_answer_nothing_in_the_phrasing_each_example_was_asked_in() -> None:
+    """``empty=True`` (``release.rmu.abstain``): the same prompts as the forget examples, each
+    answered with nothing of its type in its phrasing's format."""
+    training, _ = resolve("ner", [STANDARD, "list_instruction", "prose_answer", "dash_lines"],
+                          ["bare"])  # fmt: skip
+    records = [_record(f"passage {p}", "person", f'["Name {p}"]') for p in range(8)]
+    records.append(_record("passage 9", "person", "I am not sure."))
+    examples = [Example(r.prompt, r.completion) for r in records]
+    asked, empty = in_turn(records, examples, training), in_turn(records, examples, training, True)
+    assert [e.prompt for e in empty] == [e.prompt for e in asked]
+    answers = {e.completion for e in empty}
+    assert answers == {"[]", "There is no person in the text.", "none"}, answers
+    assert empty[-1] == Example(records[-1].prompt, "[]")  # not a list: standard, as asked
+    # The standard family alone: every prompt as Reveal asked it, answered [].
+    alone = in_turn(records, examples, training[:1], empty=True)
+    assert [(e.prompt, e.completion) for e in alone] == [(r.prompt, "[]") for r in records]
+
+
 def test_render_formats() -> None:
     assert render(["Ada", "Alan"], "person", "json") == '["Ada", "Alan"]'
     assert render(["Ada", "Alan"], "person", "prose") == "The person described is Ada and Alan."

@@ -161,6 +161,28 @@ def test_rebuild_replays_bit_identically(model: Any, base: Any) -> None:
     assert torch.equal(_logits(model), _logits(fresh))
 
 
+def test_a_later_module_reaching_new_layers_extends_the_masters_exactly(
+    model: Any, base: Any
+) -> None:
+    """RMU's F0 stops at its layer; A1 after it reaches every layer: the masters grow to its
+    weights, and the result equals the whole stack replayed on the base, bit for bit."""
+    whole = _module(model, 2)
+    lower = LoraModule(
+        A={n: a for n, a in whole.A.items() if ".layers.0." in n},
+        B={n: b for n, b in whole.B.items() if ".layers.0." in n},
+        r=whole.r, alpha=whole.alpha, target_modules="all-linear", kind="forget", seed=5,
+    )  # fmt: skip
+    masters = MasterWeights(model, lower.names)
+    masters.apply(lower, 0.7)
+    assert masters.extend(NAMES) == NAMES[2:] and masters.extend(NAMES) == []
+    masters.apply(_module(model, 3), 1.0)
+    fresh = copy.deepcopy(base)
+    rebuild(fresh, [(lower, 0.7), (_module(model, 3), 1.0)])
+    assert all(torch.equal(model.get_submodule(n).weight, fresh.get_submodule(n).weight)
+               for n in NAMES)  # fmt: skip
+    assert masters.in_sync()
+
+
 def test_errors_and_sync(model: Any) -> None:
     masters = MasterWeights(model, NAMES[:2])
     with pytest.raises(ValueError, match="without a master copy"):

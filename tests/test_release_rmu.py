@@ -294,3 +294,43 @@ def test_a_layer_past_the_models_last_is_a_plan_error(
     result = invoke("plan", spec)
     assert result.exit_code == 2, result.output
     assert "release.rmu.layer: got 9, but the model has 2 decoder layers" in result.stderr
+
+
+def test_abstain_adds_an_answer_format_module_fitted_after_rmu(
+    invoke, write_spec, tmp_path: Path
+) -> None:
+    """``release.rmu.abstain``: A1, trained on the model with F0 applied (the forget prompts
+    answered with nothing, the retain examples as they are), added whole after F0; planned,
+    recorded, audited and exported like any module."""
+    spec = write_spec(tiny_spec(release={"strategy": "rmu", "rmu": {"layer": 0, "abstain": True}}))
+    plan = invoke("plan", spec, "--json")
+    assert plan.exit_code == 0, plan.output
+    steps = {s["name"]: s["detail"] for s in json.loads(plan.output)["phases"][1]["steps"]}
+    assert list(steps)[:2] == ["forget F0", "answer format A1"]
+    assert "forget prompts answered with nothing of the type" in steps["answer format A1"]
+    assert steps["answer format A1"].endswith("weight = 1 (given) (release.rmu.abstain)")
+    assert steps["weight search"].startswith("1 weights x 8 candidates")  # F0's only
+    assert invoke("run", spec, *set_flags(*FAST_SETS)).exit_code == 0
+
+    client, run = only_run(tmp_path)
+    run_id = run.info.run_id
+
+    def info(name: str) -> dict[str, Any]:
+        path = client.download_artifacts(run_id, f"release/modules/{name}.json", str(tmp_path))
+        return json.loads(Path(path).read_text())
+
+    f0, a1 = info("F0"), info("A1")
+    assert a1["info"]["objective"] == "nll" and a1["kind"] == "retain"
+    # Every decoder layer learns the answer (RMU's module stops at its layer).
+    assert any(n.startswith("model.layers.1.") for n in a1["names"])
+    forget_n = f0["info"]["examples"]
+    assert a1["info"]["examples"] > forget_n  # the abstentions and the retain examples
+    report = tmp_path / "report.json"
+    assert invoke("audit", "--report", "json", "--out", report).exit_code == 0
+    data = json.loads(report.read_text())
+    steps = {s["module"]: s for s in data["steps"]}
+    assert list(steps) == ["base", "F0", "A1"]
+    assert steps["A1"]["coefficient"] == 1.0 and steps["A1"]["weight_from"] == "explicit"
+    assert data["release"]["stop_reason"].startswith("all 2 module(s) of `rmu`")
+    # The export replays both modules onto the base and finds the run's weights.
+    assert invoke("export", run_id, "--out", tmp_path / "released").exit_code == 0

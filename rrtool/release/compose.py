@@ -52,6 +52,18 @@ class MasterWeights:
         return list(self.masters)
 
     @torch.no_grad()
+    def extend(self, target_names: Iterable[str]) -> list[str]:
+        """Master copies of the weights in ``target_names`` not targeted yet (a later module
+        may reach layers an earlier one did not, as A1 after RMU's F0); the names added. Such
+        a weight still holds its base value (only the masters write into targeted weights), so
+        its copy made now is the one made at the start would have been."""
+        added = [n for n in dict.fromkeys(target_names) if n not in self.masters]
+        for name in added:
+            self._linears[name] = _linear(self.model, name)
+            self.masters[name] = self._linears[name].weight.detach().to(torch.float32, copy=True)
+        return added
+
+    @torch.no_grad()
     def apply(self, module: LoraModule, weight: float) -> None:
         """Add ``weight * (alpha/r) * B @ A`` to each targeted weight."""
         missing = [n for n in module.names if n not in self.masters]

@@ -269,6 +269,29 @@ def dpo_pairs(ctx: RunContext, forget: list[Example], retain: list[Example]) -> 
     ]
 
 
+def abstentions(ctx: RunContext, forget: list[Example]) -> list[Example]:
+    """The forget prompts answered as if the target were absent (``release.rmu.abstain``).
+    NER from Reveal: the prompts of the forget examples (the answers that are not empty), each
+    in the training phrasing its forget example was asked in (``phrased.in_turn``), answered
+    with nothing of the type in that phrasing's format; otherwise each forget prompt answered
+    ``[]`` (NER) or with ``release.refusal``."""
+    spec = ctx.spec
+    if spec.target.kind != "ner":
+        return [Example(e.prompt, spec.release.refusal) for e in forget]
+    if spec.release.forget_data is not None:
+        return [Example(e.prompt, "[]") for e in forget]
+    revealed = reveal_record.read(ctx, REVEAL_FORGET)
+    asked = phrased.in_turn(
+        revealed,
+        [Example(r.prompt, r.completion) for r in revealed],
+        spec.phrasing_families()[0],
+        empty=True,
+    )
+    return [
+        e for r, e in zip(revealed, asked, strict=True) if r.completion.strip() not in ("", "[]")
+    ]
+
+
 def cmd_contexts(ctx: RunContext) -> list[str]:
     """The contexts CMD cleans: ``release.forget_data``'s prompts, else the distinct contexts
     of Reveal's forget records, in order."""
@@ -321,16 +344,20 @@ class _Release:
 
     # ----------------------------------------------------------------- state
     def _masters_for(self, module: LoraModule) -> MasterWeights:
-        """The fp32 masters, created at the first applied module, with a copy of the base
-        weights they start from when a utility floor may call for a revert (a revert replays a
-        prefix of the stack onto it, so the result equals ``rebuild(base, prefix)`` bit for
-        bit; without a floor nothing is reverted, and the copy's memory is saved)."""
+        """The fp32 masters, created at the first applied module and extended to the weights
+        a later one reaches first, with a copy of the base weights they start from when a
+        utility floor may call for a revert (a revert replays a prefix of the stack onto it,
+        so the result equals ``rebuild(base, prefix)`` bit for bit; without a floor nothing is
+        reverted, and the copy's memory is saved)."""
         if self.masters is None:
             self.masters = MasterWeights(self.model, module.names)
-            if self.spec.stopping.utility_floor is not None:
-                self.base_masters = {
-                    n: m.detach().to("cpu", copy=True) for n, m in self.masters.masters.items()
-                }
+            added = self.masters.names
+        else:
+            added = self.masters.extend(module.names)
+        if self.spec.stopping.utility_floor is not None:
+            self.base_masters.update(
+                {n: self.masters.masters[n].detach().to("cpu", copy=True) for n in added}
+            )
         return self.masters
 
     def restore(self) -> None:
@@ -387,6 +414,8 @@ class _Release:
             return dpo_pairs(self.ctx, self.forget, self.retain)
         if step.objective == "cmd":
             return self._cmd_examples(progress)
+        if step.objective == "abstain":  # and the retain examples, so only the target goes
+            return abstentions(self.ctx, self.forget) + self.retain
         return self.forget if step.kind == "forget" else self.retain
 
     def _cmd_examples(self, progress: Progress) -> list[Example]:

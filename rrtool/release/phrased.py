@@ -49,13 +49,20 @@ def render(names: list[str], entity_type: str, answer_format: str) -> str:
 
 
 def in_turn(
-    records: Sequence[RevealRecord], examples: Sequence[Example], family: Sequence[Phrasing]
+    records: Sequence[RevealRecord],
+    examples: Sequence[Example],
+    family: Sequence[Phrasing],
+    empty: bool = False,
 ) -> list[Example]:
     """The example of passage ``p`` and type ``t`` (their order of first appearance) asked in
     phrasing ``(p + t) mod len(family)``, so every type meets every phrasing across passages
     (the standard one keeps its example as Reveal recorded it); an answer that is not a JSON
-    list stays in the standard phrasing, as it was answered."""
-    if all(p.standard for p in family):  # as Reveal asked them
+    list stays in the standard phrasing, as it was answered.
+
+    ``empty``: each prompt answered as if the passage held nothing of its type, in the format
+    its phrasing asks for (``[]`` in the standard one, where an answer that is not a list
+    also stays): what an answer-format module learns (``release.rmu.abstain``)."""
+    if all(p.standard for p in family) and not empty:  # as Reveal asked them
         return list(examples)
     passages = {c: i for i, c in enumerate(dict.fromkeys(r.context for r in records))}
     types = {t: i for i, t in enumerate(dict.fromkeys(r.type for r in records))}
@@ -64,13 +71,13 @@ def in_turn(
         phrasing = family[(passages[record.context] + types[record.type]) % len(family)]
         names = entity_list(example.completion)
         if phrasing.standard or names is None or not record.context:
-            out.append(example)
+            out.append(Example(example.prompt, "[]") if empty else example)
             continue
         entity_type = record.type or "entity"
         out.append(
             Example(
                 fill(phrasing.template or "", record.context, entity_type),
-                render(names, entity_type, phrasing.answer_format),
+                render([] if empty else names, entity_type, phrasing.answer_format),
             )
         )
     return out

@@ -128,6 +128,8 @@ def explicit_weight(weights: WeightsSpec, step: Step) -> float | None:
     """The spec's weight for ``step`` (a magnitude), or None when it is to be searched."""
     if step.objective == "ext_sub" and step.kind == "retain":
         return 1.0  # Ext-Sub adds its expert whole; only the deficiency's weight is tuned
+    if step.objective == "abstain":
+        return 1.0  # fitted to the model it is added to (release.rmu.abstain)
     if step.iteration == 0:
         return weights.lambda0 if step.kind == "retain" else weights.mu0
     given = weights.lambdas if step.kind == "retain" else weights.mus

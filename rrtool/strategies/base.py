@@ -21,6 +21,7 @@ class Options:
     rmu_layer: int | None = None  # release.rmu.layer (None: the middle decoder layer)
     rmu_steering: float = 1.0
     rmu_alpha: float = 10.0
+    rmu_abstain: bool = False  # release.rmu.abstain: an answer-format module A1 after F0
 
 
 class Strategy:

@@ -3,18 +3,32 @@ the WMDP benchmark's RMU), added. At one decoder layer L (``release.rmu.layer``,
 middle one) the hidden states at the forget answers are pushed towards a fixed random
 direction, ``release.rmu.steering`` times their mean norm, while those at the retain answers
 are kept where the model before the module puts them (weight ``release.rmu.alpha``); only the
-LoRA layers of decoder layers 0..L are trained (``release/lora.py``, ``_RmuSteps``)."""
+LoRA layers of decoder layers 0..L are trained (``release/lora.py``, ``_RmuSteps``).
+
+``release.rmu.abstain`` adds a second module A1, trained on the model with F0 applied: the
+forget prompts answered as if the target were absent, the retain examples as they are
+(``release/phase.py``, ``abstentions``); added whole."""
 
 from __future__ import annotations
 
 from rrtool.strategies.base import Options, Strategy
+from rrtool.strategies.steps import Step
 
 
 class Rmu(Strategy):
     name = "rmu"
-    summary = "RMU: forget states misdirected at one layer (one LoRA, searched weight)"
+    summary = (
+        "RMU: forget states misdirected at one layer (a LoRA, searched weight; with "
+        "release.rmu.abstain an answer-format LoRA after it)"
+    )
     options = ("rmu",)
     objective = "rmu"
+
+    def schedule(self, options: Options) -> list[Step]:
+        steps = [Step(1, "F0", "forget", 0, self.objective)]
+        if options.rmu_abstain:
+            steps.append(Step(2, "A1", "retain", 1, "abstain"))
+        return steps
 
     def needs_retain_examples(self, options: Options) -> bool:
         return True  # the retain term keeps the retain answers' states

@@ -20,6 +20,9 @@ MODULE_OBJECTIVES: dict[str, tuple[str, bool]] = {
     "dpo": ("dpo", False),
     "cmd": ("nll", False),  # learns the model's own cleaned continuations: added
     "rmu": ("rmu", False),  # moves the forget states away from the base's: added
+    # learns the forget prompts answered as if the target were absent (and the retain
+    # examples as they are), on the model it is then added to: added
+    "abstain": ("nll", False),
 }
 
 
@@ -34,7 +37,8 @@ class Step:
     # How the module is made: nll (learn the examples) | gradient_ascent | npo | dpo | cmd
     # (learn the model's own continuations of cleaned contexts) | ext_sub (E0: the expert,
     # trained with nll; D0: Ext-Sub's deficiency, computed from the expert and anti-expert) |
-    # rmu (misdirect the forget answers' hidden states at one layer, keep the retain ones').
+    # rmu (misdirect the forget answers' hidden states at one layer, keep the retain ones') |
+    # abstain (learn the forget prompts answered as if the target were absent).
     objective: str = "nll"
 
     def __post_init__(self) -> None:
