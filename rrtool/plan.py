@@ -875,6 +875,10 @@ def _module_step(
     """The plan line of one module outside an [R_i, F_i] iteration."""
     symbol = f"{'lambda' if step.kind == 'retain' else 'mu'}{step.iteration}"
     if step.objective == "abstain":
+        pairs = min(forget_n, retain_n)
+        epochs = spec.release.rmu.abstain_epochs
+        lora = spec.release.lora
+        cost = math.ceil(2 * pairs / (lora.batch_size * lora.gradient_accumulation)) * epochs
         answer = (
             "with nothing of the type in each phrasing's format"
             if spec.target.kind == "ner"
@@ -882,10 +886,10 @@ def _module_step(
         )
         return Step(
             f"answer format {step.name}",
-            f"train LoRA {step.name} on the model with the modules before it applied: ~{forget_n} "
-            f"forget prompts answered {answer}, and ~{retain_n} retain examples as they are; "
-            f"add it, weight = {weight} (release.rmu.abstain)",
-            {"training_steps": forget_steps + retain_steps},
+            f"train LoRA {step.name} ({epochs} epoch(s)) on the model with the modules before it "
+            f"applied: ~{pairs} forget prompts answered {answer}, and as many retain examples "
+            f"as they are; add it, weight = {weight} (release.rmu.abstain)",
+            {"training_steps": cost},
         )
     if step.kind == "retain":
         last = spec.release.end_with_retain and step.iteration > spec.effective_iterations

@@ -697,11 +697,20 @@ class RmuSpec(_Section):
         description="After the RMU module, a second LoRA (A1), trained on the model with the "
         "RMU module applied, learns the forget prompts answered as if the target were absent "
         "(NER: nothing of the type, in the format each training phrasing asks for, `[]` in "
-        "the standard one; other kinds: `release.refusal`) together with the retain examples "
-        "as they are, and is added whole (weight 1: it was fitted to the model it is added "
-        "to). RMU alone leaves the layers above its layer to make what they can of the "
-        "misdirected states, often a loop of characters the audit reads as format collapse; "
-        "this module turns that into the answer a model that never knew the target gives.",
+        "the standard one; other kinds: `release.refusal`) together with as many retain "
+        "examples as they are (a seeded sample), and is added whole (weight 1: it was fitted "
+        "to the model it is added to). RMU alone leaves the layers above its layer to make "
+        "what they can of the misdirected states, often a loop of characters the audit reads "
+        "as format collapse; this module turns that into the answer a model that never knew "
+        "the target gives.",
+    )
+    abstain_epochs: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="`abstain`: A1's epochs (its other settings are `release.lora`'s). An "
+        "answer format is learnt in far fewer steps than a misdirection, which is what "
+        "`release.lora.epochs` is usually raised for with `rmu`.",
     )
 
 

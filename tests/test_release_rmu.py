@@ -324,7 +324,8 @@ def test_abstain_adds_an_answer_format_module_fitted_after_rmu(
     # Every decoder layer learns the answer (RMU's module stops at its layer).
     assert any(n.startswith("model.layers.1.") for n in a1["names"])
     forget_n = f0["info"]["examples"]
-    assert a1["info"]["examples"] > forget_n  # the abstentions and the retain examples
+    # The abstentions and as many retain examples, for release.rmu.abstain_epochs epochs.
+    assert a1["info"]["examples"] == 2 * forget_n and a1["info"]["epochs"] == 2
     report = tmp_path / "report.json"
     assert invoke("audit", "--report", "json", "--out", report).exit_code == 0
     data = json.loads(report.read_text())

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 import time
 from typing import Any
@@ -414,8 +415,12 @@ class _Release:
             return dpo_pairs(self.ctx, self.forget, self.retain)
         if step.objective == "cmd":
             return self._cmd_examples(progress)
-        if step.objective == "abstain":  # and the retain examples, so only the target goes
-            return abstentions(self.ctx, self.forget) + self.retain
+        if step.objective == "abstain":  # and as many retain examples: only the target goes
+            empty = abstentions(self.ctx, self.forget)
+            sample = random.Random(self.spec.seed).sample(
+                self.retain, min(len(empty), len(self.retain))
+            )
+            return empty + sample
         return self.forget if step.kind == "forget" else self.retain
 
     def _cmd_examples(self, progress: Progress) -> list[Example]:
@@ -485,6 +490,8 @@ class _Release:
         offset: int = 0,
     ) -> LoraModule:
         cfg = self.spec.release.lora
+        if step.objective == "abstain":
+            cfg = cfg.model_copy(update={"epochs": self.spec.release.rmu.abstain_epochs})
         task = progress.add_task(f"train {name}", total=None)
         seed = (cfg.seed if cfg.seed is not None else self.spec.seed) + step.number + offset
 
