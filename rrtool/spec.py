@@ -509,9 +509,9 @@ class LoraSpec(_Section):
         description="At most this many tokens (rows x the longest row, padding included) in one "
         "training forward pass: a micro-batch that would hold more runs as several smaller "
         "forwards whose gradients add up, so the update is the same (up to float rounding) and "
-        "the activation memory is bounded (SmolLM2, 8 coding examples of ~300 tokens: 8.9 GB "
-        "peak in one forward, 3.5 GB in forwards of 2 rows). A single longer example still "
-        "runs whole. null: one forward per micro-batch.",
+        "the activation memory is bounded (activations grow with rows x length, and long "
+        "coding examples make a whole micro-batch the phase's peak). A single longer example "
+        "still runs whole. null: one forward per micro-batch.",
     )
     seed: int | None = Field(default=None, description="Training seed (default: the spec's seed).")
     bf16_autocast: bool = Field(

@@ -162,7 +162,7 @@ def _step_groups(
     A DPO example is two sequences (chosen, rejected): its micro-batches hold half as many
     examples, so a forward pass is no larger than for the other objectives. The step, and so
     the update, is the same (losses are normalised over the whole step); only the peak memory
-    changes (SmolLM2's NER benchmark: 7.8 GB with whole pairs per micro-batch, 4.4 GB halved)."""
+    changes (lower: a pair's two sequences would otherwise double a micro-batch's activations)."""
     per_step = batch_size * accumulation
     per_micro = max(1, batch_size // sequences_per_example)
     for start in range(0, len(order), per_step):
