@@ -488,8 +488,8 @@ class LoraSpec(_Section):
         default=0.05,
         ge=0.0,
         lt=1.0,
-        description="LoRA dropout (PEFT's own default is 0). On 2 CPU cores 0.05 made "
-        "SmolLM2's training 1.24x slower than 0 (tests/bench_shared_prefix.py), and with one "
+        description="LoRA dropout (PEFT's own default is 0). It costs training time (the "
+        "dropout masks and a second matrix product; tests/bench_shared_prefix.py) and with one "
         "pass over the data it regularises little; the demo spec sets 0.",
     )
     target_modules: Literal["all-linear"] | list[str] = Field(

@@ -2,12 +2,12 @@
 next prompt takes its slot.
 
 Why: transformers' ``generate`` keeps computing every row of a batch until the last one ends,
-and a batch's next prompts wait for it. NER answers end at very different lengths. Measured on
-2 CPU cores (``tests/bench_continuous.py``): 1.7-1.9x the useful tokens/s of ``generate`` on
-Reveal's NER queries, where prompt processing dominates and the shared prompt prefix is
-computed once per call instead of once per batch; no gain at batch 16 on continuations that
-mostly run to their token limit (decoding a small model on CPU reads every weight once per
-step, so a step with fewer rows costs about the same: the gain is in fuller batches).
+and a batch's next prompts wait for it. NER answers end at very different lengths. The gain is
+largest on Reveal's NER queries, where prompt processing dominates and the shared prompt prefix
+is computed once per call instead of once per batch, and small on continuations that mostly run
+to their token limit (decoding a small model on CPU reads every weight once per step, so a step
+with fewer rows costs about the same: the gain is in fuller batches). Measured by
+``tests/bench_continuous.py``.
 
 How: the running rows share one :class:`~transformers.DynamicCache`, left-padded to a common
 width. The attention mask marks each row's real positions and each row's position id is the
@@ -339,8 +339,8 @@ class ContinuousDecoder:
                 cache = self._prefix_cache(rows[start][shared:common], prefix_cache, shared)
                 parts.append(self._prefill(rows[start:end], common, cache, None, part))
             else:
-                # One batched forward instead of one per row: 1.55x faster on 2 CPU cores
-                # (16 rows of 70 tokens, SmolLM2-135M).
+                # One batched forward instead of one per row: the weights are read once for
+                # all of them.
                 lone.extend(range(start, end))
         prefill_lone()
         cache, mask, _ = parts[0]
