@@ -489,7 +489,7 @@ class LoraSpec(_Section):
         ge=0.0,
         lt=1.0,
         description="LoRA dropout (PEFT's own default is 0). It costs training time (the "
-        "dropout masks and a second matrix product; tests/bench_shared_prefix.py) and with one "
+        "dropout masks over every LoRA layer's inputs; tests/bench_shared_prefix.py) and with one "
         "pass over the data it regularises little; the demo spec sets 0.",
     )
     target_modules: Literal["all-linear"] | list[str] = Field(
