@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rrtool import splits
-from rrtool.audit import LINEAR_PROBE_KINDS, LINEAR_PROBE_NEEDS, RELEARN_SIZES
+from rrtool.audit import LINEAR_PROBE_KINDS, LINEAR_PROBE_NEEDS, RELEARN_SIZES, attack_epochs
 from rrtool.context import SCRATCH
 from rrtool.data import load_records
 from rrtool.errors import SpecError, UserError
@@ -963,24 +963,25 @@ def _rule_words(spec: Spec) -> str:
 def _probe_budget(spec: Spec, name: str, forget_side: int) -> tuple[str, dict[str, int]]:
     """What a probe does and costs (``rrtool.audit.probes``; its budgets are fixed there:
     16 fine-tuning examples, 64 members, two quantization schemes)."""
-    lora = spec.release.lora
-    relearn_steps = math.ceil(16 / (lora.batch_size * lora.gradient_accumulation))  # 1 epoch
+    lora, wanted = spec.release.lora, spec.audit.relearning_steps
+    per_step = lora.batch_size * lora.gradient_accumulation
+
+    def steps(n: int) -> int:  # what the fine-tune on n examples runs (whole epochs)
+        return attack_epochs(n, per_step, wanted) * math.ceil(n / per_step)
+
     budgets: dict[str, tuple[str, dict[str, int]]] = {
         "relearning": (
-            f"LoRA 1 epoch on {' and '.join(map(str, RELEARN_SIZES))} forget examples, on the "
-            "released and on the base model (the control), forget measure again",
+            f"LoRA {wanted} optimiser steps on {' and '.join(map(str, RELEARN_SIZES))} forget "
+            "examples, on the released and on the base model (the control), forget measure "
+            "again",
             {
-                "training_steps": 2
-                * sum(
-                    math.ceil(n / (lora.batch_size * lora.gradient_accumulation))
-                    for n in RELEARN_SIZES
-                ),
+                "training_steps": 2 * sum(steps(n) for n in RELEARN_SIZES),
                 "evaluations": 2 * len(RELEARN_SIZES) * forget_side,
             },
         ),
         "relearning_ood": (
             "the same fine-tune on 16 retain examples, on the released and on the base model",
-            {"training_steps": 2 * relearn_steps, "evaluations": 2 * forget_side},
+            {"training_steps": 2 * steps(16), "evaluations": 2 * forget_side},
         ),
         "elicitation": (
             "the held-out phrasings on the audit split, base and released, read from the "

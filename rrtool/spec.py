@@ -956,6 +956,16 @@ class AuditSpec(_Section):
         default=5, ge=0, description="Before/after answers shown side by side in the report."
     )
     probes: ProbesSpec = Field(default_factory=ProbesSpec, description="Robustness probes.")
+    relearning_steps: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="Optimiser steps of each relearning fine-tune (probes `relearning` and "
+        "`relearning_ood`; `release.lora`'s batch and rate), reached by as many epochs over "
+        "its examples as it takes, so 16 examples are attacked as hard as 64. One epoch over "
+        "16 examples at 8 a step is two steps: too weak an attack to tell a shallow edit from "
+        "a deep one.",
+    )
 
 
 # ------------------------------------------------------------------------- splits

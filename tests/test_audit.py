@@ -107,6 +107,8 @@ def test_json_report_from_the_store_alone(invoke, finished_run, tmp_path: Path) 
     sizes = [r["examples"] for r in relearning["sizes"]]
     assert sizes == sorted(set(sizes)) and sizes[0] == relearning["examples"] and sizes[-1] <= 64
     assert all(r["base_after_same_fine_tune"] is not None for r in relearning["sizes"])
+    # What the attacked model said, beside its number.
+    assert all(r["answers_under_attack"] for r in relearning["sizes"])
     # Out of domain: retain examples, on the released model and (the control) on the base.
     ood = probes["relearning_ood"]
     assert ood["status"] == "done" and ood["examples"] > 0 and ood["after"] == relearning["after"]
@@ -504,7 +506,8 @@ def test_the_relearning_probe_is_measured_outside_the_answer_cache(
                                   measure_forget=measure)  # fmt: skip
     monkeypatch.setattr(release_phase, "load_examples", lambda c: ([lora.Example("p", "c")], []))
     monkeypatch.setattr(release_phase, "trains_in_chat_format", lambda c: True)
-    monkeypatch.setattr(lora, "train_lora", lambda *a, **k: None)
+    epochs: list[int] = []
+    monkeypatch.setattr(lora, "train_lora", lambda m, t, ex, cfg, **k: epochs.append(cfg.epochs))
     monkeypatch.setattr(compose, "ScaledAdapter", lambda *a: contextlib.nullcontext())
     drafts = {"base": {"q1": "[]"}, "released": {"q1": '["Ada"]'}}
     released = lambda: setattr(ctx, "model_state", "released")  # noqa: E731
@@ -512,6 +515,8 @@ def test_the_relearning_probe_is_measured_outside_the_answer_cache(
     # The attack on the released model, then the control on the base: neither state's
     # cached answers are read while the adapter is on.
     assert seen == [None, None] and result["after_relearning"] == 0.5
+    # One example, 8 to a step: 16 epochs give the attack its 16 optimiser steps.
+    assert epochs == [16, 16] and "16 optimiser steps" in result["budget"]
     assert result["base_after_same_fine_tune"] == 0.5
     assert guesses == [drafts["released"], drafts["base"]]
     assert ctx.weights_state() == "stack-key"  # the released state is named again after
@@ -613,3 +618,16 @@ def test_attack_adds_probes_to_a_finished_run_without_retraining(
     early = invoke("attack", newest, "--tracking-uri", uri)
     assert early.exit_code == 2 and "its audit is not done" in early.stderr
     assert "Traceback" not in early.stderr
+
+
+@pytest.mark.parametrize(
+    ("examples", "per_step", "steps", "epochs"),
+    [(16, 8, 16, 8), (64, 8, 16, 2), (60, 8, 16, 2), (1, 8, 16, 16), (200, 8, 16, 1), (0, 8, 4, 4)],
+)
+def test_a_relearning_attack_is_as_strong_at_every_size(
+    examples: int, per_step: int, steps: int, epochs: int
+) -> None:
+    """Whole epochs that reach at least ``audit.relearning_steps`` optimiser steps."""
+    from rrtool.audit import attack_epochs
+
+    assert attack_epochs(examples, per_step, steps) == epochs

@@ -450,10 +450,11 @@ def test_each_probe_is_planned_with_its_budget(invoke, write_spec) -> None:
     audit = next(p for p in plan_json(invoke, spec)["phases"] if p["name"] == "audit")
     steps = {s["name"]: s for s in audit["steps"]}
     # tiny_spec: one forget type, so a forget measurement is 10 prompts.
-    # Relearning at 16 and 64 examples (2 + 8 steps of 8), on the released and the base model.
-    assert steps["probe relearning"]["estimate"] == {"training_steps": 20, "evaluations": 40}
+    # Relearning at 16 and 64 examples, 16 optimiser steps of 8 examples each (8 epochs of
+    # 2 steps, 2 epochs of 8), on the released and the base model.
+    assert steps["probe relearning"]["estimate"] == {"training_steps": 64, "evaluations": 40}
     assert steps["probe quantization"]["estimate"] == {"evaluations": 40}
-    assert "16 and 64 forget examples" in steps["probe relearning"]["detail"]
+    assert "16 optimiser steps on 16 and 64 forget examples" in steps["probe relearning"]["detail"]
     # The grid: the audit split in the 5 held-out NER phrasings, base and released.
     assert steps["grid"]["estimate"] == {"evaluations": 2 * 5 * 10}
     assert "probe linear_probe" in steps and "probe membership" not in steps

@@ -16,6 +16,15 @@ PROBES = (
 # recovery against several): the probe trains at each, the plan counts their cost.
 RELEARN_SIZES = (16, 64)
 
+
+def attack_epochs(examples: int, per_step: int, steps: int) -> int:
+    """Epochs over ``examples`` (``per_step`` to an optimiser step) that give a fine-tuning
+    attack at least ``steps`` optimiser steps (``audit.probes.relearning_steps``): the same
+    attack strength at every size, however few the examples."""
+    per_epoch = max(1, -(-examples // per_step))
+    return max(1, -(-steps // per_epoch))
+
+
 # Which target kinds give the white-box probe labels (the plan warns for the others, the
 # probe records why it did not run).
 LINEAR_PROBE_KINDS = ("ner", "toxicity")

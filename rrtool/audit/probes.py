@@ -1,6 +1,7 @@
 """Robustness probes (beyond the paper): does the forgotten target come back?
 
-- **relearning**: a LoRA (``release.lora`` settings, one epoch) trained on seeded slices of
+- **relearning**: a LoRA (``release.lora`` settings, ``audit.relearning_steps`` optimiser
+  steps whatever the slice's size) trained on seeded slices of
   the run's forget data (``RELEARN_SIZES`` examples) is attached to the released model and,
   as the control, to the base model, and the forget measure is taken again on the audit's
   held-out queries. ``recovered`` (RR) = (relearned - after) / (before - after): 0 = nothing
@@ -46,7 +47,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from rrtool.audit import LINEAR_PROBE_NEEDS, RELEARN_SIZES
+from rrtool.audit import LINEAR_PROBE_NEEDS, RELEARN_SIZES, attack_epochs
 from rrtool.context import RunContext
 from rrtool.evaluators.suite import EvaluationSuite, Headline
 
@@ -55,6 +56,7 @@ Drafts = dict[str, dict[str, str]]
 """The audit's forget answers by item id, per side (``base``, ``released``): each attacked
 measurement's guesses (module doc)."""
 RELEARN_EXAMPLES = 16  # relearning_ood's fine-tune
+ANSWER_CHARS = 200  # of each answer kept in a fine-tuning probe's record
 MEMBERSHIP_EXAMPLES = 64
 PRIVLEAK_TOLERANCE = 0.1  # |privleak| up to this: as indistinguishable as on the base
 
@@ -118,14 +120,18 @@ def _after_fine_tune(
     examples: list[Any],
     kind: str,
     drafts: dict[str, str] | None,
-) -> tuple[float | None, list[float] | None]:
-    """The forget measure (value, interval) of the loaded model with a LoRA (``release.lora``,
-    one epoch) trained on ``examples`` attached; the adapter is removed after."""
+) -> tuple[float | None, list[float] | None, list[str]]:
+    """The forget measure (value, interval, the first answers) of the loaded model with a LoRA
+    (``release.lora``, ``audit.relearning_steps`` optimiser steps) trained on ``examples``
+    attached; the adapter is removed after."""
     from rrtool.release.compose import ScaledAdapter
     from rrtool.release.lora import train_lora
     from rrtool.release.phase import trains_in_chat_format
 
-    cfg = ctx.spec.release.lora.model_copy(update={"epochs": 1})
+    cfg = ctx.spec.release.lora
+    epochs = attack_epochs(len(examples), cfg.batch_size * cfg.gradient_accumulation,
+                           ctx.spec.audit.relearning_steps)  # fmt: skip
+    cfg = cfg.model_copy(update={"epochs": epochs})
     handle = ctx.model()
     module = train_lora(
         handle.model, handle.tokenizer, examples, cfg, seed=ctx.spec.seed, kind=kind,
@@ -136,7 +142,9 @@ def _after_fine_tune(
     # into) that state's cached ones.
     with ctx.modified_weights(), ScaledAdapter(handle.model, module, 1.0):
         evaluation = suite.measure_forget(drafts)
-    return _headline_value(evaluation, headline), _headline_ci(evaluation, headline)
+    # What the attacked model says, so a number under attack can be read against its answers.
+    said = [str(a.get("completion", ""))[:ANSWER_CHARS] for a in evaluation.answers[:3]]
+    return _headline_value(evaluation, headline), _headline_ci(evaluation, headline), said
 
 
 def relearning(
@@ -149,8 +157,8 @@ def relearning(
     change_ci: list[float] | None = None,
 ) -> dict[str, Any]:
     """The relearning attack at each of ``RELEARN_SIZES`` (Deeb & Roger 2024's protocol: train
-    on some forget examples, score on held-out queries): a LoRA (``release.lora``, one epoch)
-    on a seeded slice of Reveal's forget examples, attached to the released model and, as the
+    on some forget examples, score on held-out queries): a LoRA (``release.lora``,
+    ``audit.relearning_steps`` optimiser steps) on a seeded slice of Reveal's forget examples, attached to the released model and, as the
     control, to the base model. The measure reads the audit's queries, whose passages no
     Reveal example comes from (the splits are disjoint). Recovery ratio RR = (attacked -
     released) / (base - released): 0 = nothing came back, 1 = back to the base model."""
@@ -160,10 +168,10 @@ def relearning(
     rng = random.Random(ctx.spec.seed)
     order = rng.sample(forget, len(forget))  # nested slices: 16 of the 64, seeded
     sizes = sorted({min(n, len(forget)) for n in RELEARN_SIZES})
-    r = ctx.spec.release.lora.r
+    r, steps = ctx.spec.release.lora.r, ctx.spec.audit.relearning_steps
     headline = suite.headlines["forget"]
 
-    def attacked(side: str) -> dict[int, tuple[float | None, list[float] | None]]:
+    def attacked(side: str) -> dict[int, tuple[float | None, list[float] | None, list[str]]]:
         found = {}
         for n in sizes:
             ctx.console.print(f"audit: relearning probe: {side} model, {n} forget examples ...")
@@ -176,6 +184,7 @@ def relearning(
             "examples": n,
             "after_relearning": on_released[n][0],
             "after_relearning_ci": on_released[n][1],
+            "answers_under_attack": on_released[n][2],
             "recovered": recovered_share(
                 before, after, on_released[n][0], headline.better, change_ci
             ),
@@ -190,8 +199,8 @@ def relearning(
         "metric": headline.metric,
         "better": headline.better,
         "examples": first["examples"],
-        "budget": f"LoRA r={r}, 1 epoch on {' and '.join(str(n) for n in sizes)} forget "
-        "examples, released and base (the control)",
+        "budget": f"LoRA r={r}, {steps} optimiser steps on {' and '.join(map(str, sizes))} "
+        "forget examples, released and base (the control)",
         "before": before,
         "after": after,
         # The smallest attack under the keys every reader knows; all sizes under `sizes`.
@@ -200,7 +209,8 @@ def relearning(
         "recovered": first["recovered"],
         "base_after_same_fine_tune": first["base_after_same_fine_tune"],
         "sizes": rows,
-        "definition": f"LoRA r={r} (release.lora), 1 epoch on the first n of a seeded order of "
+        "definition": f"LoRA r={r} (release.lora), {steps} optimiser steps (audit."
+        "relearning_steps; as many epochs as it takes) on the first n of a seeded order of "
         "Reveal's forget examples (n = " + ", ".join(map(str, sizes)) + "), attached to the "
         "released model and, as the control, to the base model; measured on the audit's "
         "held-out queries (no Reveal example comes from their passages); recovery ratio RR "
@@ -231,26 +241,31 @@ def relearning_ood(
     r = ctx.spec.release.lora.r
     headline = suite.headlines["forget"]
 
-    def fine_tuned(side: str) -> tuple[float | None, list[float] | None]:
+    def fine_tuned(side: str) -> tuple[float | None, list[float] | None, list[str]]:
         ctx.console.print(
             f"audit: out-of-domain relearning: {side} model, {len(chosen)} retain examples ..."
         )
         return _after_fine_tune(ctx, suite, chosen, "retain", drafts.get(side))
 
-    (on_released, released_ci), (on_base, _) = _released_then_base(ctx, released, fine_tuned)
+    (on_released, released_ci, said), (on_base, _, _) = _released_then_base(
+        ctx, released, fine_tuned
+    )
+    steps = ctx.spec.audit.relearning_steps
     return {
         "status": "done",
         "metric": headline.metric,
         "better": headline.better,
         "examples": len(chosen),
-        "budget": f"LoRA r={r}, 1 epoch on {len(chosen)} retain examples",
+        "budget": f"LoRA r={r}, {steps} optimiser steps on {len(chosen)} retain examples",
         "before": before,
         "after": after,
         "after_relearning": on_released,
         "after_relearning_ci": released_ci,
+        "answers_under_attack": said,
         "base_after_same_fine_tune": on_base,
         "recovered": recovered_share(before, after, on_released, headline.better, change_ci),
-        "definition": f"LoRA r={r}, 1 epoch on {len(chosen)} seeded retain examples (the "
+        "definition": f"LoRA r={r}, {steps} optimiser steps on {len(chosen)} seeded retain "
+        "examples (the "
         "retained behaviour, not the target), on the released model and, as the control, on "
         "the base model; recovered = (fine-tuned released - after) / (before - after)",
     }
