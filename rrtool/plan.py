@@ -886,7 +886,8 @@ def _module_step(
         )
         return Step(
             f"answer format {step.name}",
-            f"train LoRA {step.name} ({epochs} epoch(s)) on the model with the modules before it "
+            f"train LoRA {step.name} ({epochs} epoch(s), learning rate "
+            f"{spec.release.rmu.abstain_learning_rate:g}) on the model with the modules before it "
             f"applied: ~{pairs} forget prompts answered {answer}, and as many retain examples "
             f"as they are; add it, weight = {weight} (release.rmu.abstain)",
             {"training_steps": cost},

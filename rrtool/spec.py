@@ -708,9 +708,18 @@ class RmuSpec(_Section):
         default=2,
         ge=1,
         le=100,
-        description="`abstain`: A1's epochs (its other settings are `release.lora`'s). An "
-        "answer format is learnt in far fewer steps than a misdirection, which is what "
-        "`release.lora.epochs` is usually raised for with `rmu`.",
+        description="`abstain`: A1's epochs (its other settings are `release.lora`'s, but for "
+        "the rate). An answer format is learnt in far fewer steps than a misdirection, which "
+        "is what `release.lora.epochs` is usually raised for with `rmu`.",
+    )
+    abstain_learning_rate: float = Field(
+        default=3e-4,
+        gt=0,
+        le=1.0,
+        description="`abstain`: A1's learning rate. A1 learns answers (the NLL loss), at the "
+        "rate answers are learnt; the larger rate `rmu` usually needs for its misdirection "
+        "makes A1 learn the retain examples' answers by heart and give them for other "
+        "passages (docs/strategies.md).",
     )
 
 

@@ -302,7 +302,15 @@ def test_abstain_adds_an_answer_format_module_fitted_after_rmu(
     """``release.rmu.abstain``: A1, trained on the model with F0 applied (the forget prompts
     answered with nothing, the retain examples as they are), added whole after F0; planned,
     recorded, audited and exported like any module."""
-    spec = write_spec(tiny_spec(release={"strategy": "rmu", "rmu": {"layer": 0, "abstain": True}}))
+    spec = write_spec(
+        tiny_spec(
+            release={
+                "strategy": "rmu",
+                "rmu": {"layer": 0, "abstain": True},
+                "lora": {"learning_rate": 2e-3},
+            }
+        )
+    )
     plan = invoke("plan", spec, "--json")
     assert plan.exit_code == 0, plan.output
     steps = {s["name"]: s["detail"] for s in json.loads(plan.output)["phases"][1]["steps"]}
@@ -326,6 +334,8 @@ def test_abstain_adds_an_answer_format_module_fitted_after_rmu(
     forget_n = f0["info"]["examples"]
     # The abstentions and as many retain examples, for release.rmu.abstain_epochs epochs.
     assert a1["info"]["examples"] == 2 * forget_n and a1["info"]["epochs"] == 2
+    # RMU's rate for F0, the answer-learning rate for A1 (release.rmu.abstain_learning_rate).
+    assert f0["info"]["learning_rate"] == 2e-3 and a1["info"]["learning_rate"] == 3e-4
     report = tmp_path / "report.json"
     assert invoke("audit", "--report", "json", "--out", report).exit_code == 0
     data = json.loads(report.read_text())

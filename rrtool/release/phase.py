@@ -491,7 +491,10 @@ class _Release:
     ) -> LoraModule:
         cfg = self.spec.release.lora
         if step.objective == "abstain":
-            cfg = cfg.model_copy(update={"epochs": self.spec.release.rmu.abstain_epochs})
+            rmu = self.spec.release.rmu
+            cfg = cfg.model_copy(
+                update={"epochs": rmu.abstain_epochs, "learning_rate": rmu.abstain_learning_rate}
+            )
         task = progress.add_task(f"train {name}", total=None)
         seed = (cfg.seed if cfg.seed is not None else self.spec.seed) + step.number + offset
 
