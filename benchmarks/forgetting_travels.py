@@ -12,11 +12,12 @@ Each row is one `rrtool run` of `specs/person_ner.yaml` (fresh process, own stor
 - the relearning attack at 16 and 64 forget examples with the base model as the control
   (recovery ratio RR), and the int8/int4 quantization attack.
 
-Rows (``--only`` picks some): today's demo schedule (iterative, standard phrasing); the same
-with Reveal's examples asked in the training family's phrasings in turn (``multi_phrasing``);
-that and Reveal over a second built-in style of passages (``styles``); the
-representation-level strategy (``rmu``), on the training family (``rmu_phrasings``, the demo's
-default), and followed by an answer-format module (``rmu_abstain``).
+Rows (``--only`` picks some): the demo spec as it ships (``demo``); the paper's iterative
+schedule as the demo ran it until 2026-12-07 (``iterative``, standard phrasing); the same with
+Reveal's examples asked in the training family's phrasings in turn (``multi_phrasing``); that
+and Reveal over a second built-in style of passages (``styles``); the representation-level
+strategy (``rmu``), on the training family (``rmu_phrasings``), and followed by an
+answer-format module (``rmu_abstain``).
 
 The rows share one answer cache (OUT/answers.sqlite): the base model's answers, measured in the
 first row, are read back in the others.
@@ -58,45 +59,43 @@ PROBES = [
     "audit.probes.linear_probe=false",
     "audit.probes.relearning_ood=false",
 ]
+# The paper's LoRA-composition schedule as the demo ran it until 2026-12-07 (the demo spec
+# now runs `rmu` with `release.rmu.abstain`).
+ITERATIVE = [
+    "release.strategy=iterative",
+    "release.rmu.abstain=false",
+    "release.schedule=retain_first",
+    "release.end_with_retain=true",
+    "release.lora.learning_rate=3.0e-4",
+    "release.lora.epochs=1",
+    "phrasings.training=[standard]",
+]
+TRAINING_FAMILY = "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]"
+# RMU's module (the demo's first): its objective moves slowly at the NLL modules' rate, and one
+# epoch of the demo's 60 forget examples is 8 optimiser steps (docs/strategies.md): five epochs.
+RMU = [
+    "release.strategy=rmu",
+    "release.lora.learning_rate=2.0e-3",
+    "release.lora.epochs=5",
+]
 ROWS: dict[str, list[str]] = {
-    "demo": [],
-    "multi_phrasing": ["phrasings.training=[standard,list_instruction,prose_answer,dash_lines]"],
+    "demo": [],  # specs/person_ner.yaml as it ships
+    "iterative": ITERATIVE,
+    # The same schedule with Reveal's examples asked in the training family's phrasings.
+    "multi_phrasing": [*ITERATIVE[:-1], TRAINING_FAMILY],
     # And Reveal over a second style of passages (posts, chat, records, ...; people mostly
     # without role titles), so the forget examples share the Person concept, not one style.
     "styles": [
-        "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]",
+        *ITERATIVE[:-1],
+        TRAINING_FAMILY,
         "reveal.extra_contexts=[{path: builtin:ner_styles, format: universalner}]",
     ],
-    # RMU's module is added with a searched weight (the iterative-only keys off); its objective
-    # moves slowly at the NLL modules' rate, and one epoch of the demo's 60 forget examples is 8
-    # optimiser steps (docs/strategies.md): five epochs.
-    "rmu": [
-        "release.strategy=rmu",
-        "release.schedule=forget_first",
-        "release.end_with_retain=false",
-        "release.lora.learning_rate=2.0e-3",
-        "release.lora.epochs=5",
-    ],
-    # RMU on the training family's phrasings (Reveal's examples and the weight search).
-    "rmu_phrasings": [
-        "release.strategy=rmu",
-        "release.schedule=forget_first",
-        "release.end_with_retain=false",
-        "release.lora.learning_rate=2.0e-3",
-        "release.lora.epochs=5",
-        "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]",
-    ],
+    # RMU alone, on the standard phrasing, then on the training family.
+    "rmu": [*RMU, "release.rmu.abstain=false", "phrasings.training=[standard]"],
+    "rmu_phrasings": [*RMU, "release.rmu.abstain=false", TRAINING_FAMILY],
     # And an answer-format module after it (release.rmu.abstain): RMU alone leaves the person
     # queries answered with noise, which the audit reads as format collapse.
-    "rmu_abstain": [
-        "release.strategy=rmu",
-        "release.schedule=forget_first",
-        "release.end_with_retain=false",
-        "release.lora.learning_rate=2.0e-3",
-        "release.lora.epochs=5",
-        "phrasings.training=[standard,list_instruction,prose_answer,dash_lines]",
-        "release.rmu.abstain=true",
-    ],
+    "rmu_abstain": [*RMU, "release.rmu.abstain=true", TRAINING_FAMILY],
 }
 QUICK = [
     "reveal.contexts.limit=100",
