@@ -28,6 +28,8 @@ time, the command, the date and the machine) and OUT/results.md (the table).
     python benchmarks/forgetting_travels.py --out reports/travels            # every row
     python benchmarks/forgetting_travels.py --only demo --quick --out /tmp/t  # a smoke run
     python benchmarks/forgetting_travels.py --only rmu --resume --out reports/travels  # go on
+    python benchmarks/forgetting_travels.py --only rmu_abstain --set release.rmu.abstain_epochs=4 \
+        --out reports/explore                                        # a variant of a row
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -186,12 +189,12 @@ def summary(rows: list[dict[str, Any]]) -> str:
     over the sets, standard phrasing), relearning RR and int4."""
     lines = [
         "| row | audit split, standard | worst held-out cell | held-out cells at <= 0.30 of "
-        "base | retained F1 kept (lowest set) | RR at 16 | int4 |",
-        "|---|---|---|---|---|---|---|",
+        "base | their verdicts | retained F1 kept (lowest set) | RR at 16 (attack) | int4 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row["status"] != "done":
-            lines.append(f"| {row['row']} | {row['status']} | | | | | |")
+            lines.append(f"| {row['row']} | {row['status']} | | | | | | |")
             continue
         cells = [c for c in row["grid"]["rows"] if c.get("forget")]
         own = next(
@@ -206,13 +209,23 @@ def summary(rows: list[dict[str, Any]]) -> str:
         rr = next((s.get("recovered") for s in sizes if s["examples"] == 16), None)
         int4 = _int4(row)
         f = (own or {}).get("forget") or {}
+        verdicts = Counter(c["forget"].get("verdict") for c in measured)
+        # The attack's strength: one epoch (before audit.relearning_steps) or N steps.
+        budget = (row["relearning"] or {}).get("budget", "")
+        attack = (
+            "1 epoch"
+            if "1 epoch" in budget
+            else budget.split(" optimiser")[0].split(", ")[-1] + " steps"
+        )
         lines.append(
             f"| {row['row']} | {_ci(f.get('before'), f.get('before_ci'))} -> "
             f"{_ci(f.get('after'), f.get('after_ci'))} ({f.get('verdict')}) | "
             f"{worst.get('set')} / {worst.get('phrasing')}: {_num(worst.get('before'))} -> "
             f"{_num(worst.get('after'))} (ratio {_num(worst.get('ratio'))}) | "
-            f"{reached} of {len(measured)} | {f'{min(kept):.0%}' if kept else '–'} | "
-            f"{_num(rr)} | {_ci(int4.get('released'), int4.get('released_ci'))} |"
+            f"{reached} of {len(measured)} | "
+            f"{', '.join(f'{n} {v}' for v, n in verdicts.most_common())} | "
+            f"{f'{min(kept):.0%}' if kept else '–'} | {_num(rr)} ({attack}) | "
+            f"{_ci(int4.get('released'), int4.get('released_ci'))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -276,6 +289,10 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue each row's interrupted run in OUT"
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
+        help="one more override for every row (repeatable; recorded with the row's overrides)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.table:
         rows = [r for path in args.table for r in json.loads(path.read_text())["rows"]]
@@ -287,7 +304,10 @@ def main() -> None:
         sys.exit(f"{NER}: the public NER data is not here (this benchmark reads it in place)")
     args.out.mkdir(parents=True, exist_ok=True)
     common = _sets(args.with_sealed) + PROBES + (QUICK if args.quick else [])
-    rows = [run_row(name, common + ROWS[name], args.out, args.resume) for name in args.only or ROWS]
+    rows = [
+        run_row(name, common + ROWS[name] + args.extra, args.out, args.resume)
+        for name in args.only or ROWS
+    ]
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
