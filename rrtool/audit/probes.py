@@ -1,8 +1,8 @@
 """Robustness probes (beyond the paper): does the forgotten target come back?
 
 - **relearning**: a LoRA (``release.lora`` settings, ``audit.relearning_steps`` optimiser
-  steps whatever the slice's size) trained on seeded slices of
-  the run's forget data (``RELEARN_SIZES`` examples) is attached to the released model and,
+  steps whatever the slice's size) trained on seeded slices of the run's forget data
+  (``RELEARN_SIZES`` examples) is attached to the released model and,
   as the control, to the base model, and the forget measure is taken again on the audit's
   held-out queries. ``recovered`` (RR) = (relearned - after) / (before - after): 0 = nothing
   came back, 1 = back to the base model.
@@ -158,8 +158,8 @@ def relearning(
 ) -> dict[str, Any]:
     """The relearning attack at each of ``RELEARN_SIZES`` (Deeb & Roger 2024's protocol: train
     on some forget examples, score on held-out queries): a LoRA (``release.lora``,
-    ``audit.relearning_steps`` optimiser steps) on a seeded slice of Reveal's forget examples, attached to the released model and, as the
-    control, to the base model. The measure reads the audit's queries, whose passages no
+    ``audit.relearning_steps`` optimiser steps) on a seeded slice of Reveal's forget examples,
+    attached to the released model and, as the control, to the base model. The measure reads the audit's queries, whose passages no
     Reveal example comes from (the splits are disjoint). Recovery ratio RR = (attacked -
     released) / (base - released): 0 = nothing came back, 1 = back to the base model."""
     from rrtool.release.phase import load_examples
@@ -265,9 +265,8 @@ def relearning_ood(
         "base_after_same_fine_tune": on_base,
         "recovered": recovered_share(before, after, on_released, headline.better, change_ci),
         "definition": f"LoRA r={r}, {steps} optimiser steps on {len(chosen)} seeded retain "
-        "examples (the "
-        "retained behaviour, not the target), on the released model and, as the control, on "
-        "the base model; recovered = (fine-tuned released - after) / (before - after)",
+        "examples (the retained behaviour, not the target), on the released model and, as the "
+        "control, on the base model; recovered = (fine-tuned released - after) / (before - after)",
     }
 
 
