@@ -701,8 +701,9 @@ class RmuSpec(_Section):
         "examples as they are (a seeded sample), and is added whole (weight 1: it was fitted "
         "to the model it is added to). RMU alone leaves the layers above its layer to make "
         "what they can of the misdirected states, often a loop of characters the audit reads "
-        "as format collapse; this module turns that into the answer a model that never knew "
-        "the target gives.",
+        "as format collapse; this module teaches the answer a model that never knew the target "
+        "gives (in the phrasings it was trained on; how far it reaches the others: "
+        "docs/strategies.md).",
     )
     abstain_epochs: int = Field(
         default=2,

@@ -56,7 +56,7 @@ class MasterWeights:
         """Master copies of the weights in ``target_names`` not targeted yet (a later module
         may reach layers an earlier one did not, as A1 after RMU's F0); the names added. Such
         a weight still holds its base value (only the masters write into targeted weights), so
-        its copy made now is the one made at the start would have been."""
+        its copy made now equals the one the start would have made."""
         added = [n for n in dict.fromkeys(target_names) if n not in self.masters]
         for name in added:
             self._linears[name] = _linear(self.model, name)
