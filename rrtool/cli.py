@@ -400,13 +400,15 @@ def oracles_list(as_json: bool) -> None:
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     import yaml
 
+    from rrtool.spec_loader import load_yaml
+
     options: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise UserError(f"--option {pair}: expected KEY=VALUE (e.g. --option timeout=5)")
         key, raw = pair.split("=", 1)
         try:
-            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            options[key.strip()] = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             options[key.strip()] = raw
     return options

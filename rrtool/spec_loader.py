@@ -7,6 +7,7 @@ key the user wrote; keys a ``--set`` override introduced point at that flag.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -62,6 +63,25 @@ def _read_text(path: Path) -> str:
         raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
 
 
+class SpecYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no object construction) that also reads ``1e-3`` as a number.
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-3``), so ``learning_rate: 1e-3``
+    arrived as the string "1e-3" and failed validation as "expected a number"; YAML 1.2 and
+    every other tool a user writes numbers for read it as 0.001."""
+
+
+SpecYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed as a spec's YAML is (``SpecYamlLoader``)."""
+    return yaml.load(text, Loader=SpecYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _walk(node: yaml.Node, path: KeyPath, source: _Source, errors: list[str]) -> None:
     """Record the line of every key and flag duplicate keys (PyYAML keeps the last silently)."""
     if isinstance(node, yaml.MappingNode):
@@ -85,9 +105,9 @@ def _walk(node: yaml.Node, path: KeyPath, source: _Source, errors: list[str]) ->
 
 def _parse_yaml(text: str, source: _Source) -> dict[str, Any]:
     try:
-        # safe_load/compose with SafeLoader: no arbitrary object construction.
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # A SafeLoader subclass: no arbitrary object construction.
+        root = yaml.compose(text, Loader=SpecYamlLoader)
+        data = load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -189,7 +209,7 @@ def apply_override(data: dict[str, Any], assignment: str, source: _Source) -> No
         raise SpecError(f"--set {assignment}: empty key path (expected e.g. release.iterations=5)")
     _check_override_path(parts, assignment)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not YAML: keep the literal text and let validation judge it
     node = data

@@ -214,3 +214,19 @@ def test_effective_iterations_honours_the_stopping_cap(write_spec) -> None:
     assert spec.effective_iterations == 2
     spec = load_spec(write_spec(tiny_spec(release={"iterations": 1}))).spec
     assert spec.effective_iterations == 1
+
+
+def test_numbers_in_exponent_notation_are_numbers(tmp_path: Path) -> None:
+    """``1e-3`` is a number in the file and in ``--set`` (PyYAML's YAML 1.1 read it as the
+    string "1e-3", and the spec then said "expected a number")."""
+    import yaml
+
+    data = tiny_spec(release={"strategy": "rmu", "lora": {"learning_rate": "LR"}})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data).replace("LR", "1e-3"))
+    assert load_spec(path).spec.release.lora.learning_rate == pytest.approx(1e-3)
+    loaded = load_spec(path, ["release.rmu.abstain_learning_rate=2E-4", "release.rmu.steering=5e0"])
+    assert loaded.spec.release.rmu.abstain_learning_rate == pytest.approx(2e-4)
+    assert loaded.spec.release.rmu.steering == pytest.approx(5.0)
+    # A name that merely looks numeric stays text.
+    assert load_spec(path, ["name=1e-3x"]).spec.name == "1e-3x"
