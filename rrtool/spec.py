@@ -714,13 +714,14 @@ class RmuSpec(_Section):
         "is what `release.lora.epochs` is usually raised for with `rmu`.",
     )
     abstain_learning_rate: float = Field(
-        default=3e-4,
+        default=1e-3,
         gt=0,
         le=1.0,
-        description="`abstain`: A1's learning rate. A1 learns answers (the NLL loss), at the "
-        "rate answers are learnt; the larger rate `rmu` usually needs for its misdirection "
-        "makes A1 learn the retain examples' answers by heart and give them for other "
-        "passages (docs/strategies.md).",
+        description="`abstain`: A1's learning rate, apart from `release.lora`'s because A1 "
+        "learns answers (the NLL loss) where RMU misdirects states: too large a rate and A1 "
+        "learns the retain examples' answers by heart and gives them for other passages; too "
+        "small and it teaches the answer only in the phrasings it was trained on "
+        "(docs/strategies.md has both measured).",
     )
 
 
