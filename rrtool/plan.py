@@ -788,10 +788,12 @@ def _search_steps(spec: Spec, contexts: int) -> list[Step]:
     return steps
 
 
-def _steps_for(examples: int, spec: Spec) -> int:
+def _steps_for(examples: int, spec: Spec, epochs: int | None = None) -> int:
+    """Optimiser steps of a module trained on ``examples`` (``epochs``: release.lora's)."""
     lora = spec.release.lora
+    epochs = lora.epochs if epochs is None else epochs
     return (
-        math.ceil(examples / (lora.batch_size * lora.gradient_accumulation)) * lora.epochs
+        math.ceil(examples / (lora.batch_size * lora.gradient_accumulation)) * epochs
         if examples
         else 0
     )
@@ -877,8 +879,7 @@ def _module_step(
     if step.objective == "abstain":
         pairs = min(forget_n, retain_n)
         epochs = spec.release.rmu.abstain_epochs
-        lora = spec.release.lora
-        cost = math.ceil(2 * pairs / (lora.batch_size * lora.gradient_accumulation)) * epochs
+        cost = _steps_for(2 * pairs, spec, epochs)
         answer = (
             "with nothing of the type in each phrasing's format"
             if spec.target.kind == "ner"
